@@ -1,0 +1,544 @@
+//! Typed settings and how they are loaded: built-in defaults < TOML file (`--config`) < `BFF_…`
+//! environment variables (double underscore for nesting) < command-line flags.
+//!
+//! A bad file or value fails at start-up naming the key, where it came from (the file, the env
+//! var, or the flag) and why. Unknown keys in the file are rejected; unknown `BFF_` variables under
+//! a known section are rejected, while variables whose first segment is no section at all (other
+//! tools also use the `BFF_` prefix) are ignored with a warning.
+
+mod duration;
+mod secret;
+
+use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+pub use secret::Secret;
+
+use crate::{profile::ClientProfile, upstream::BackendId};
+
+/// Everything a BFF binary can be configured with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address the public listener binds (`listen`, `--listen`).
+    pub listen: SocketAddr,
+    /// HTTP server limits.
+    pub server: ServerSettings,
+    /// GraphQL engine limits.
+    pub graphql: GraphqlSettings,
+    /// GraphiQL explorer.
+    pub graphiql: GraphiqlSettings,
+    /// Token verification.
+    pub auth: AuthSettings,
+    /// One entry per backend service.
+    pub backends: BackendsSettings,
+    /// What this client's screens need (rows, limits, trimming).
+    pub profile: ClientProfile,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// HTTP server limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Largest accepted request body in bytes (`server.max_body_bytes`); bigger → 413.
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may take to finish after a shutdown signal.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 256 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// GraphQL engine limits, enforced before execution.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GraphqlSettings {
+    /// Deepest selection nesting accepted.
+    pub max_depth: usize,
+    /// Highest complexity score accepted (each field costs 1).
+    pub max_complexity: usize,
+    /// Whether introspection queries are answered.
+    pub introspection: bool,
+}
+
+impl Default for GraphqlSettings {
+    fn default() -> Self {
+        Self {
+            max_depth: 12,
+            max_complexity: 2_000,
+            introspection: true,
+        }
+    }
+}
+
+/// GraphiQL explorer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GraphiqlSettings {
+    /// Serve GraphiQL on `GET /graphql` for browsers.
+    pub enabled: bool,
+    /// `node_modules` folder holding the GraphiQL assets; default: the one `npm ci --prefix
+    /// shared/graphiql` fills in the source tree.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assets_dir: Option<PathBuf>,
+}
+
+impl Default for GraphiqlSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            assets_dir: None,
+        }
+    }
+}
+
+/// Token verification (HS256).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Shared HS256 secret. Unset → every bearer token is rejected, anonymous requests work.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hs256_secret: Option<Secret>,
+    /// Required `iss` claim, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+}
+
+/// One backend service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSettings {
+    /// Base URL: REST ones include their root path (`http://127.0.0.1:7001/top10`), gRPC ones are
+    /// the server root (`http://127.0.0.1:7002`).
+    pub url: String,
+    /// Longest a single call may take.
+    #[serde(with = "duration", default = "default_timeout")]
+    pub timeout: Duration,
+    /// Longest a TCP connect may take.
+    #[serde(with = "duration", default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_millis(250)
+}
+
+impl BackendSettings {
+    fn at(url: String) -> Self {
+        Self {
+            url,
+            timeout: default_timeout(),
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+}
+
+/// The seven backends, each with its own URL and timeouts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendsSettings {
+    /// `profile` (REST).
+    pub profile: BackendSettings,
+    /// `continue_watching` (REST).
+    pub continue_watching: BackendSettings,
+    /// `my_list` (REST).
+    pub my_list: BackendSettings,
+    /// `top10` (REST).
+    pub top10: BackendSettings,
+    /// `new_releases` (REST).
+    pub new_releases: BackendSettings,
+    /// `catalog` (gRPC).
+    pub catalog: BackendSettings,
+    /// `recommendations` (gRPC).
+    pub recommendations: BackendSettings,
+}
+
+impl BackendsSettings {
+    /// Settings pointing at `fixture-backends` on its default ports (a two-terminal dev stack).
+    pub fn local_fixtures() -> Self {
+        Self::at(|b| match b.rest_path() {
+            Some(path) => format!("http://127.0.0.1:7001{path}"),
+            None => "http://127.0.0.1:7002".to_owned(),
+        })
+    }
+
+    /// Settings with each backend's URL from `url_of`.
+    pub fn at(url_of: impl Fn(BackendId) -> String) -> Self {
+        let s = |b| BackendSettings::at(url_of(b));
+        Self {
+            profile: s(BackendId::Profile),
+            continue_watching: s(BackendId::ContinueWatching),
+            my_list: s(BackendId::MyList),
+            top10: s(BackendId::Top10),
+            new_releases: s(BackendId::NewReleases),
+            catalog: s(BackendId::Catalog),
+            recommendations: s(BackendId::Recommendations),
+        }
+    }
+
+    /// The settings of one backend.
+    pub fn get(&self, b: BackendId) -> &BackendSettings {
+        match b {
+            BackendId::Profile => &self.profile,
+            BackendId::ContinueWatching => &self.continue_watching,
+            BackendId::MyList => &self.my_list,
+            BackendId::Top10 => &self.top10,
+            BackendId::NewReleases => &self.new_releases,
+            BackendId::Catalog => &self.catalog,
+            BackendId::Recommendations => &self.recommendations,
+        }
+    }
+
+    /// Mutable settings of one backend.
+    pub fn get_mut(&mut self, b: BackendId) -> &mut BackendSettings {
+        match b {
+            BackendId::Profile => &mut self.profile,
+            BackendId::ContinueWatching => &mut self.continue_watching,
+            BackendId::MyList => &mut self.my_list,
+            BackendId::Top10 => &mut self.top10,
+            BackendId::NewReleases => &mut self.new_releases,
+            BackendId::Catalog => &mut self.catalog,
+            BackendId::Recommendations => &mut self.recommendations,
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// Filter directive (`info`, `shared=debug,info`); `RUST_LOG` wins when set.
+    pub level: String,
+    /// `text` (human-readable) or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// Parser message with line and column.
+        message: String,
+    },
+    /// A key has a bad value or is unknown.
+    #[error("invalid config key `{key}` (from {source_name}): {message}")]
+    Invalid {
+        /// Dotted key path.
+        key: String,
+        /// Where the value came from: the file, an env var, a flag, or the defaults.
+        source_name: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Where one layer of settings comes from; used to name the culprit in errors.
+#[derive(Debug, Clone)]
+enum Origin {
+    File(PathBuf),
+    Env(String),
+    Flag(&'static str),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "file {}", p.display()),
+            Self::Env(v) => write!(f, "env {v}"),
+            Self::Flag(n) => write!(f, "flag {n}"),
+        }
+    }
+}
+
+/// Per-binary defaults: the only things that differ between `bff-web` and `bff-mobile` config.
+#[derive(Debug, Clone)]
+pub struct BinaryDefaults {
+    /// Default listen address.
+    pub listen: SocketAddr,
+    /// Default client profile.
+    pub profile: ClientProfile,
+}
+
+/// Inputs to [`Settings::load`].
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// `--config FILE`.
+    pub file: Option<PathBuf>,
+    /// `--listen ADDR`.
+    pub listen: Option<SocketAddr>,
+    /// Environment variables to read (normally `std::env::vars()`).
+    pub env: Vec<(String, String)>,
+}
+
+impl Settings {
+    /// Built-in defaults for a binary: backends on `fixture-backends`' default ports, no auth key.
+    pub fn defaults(binary: &BinaryDefaults) -> Self {
+        Self {
+            listen: binary.listen,
+            server: ServerSettings::default(),
+            graphql: GraphqlSettings::default(),
+            graphiql: GraphiqlSettings::default(),
+            auth: AuthSettings::default(),
+            backends: BackendsSettings::local_fixtures(),
+            profile: binary.profile.clone(),
+            log: LogSettings::default(),
+        }
+    }
+
+    /// Loads defaults < file < env < flags and validates the result.
+    pub fn load(binary: &BinaryDefaults, opts: &LoadOptions) -> Result<Self, ConfigError> {
+        let defaults = Self::defaults(binary);
+        let mut tree = to_table(&defaults)?;
+        let mut origins: BTreeMap<String, Origin> = BTreeMap::new();
+
+        if let Some(path) = &opts.file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let file: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            merge(
+                &mut tree,
+                file,
+                "",
+                &Origin::File(path.clone()),
+                &mut origins,
+            );
+        }
+
+        for (name, raw) in &opts.env {
+            let Some(rest) = name.strip_prefix("BFF_") else {
+                continue;
+            };
+            let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            let Some(first) = path.first() else { continue };
+            if !tree.contains_key(first.as_str()) {
+                tracing::warn!(var = %name, "ignoring environment variable: `{first}` is not a config section");
+                continue;
+            }
+            let value = coerce_env(&tree, &path, raw);
+            let origin = Origin::Env(name.clone());
+            set_path(&mut tree, &path, value, &origin, &mut origins);
+        }
+
+        if let Some(listen) = opts.listen {
+            let origin = Origin::Flag("--listen");
+            set_path(
+                &mut tree,
+                &["listen".to_owned()],
+                toml::Value::String(listen.to_string()),
+                &origin,
+                &mut origins,
+            );
+        }
+
+        let settings: Settings = serde_path_to_error::deserialize(toml::Value::Table(tree))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                ConfigError::Invalid {
+                    source_name: origin_of(&origins, &key),
+                    key,
+                    message: e.into_inner().to_string(),
+                }
+            })?;
+        settings.validate(&origins)?;
+        Ok(settings)
+    }
+
+    fn validate(&self, origins: &BTreeMap<String, Origin>) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.to_owned(),
+            source_name: origin_of(origins, key),
+            message,
+        };
+        for b in BackendId::ALL {
+            let s = self.backends.get(b);
+            let key = format!("backends.{}.url", b.name());
+            let url = reqwest::Url::parse(&s.url).map_err(|e| invalid(&key, e.to_string()))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(invalid(&key, "scheme must be http or https".to_owned()));
+            }
+            if s.timeout.is_zero() {
+                return Err(invalid(
+                    &format!("backends.{}.timeout", b.name()),
+                    "must be > 0".into(),
+                ));
+            }
+        }
+        if self.server.max_body_bytes == 0 {
+            return Err(invalid("server.max_body_bytes", "must be > 0".into()));
+        }
+        if self.graphql.max_depth == 0 {
+            return Err(invalid("graphql.max_depth", "must be > 0".into()));
+        }
+        if matches!(&self.auth.hs256_secret, Some(s) if s.expose().len() < 16) {
+            return Err(invalid(
+                "auth.hs256_secret",
+                "must be at least 16 bytes".into(),
+            ));
+        }
+        self.profile
+            .validate()
+            .map_err(|(key, msg)| invalid(&format!("profile.{key}"), msg))
+    }
+
+    /// The effective settings as TOML with secrets redacted, for `--print-config` and logs.
+    pub fn redacted_toml(&self) -> String {
+        let mut copy = self.clone();
+        if copy.auth.hs256_secret.is_some() {
+            copy.auth.hs256_secret = Some(Secret::new("<redacted>"));
+        }
+        toml::to_string_pretty(&copy).unwrap_or_else(|e| format!("# cannot render settings: {e}"))
+    }
+}
+
+fn to_table(settings: &Settings) -> Result<toml::Table, ConfigError> {
+    toml::Table::try_from(settings).map_err(|e| ConfigError::Invalid {
+        key: String::new(),
+        source_name: "defaults".to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// The origin of `key` or of its nearest parent that some layer set; "defaults" otherwise.
+fn origin_of(origins: &BTreeMap<String, Origin>, key: &str) -> String {
+    let mut k = key;
+    loop {
+        if let Some(o) = origins.get(k) {
+            return o.to_string();
+        }
+        match k.rfind(['.', '[']) {
+            Some(i) => k = &k[..i],
+            None => return "defaults".to_owned(),
+        }
+    }
+}
+
+fn merge(
+    base: &mut toml::Table,
+    over: toml::Table,
+    prefix: &str,
+    origin: &Origin,
+    origins: &mut BTreeMap<String, Origin>,
+) {
+    for (k, v) in over {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => {
+                merge(b, o, &key, origin, origins)
+            }
+            (_, v) => {
+                origins.insert(key, origin.clone());
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn set_path(
+    tree: &mut toml::Table,
+    path: &[String],
+    value: toml::Value,
+    origin: &Origin,
+    origins: &mut BTreeMap<String, Origin>,
+) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut cur = tree;
+    for p in parents {
+        let entry = cur
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        match entry {
+            toml::Value::Table(t) => cur = t,
+            _ => return,
+        }
+    }
+    cur.insert(last.clone(), value);
+    origins.insert(path.join("."), origin.clone());
+}
+
+/// Env values are text; give them the type the default at that key has, so `BFF_GRAPHQL__MAX_DEPTH=8`
+/// is a number and `BFF_AUTH__HS256_SECRET=12345…` stays a string.
+fn coerce_env(tree: &toml::Table, path: &[String], raw: &str) -> toml::Value {
+    let mut cur: Option<&toml::Value> = None;
+    let mut table = Some(tree);
+    for p in path {
+        cur = table.and_then(|t| t.get(p));
+        table = cur.and_then(toml::Value::as_table);
+    }
+    let parsed = |raw: &str| {
+        toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+    };
+    match cur {
+        Some(toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_))
+        | Some(toml::Value::Array(_)) => {
+            parsed(raw).unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+        }
+        _ => toml::Value::String(raw.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

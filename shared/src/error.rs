@@ -1,0 +1,78 @@
+//! The closed list of error codes clients may see (`extensions.code`), and the one place where
+//! internal errors become GraphQL errors. Upstream bodies and internal `Display` text never reach
+//! a client: every conversion here picks a fixed, client-safe message.
+
+use async_graphql::ErrorExtensions;
+
+use crate::upstream::{BackendError, BackendId};
+
+/// Every `extensions.code` a response can carry (DESIGN.md "Public contract").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// No valid identity where one is required, or a bad token.
+    Unauthenticated,
+    /// Identity known but not allowed.
+    Forbidden,
+    /// An argument or variable the client sent is invalid.
+    BadUserInput,
+    /// The document does not parse.
+    GraphqlParseFailed,
+    /// The document does not validate against the schema.
+    GraphqlValidationFailed,
+    /// A backend refused, failed or is unreachable.
+    BackendUnavailable,
+    /// A backend did not answer in time.
+    BackendTimeout,
+    /// Too many requests.
+    RateLimited,
+    /// Over the depth or complexity limit.
+    QueryTooComplex,
+    /// Persisted query hash unknown.
+    PersistedQueryNotFound,
+    /// A bug on our side; details are in the log, not the response.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::Forbidden => "FORBIDDEN",
+            Self::BadUserInput => "BAD_USER_INPUT",
+            Self::GraphqlParseFailed => "GRAPHQL_PARSE_FAILED",
+            Self::GraphqlValidationFailed => "GRAPHQL_VALIDATION_FAILED",
+            Self::BackendUnavailable => "BACKEND_UNAVAILABLE",
+            Self::BackendTimeout => "BACKEND_TIMEOUT",
+            Self::RateLimited => "RATE_LIMITED",
+            Self::QueryTooComplex => "QUERY_TOO_COMPLEX",
+            Self::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",
+            Self::Internal => "INTERNAL",
+        }
+    }
+
+    /// A GraphQL error with this code and a client-safe message.
+    pub fn error(self, message: impl Into<String>) -> async_graphql::Error {
+        async_graphql::Error::new(message).extend_with(|_, e| e.set("code", self.as_str()))
+    }
+}
+
+/// A GraphQL error for a failed backend call, naming the backend in `extensions.backend`.
+pub fn backend_error(err: &BackendError) -> async_graphql::Error {
+    let backend: BackendId = err.backend();
+    let (code, message) = if err.is_timeout() {
+        (
+            ErrorCode::BackendTimeout,
+            format!("the {backend} service did not answer in time"),
+        )
+    } else {
+        (
+            ErrorCode::BackendUnavailable,
+            format!("the {backend} service is unavailable"),
+        )
+    };
+    async_graphql::Error::new(message).extend_with(|_, e| {
+        e.set("code", code.as_str());
+        e.set("backend", backend.name());
+    })
+}

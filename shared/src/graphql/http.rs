@@ -1,0 +1,363 @@
+//! GraphQL over HTTP, per the GraphQL-over-HTTP spec (the stock async-graphql handler runs
+//! mutations over GET and ignores Accept; see STACK.md). Owns: Accept negotiation, content types,
+//! body limits, GET/POST parameter parsing, the GET-is-read-only rule, bearer authentication of
+//! the request, and the status code of every answer. Execution is the schema's business.
+
+use std::sync::Arc;
+
+use async_graphql::parser::types::{DocumentOperations, OperationType};
+use axum::{
+    body::{Body, Bytes},
+    extract::{RawQuery, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::{Map, Value as Json};
+
+use super::{
+    RequestIdentity,
+    errors::{Outcome, classify, error_body},
+};
+use crate::{error::ErrorCode, server::AppState};
+
+const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json; charset=utf-8";
+const JSON: &str = "application/json; charset=utf-8";
+
+/// Which media type the client gets back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `application/graphql-response+json`: request errors get 4xx.
+    GraphqlResponse,
+    /// Legacy `application/json`: well-formed requests always get 200.
+    Json,
+}
+
+impl Mode {
+    fn content_type(self) -> &'static str {
+        match self {
+            Self::GraphqlResponse => GRAPHQL_RESPONSE_JSON,
+            Self::Json => JSON,
+        }
+    }
+}
+
+/// Picks the response media type from `Accept` (q-values honoured); `None` → 406.
+fn negotiate(headers: &HeaderMap) -> Option<Mode> {
+    // Several Accept headers mean the same as one with their values joined.
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    if accept.trim().is_empty() {
+        return Some(Mode::Json);
+    }
+    let mut best: Option<(f32, Mode)> = None;
+    for part in accept.split(',') {
+        let mut params = part.split(';');
+        let media = params.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = params
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        if q <= 0.0 {
+            continue;
+        }
+        let mode = match media.as_str() {
+            "application/graphql-response+json" => Mode::GraphqlResponse,
+            "application/json" | "application/*" | "*/*" => Mode::Json,
+            _ => continue,
+        };
+        // Equal weights prefer graphql-response+json, the spec's preferred type.
+        let better = match best {
+            None => true,
+            Some((bq, bm)) => {
+                q > bq || (q == bq && mode == Mode::GraphqlResponse && bm == Mode::Json)
+            }
+        };
+        if better {
+            best = Some((q, mode));
+        }
+    }
+    best.map(|(_, m)| m)
+}
+
+fn respond(status: StatusCode, mode: Mode, body: &Json) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(mode.content_type()),
+        )],
+        bytes,
+    )
+        .into_response()
+}
+
+fn reject(status: StatusCode, mode: Mode, code: ErrorCode, message: &str) -> Response {
+    respond(status, mode, &error_body(code, message))
+}
+
+/// The request parameters after decoding, before GraphQL parsing.
+struct Params {
+    query: String,
+    operation_name: Option<String>,
+    variables: Option<Map<String, Json>>,
+}
+
+/// Validates the parameter map of a POST body or GET query string.
+fn params(mut raw: Map<String, Json>) -> Result<Params, &'static str> {
+    let query = match raw.remove("query") {
+        Some(Json::String(q)) => q,
+        Some(_) => return Err("`query` must be a string"),
+        None => return Err("`query` is required"),
+    };
+    let operation_name = match raw.remove("operationName") {
+        None | Some(Json::Null) => None,
+        Some(Json::String(s)) => Some(s),
+        Some(_) => return Err("`operationName` must be a string"),
+    };
+    let variables = match raw.remove("variables") {
+        None | Some(Json::Null) => None,
+        Some(Json::Object(m)) => Some(m),
+        Some(_) => return Err("`variables` must be an object"),
+    };
+    match raw.remove("extensions") {
+        None | Some(Json::Null | Json::Object(_)) => {}
+        Some(_) => return Err("`extensions` must be an object"),
+    }
+    Ok(Params {
+        query,
+        operation_name,
+        variables,
+    })
+}
+
+/// GET query string → parameter map (`variables`/`extensions` are JSON-encoded strings).
+fn get_params(raw: Option<&str>) -> Result<Map<String, Json>, &'static str> {
+    let mut map = Map::new();
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        let (k, v) = (k.into_owned(), v.into_owned());
+        let value = match k.as_str() {
+            "variables" | "extensions" => {
+                if v.is_empty() {
+                    Json::Null
+                } else {
+                    serde_json::from_str(&v)
+                        .map_err(|_| "`variables` and `extensions` must be JSON objects")?
+                }
+            }
+            _ => Json::String(v),
+        };
+        map.insert(k, value);
+    }
+    Ok(map)
+}
+
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.split(',').any(|p| p.trim().starts_with("text/html")))
+}
+
+/// `GET /graphql`: GraphiQL for browsers, otherwise a read-only GraphQL request.
+pub(crate) async fn get(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let no_query = raw
+        .as_deref()
+        .is_none_or(|q| !q.split('&').any(|p| p.starts_with("query=")));
+    if no_query
+        && wants_html(&headers)
+        && let Some(page) = app.graphiql_page()
+    {
+        return ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response();
+    }
+    let Some(mode) = negotiate(&headers) else {
+        return not_acceptable();
+    };
+    let map = match get_params(raw.as_deref()) {
+        Ok(m) => m,
+        Err(msg) => return reject(StatusCode::BAD_REQUEST, mode, ErrorCode::BadUserInput, msg),
+    };
+    serve(&app, &headers, Method::GET, mode, map).await
+}
+
+/// `POST /graphql`.
+pub(crate) async fn post(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(mode) = negotiate(&headers) else {
+        return not_acceptable();
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if media != "application/json" {
+        return reject(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            mode,
+            ErrorCode::BadUserInput,
+            "POST bodies must be `Content-Type: application/json`",
+        );
+    }
+    let limit = app.settings.server.max_body_bytes;
+    let bytes: Bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            let msg = format!("request body is larger than {limit} bytes");
+            return reject(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                mode,
+                ErrorCode::BadUserInput,
+                &msg,
+            );
+        }
+    };
+    let map: Map<String, Json> = match serde_json::from_slice::<Json>(&bytes) {
+        Ok(Json::Object(m)) => m,
+        Ok(Json::Array(_)) => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                mode,
+                ErrorCode::BadUserInput,
+                "batched requests are not supported",
+            );
+        }
+        Ok(_) => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                mode,
+                ErrorCode::BadUserInput,
+                "the body must be a JSON object",
+            );
+        }
+        Err(_) => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                mode,
+                ErrorCode::BadUserInput,
+                "the body is not valid JSON",
+            );
+        }
+    };
+    serve(&app, &headers, Method::POST, mode, map).await
+}
+
+fn not_acceptable() -> Response {
+    reject(
+        StatusCode::NOT_ACCEPTABLE,
+        Mode::Json,
+        ErrorCode::BadUserInput,
+        "accept application/graphql-response+json or application/json",
+    )
+}
+
+async fn serve(
+    app: &AppState,
+    headers: &HeaderMap,
+    method: Method,
+    mode: Mode,
+    map: Map<String, Json>,
+) -> Response {
+    let viewer = match app.auth.authenticate(
+        headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
+    ) {
+        Ok(v) => v,
+        Err(e) => {
+            let mut resp = reject(
+                StatusCode::UNAUTHORIZED,
+                mode,
+                ErrorCode::Unauthenticated,
+                &e.to_string(),
+            );
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+            return resp;
+        }
+    };
+    let p = match params(map) {
+        Ok(p) => p,
+        Err(msg) => return reject(StatusCode::BAD_REQUEST, mode, ErrorCode::BadUserInput, msg),
+    };
+    let personalized = viewer.is_some();
+
+    let mut request = async_graphql::Request::new(p.query);
+    if let Some(name) = p.operation_name.clone() {
+        request = request.operation_name(name);
+    }
+    if let Some(vars) = p.variables {
+        request = request.variables(async_graphql::Variables::from_json(Json::Object(vars)));
+    }
+    let operation = match request.parsed_query() {
+        Ok(doc) => operation_type(&doc.operations, p.operation_name.as_deref()),
+        Err(e) => {
+            let status = if mode == Mode::GraphqlResponse {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::OK
+            };
+            return reject(status, mode, ErrorCode::GraphqlParseFailed, &e.message);
+        }
+    };
+    if method == Method::GET && operation.is_some_and(|op| op != OperationType::Query) {
+        let mut resp = reject(
+            StatusCode::METHOD_NOT_ALLOWED,
+            mode,
+            ErrorCode::BadUserInput,
+            "only queries can be sent with GET; use POST for mutations",
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return resp;
+    }
+
+    let request = request.data(RequestIdentity { viewer });
+    let mut response = app.schema.execute(request).await;
+    let outcome = classify(&mut response);
+    let status = match (outcome, mode) {
+        (Outcome::RequestError, Mode::GraphqlResponse) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::OK,
+    };
+    let body = serde_json::to_value(&response)
+        .unwrap_or_else(|_| error_body(ErrorCode::Internal, "internal error"));
+    let mut resp = respond(status, mode, &body);
+    if personalized {
+        resp.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, no-store"),
+        );
+    }
+    resp
+}
+
+/// The type of the operation that will run; `None` when the name matches nothing (the engine
+/// then reports it).
+fn operation_type(ops: &DocumentOperations, name: Option<&str>) -> Option<OperationType> {
+    match (ops, name) {
+        (DocumentOperations::Single(op), _) => Some(op.node.ty),
+        (DocumentOperations::Multiple(map), Some(name)) => map.get(name).map(|op| op.node.ty),
+        (DocumentOperations::Multiple(map), None) if map.len() == 1 => {
+            map.values().next().map(|op| op.node.ty)
+        }
+        (DocumentOperations::Multiple(_), None) => None,
+    }
+}

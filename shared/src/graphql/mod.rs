@@ -1,0 +1,99 @@
+//! The GraphQL layer shared by both binaries: the building blocks of each binary's schema
+//! ([`types`]), the spec-compliant GraphQL-over-HTTP handler ([`http`]), and the one place that
+//! turns any error into a coded, client-safe GraphQL error ([`errors`]).
+//!
+//! A binary brings its own title type (implementing [`TitleView`]) and its homepage object; rows,
+//! items, the viewer, `title(id)` and the my-list mutations come from here, so the two surfaces
+//! cannot drift apart where they are meant to be the same.
+
+pub(crate) mod errors;
+pub(crate) mod http;
+pub mod types;
+
+use std::sync::Arc;
+
+use async_graphql::{
+    ObjectType, OutputType, Schema, SchemaBuilder, SubscriptionType,
+    futures_util::future::BoxFuture,
+};
+
+use crate::{
+    auth::Viewer, compose::Composer, config::GraphqlSettings, domain::Title, error::ErrorCode,
+    profile::ClientProfile,
+};
+
+/// How a binary's title type is made from a catalog title and its client profile.
+pub trait TitleView: OutputType + Send + Sync + 'static {
+    /// The client's view of `title`.
+    fn view(title: Arc<Title>, profile: &Arc<ClientProfile>) -> Self;
+}
+
+/// Per-request data every resolver can read: who is asking.
+#[derive(Debug, Clone, Default)]
+pub struct RequestIdentity {
+    /// The verified viewer, `None` for anonymous requests.
+    pub viewer: Option<Viewer>,
+}
+
+/// The viewer of this request, if any.
+pub fn viewer<'a>(ctx: &async_graphql::Context<'a>) -> async_graphql::Result<Option<&'a Viewer>> {
+    Ok(ctx.data::<RequestIdentity>()?.viewer.as_ref())
+}
+
+/// The viewer of this request, or `UNAUTHENTICATED`.
+pub fn require_viewer<'a>(ctx: &async_graphql::Context<'a>) -> async_graphql::Result<&'a Viewer> {
+    viewer(ctx)?.ok_or_else(|| ErrorCode::Unauthenticated.error("sign in to see this"))
+}
+
+/// The composer (schema-wide data).
+pub fn composer<'a>(ctx: &async_graphql::Context<'a>) -> async_graphql::Result<&'a Composer> {
+    ctx.data::<Composer>()
+}
+
+/// A schema behind a trait object, so the server runs either binary's schema.
+pub trait GraphqlExecutor: Send + Sync + 'static {
+    /// Executes one request.
+    fn execute(&self, request: async_graphql::Request) -> BoxFuture<'_, async_graphql::Response>;
+    /// The schema as SDL.
+    fn sdl(&self) -> String;
+}
+
+impl<Q, M, S> GraphqlExecutor for Schema<Q, M, S>
+where
+    Q: ObjectType + 'static,
+    M: ObjectType + 'static,
+    S: SubscriptionType + 'static,
+{
+    fn execute(&self, request: async_graphql::Request) -> BoxFuture<'_, async_graphql::Response> {
+        Box::pin(Schema::execute(self, request))
+    }
+
+    fn sdl(&self) -> String {
+        Schema::sdl(self)
+    }
+}
+
+/// A schema builder with this deployment's limits and the composer as schema data. Binaries call
+/// it with their root types and `.finish()` it.
+pub fn schema_builder<Q, M, S>(
+    query: Q,
+    mutation: M,
+    subscription: S,
+    composer: Composer,
+    limits: &GraphqlSettings,
+) -> SchemaBuilder<Q, M, S>
+where
+    Q: ObjectType + 'static,
+    M: ObjectType + 'static,
+    S: SubscriptionType + 'static,
+{
+    let builder = Schema::build(query, mutation, subscription)
+        .data(composer)
+        .limit_depth(limits.max_depth)
+        .limit_complexity(limits.max_complexity);
+    if limits.introspection {
+        builder
+    } else {
+        builder.disable_introspection()
+    }
+}

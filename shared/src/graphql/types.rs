@@ -1,0 +1,289 @@
+//! GraphQL types both surfaces share: homepage rows and items (generic over the binary's title
+//! type), the viewer, `title(id)` and the my-list mutations. Doc comments here are the SDL frontend
+//! developers read.
+
+use std::{marker::PhantomData, sync::Arc};
+
+use async_graphql::{Context, ID, Object, SimpleObject};
+
+use super::{TitleView, composer, require_viewer, viewer};
+use crate::{
+    compose::{HomeRow, Homepage, RowItem as ComposedItem},
+    domain::{Profile, Region},
+    error::{ErrorCode, backend_error},
+    profile::{ClientProfile, RowKind},
+};
+
+/// A homepage row.
+pub struct Row<T> {
+    row: HomeRow,
+    profile: Arc<ClientProfile>,
+    _title: PhantomData<fn() -> T>,
+}
+
+/// A row of the homepage: a heading and the titles to show, in display order.
+#[Object(name = "Row")]
+impl<T: TitleView> Row<T> {
+    /// Which row this is; clients pick the row's layout from it.
+    async fn kind(&self) -> RowKind {
+        self.row.kind
+    }
+
+    /// Heading to display above the row, e.g. "Continue Watching for Ana".
+    async fn heading(&self) -> &str {
+        &self.row.heading
+    }
+
+    /// The row's titles in display order, already cut to this client's row length.
+    async fn items(&self) -> Vec<RowItem<T>> {
+        self.row
+            .items
+            .iter()
+            .map(|item| RowItem {
+                item: item.clone(),
+                profile: self.profile.clone(),
+                _title: PhantomData,
+            })
+            .collect()
+    }
+}
+
+/// One entry of a row.
+pub struct RowItem<T> {
+    item: ComposedItem,
+    profile: Arc<ClientProfile>,
+    _title: PhantomData<fn() -> T>,
+}
+
+/// A title in a row, with what the row knows about it.
+#[Object(name = "RowItem")]
+impl<T: TitleView> RowItem<T> {
+    /// The title.
+    async fn title(&self) -> T {
+        T::view(self.item.title.clone(), &self.profile)
+    }
+
+    /// CONTINUE_WATCHING rows: how far the viewer got. Null in other rows.
+    async fn progress(&self) -> Option<Progress> {
+        self.item.progress.map(|p| Progress {
+            position_seconds: p.position_seconds,
+            duration_seconds: p.duration_seconds,
+            fraction: if p.duration_seconds == 0 {
+                0.0
+            } else {
+                (f64::from(p.position_seconds) / f64::from(p.duration_seconds)).clamp(0.0, 1.0)
+            },
+        })
+    }
+
+    /// TOP_10 rows: the rank, 1 to 10. Null in other rows.
+    async fn rank(&self) -> Option<u32> {
+        self.item.rank
+    }
+
+    /// RECOMMENDED rows: why the title is suggested, ready to display. Null in other rows.
+    async fn reason(&self) -> Option<&str> {
+        self.item.reason.as_deref()
+    }
+}
+
+/// Playback progress, for drawing a progress bar and resuming playback.
+#[derive(SimpleObject)]
+pub struct Progress {
+    /// Seconds already watched; resume from here.
+    pub position_seconds: u32,
+    /// Total length in seconds.
+    pub duration_seconds: u32,
+    /// Watched share between 0 and 1.
+    pub fraction: f64,
+}
+
+/// The rows of a composed homepage as GraphQL values: a failed row is an error at its own index
+/// (so the list item is null and the error's `path` points at it), the others are values.
+pub fn rows<T: TitleView>(
+    homepage: &Homepage,
+    profile: &Arc<ClientProfile>,
+) -> Vec<Option<Result<Row<T>, async_graphql::Error>>> {
+    homepage
+        .rows
+        .iter()
+        .map(|r| {
+            Some(match r {
+                Ok(row) => Ok(Row {
+                    row: row.clone(),
+                    profile: profile.clone(),
+                    _title: PhantomData,
+                }),
+                Err(e) => Err(backend_error(e)),
+            })
+        })
+        .collect()
+}
+
+/// Parses the optional `region` argument.
+pub fn region_arg(region: Option<String>) -> async_graphql::Result<Option<Region>> {
+    region
+        .map(|r| {
+            Region::parse(&r).ok_or_else(|| {
+                ErrorCode::BadUserInput.error("region must be a two-letter code such as \"US\"")
+            })
+        })
+        .transpose()
+}
+
+/// Checks a client-supplied title id before it is sent anywhere.
+fn title_id_arg(id: &str) -> async_graphql::Result<&str> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(id)
+    } else {
+        Err(ErrorCode::BadUserInput.error("titleId must be 1-64 letters, digits, '-' or '_'"))
+    }
+}
+
+/// The signed-in user.
+#[derive(SimpleObject)]
+#[graphql(name = "Viewer")]
+pub struct ViewerProfile {
+    /// User id.
+    pub id: ID,
+    /// Display name.
+    pub name: String,
+    /// Avatar image URL.
+    pub avatar_url: String,
+    /// Subscription plan, e.g. "premium".
+    pub plan: String,
+    /// Preferred locale, e.g. "en-US".
+    pub locale: String,
+    /// Home region, e.g. "US"; the homepage uses it when no region is given.
+    pub region: String,
+}
+
+impl From<Profile> for ViewerProfile {
+    fn from(p: Profile) -> Self {
+        Self {
+            id: ID(p.id),
+            name: p.name,
+            avatar_url: p.avatar_url,
+            plan: p.plan,
+            locale: p.locale,
+            region: p.region,
+        }
+    }
+}
+
+/// Queries both surfaces share.
+pub struct CommonQuery<T>(PhantomData<fn() -> T>);
+
+impl<T> Default for CommonQuery<T> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+#[Object]
+impl<T: TitleView> CommonQuery<T> {
+    /// One title by id, or null when no such title exists.
+    async fn title(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<T>> {
+        let id = title_id_arg(&id)?;
+        let composer = composer(ctx)?;
+        let title = composer
+            .title(viewer(ctx)?, id)
+            .await
+            .map_err(|e| backend_error(&e))?;
+        Ok(title.map(|t| T::view(t, composer.profile())))
+    }
+
+    /// The signed-in user. Requires a valid bearer token (UNAUTHENTICATED otherwise); null when the
+    /// profile service does not know the user.
+    async fn viewer(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<ViewerProfile>> {
+        let viewer = require_viewer(ctx)?;
+        let composer = composer(ctx)?;
+        let cx = crate::upstream::CallContext {
+            user: Some(viewer.user_id.clone()),
+        };
+        let profile = composer
+            .upstream()
+            .profile(&cx, &viewer.user_id)
+            .await
+            .map_err(|e| backend_error(&e))?;
+        Ok(profile.map(ViewerProfile::from))
+    }
+}
+
+/// The outcome of a my-list change.
+#[derive(SimpleObject)]
+pub struct MyListUpdate {
+    /// The title concerned.
+    pub title_id: ID,
+    /// Whether the title is in the viewer's list now.
+    pub in_my_list: bool,
+    /// False when the list already was in the requested state (the call is idempotent).
+    pub changed: bool,
+}
+
+/// Mutations both surfaces share.
+#[derive(Default)]
+pub struct MyListMutation;
+
+#[Object]
+impl MyListMutation {
+    /// Saves a title to the viewer's list. Idempotent; the next homepage shows it first in MY_LIST.
+    /// Requires a signed-in viewer; an unknown title is BAD_USER_INPUT.
+    async fn add_to_my_list(
+        &self,
+        ctx: &Context<'_>,
+        title_id: ID,
+    ) -> async_graphql::Result<MyListUpdate> {
+        set_in_my_list(ctx, &title_id, true).await
+    }
+
+    /// Removes a title from the viewer's list. Idempotent; requires a signed-in viewer.
+    async fn remove_from_my_list(
+        &self,
+        ctx: &Context<'_>,
+        title_id: ID,
+    ) -> async_graphql::Result<MyListUpdate> {
+        set_in_my_list(ctx, &title_id, false).await
+    }
+}
+
+async fn set_in_my_list(
+    ctx: &Context<'_>,
+    title_id: &str,
+    present: bool,
+) -> async_graphql::Result<MyListUpdate> {
+    let viewer = require_viewer(ctx)?;
+    let title_id = title_id_arg(title_id)?;
+    let composer = composer(ctx)?;
+    let cx = crate::upstream::CallContext {
+        user: Some(viewer.user_id.clone()),
+    };
+    let changed = composer
+        .upstream()
+        .set_in_my_list(&cx, &viewer.user_id, title_id, present)
+        .await
+        .map_err(|e| backend_error(&e))?
+        .ok_or_else(|| ErrorCode::BadUserInput.error(format!("unknown title `{title_id}`")))?;
+    Ok(MyListUpdate {
+        title_id: ID(title_id.to_owned()),
+        in_my_list: present,
+        changed,
+    })
+}
+
+/// Loads the homepage for the request's viewer (anonymous → public rows only).
+pub async fn load_homepage(
+    ctx: &Context<'_>,
+    region: Option<String>,
+    want_hero: bool,
+) -> async_graphql::Result<Homepage> {
+    let region = region_arg(region)?;
+    let composer = composer(ctx)?;
+    let req = crate::compose::HomepageRequest { region, want_hero };
+    Ok(composer.homepage(viewer(ctx)?, &req).await)
+}

@@ -1,0 +1,32 @@
+//! The BFF resolver core shared by `bff-web` and `bff-mobile`: everything that fetches, composes,
+//! secures and serves. A binary adds only its GraphQL surface and client profile.
+//!
+//! # Layout (each layer talks to the one below it)
+//! - [`cli`]: flags and the `run` entry point every binary calls.
+//! - [`config`]: typed settings; defaults < TOML < `BFF_` env < flags.
+//! - [`server`]: axum router, GraphiQL, health/readiness, compression, graceful shutdown.
+//! - [`graphql`]: GraphQL-over-HTTP handler, shared schema types, error coding.
+//! - [`auth`]: bearer JWT → verified [`auth::Viewer`].
+//! - [`compose`]: the parallel homepage plan and title hydration.
+//! - [`profile`]: client profiles (rows, limits) and trimming rules.
+//! - [`upstream`]: the policy layer and one client per backend (reqwest, tonic).
+//! - [`domain`]: plain values passed between the layers.
+//! - [`error`]: the closed list of client error codes.
+//! - [`demo`]: `--demo` (fixtures in-process, demo token).
+//! - [`telemetry`]: logging set-up.
+
+pub mod auth;
+pub mod cli;
+pub mod compose;
+pub mod config;
+pub mod demo;
+pub mod domain;
+pub mod error;
+pub mod graphql;
+pub mod profile;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;
+
+pub use cli::run;
+pub use server::{Application, StartOptions, Surface};

@@ -1,0 +1,188 @@
+//! The HTTP server: binds the listener, assembles the router (GraphQL over HTTP, GraphiQL,
+//! health, readiness), applies response compression, and runs until a shutdown future resolves,
+//! then drains in-flight requests within a bound.
+//!
+//! Owns process-level wiring; the GraphQL protocol lives in `crate::graphql::http`, the schema in
+//! the binaries.
+
+pub mod graphiql;
+mod health;
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use axum::{Router, routing::get};
+use tokio::net::TcpListener;
+use tower_http::compression::CompressionLayer;
+
+use crate::{
+    auth::Authenticator,
+    compose::Composer,
+    config::{GraphqlSettings, Settings},
+    graphql::{GraphqlExecutor, http},
+    upstream::{Upstream, UpstreamInitError},
+};
+
+/// What a binary adds to the shared core: its name, defaults and schema.
+#[derive(Clone, Copy)]
+pub struct Surface {
+    /// Binary name, e.g. `bff-web`.
+    pub name: &'static str,
+    /// Default listen address and client profile.
+    pub defaults: fn() -> crate::config::BinaryDefaults,
+    /// Builds this binary's schema over a composer, with the configured limits.
+    pub schema: fn(Composer, &GraphqlSettings) -> Arc<dyn GraphqlExecutor>,
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Upstream clients could not be built.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamInitError),
+    /// The server loop failed.
+    #[error("server error: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Shared by every handler.
+pub(crate) struct AppState {
+    pub(crate) settings: Settings,
+    pub(crate) auth: Authenticator,
+    pub(crate) schema: Arc<dyn GraphqlExecutor>,
+    graphiql: Option<graphiql::GraphiqlAssets>,
+    graphiql_headers: Option<String>,
+    ready: AtomicBool,
+}
+
+impl AppState {
+    /// The GraphiQL page, when enabled.
+    pub(crate) fn graphiql_page(&self) -> Option<String> {
+        let assets = self.graphiql.as_ref()?;
+        Some(assets.page(
+            "/graphql",
+            "/graphql/ws",
+            self.graphiql_headers.as_deref(),
+            None,
+        ))
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// Options beyond settings, set by `--demo`.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// JSON object of headers GraphiQL starts with (the demo token).
+    pub graphiql_headers: Option<String>,
+}
+
+/// A bound, ready-to-run BFF.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    state: Arc<AppState>,
+}
+
+impl Application {
+    /// Builds everything and binds the listener, so `port()` is known before serving (port 0 works).
+    pub async fn build(
+        settings: Settings,
+        surface: &Surface,
+        opts: StartOptions,
+    ) -> Result<Self, ServerError> {
+        let upstream = Upstream::new(&settings.backends)?;
+        let composer = Composer::new(upstream, Arc::new(settings.profile.clone()));
+        let schema = (surface.schema)(composer, &settings.graphql);
+        let graphiql = settings
+            .graphiql
+            .enabled
+            .then(|| graphiql::GraphiqlAssets::locate(settings.graphiql.assets_dir.as_deref()));
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: settings.listen,
+                    source,
+                })?;
+        let state = Arc::new(AppState {
+            auth: Authenticator::new(&settings.auth),
+            schema,
+            graphiql_headers: opts.graphiql_headers,
+            graphiql: graphiql.clone(),
+            ready: AtomicBool::new(true),
+            settings,
+        });
+        let mut router = Router::new()
+            .route("/graphql", get(http::get).post(http::post))
+            .route("/healthz", get(health::healthz))
+            .route("/readyz", get(health::readyz))
+            .with_state(state.clone());
+        if let Some(assets) = &graphiql {
+            router = router.merge(assets.router());
+        }
+        let router = router.layer(CompressionLayer::new().gzip(true).br(true).zstd(true));
+        Ok(Self {
+            listener,
+            router,
+            state,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Serves until `shutdown` resolves; then readiness turns false, the listener closes and
+    /// in-flight requests get `server.shutdown_grace` to finish.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let state = self.state.clone();
+        let grace = state.settings.server.shutdown_grace;
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+            shutdown.await;
+            state.ready.store(false, Ordering::Relaxed);
+            tracing::info!("shutting down: draining in-flight requests");
+            let _ = stopping_tx.send(());
+        });
+        let drain_deadline = async move {
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            served = serve.into_future() => served.map_err(ServerError::Serve),
+            () = drain_deadline => {
+                tracing::warn!(grace = ?grace, "shutdown grace elapsed with requests still in flight");
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! `spawn_app()`: fixture backends + one BFF on 127.0.0.1:0, with a token signer and the fixture
+//! control handle, torn down when the handle drops.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use bff_fixtures::{Backend, Control, Dataset, FaultPatch, FixtureOptions, Fixtures};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use shared::{
+    Application, StartOptions, Surface,
+    auth::TokenSigner,
+    config::{BackendsSettings, Secret, Settings},
+    demo::fixture_backend,
+};
+use tokio::sync::oneshot;
+
+/// The HS256 secret every test BFF trusts.
+pub const SECRET: &str = "test-secret-0123456789abcdef";
+
+/// A running BFF plus its fixtures.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    pub fixtures: Fixtures,
+    pub signer: TokenSigner,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn web() -> Surface {
+    bff_web::surface()
+}
+
+pub fn mobile() -> Surface {
+    bff_mobile::surface()
+}
+
+pub async fn spawn_app(surface: Surface) -> TestApp {
+    spawn_app_with(surface, |_| {}).await
+}
+
+/// Like [`spawn_app`], letting the test adjust settings after the fixture URLs are filled in.
+pub async fn spawn_app_with(surface: Surface, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    let fixtures = Fixtures::start(FixtureOptions::default())
+        .await
+        .expect("fixtures start");
+    let mut settings = Settings::defaults(&(surface.defaults)());
+    settings.listen = "127.0.0.1:0".parse().unwrap();
+    settings.backends = BackendsSettings::at(|b| fixtures.url(fixture_backend(b)));
+    settings.auth.hs256_secret = Some(Secret::new(SECRET));
+    adjust(&mut settings);
+    let app = Application::build(settings, &surface, StartOptions::default())
+        .await
+        .expect("bff builds");
+    let addr = app.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let signer = TokenSigner::new(SECRET.as_bytes(), None, None);
+    // No automatic decompression (reqwest is built without it), so tests see Content-Encoding.
+    let http = reqwest::Client::builder().build().unwrap();
+    TestApp {
+        addr,
+        http,
+        fixtures,
+        signer,
+        stop: Some(stop),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn control(&self) -> Control {
+        self.fixtures.control()
+    }
+
+    pub fn data(&self) -> Arc<Dataset> {
+        self.fixtures.dataset()
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        self.signer.sign(user, 3600).unwrap()
+    }
+
+    /// Sets a fault on one backend.
+    pub fn fault(&self, b: Backend, patch: FaultPatch) {
+        self.control().set_fault(b, patch);
+    }
+
+    /// POSTs a GraphQL request; returns status and JSON body.
+    pub async fn post_graphql(
+        &self,
+        query: &str,
+        variables: Value,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .post(self.url("/graphql"))
+            .header("content-type", "application/json")
+            .header("accept", "application/graphql-response+json")
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let body = resp.json::<Value>().await.expect("json body");
+        (status, body)
+    }
+
+    /// The homepage for `token` (or anonymous) in `region`, with `query` selecting fields.
+    pub async fn homepage(&self, selection: &str, token: Option<&str>) -> Value {
+        let q = format!("{{ homepage(region: \"US\") {{ rows {{ {selection} }} }} }}");
+        let (status, body) = self.post_graphql(&q, json!({}), token).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+}
+
+/// Row kinds of a homepage response, nulls as "null".
+pub fn kinds(body: &Value) -> Vec<String> {
+    body["data"]["homepage"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap_or("null").to_owned())
+        .collect()
+}
+
+/// The row of `kind` in a homepage response.
+pub fn row<'a>(body: &'a Value, kind: &str) -> &'a Value {
+    body["data"]["homepage"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} row in {body}"))
+}
+
+/// Title ids of a row's items.
+pub fn ids(row: &Value) -> Vec<String> {
+    row["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["title"]["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The errors of a response.
+pub fn errors(body: &Value) -> Vec<Value> {
+    body["errors"].as_array().cloned().unwrap_or_default()
+}
+
+pub fn codes(body: &Value) -> Vec<String> {
+    errors(body)
+        .iter()
+        .map(|e| {
+            e["extensions"]["code"]
+                .as_str()
+                .unwrap_or("<none>")
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Every title field the web surface has: what a rich client asks for.
+pub const WEB_FULL: &str = "{ homepage(region: \"US\") { region hero { id name } rows { kind heading items { rank reason progress { positionSeconds durationSeconds fraction } title { id name synopsis year maturityRating runtimeMinutes genres cast images { poster { url width height } backdrop { url width height } hero { url width height } } } } } } }";
+
+/// Every title field the mobile surface has.
+pub const MOBILE_FULL: &str = "{ homepage(region: \"US\") { region rows { kind heading items { rank reason progress { positionSeconds durationSeconds fraction } title { id name synopsis year maturityRating runtimeMinutes genres image(width: 171, dpr: 2) { url width height } } } } } }";

@@ -1,0 +1,222 @@
+//! GraphQL over HTTP: statuses, content types and coded errors for bad requests; limits;
+//! GET is read-only; compression.
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+async fn raw(app: &TestApp, req: reqwest::RequestBuilder) -> (u16, Option<String>, Value) {
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let text = resp.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    let _ = app;
+    (status, ct, body)
+}
+
+#[tokio::test]
+async fn bad_requests_get_the_spec_status_and_a_coded_error() {
+    let app = spawn_app(web()).await;
+    let post = || {
+        app.http
+            .post(app.url("/graphql"))
+            .header("accept", "application/graphql-response+json")
+    };
+
+    let (s, ct, body) = raw(
+        &app,
+        post()
+            .header("content-type", "application/json")
+            .body("{not json"),
+    )
+    .await;
+    assert_eq!((s, codes(&body)), (400, vec!["BAD_USER_INPUT".to_owned()]));
+    assert_eq!(
+        ct.as_deref(),
+        Some("application/graphql-response+json; charset=utf-8")
+    );
+
+    let (s, _, body) = raw(&app, post().header("content-type", "text/plain").body("{}")).await;
+    assert_eq!((s, codes(&body)), (415, vec!["BAD_USER_INPUT".to_owned()]));
+    let (s, _, _) = raw(&app, post().body("{\"query\":\"{ __typename }\"}")).await;
+    assert_eq!(s, 415, "a missing content type is unsupported");
+
+    let (s, _, body) = raw(&app, post().json(&json!({ "query": 5 }))).await;
+    assert_eq!((s, codes(&body)), (400, vec!["BAD_USER_INPUT".to_owned()]));
+    let (s, _, _) = raw(
+        &app,
+        post().json(&json!({ "query": "{ __typename }", "variables": "x" })),
+    )
+    .await;
+    assert_eq!(s, 400);
+
+    let (s, _, body) = raw(&app, post().json(&json!({ "query": "{ homepage(" }))).await;
+    assert_eq!(
+        (s, codes(&body)),
+        (400, vec!["GRAPHQL_PARSE_FAILED".to_owned()])
+    );
+    assert!(body.get("data").is_none());
+
+    let (s, _, body) = raw(&app, post().json(&json!({ "query": "{ nope }" }))).await;
+    assert_eq!(
+        (s, codes(&body)),
+        (400, vec!["GRAPHQL_VALIDATION_FAILED".to_owned()])
+    );
+
+    let (s, _, body) = raw(
+        &app,
+        post().json(&json!({ "query": "query($id: ID!) { title(id: $id) { id } }", "variables": { "id": { "a": 1 } } })),
+    )
+    .await;
+    assert_eq!(s, 400, "{body}");
+    assert!(
+        codes(&body)
+            .iter()
+            .all(|c| c == "BAD_USER_INPUT" || c == "GRAPHQL_VALIDATION_FAILED"),
+        "{body}"
+    );
+
+    // Legacy application/json clients get 200 for documents that fail, as the spec says.
+    let (s, ct, body) = raw(
+        &app,
+        app.http
+            .post(app.url("/graphql"))
+            .header("accept", "application/json")
+            .json(&json!({ "query": "{ nope }" })),
+    )
+    .await;
+    assert_eq!(
+        (s, ct.as_deref()),
+        (200, Some("application/json; charset=utf-8"))
+    );
+    assert_eq!(codes(&body), ["GRAPHQL_VALIDATION_FAILED"]);
+
+    let csv_only = app
+        .http
+        .post(app.url("/graphql"))
+        .header("accept", "text/csv");
+    let (s, _, _) = raw(&app, csv_only.json(&json!({ "query": "{ __typename }" }))).await;
+    assert_eq!(s, 406);
+}
+
+#[tokio::test]
+async fn mutations_over_get_are_405_and_queries_over_get_work() {
+    let app = spawn_app(web()).await;
+    let get = |q: &str| {
+        app.http
+            .get(app.url("/graphql"))
+            .query(&[("query", q)])
+            .header("accept", "application/json")
+    };
+    let (s, _, body) = raw(
+        &app,
+        get("mutation { addToMyList(titleId: \"t1\") { changed } }").bearer_auth(app.token("u1")),
+    )
+    .await;
+    assert_eq!(s, 405, "{body}");
+    assert_eq!(
+        app.control()
+            .stats()
+            .get(bff_fixtures::Backend::MyList)
+            .calls,
+        0
+    );
+    let (s, _, body) = raw(&app, get("{ title(id: \"t1\") { id } }")).await;
+    assert_eq!((s, body["data"]["title"]["id"].as_str()), (200, Some("t1")));
+    // operationName picks the operation on GET too.
+    let doc = "query A { title(id: \"t1\") { id } } mutation B { addToMyList(titleId: \"t1\") { changed } }";
+    let (s, _, _) = raw(&app, get(doc).query(&[("operationName", "B")])).await;
+    assert_eq!(s, 405);
+    let (s, _, _) = raw(&app, get(doc).query(&[("operationName", "A")])).await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_413() {
+    let app = spawn_app(web()).await;
+    let big = format!("{{ __typename }} # {}", "x".repeat(300 * 1024));
+    let (s, ct, body) = raw(
+        &app,
+        app.http
+            .post(app.url("/graphql"))
+            .header("content-type", "application/json")
+            .json(&json!({ "query": big })),
+    )
+    .await;
+    assert_eq!(s, 413);
+    assert!(ct.unwrap().contains("json"));
+    assert_eq!(codes(&body), ["BAD_USER_INPUT"]);
+}
+
+#[tokio::test]
+async fn too_deep_queries_are_query_too_complex() {
+    let app = spawn_app_with(web(), |s| s.graphql.max_depth = 4).await;
+    let (s, body) = app
+        .post_graphql(
+            "{ homepage { rows { items { title { images { poster { url } } } } } } }",
+            json!({}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s.as_u16(), codes(&body)),
+        (400, vec!["QUERY_TOO_COMPLEX".to_owned()])
+    );
+    let (s, _) = app
+        .post_graphql("{ homepage { rows { kind } } }", json!({}), None)
+        .await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn responses_are_compressed_when_the_client_accepts_it() {
+    let app = spawn_app(web()).await;
+    for enc in ["gzip", "br", "zstd"] {
+        let resp = app
+            .http
+            .post(app.url("/graphql"))
+            .header("content-type", "application/json")
+            .header("accept-encoding", enc)
+            .json(&json!({ "query": WEB_FULL }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers().get("content-encoding").unwrap(), enc);
+    }
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let app = spawn_app(web()).await;
+    let r = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["backends"]["catalog"]["reachable"], true);
+}
+
+#[tokio::test]
+async fn graphiql_is_served_to_browsers() {
+    let app = spawn_app(web()).await;
+    let r = app
+        .http
+        .get(app.url("/graphql"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(r.text().await.unwrap().contains("GraphiQL"));
+}

@@ -1,0 +1,13 @@
+//! End-to-end tests: the fixture backends and a BFF in-process on ephemeral ports, driven over
+//! real HTTP. One test binary so the build links once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+mod auth;
+mod failures;
+mod helpers;
+mod homepage;
+mod http_spec;
+mod mobile;
+mod mutations;
+mod schema_files;
