@@ -1,191 +1,113 @@
-//! The web GraphQL schema: `homepage` with a hero, and the rich `Title`.
+//! The web GraphQL types: the rich `Title` and a `Homepage` that adds a hero to the shared rows.
 
 use std::sync::Arc;
 
-use async_graphql::{Context, EmptySubscription, ID, MergedObject, Object, SimpleObject};
+use async_graphql::{MergedObject, Object};
 use shared::{
-    compose::{Composer, Homepage as Composed},
-    config::GraphqlSettings,
+    compose::Homepage as Composed,
     domain::{self, ImageKind},
     graphql::{
-        GraphqlExecutor, TitleView,
-        types::{CommonQuery, MyListMutation, Row, load_homepage, rows},
+        TitleView,
+        types::{HomepageRows, HomepageView, Image, TitleBasics},
     },
     profile::ClientProfile,
 };
 
-/// The web schema's root query.
-#[derive(MergedObject, Default)]
-pub struct Query(HomeQuery, CommonQuery<Title>);
+/// The web homepage: the shared region and rows, plus a hero banner.
+#[derive(MergedObject)]
+#[graphql(name = "Homepage")]
+pub struct Homepage(HomepageRows<Title>, Hero);
 
-/// The web schema type.
-pub type WebSchema = async_graphql::Schema<Query, MyListMutation, EmptySubscription>;
-
-/// Builds the web schema over `composer`.
-pub fn build(composer: Composer, limits: &GraphqlSettings) -> Arc<dyn GraphqlExecutor> {
-    let schema: WebSchema = shared::graphql::schema_builder(
-        Query::default(),
-        MyListMutation,
-        EmptySubscription,
-        composer,
-        limits,
-    )
-    .finish();
-    Arc::new(schema)
+impl HomepageView for Homepage {
+    const WANTS_HERO: bool = true;
+    fn view(home: Composed, profile: &Arc<ClientProfile>) -> Self {
+        let hero = home.hero.clone();
+        Self(HomepageRows::new(Arc::new(home), profile), Hero(hero))
+    }
 }
 
-/// `homepage`.
-#[derive(Default)]
-pub struct HomeQuery;
+/// The hero part of the web homepage.
+pub struct Hero(Option<Arc<domain::Title>>);
 
 #[Object]
-impl HomeQuery {
-    /// The homepage for the signed-in viewer (all rows) or, without a token, the public rows
-    /// (TOP_10, NEW_RELEASES). `region` (e.g. "US") picks the regional rows; without it the
-    /// viewer's home region is used. A row whose service failed is null with an error at its path.
-    async fn homepage(
-        &self,
-        ctx: &Context<'_>,
-        region: Option<String>,
-    ) -> async_graphql::Result<Homepage> {
-        let composer = shared::graphql::composer(ctx)?;
-        Ok(Homepage {
-            home: load_homepage(ctx, region, true).await?,
-            profile: composer.profile().clone(),
-        })
-    }
-}
-
-/// A stitched web homepage.
-pub struct Homepage {
-    home: Composed,
-    profile: Arc<ClientProfile>,
-}
-
-/// The web homepage: a hero banner and rows in display order.
-#[Object]
-impl Homepage {
-    /// Region the regional rows are for.
-    async fn region(&self) -> &str {
-        self.home.region.as_str()
-    }
-
-    /// Rows in display order. Empty rows are left out; a row whose service failed is null, with
-    /// an error (code BACKEND_UNAVAILABLE or BACKEND_TIMEOUT, `backend` naming the service) at its index.
-    async fn rows(&self) -> Vec<Option<async_graphql::Result<Row<Title>>>> {
-        rows(&self.home, &self.profile)
-    }
-
+impl Hero {
     /// The title to feature in the banner: the viewer's best pick, else the region's number one.
     async fn hero(&self) -> Option<Title> {
-        self.home.hero.clone().map(|t| Title { title: t })
+        self.0.clone().map(Title::of)
     }
 }
 
-/// A title with everything the web page shows.
-pub struct Title {
-    title: Arc<domain::Title>,
+/// A film or series with everything the web page shows.
+#[derive(MergedObject)]
+#[graphql(name = "Title")]
+pub struct Title(TitleBasics, RichFields);
+
+impl Title {
+    /// Web titles are never trimmed, so no profile is needed.
+    fn of(title: Arc<domain::Title>) -> Self {
+        Self(TitleBasics::new(title.clone()), RichFields(title))
+    }
 }
 
 impl TitleView for Title {
     fn view(title: Arc<domain::Title>, _profile: &Arc<ClientProfile>) -> Self {
-        Self { title }
+        Self::of(title)
     }
 }
 
-/// One image rendition.
-#[derive(SimpleObject)]
-pub struct Image {
-    /// Absolute URL.
-    pub url: String,
-    /// Width in pixels.
-    pub width: u32,
-    /// Height in pixels.
-    pub height: u32,
+/// The web-only, untrimmed part of a title.
+pub struct RichFields(Arc<domain::Title>);
+
+#[Object]
+impl RichFields {
+    /// Full synopsis.
+    async fn synopsis(&self) -> &str {
+        &self.0.synopsis
+    }
+
+    /// Genres, most relevant first.
+    async fn genres(&self) -> &[String] {
+        &self.0.genres
+    }
+
+    /// Cast in billing order.
+    async fn cast(&self) -> &[String] {
+        &self.0.cast
+    }
+
+    /// Artwork at every width.
+    async fn images(&self) -> TitleImages {
+        TitleImages(self.0.clone())
+    }
 }
 
 /// Artwork of a title, each kind at every available width (narrowest first), for `srcset`.
-pub struct TitleImages {
-    title: Arc<domain::Title>,
-}
+pub struct TitleImages(Arc<domain::Title>);
 
-fn images(title: &domain::Title, kind: ImageKind) -> Vec<Image> {
-    title
-        .images_of(kind)
-        .into_iter()
-        .map(|i| Image {
-            url: i.url.clone(),
-            width: i.width,
-            height: i.height,
-        })
-        .collect()
+impl TitleImages {
+    fn of(&self, kind: ImageKind) -> Vec<Image> {
+        self.0
+            .images_of(kind)
+            .into_iter()
+            .map(Image::from)
+            .collect()
+    }
 }
 
 #[Object]
 impl TitleImages {
     /// Portrait 2:3 posters.
     async fn poster(&self) -> Vec<Image> {
-        images(&self.title, ImageKind::Poster)
+        self.of(ImageKind::Poster)
     }
 
     /// Landscape 16:9 backdrops.
     async fn backdrop(&self) -> Vec<Image> {
-        images(&self.title, ImageKind::Backdrop)
+        self.of(ImageKind::Backdrop)
     }
 
     /// Wide hero banners.
     async fn hero(&self) -> Vec<Image> {
-        images(&self.title, ImageKind::Hero)
-    }
-}
-
-/// A film or series.
-#[Object]
-impl Title {
-    /// Title id, for `title(id:)` and the my-list mutations.
-    async fn id(&self) -> ID {
-        ID(self.title.id.clone())
-    }
-
-    /// Display name.
-    async fn name(&self) -> &str {
-        &self.title.name
-    }
-
-    /// Full synopsis.
-    async fn synopsis(&self) -> &str {
-        &self.title.synopsis
-    }
-
-    /// Release year.
-    async fn year(&self) -> i32 {
-        self.title.year
-    }
-
-    /// Maturity rating, e.g. "PG-13".
-    async fn maturity_rating(&self) -> &str {
-        &self.title.maturity_rating
-    }
-
-    /// Runtime in minutes.
-    async fn runtime_minutes(&self) -> u32 {
-        self.title.runtime_minutes
-    }
-
-    /// Genres, most relevant first.
-    async fn genres(&self) -> &[String] {
-        &self.title.genres
-    }
-
-    /// Cast in billing order.
-    async fn cast(&self) -> &[String] {
-        &self.title.cast
-    }
-
-    /// Artwork at every width.
-    async fn images(&self) -> TitleImages {
-        TitleImages {
-            title: self.title.clone(),
-        }
+        self.of(ImageKind::Hero)
     }
 }

@@ -54,6 +54,26 @@ pub struct ClientProfile {
 }
 
 impl ClientProfile {
+    /// A profile showing `rows` with up to `items_per_row` items, untrimmed titles, region US.
+    pub fn new(rows: Vec<RowKind>, items_per_row: usize) -> Self {
+        Self {
+            rows,
+            items_per_row,
+            synopsis_max_chars: 0,
+            max_genres: 0,
+            default_region: "US".to_owned(),
+        }
+    }
+
+    /// The same profile with titles trimmed to `synopsis_max_chars` and `max_genres`.
+    pub fn trimmed(self, synopsis_max_chars: usize, max_genres: usize) -> Self {
+        Self {
+            synopsis_max_chars,
+            max_genres,
+            ..self
+        }
+    }
+
     pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.rows.is_empty() {
             return Err(("rows", "must list at least one row".into()));

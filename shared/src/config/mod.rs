@@ -451,8 +451,13 @@ fn to_table(settings: &Settings) -> Result<toml::Table, ConfigError> {
     })
 }
 
-/// The origin of `key` or of its nearest parent that some layer set; "defaults" otherwise.
+/// The origin of `key`, of a key below it (an unknown table is reported at the table), or of its
+/// nearest parent that some layer set; "defaults" otherwise.
 fn origin_of(origins: &BTreeMap<String, Origin>, key: &str) -> String {
+    let below = format!("{key}.");
+    if let Some((_, o)) = origins.iter().find(|(k, _)| k.starts_with(&below)) {
+        return o.to_string();
+    }
     let mut k = key;
     loop {
         if let Some(o) = origins.get(k) {

@@ -1,1 +1,196 @@
+//! Loading order and error messages of settings.
+#![allow(clippy::unwrap_used)]
 
+use std::{io::Write, net::SocketAddr, time::Duration};
+
+use super::*;
+use crate::profile::{ClientProfile, RowKind};
+
+fn binary() -> BinaryDefaults {
+    BinaryDefaults {
+        listen: "127.0.0.1:4000".parse().unwrap(),
+        profile: ClientProfile {
+            rows: vec![RowKind::Top10],
+            items_per_row: 20,
+            synopsis_max_chars: 0,
+            max_genres: 0,
+            default_region: "US".into(),
+        },
+    }
+}
+
+fn file(text: &str) -> tempfile_path::TempToml {
+    tempfile_path::TempToml::new(text)
+}
+
+/// A config file in the OS temp dir, removed on drop (no extra crate needed).
+mod tempfile_path {
+    use std::path::PathBuf;
+
+    pub(super) struct TempToml(pub(super) PathBuf);
+
+    impl TempToml {
+        pub(super) fn new(text: &str) -> Self {
+            static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = std::env::temp_dir()
+                .join(format!("bff-config-test-{}-{n}.toml", std::process::id()));
+            let mut f = std::fs::File::create(&path).unwrap();
+            super::Write::write_all(&mut f, text.as_bytes()).unwrap();
+            Self(path)
+        }
+    }
+
+    impl Drop for TempToml {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+fn load(
+    file_text: Option<&str>,
+    env: &[(&str, &str)],
+) -> (Result<Settings, ConfigError>, Option<String>) {
+    let f = file_text.map(file);
+    let opts = LoadOptions {
+        file: f.as_ref().map(|f| f.0.clone()),
+        listen: None,
+        env: env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    };
+    let path = f.as_ref().map(|f| f.0.display().to_string());
+    (Settings::load(&binary(), &opts), path)
+}
+
+#[test]
+fn defaults_point_at_the_local_fixture_backends() {
+    let (s, _) = load(None, &[]);
+    let s = s.unwrap();
+    assert_eq!(s.listen, "127.0.0.1:4000".parse::<SocketAddr>().unwrap());
+    assert_eq!(s.backends.top10.url, "http://127.0.0.1:7001/top10");
+    assert_eq!(s.backends.catalog.url, "http://127.0.0.1:7002");
+    assert_eq!(s.server.max_body_bytes, 256 * 1024);
+    assert_eq!(s.graphql.max_depth, 12);
+    assert!(s.auth.hs256_secret.is_none());
+}
+
+#[test]
+fn file_then_env_then_flag_override_in_order() {
+    let text = r#"
+        listen = "127.0.0.1:5000"
+        [backends.top10]
+        url = "http://10.0.0.1:81/top10"
+        timeout = "250ms"
+        [graphql]
+        max_depth = 8
+    "#;
+    let f = file(text);
+    let opts = LoadOptions {
+        file: Some(f.0.clone()),
+        listen: Some("127.0.0.1:6000".parse().unwrap()),
+        env: vec![
+            (
+                "BFF_BACKENDS__TOP10__URL".into(),
+                "http://127.0.0.2:82/top10".into(),
+            ),
+            ("BFF_GRAPHQL__MAX_DEPTH".into(), "9".into()),
+            ("BFF_AUTH__HS256_SECRET".into(), "1234567890123456".into()),
+            ("BFF_CACHE_HOME".into(), "/tmp/ignored-not-a-section".into()),
+            ("PATH".into(), "/bin".into()),
+        ],
+    };
+    let s = Settings::load(&binary(), &opts).unwrap();
+    assert_eq!(s.listen, "127.0.0.1:6000".parse::<SocketAddr>().unwrap());
+    assert_eq!(s.backends.top10.url, "http://127.0.0.2:82/top10");
+    assert_eq!(s.backends.top10.timeout, Duration::from_millis(250));
+    assert_eq!(s.graphql.max_depth, 9);
+    // A numeric-looking secret stays text.
+    assert_eq!(s.auth.hs256_secret.unwrap().expose(), "1234567890123456");
+}
+
+#[test]
+fn unknown_keys_in_the_file_are_rejected_naming_key_and_file() {
+    let (r, path) = load(Some("[graphql]\nmax_dept = 3\n"), &[]);
+    let msg = r.unwrap_err().to_string();
+    assert!(msg.contains("graphql"), "{msg}");
+    assert!(msg.contains("max_dept"), "{msg}");
+    assert!(msg.contains(&path.unwrap()), "{msg}");
+}
+
+#[test]
+fn unknown_keys_under_a_known_section_in_env_are_rejected_naming_the_variable() {
+    let (r, _) = load(None, &[("BFF_BACKENDS__TOP11__URL", "http://x")]);
+    let msg = r.unwrap_err().to_string();
+    assert!(
+        msg.contains("top11") && msg.contains("BFF_BACKENDS__TOP11__URL"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn bad_values_are_rejected_with_the_reason() {
+    let (r, path) = load(
+        Some("[backends.catalog]\nurl = \"http://127.0.0.1:7002\"\ntimeout = \"fast\"\n"),
+        &[],
+    );
+    let msg = r.unwrap_err().to_string();
+    assert!(
+        msg.contains("backends.catalog.timeout")
+            && msg.contains("fast")
+            && msg.contains(&path.unwrap()),
+        "{msg}"
+    );
+
+    let (r, _) = load(None, &[("BFF_BACKENDS__CATALOG__URL", "ftp://nope")]);
+    let msg = r.unwrap_err().to_string();
+    assert!(
+        msg.contains("backends.catalog.url") && msg.contains("BFF_BACKENDS__CATALOG__URL"),
+        "{msg}"
+    );
+
+    let (r, _) = load(None, &[("BFF_GRAPHQL__MAX_DEPTH", "deep")]);
+    assert!(r.unwrap_err().to_string().contains("graphql.max_depth"));
+
+    let (r, _) = load(None, &[("BFF_AUTH__HS256_SECRET", "short")]);
+    assert!(r.unwrap_err().to_string().contains("at least 16 bytes"));
+
+    let (r, _) = load(
+        Some(
+            "[profile]\nrows = [\"HERO\"]\nitems_per_row = 5\nsynopsis_max_chars = 0\nmax_genres = 0\ndefault_region = \"US\"\n",
+        ),
+        &[],
+    );
+    assert!(r.unwrap_err().to_string().contains("profile.rows"));
+
+    let (r, path) = load(Some("listen = [1, 2"), &[]);
+    let msg = r.unwrap_err().to_string();
+    assert!(
+        msg.contains("not valid TOML") && msg.contains(&path.unwrap()),
+        "{msg}"
+    );
+}
+
+#[test]
+fn profile_keys_can_be_overridden_one_by_one() {
+    let (s, _) = load(
+        Some("[profile]\nitems_per_row = 7\n"),
+        &[("BFF_PROFILE__ROWS", "[\"TOP_10\", \"MY_LIST\"]")],
+    );
+    let s = s.unwrap();
+    assert_eq!(s.profile.items_per_row, 7);
+    assert_eq!(s.profile.rows, vec![RowKind::Top10, RowKind::MyList]);
+}
+
+#[test]
+fn secrets_never_print() {
+    let (s, _) = load(
+        None,
+        &[("BFF_AUTH__HS256_SECRET", "super-secret-value-123")],
+    );
+    let s = s.unwrap();
+    assert!(!format!("{s:?}").contains("super-secret-value-123"));
+    assert!(!s.redacted_toml().contains("super-secret-value-123"));
+}

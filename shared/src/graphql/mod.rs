@@ -73,9 +73,24 @@ where
     }
 }
 
-/// A schema builder with this deployment's limits and the composer as schema data. Binaries call
-/// it with their root types and `.finish()` it.
-pub fn schema_builder<Q, M, S>(
+/// The schema of a surface: the shared root query over the binary's title and homepage types, the
+/// my-list mutations, this deployment's limits and the composer as schema data.
+pub fn build_schema<T: TitleView, H: types::HomepageView>(
+    composer: Composer,
+    limits: &GraphqlSettings,
+) -> Arc<dyn GraphqlExecutor> {
+    let query = types::RootQuery::<T, H>::default();
+    let schema = schema_builder(
+        query,
+        types::MyListMutation,
+        async_graphql::EmptySubscription,
+        composer,
+        limits,
+    );
+    Arc::new(schema.finish())
+}
+
+fn schema_builder<Q, M, S>(
     query: Q,
     mutation: M,
     subscription: S,

@@ -4,7 +4,9 @@
 
 use std::{marker::PhantomData, sync::Arc};
 
-use async_graphql::{Context, ID, Object, SimpleObject};
+use async_graphql::{Context, ID, Object, OutputType, SimpleObject};
+
+use crate::domain::Title;
 
 use super::{TitleView, composer, require_viewer, viewer};
 use crate::{
@@ -87,6 +89,67 @@ impl<T: TitleView> RowItem<T> {
     }
 }
 
+/// The title fields every surface shows the same way. Each surface merges it into its own `Title`
+/// type (`MergedObject`) next to the fields it trims or enriches.
+pub struct TitleBasics(Arc<Title>);
+
+impl TitleBasics {
+    /// Wraps a catalog title.
+    pub fn new(title: Arc<Title>) -> Self {
+        Self(title)
+    }
+}
+
+/// Untrimmed title fields.
+#[Object(name = "TitleBasics")]
+impl TitleBasics {
+    /// Title id, for `title(id:)` and the my-list mutations.
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+
+    /// Display name.
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// Release year.
+    async fn year(&self) -> i32 {
+        self.0.year
+    }
+
+    /// Maturity rating, e.g. "PG-13".
+    async fn maturity_rating(&self) -> &str {
+        &self.0.maturity_rating
+    }
+
+    /// Runtime in minutes.
+    async fn runtime_minutes(&self) -> u32 {
+        self.0.runtime_minutes
+    }
+}
+
+/// One rendition of a title's artwork.
+#[derive(SimpleObject)]
+pub struct Image {
+    /// Absolute URL.
+    pub url: String,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+}
+
+impl From<&crate::domain::Image> for Image {
+    fn from(i: &crate::domain::Image) -> Self {
+        Self {
+            url: i.url.clone(),
+            width: i.width,
+            height: i.height,
+        }
+    }
+}
+
 /// Playback progress, for drawing a progress bar and resuming playback.
 #[derive(SimpleObject)]
 pub struct Progress {
@@ -100,7 +163,7 @@ pub struct Progress {
 
 /// The rows of a composed homepage as GraphQL values: a failed row is an error at its own index
 /// (so the list item is null and the error's `path` points at it), the others are values.
-pub fn rows<T: TitleView>(
+fn rows<T: TitleView>(
     homepage: &Homepage,
     profile: &Arc<ClientProfile>,
 ) -> Vec<Option<Result<Row<T>, async_graphql::Error>>> {
@@ -121,7 +184,7 @@ pub fn rows<T: TitleView>(
 }
 
 /// Parses the optional `region` argument.
-pub fn region_arg(region: Option<String>) -> async_graphql::Result<Option<Region>> {
+fn region_arg(region: Option<String>) -> async_graphql::Result<Option<Region>> {
     region
         .map(|r| {
             Region::parse(&r).ok_or_else(|| {
@@ -176,17 +239,81 @@ impl From<Profile> for ViewerProfile {
     }
 }
 
-/// Queries both surfaces share.
-pub struct CommonQuery<T>(PhantomData<fn() -> T>);
+/// How a binary's homepage object is made from a composed homepage.
+pub trait HomepageView: OutputType + Send + Sync + 'static {
+    /// Whether the composer should pick a hero title for this surface.
+    const WANTS_HERO: bool;
+    /// The surface's homepage object.
+    fn view(home: Homepage, profile: &Arc<ClientProfile>) -> Self;
+}
 
-impl<T> Default for CommonQuery<T> {
+/// The part of the homepage both surfaces have: region and rows. Each surface merges it into its
+/// own `Homepage` type (`MergedObject`); web adds a `hero` field. Its own GraphQL name never shows
+/// in a schema because nothing refers to it directly.
+pub struct HomepageRows<T> {
+    home: Arc<Homepage>,
+    profile: Arc<ClientProfile>,
+    _title: PhantomData<fn() -> T>,
+}
+
+impl<T> HomepageRows<T> {
+    /// Wraps a composed homepage.
+    pub fn new(home: Arc<Homepage>, profile: &Arc<ClientProfile>) -> Self {
+        Self {
+            home,
+            profile: profile.clone(),
+            _title: PhantomData,
+        }
+    }
+}
+
+/// Region and rows of a homepage.
+#[Object(name = "HomepageRows")]
+impl<T: TitleView> HomepageRows<T> {
+    /// Region the regional rows (TOP_10, NEW_RELEASES) are for.
+    async fn region(&self) -> &str {
+        self.home.region.as_str()
+    }
+
+    /// Rows in display order, each cut to this client's row length. Empty rows are left out; a
+    /// row whose service failed is null, with an error (code BACKEND_UNAVAILABLE or
+    /// BACKEND_TIMEOUT, `backend` naming the service) at its index.
+    async fn rows(&self) -> Vec<Option<async_graphql::Result<Row<T>>>> {
+        rows(&self.home, &self.profile)
+    }
+}
+
+/// The root query of both surfaces, over the binary's title and homepage types.
+pub struct RootQuery<T, H>(PhantomData<fn() -> (T, H)>);
+
+impl<T, H> Default for RootQuery<T, H> {
     fn default() -> Self {
         Self(PhantomData)
     }
 }
 
-#[Object]
-impl<T: TitleView> CommonQuery<T> {
+/// Entry points: the homepage, one title, and the signed-in viewer.
+#[Object(name = "Query")]
+impl<T: TitleView, H: HomepageView> RootQuery<T, H> {
+    /// The homepage for the signed-in viewer (every row of this app) or, without a token, the
+    /// public rows only. `region` (e.g. "US") picks the regional rows; without it the viewer's
+    /// home region is used. A row whose service failed is null with an error at its path; the
+    /// other rows still arrive.
+    async fn homepage(
+        &self,
+        ctx: &Context<'_>,
+        region: Option<String>,
+    ) -> async_graphql::Result<H> {
+        let region = region_arg(region)?;
+        let composer = composer(ctx)?;
+        let req = crate::compose::HomepageRequest {
+            region,
+            want_hero: H::WANTS_HERO,
+        };
+        let home = composer.homepage(viewer(ctx)?, &req).await;
+        Ok(H::view(home, composer.profile()))
+    }
+
     /// One title by id, or null when no such title exists.
     async fn title(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<T>> {
         let id = title_id_arg(&id)?;
@@ -274,16 +401,4 @@ async fn set_in_my_list(
         in_my_list: present,
         changed,
     })
-}
-
-/// Loads the homepage for the request's viewer (anonymous → public rows only).
-pub async fn load_homepage(
-    ctx: &Context<'_>,
-    region: Option<String>,
-    want_hero: bool,
-) -> async_graphql::Result<Homepage> {
-    let region = region_arg(region)?;
-    let composer = composer(ctx)?;
-    let req = crate::compose::HomepageRequest { region, want_hero };
-    Ok(composer.homepage(viewer(ctx)?, &req).await)
 }

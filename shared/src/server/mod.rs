@@ -40,6 +40,20 @@ pub struct Surface {
     pub schema: fn(Composer, &GraphqlSettings) -> Arc<dyn GraphqlExecutor>,
 }
 
+impl Surface {
+    /// A surface over the binary's title and homepage types, with the shared root query.
+    pub fn new<T: crate::graphql::TitleView, H: crate::graphql::types::HomepageView>(
+        name: &'static str,
+        defaults: fn() -> crate::config::BinaryDefaults,
+    ) -> Self {
+        Self {
+            name,
+            defaults,
+            schema: crate::graphql::build_schema::<T, H>,
+        }
+    }
+}
+
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
