@@ -1,0 +1,218 @@
+//! The closed-loop load generator: `concurrency` tasks, each sending the next request as soon as
+//! the previous one's body has arrived, over one shared keep-alive client. Owns timing (warmup,
+//! measurement window, hard stop) and per-request bookkeeping (latency, errors, bytes).
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, ensure};
+use bytes::Bytes;
+use reqwest::{
+    StatusCode,
+    header::{ACCEPT_ENCODING, AUTHORIZATION, CONTENT_TYPE, HeaderValue},
+};
+
+/// A request slower than this counts as an error; it also bounds how long a stuck run can last.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What to send, how hard and for how long.
+pub(crate) struct Plan {
+    pub(crate) url: String,
+    /// The JSON request body, built once (cloning `Bytes` is a refcount bump).
+    pub(crate) body: Bytes,
+    /// `Bearer …` values to rotate through.
+    pub(crate) auth: Vec<HeaderValue>,
+    pub(crate) accept_encoding: Option<HeaderValue>,
+    pub(crate) concurrency: usize,
+    pub(crate) warmup: Duration,
+    pub(crate) duration: Duration,
+}
+
+/// What the measurement window saw.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    /// Latencies of the requests that completed in the window, in µs, ascending.
+    pub(crate) latencies_us: Vec<u64>,
+    /// Of those, how many failed (transport error, non-200, or GraphQL `errors`).
+    pub(crate) errors: u64,
+    /// Response body bytes as received (compressed when `Accept-Encoding` was sent).
+    pub(crate) body_bytes: u64,
+    /// The window's actual length (≈ `Plan::duration`).
+    pub(crate) window: Duration,
+    /// What the first failed request of the window looked like, for the log.
+    pub(crate) first_error: Option<String>,
+}
+
+impl Outcome {
+    pub(crate) fn requests(&self) -> u64 {
+        self.latencies_us.len() as u64
+    }
+}
+
+/// One request's result.
+pub(crate) struct Response {
+    pub(crate) ok: bool,
+    pub(crate) bytes: u64,
+    /// For a failure: status or transport error, and the start of the body.
+    pub(crate) error: Option<String>,
+}
+
+/// How much of a failed response's body to keep for the log.
+const ERROR_SAMPLE_BYTES: usize = 300;
+
+/// Sends one request of `plan` with the `i`-th auth value (mod the list).
+pub(crate) async fn send(client: &reqwest::Client, plan: &Plan, i: usize) -> Response {
+    let mut req = client
+        .post(&plan.url)
+        .header(CONTENT_TYPE, "application/json")
+        .body(plan.body.clone());
+    if let Some(auth) = plan.auth.get(i % plan.auth.len().max(1)) {
+        req = req.header(AUTHORIZATION, auth.clone());
+    }
+    if let Some(enc) = &plan.accept_encoding {
+        req = req.header(ACCEPT_ENCODING, enc.clone());
+    }
+    let failed = |error: String| Response {
+        ok: false,
+        bytes: 0,
+        error: Some(error),
+    };
+    let resp = match req.send().await {
+        Ok(resp) => resp,
+        Err(e) => return failed(format!("transport: {e}")),
+    };
+    let status = resp.status();
+    let compressed = resp
+        .headers()
+        .contains_key(reqwest::header::CONTENT_ENCODING);
+    let body = match resp.bytes().await {
+        Ok(body) => body,
+        Err(e) => return failed(format!("{status}, body: {e}")),
+    };
+    // A compressed body cannot be searched cheaply; it is judged by status alone.
+    let ok = status == StatusCode::OK && (compressed || !has_graphql_errors(&body));
+    Response {
+        ok,
+        bytes: body.len() as u64,
+        // Only failures pay for the copy.
+        error: (!ok).then(|| {
+            let sample = &body[..body.len().min(ERROR_SAMPLE_BYTES)];
+            format!("{status}: {}", String::from_utf8_lossy(sample))
+        }),
+    }
+}
+
+/// Whether a JSON GraphQL response carries a top-level-or-nested `"errors":` key. A byte scan
+/// rather than a parse, so checking costs the load generator next to nothing.
+pub(crate) fn has_graphql_errors(body: &[u8]) -> bool {
+    body.windows(9).any(|w| w == b"\"errors\":")
+}
+
+/// Per-task tallies, merged after the run.
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u64>,
+    errors: u64,
+    body_bytes: u64,
+    first_error: Option<String>,
+}
+
+/// Runs `plan`: warmup, then the measurement window. `probe` is called right at the start and
+/// the end of the window (e.g. to read CPU time and backend call counters); its two results are
+/// returned with the outcome, so deltas cover exactly the requests counted.
+pub(crate) async fn drive<S>(
+    client: &reqwest::Client,
+    plan: Plan,
+    probe: impl Fn() -> S,
+) -> Result<(Outcome, S, S)> {
+    ensure!(plan.concurrency > 0, "concurrency must be at least 1");
+    ensure!(!plan.auth.is_empty(), "a load plan needs at least one user");
+    let plan = Arc::new(plan);
+    let begin = Instant::now();
+    let window_start = begin + plan.warmup;
+    let window_end = window_start + plan.duration;
+
+    let mut tasks = Vec::with_capacity(plan.concurrency);
+    for task in 0..plan.concurrency {
+        let client = client.clone();
+        let plan = plan.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            // Task k sends users k, k + c, k + 2c, …: with as many users as tasks, every task
+            // sticks to one user; with more users, every request is a different one in turn.
+            let mut i = task;
+            // Closed loop: no new request after the window; a request straddling the end is
+            // finished but not counted (completion time decides, which keeps rps unbiased).
+            while Instant::now() < window_end {
+                let sent = Instant::now();
+                let resp = send(&client, &plan, i).await;
+                let done = Instant::now();
+                i = i.wrapping_add(plan.concurrency);
+                if done >= window_start && done <= window_end {
+                    let us =
+                        u64::try_from(done.duration_since(sent).as_micros()).unwrap_or(u64::MAX);
+                    tally.latencies_us.push(us);
+                    tally.body_bytes += resp.bytes;
+                    if !resp.ok {
+                        tally.errors += 1;
+                        if tally.first_error.is_none() {
+                            tally.first_error = resp.error;
+                        }
+                    }
+                }
+            }
+            tally
+        }));
+    }
+
+    tokio::time::sleep_until(window_start.into()).await;
+    let before = probe();
+    let actual_start = Instant::now();
+    tokio::time::sleep_until(window_end.into()).await;
+    let after = probe();
+    let window = actual_start.elapsed();
+
+    // Every task ends within one request of `window_end`, and a request within REQUEST_TIMEOUT;
+    // the margin only guards against a hang we did not foresee.
+    let deadline =
+        tokio::time::Instant::from(window_end) + REQUEST_TIMEOUT + Duration::from_secs(5);
+    let mut outcome = Outcome {
+        window,
+        ..Outcome::default()
+    };
+    for task in tasks {
+        let abort = task.abort_handle();
+        let tally = match tokio::time::timeout_at(deadline, task).await {
+            Ok(joined) => joined.context("load task panicked")?,
+            Err(_) => {
+                abort.abort();
+                anyhow::bail!("a load task did not stop within the request timeout");
+            }
+        };
+        outcome.latencies_us.extend(tally.latencies_us);
+        outcome.errors += tally.errors;
+        outcome.body_bytes += tally.body_bytes;
+        outcome.first_error = outcome.first_error.or(tally.first_error);
+    }
+    outcome.latencies_us.sort_unstable();
+    Ok((outcome, before, after))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graphql_errors_are_spotted_anywhere() {
+        assert!(has_graphql_errors(
+            br#"{"data":null,"errors":[{"message":"x"}]}"#
+        ));
+        assert!(has_graphql_errors(br#"{"errors":[]}"#));
+        assert!(!has_graphql_errors(
+            br#"{"data":{"homepage":{"errors_seen":1}}}"#
+        ));
+        assert!(!has_graphql_errors(b""));
+    }
+}

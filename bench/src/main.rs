@@ -1,0 +1,191 @@
+//! `bff-bench`: starts the fixture backends and the BFFs in-process (one tokio multi-thread
+//! runtime), drives closed-loop HTTP load per scenario and prints one Markdown table row per
+//! scenario with the median over `--runs`. Owns the CLI and the run loop; what a scenario sends
+//! lives in [`scenario`], how load is driven in [`load`].
+//!
+//! ```text
+//! cargo run --release -p bff-bench -- [--scenario NAME ...] [--duration 10s] [--concurrency N]
+//!     [--warmup 2s] [--runs 3] [--list]
+//! ```
+
+mod harness;
+mod load;
+mod payload;
+mod procfs;
+mod report;
+mod scenario;
+mod stats;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use bytes::Bytes;
+use clap::Parser;
+use reqwest::header::HeaderValue;
+
+use crate::{
+    harness::Env,
+    load::Plan,
+    report::{Columns, ScenarioResult, Snapshot},
+    scenario::{Kind, LoadSpec, Scenario},
+};
+
+/// Load benchmark of the BFFs against in-process fixture backends.
+#[derive(Debug, Parser)]
+#[command(name = "bff-bench")]
+struct Cli {
+    /// Scenario to run (repeatable); default: all, in catalogue order. See --list.
+    #[arg(long = "scenario", short = 's', value_name = "NAME")]
+    scenarios: Vec<String>,
+    /// Measurement window of each run.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Unmeasured load before the window (connections, caches, allocator settle).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Concurrent clients for every load scenario; default: each scenario's own (8 or 32).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Runs per scenario; columns report the median.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// List the scenarios and exit.
+    #[arg(long)]
+    list: bool,
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let catalogue = scenario::catalogue();
+    if cli.list {
+        for s in &catalogue {
+            println!("{:<18} {}", s.name, s.about);
+        }
+        return Ok(());
+    }
+    ensure!(cli.runs >= 1, "--runs must be at least 1");
+    ensure!(!cli.duration.is_zero(), "--duration must be positive");
+    ensure!(
+        cli.concurrency != Some(0),
+        "--concurrency must be at least 1"
+    );
+    let selected = select(&catalogue, &cli.scenarios)?;
+
+    let env = Env::start().await?;
+    let mut results = Vec::new();
+    let mut payload_table = None;
+    for s in selected {
+        match &s.kind {
+            Kind::Load(spec) => {
+                let result = run_load(&env, s, spec, &cli).await?;
+                results.push(result);
+            }
+            Kind::Payload => {
+                eprintln!("[{}] one request per surface and encoding", s.name);
+                let rows = payload::measure(&env).await?;
+                payload_table = Some(payload::render(&rows));
+            }
+        }
+    }
+
+    println!(
+        "\n{} run(s) per scenario, {:?} warmup + {:?} measured; medians:\n",
+        cli.runs, cli.warmup, cli.duration
+    );
+    if !results.is_empty() {
+        print!("{}", report::render_table(&results));
+        println!();
+        for r in &results {
+            if let Some(v) = r.verdict() {
+                println!("{v}");
+            }
+        }
+    }
+    if let Some(table) = payload_table {
+        println!("\npayload (user u1, one request each):\n\n{table}");
+    }
+    Ok(())
+}
+
+/// The scenarios named on the command line, in the order given; all of them for none.
+fn select<'a>(catalogue: &'a [Scenario], names: &[String]) -> Result<Vec<&'a Scenario>> {
+    if names.is_empty() {
+        return Ok(catalogue.iter().collect());
+    }
+    names
+        .iter()
+        .map(|n| {
+            catalogue.iter().find(|s| s.name == n).with_context(|| {
+                let known: Vec<_> = catalogue.iter().map(|s| s.name).collect();
+                format!("unknown scenario `{n}` (known: {})", known.join(", "))
+            })
+        })
+        .collect()
+}
+
+/// Runs a load scenario `cli.runs` times, each against a fresh BFF and reset fixtures.
+async fn run_load(env: &Env, s: &Scenario, spec: &LoadSpec, cli: &Cli) -> Result<ScenarioResult> {
+    let concurrency = cli.concurrency.unwrap_or(spec.concurrency);
+    let body = Bytes::from(serde_json::to_vec(
+        &serde_json::json!({ "query": spec.query }),
+    )?);
+    let auth = spec
+        .users
+        .iter()
+        .map(|u| Ok(HeaderValue::try_from(format!("Bearer {}", env.token(u)?))?))
+        .collect::<Result<Vec<_>>>()?;
+    let mut runs = Vec::with_capacity(cli.runs);
+    for run in 1..=cli.runs {
+        env.set_latency(spec.latency);
+        let bff = env.spawn_bff(spec.bff, spec.adjust).await?;
+        let client = reqwest::Client::builder()
+            .timeout(load::REQUEST_TIMEOUT)
+            .pool_max_idle_per_host(concurrency)
+            .build()?;
+        let plan = Plan {
+            url: bff.graphql_url(),
+            body: body.clone(),
+            auth: auth.clone(),
+            accept_encoding: spec.accept_encoding.map(HeaderValue::from_static),
+            concurrency,
+            warmup: cli.warmup,
+            duration: cli.duration,
+        };
+        // One request up front: a misconfigured scenario should fail loudly, not report a
+        // beautiful rps of instant errors.
+        let first = load::send(&client, &plan, 0).await;
+        if !first.ok {
+            bail!(
+                "{}: the first request failed; is the scenario valid?",
+                s.name
+            );
+        }
+        let control = env.control();
+        let probe = || -> Result<Snapshot> {
+            Ok(Snapshot {
+                cpu_us: procfs::cpu_time_us()?,
+                upstream_calls: control.stats().total_calls(),
+            })
+        };
+        let (outcome, before, after) = load::drive(&client, plan, probe).await?;
+        drop(client);
+        bff.stop().await?;
+        let columns = Columns::from_run(&outcome, before?, after?, procfs::peak_rss_kib()?);
+        eprintln!(
+            "[{}] run {run}/{}: {:.0} rps, p50 {:.1} ms, p99 {:.1} ms, {} errors",
+            s.name, cli.runs, columns.rps, columns.p50_ms, columns.p99_ms, columns.errors
+        );
+        if let Some(error) = &outcome.first_error {
+            eprintln!("[{}] run {run}: first error: {error}", s.name);
+        }
+        runs.push(columns);
+    }
+    env.set_latency(Duration::ZERO);
+    Ok(ScenarioResult {
+        name: s.name,
+        concurrency,
+        runs,
+        target: spec.target,
+    })
+}
