@@ -49,7 +49,12 @@ pub enum RunError {
 pub fn sdl(surface: &Surface) -> Result<String, RunError> {
     let settings = Settings::defaults(&(surface.defaults)());
     let upstream = Upstream::new(&settings.backends).map_err(ServerError::from)?;
-    let composer = Composer::new(upstream, std::sync::Arc::new(settings.profile.clone()));
+    let cache = crate::cache::FragmentCache::new(settings.cache.clone());
+    let composer = Composer::new(
+        upstream,
+        cache,
+        std::sync::Arc::new(settings.profile.clone()),
+    );
     Ok((surface.schema)(composer, &settings.graphql).sdl())
 }
 

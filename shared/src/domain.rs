@@ -4,7 +4,7 @@
 
 use std::{fmt, sync::Arc};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A verified user id (the `sub` claim of a verified token). Only `auth` creates one from a
 /// token, so per-user cache keys and the `x-user-id` header can never come from client input.
@@ -59,7 +59,7 @@ impl fmt::Display for Region {
 }
 
 /// A user's profile from the `profile` backend.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Profile {
     /// User id.
@@ -77,7 +77,7 @@ pub struct Profile {
 }
 
 /// One entry of the `continue_watching` row.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContinueWatchingEntry {
     /// Title id.
@@ -91,7 +91,7 @@ pub struct ContinueWatchingEntry {
 }
 
 /// One entry of the user's list.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MyListEntry {
     /// Title id.
@@ -101,7 +101,7 @@ pub struct MyListEntry {
 }
 
 /// One entry of a region's top 10.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Top10Entry {
     /// Title id.
@@ -111,7 +111,7 @@ pub struct Top10Entry {
 }
 
 /// One new release in a region.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NewRelease {
     /// Title id.
@@ -121,7 +121,7 @@ pub struct NewRelease {
 }
 
 /// One scored recommendation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Recommendation {
     /// Title id.
     pub title_id: String,
@@ -132,7 +132,7 @@ pub struct Recommendation {
 }
 
 /// Which picture of a title an image is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ImageKind {
     /// Portrait 2:3 artwork.
     Poster,
@@ -143,7 +143,7 @@ pub enum ImageKind {
 }
 
 /// One rendition of a title's artwork.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Image {
     /// Which picture.
     pub kind: ImageKind,
@@ -156,7 +156,7 @@ pub struct Image {
 }
 
 /// A catalog title with everything the catalog knows; clients see a trimmed view of it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Title {
     /// Title id.
     pub id: String,

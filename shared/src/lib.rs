@@ -8,6 +8,7 @@
 //! - [`graphql`]: GraphQL-over-HTTP handler, shared schema types, error coding.
 //! - [`auth`]: bearer JWT → verified [`auth::Viewer`].
 //! - [`compose`]: the parallel homepage plan and title hydration.
+//! - [`cache`]: fragment cache (L1 moka; tier boundary for a shared tier), coalescing, SWR.
 //! - [`profile`]: client profiles (rows, limits) and trimming rules.
 //! - [`upstream`]: the policy layer and one client per backend (reqwest, tonic).
 //! - [`domain`]: plain values passed between the layers.
@@ -16,6 +17,7 @@
 //! - [`telemetry`]: logging set-up.
 
 pub mod auth;
+pub mod cache;
 pub mod cli;
 pub mod compose;
 pub mod config;

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use shared::{
     Application, StartOptions, Surface,
     auth::TokenSigner,
+    cache::FragmentCache,
     config::{BackendsSettings, Secret, Settings},
     demo::fixture_backend,
 };
@@ -23,6 +24,7 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub fixtures: Fixtures,
     pub signer: TokenSigner,
+    pub cache: FragmentCache,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -60,6 +62,7 @@ pub async fn spawn_app_with(surface: Surface, adjust: impl FnOnce(&mut Settings)
         .await
         .expect("bff builds");
     let addr = app.local_addr().unwrap();
+    let cache = app.fragment_cache();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
@@ -72,6 +75,7 @@ pub async fn spawn_app_with(surface: Surface, adjust: impl FnOnce(&mut Settings)
         http,
         fixtures,
         signer,
+        cache,
         stop: Some(stop),
     }
 }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod auth;
+mod cache;
 mod failures;
 mod helpers;
 mod homepage;

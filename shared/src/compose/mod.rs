@@ -13,7 +13,11 @@ use futures::{FutureExt, future::BoxFuture};
 
 use crate::{
     auth::Viewer,
-    domain::{Profile, Region, Title},
+    cache::{CacheLog, FragmentCache, FragmentKey},
+    domain::{
+        ContinueWatchingEntry, MyListEntry, NewRelease, Profile, Recommendation, Region, Title,
+        Top10Entry, UserId,
+    },
     profile::{ClientProfile, RowKind},
     upstream::{BackendError, CallContext, Upstream},
 };
@@ -104,18 +108,20 @@ type Source = Result<Vec<Entry>, BackendError>;
 #[derive(Clone)]
 pub struct Composer {
     upstream: Upstream,
+    cache: FragmentCache,
     profile: Arc<ClientProfile>,
     default_region: Region,
 }
 
 impl Composer {
-    /// A composer over `upstream` for `profile`.
-    pub fn new(upstream: Upstream, profile: Arc<ClientProfile>) -> Self {
+    /// A composer over `upstream`, reading through `cache`, for `profile`.
+    pub fn new(upstream: Upstream, cache: FragmentCache, profile: Arc<ClientProfile>) -> Self {
         // Config validation already rejected a malformed default region; "US" is the last resort.
         let default_region =
             Region::parse(&profile.default_region).unwrap_or_else(Region::fallback);
         Self {
             upstream,
+            cache,
             profile,
             default_region,
         }
@@ -126,27 +132,27 @@ impl Composer {
         &self.profile
     }
 
-    /// The upstream clients.
-    pub fn upstream(&self) -> &Upstream {
-        &self.upstream
+    /// The fragment cache.
+    pub fn cache(&self) -> &FragmentCache {
+        &self.cache
     }
 
     /// Builds the homepage: all sources in parallel, then one catalog round.
-    pub async fn homepage(&self, viewer: Option<&Viewer>, req: &HomepageRequest) -> Homepage {
-        let cx = CallContext {
-            user: viewer.map(|v| v.user_id.clone()),
-        };
-        let up = &self.upstream;
+    pub async fn homepage(
+        &self,
+        viewer: Option<&Viewer>,
+        req: &HomepageRequest,
+        log: &CacheLog,
+    ) -> Homepage {
         let limit = self.profile.items_per_row;
         let default_region = self.default_region.clone();
 
         // The profile feeds headings and, when the query names no region, the region itself.
         let user_profile = {
-            let cx = cx.clone();
             let viewer = viewer.cloned();
             async move {
                 match viewer {
-                    Some(v) => up.profile(&cx, &v.user_id).await,
+                    Some(v) => self.profile_of(&v.user_id, log).await,
                     None => Ok(None),
                 }
             }
@@ -178,7 +184,7 @@ impl Composer {
             .collect();
         let sources: Vec<BoxFuture<'_, Source>> = kinds
             .iter()
-            .map(|&kind| self.source(kind, &cx, viewer, region.clone(), limit))
+            .map(|&kind| self.source(kind, viewer, region.clone(), limit, log))
             .collect();
 
         let (sources, user_profile, region) =
@@ -195,7 +201,7 @@ impl Composer {
                 }
             }
         }
-        let titles = up.titles(&cx, &union).await;
+        let titles = self.hydrate(&union, log).await;
 
         let mut hero_candidates: Vec<(RowKind, Arc<Title>)> = Vec::new();
         let mut rows = Vec::with_capacity(kinds.len());
@@ -219,7 +225,7 @@ impl Composer {
                 .iter()
                 .filter_map(|e| {
                     // Ids the catalog does not know are dropped: never an invented title.
-                    let title = batch.titles.get(&e.title_id)?.clone();
+                    let title = batch.get(&e.title_id)?.clone();
                     Some(RowItem {
                         title,
                         progress: e.progress,
@@ -256,66 +262,97 @@ impl Composer {
     fn source<'a>(
         &'a self,
         kind: RowKind,
-        cx: &CallContext,
         viewer: Option<&Viewer>,
         region: futures::future::Shared<BoxFuture<'a, Region>>,
         limit: usize,
+        log: &'a CacheLog,
     ) -> BoxFuture<'a, Source> {
-        let up = &self.upstream;
-        let cx = cx.clone();
         let user = viewer.map(|v| v.user_id.clone());
         async move {
-            let entries = match (kind, user.as_ref()) {
-                (RowKind::Top10, _) => up
-                    .top10(&cx, &region.await)
+            let entries = match (kind, user) {
+                (RowKind::Top10, _) => {
+                    let region = region.await;
+                    let up = self.upstream.clone();
+                    let rows: Arc<Vec<Top10Entry>> = self
+                        .cache
+                        .get_or_load(&FragmentKey::top10(&region), log, move || async move {
+                            up.top10(&CallContext::default(), &region).await
+                        })
+                        .await?;
+                    rows.iter()
+                        .map(|t| Entry {
+                            rank: Some(t.rank),
+                            ..Entry::id(t.title_id.clone())
+                        })
+                        .collect()
+                }
+                (RowKind::NewReleases, _) => {
+                    let region = region.await;
+                    let up = self.upstream.clone();
+                    let rows: Arc<Vec<NewRelease>> = self
+                        .cache
+                        .get_or_load(
+                            &FragmentKey::new_releases(&region, limit),
+                            log,
+                            move || async move {
+                                up.new_releases(&CallContext::default(), &region, limit)
+                                    .await
+                            },
+                        )
+                        .await?;
+                    rows.iter()
+                        .map(|n| Entry {
+                            timestamp: Some(n.released_at.clone()),
+                            ..Entry::id(n.title_id.clone())
+                        })
+                        .collect()
+                }
+                (RowKind::ContinueWatching, Some(user)) => {
+                    let (up, cx) = (self.upstream.clone(), CallContext::for_user(&user));
+                    let key = FragmentKey::continue_watching(&user, limit);
+                    let rows: Arc<Vec<ContinueWatchingEntry>> = self
+                        .cache
+                        .get_or_load(&key, log, move || async move {
+                            up.continue_watching(&cx, &user, limit).await
+                        })
+                        .await?;
+                    rows.iter()
+                        .map(|c| Entry {
+                            progress: Some(Progress {
+                                position_seconds: c.position_seconds,
+                                duration_seconds: c.duration_seconds,
+                            }),
+                            timestamp: Some(c.updated_at.clone()),
+                            ..Entry::id(c.title_id.clone())
+                        })
+                        .collect()
+                }
+                (RowKind::MyList, Some(user)) => self
+                    .my_list_of(&user, log)
                     .await?
-                    .into_iter()
-                    .map(|t| Entry {
-                        rank: Some(t.rank),
-                        ..Entry::id(t.title_id)
-                    })
-                    .collect(),
-                (RowKind::NewReleases, _) => up
-                    .new_releases(&cx, &region.await, limit)
-                    .await?
-                    .into_iter()
-                    .map(|n| Entry {
-                        timestamp: Some(n.released_at),
-                        ..Entry::id(n.title_id)
-                    })
-                    .collect(),
-                (RowKind::ContinueWatching, Some(user)) => up
-                    .continue_watching(&cx, user, limit)
-                    .await?
-                    .into_iter()
-                    .map(|c| Entry {
-                        progress: Some(Progress {
-                            position_seconds: c.position_seconds,
-                            duration_seconds: c.duration_seconds,
-                        }),
-                        timestamp: Some(c.updated_at),
-                        ..Entry::id(c.title_id)
-                    })
-                    .collect(),
-                (RowKind::MyList, Some(user)) => up
-                    .my_list(&cx, user)
-                    .await?
-                    .into_iter()
+                    .iter()
                     .map(|m| Entry {
-                        timestamp: Some(m.added_at),
-                        ..Entry::id(m.title_id)
+                        timestamp: Some(m.added_at.clone()),
+                        ..Entry::id(m.title_id.clone())
                     })
                     .collect(),
-                (RowKind::Recommended, Some(user)) => up
-                    .recommendations(&cx, user, limit)
-                    .await?
-                    .into_iter()
-                    .map(|r| Entry {
-                        score: Some(r.score),
-                        reason: Some(r.reason),
-                        ..Entry::id(r.title_id)
-                    })
-                    .collect(),
+                (RowKind::Recommended, Some(user)) => {
+                    let (up, cx) = (self.upstream.clone(), CallContext::for_user(&user));
+                    let key = FragmentKey::recommendations(&user, limit);
+                    let rows: Arc<Vec<Recommendation>> = self
+                        .cache
+                        .get_or_load(&key, log, move || async move {
+                            up.recommendations(&cx, &user, limit).await
+                        })
+                        .await?;
+                    rows.iter()
+                        .map(|r| Entry {
+                            score: Some(r.score),
+                            reason: Some(r.reason.clone()),
+                            ..Entry::id(r.title_id.clone())
+                        })
+                        .collect()
+                }
                 // Personalized rows are filtered out for anonymous viewers before this point.
                 (RowKind::ContinueWatching | RowKind::MyList | RowKind::Recommended, None) => {
                     Vec::new()
@@ -326,17 +363,89 @@ impl Composer {
         .boxed()
     }
 
+    /// A user's profile, through the cache; `None` when the profile service does not know them.
+    pub async fn profile_of(
+        &self,
+        user: &UserId,
+        log: &CacheLog,
+    ) -> Result<Option<Profile>, BackendError> {
+        let (up, cx, owned) = (
+            self.upstream.clone(),
+            CallContext::for_user(user),
+            user.clone(),
+        );
+        let p: Arc<Option<Profile>> = self
+            .cache
+            .get_or_load(&FragmentKey::profile(user), log, move || async move {
+                up.profile(&cx, &owned).await
+            })
+            .await?;
+        Ok(p.as_ref().clone())
+    }
+
+    async fn my_list_of(
+        &self,
+        user: &UserId,
+        log: &CacheLog,
+    ) -> Result<Arc<Vec<MyListEntry>>, BackendError> {
+        let (up, cx, owned) = (
+            self.upstream.clone(),
+            CallContext::for_user(user),
+            user.clone(),
+        );
+        self.cache
+            .get_or_load(&FragmentKey::my_list(user), log, move || async move {
+                up.my_list(&cx, &owned).await
+            })
+            .await
+    }
+
+    /// Adds (`present`) or removes a title from the viewer's list, then drops the cached list so
+    /// the next read shows the change. `Ok(None)`: unknown user or title; else whether it changed.
+    pub async fn set_in_my_list(
+        &self,
+        viewer: &Viewer,
+        title_id: &str,
+        present: bool,
+    ) -> Result<Option<bool>, BackendError> {
+        let user = &viewer.user_id;
+        let changed = self
+            .upstream
+            .set_in_my_list(&CallContext::for_user(user), user, title_id, present)
+            .await?;
+        self.cache.invalidate(&FragmentKey::my_list(user)).await;
+        Ok(changed)
+    }
+
+    /// Titles by id through the cache (shared fragments: loaded without the viewer's identity).
+    async fn hydrate(
+        &self,
+        ids: &[String],
+        log: &CacheLog,
+    ) -> Result<std::collections::HashMap<String, Arc<Title>>, BackendError> {
+        if ids.is_empty() {
+            return Ok(std::collections::HashMap::new());
+        }
+        let up = self.upstream.clone();
+        self.cache
+            .titles(ids, log, move |ids| {
+                let up = up.clone();
+                async move {
+                    up.titles(&CallContext::default(), &ids)
+                        .await
+                        .map(|b| b.titles)
+                }
+            })
+            .await
+    }
+
     /// One title by id; `Ok(None)` when the catalog does not know it.
     pub async fn title(
         &self,
-        viewer: Option<&Viewer>,
         id: &str,
+        log: &CacheLog,
     ) -> Result<Option<Arc<Title>>, BackendError> {
-        let cx = CallContext {
-            user: viewer.map(|v| v.user_id.clone()),
-        };
-        let mut batch = self.upstream.titles(&cx, &[id.to_owned()]).await?;
-        Ok(batch.titles.remove(id))
+        Ok(self.hydrate(&[id.to_owned()], log).await?.remove(id))
     }
 }
 

@@ -15,9 +15,10 @@ use axum::{
 use serde_json::{Map, Value as Json};
 
 use super::{
-    RequestIdentity,
+    RequestScope,
     errors::{Outcome, classify, error_body},
 };
+use crate::cache::{CacheLog, Freshness};
 use crate::{error::ErrorCode, server::AppState};
 
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json; charset=utf-8";
@@ -330,23 +331,61 @@ async fn serve(
         return resp;
     }
 
-    let request = request.data(RequestIdentity { viewer });
+    let cache_log = Arc::new(CacheLog::default());
+    let request = request.data(RequestScope {
+        viewer,
+        cache_log: cache_log.clone(),
+    });
     let mut response = app.schema.execute(request).await;
     let outcome = classify(&mut response);
+    report_stale(&mut response, &cache_log);
     let status = match (outcome, mode) {
         (Outcome::RequestError, Mode::GraphqlResponse) => StatusCode::BAD_REQUEST,
         _ => StatusCode::OK,
     };
+    let cache_control = cache_control(
+        personalized,
+        method == Method::GET && response.errors.is_empty(),
+        &cache_log,
+    );
     let body = serde_json::to_value(&response)
         .unwrap_or_else(|_| error_body(ErrorCode::Internal, "internal error"));
     let mut resp = respond(status, mode, &body);
-    if personalized {
-        resp.headers_mut().insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("private, no-store"),
-        );
-    }
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, cache_control);
     resp
+}
+
+/// `extensions.cache.stale`: which fragments were served past their TTL and how old they were, so
+/// clients and operators can tell a degraded answer from a fresh one.
+fn report_stale(response: &mut async_graphql::Response, log: &CacheLog) {
+    let stale: Vec<Json> = log
+        .uses()
+        .iter()
+        .filter(|u| u.freshness == Freshness::Stale)
+        .map(|u| serde_json::json!({ "fragment": u.kind.name(), "ageMs": u64::try_from(u.age.as_millis()).unwrap_or(u64::MAX) }))
+        .collect();
+    if stale.is_empty() {
+        return;
+    }
+    if let Ok(value) = async_graphql::Value::from_json(serde_json::json!({ "stale": stale })) {
+        response.extensions.insert("cache".to_owned(), value);
+    }
+}
+
+/// Personalized answers are never stored by shared caches. Anonymous, error-free GET answers may
+/// be cached publicly for as long as the least fresh fragment they were built from stays fresh.
+fn cache_control(personalized: bool, cacheable_get: bool, log: &CacheLog) -> HeaderValue {
+    if personalized {
+        return HeaderValue::from_static("private, no-store");
+    }
+    match log.max_age() {
+        Some(age) if cacheable_get => {
+            HeaderValue::from_str(&format!("public, max-age={}", age.as_secs()))
+                .unwrap_or(HeaderValue::from_static("no-store"))
+        }
+        _ => HeaderValue::from_static("no-store"),
+    }
 }
 
 /// The type of the operation that will run; `None` when the name matches nothing (the engine

@@ -18,8 +18,8 @@ use async_graphql::{
 };
 
 use crate::{
-    auth::Viewer, compose::Composer, config::GraphqlSettings, domain::Title, error::ErrorCode,
-    profile::ClientProfile,
+    auth::Viewer, cache::CacheLog, compose::Composer, config::GraphqlSettings, domain::Title,
+    error::ErrorCode, profile::ClientProfile,
 };
 
 /// How a binary's title type is made from a catalog title and its client profile.
@@ -28,16 +28,24 @@ pub trait TitleView: OutputType + Send + Sync + 'static {
     fn view(title: Arc<Title>, profile: &Arc<ClientProfile>) -> Self;
 }
 
-/// Per-request data every resolver can read: who is asking.
+/// Per-request data every resolver can read: who is asking, and the record of cached fragments
+/// the answer is built from (for `Cache-Control` and `extensions.cache`).
 #[derive(Debug, Clone, Default)]
-pub struct RequestIdentity {
+pub struct RequestScope {
     /// The verified viewer, `None` for anonymous requests.
     pub viewer: Option<Viewer>,
+    /// Fragments used by this request.
+    pub cache_log: Arc<CacheLog>,
 }
 
 /// The viewer of this request, if any.
 pub fn viewer<'a>(ctx: &async_graphql::Context<'a>) -> async_graphql::Result<Option<&'a Viewer>> {
-    Ok(ctx.data::<RequestIdentity>()?.viewer.as_ref())
+    Ok(ctx.data::<RequestScope>()?.viewer.as_ref())
+}
+
+/// The cache log of this request.
+pub fn cache_log<'a>(ctx: &async_graphql::Context<'a>) -> async_graphql::Result<&'a CacheLog> {
+    Ok(&ctx.data::<RequestScope>()?.cache_log)
 }
 
 /// The viewer of this request, or `UNAUTHENTICATED`.

@@ -8,7 +8,7 @@ use async_graphql::{Context, ID, Object, OutputType, SimpleObject};
 
 use crate::domain::Title;
 
-use super::{TitleView, composer, require_viewer, viewer};
+use super::{TitleView, cache_log, composer, require_viewer, viewer};
 use crate::{
     compose::{HomeRow, Homepage, RowItem as ComposedItem},
     domain::{Profile, Region},
@@ -310,7 +310,7 @@ impl<T: TitleView, H: HomepageView> RootQuery<T, H> {
             region,
             want_hero: H::WANTS_HERO,
         };
-        let home = composer.homepage(viewer(ctx)?, &req).await;
+        let home = composer.homepage(viewer(ctx)?, &req, cache_log(ctx)?).await;
         Ok(H::view(home, composer.profile()))
     }
 
@@ -319,7 +319,7 @@ impl<T: TitleView, H: HomepageView> RootQuery<T, H> {
         let id = title_id_arg(&id)?;
         let composer = composer(ctx)?;
         let title = composer
-            .title(viewer(ctx)?, id)
+            .title(id, cache_log(ctx)?)
             .await
             .map_err(|e| backend_error(&e))?;
         Ok(title.map(|t| T::view(t, composer.profile())))
@@ -330,12 +330,8 @@ impl<T: TitleView, H: HomepageView> RootQuery<T, H> {
     async fn viewer(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<ViewerProfile>> {
         let viewer = require_viewer(ctx)?;
         let composer = composer(ctx)?;
-        let cx = crate::upstream::CallContext {
-            user: Some(viewer.user_id.clone()),
-        };
         let profile = composer
-            .upstream()
-            .profile(&cx, &viewer.user_id)
+            .profile_of(&viewer.user_id, cache_log(ctx)?)
             .await
             .map_err(|e| backend_error(&e))?;
         Ok(profile.map(ViewerProfile::from))
@@ -387,12 +383,8 @@ async fn set_in_my_list(
     let viewer = require_viewer(ctx)?;
     let title_id = title_id_arg(title_id)?;
     let composer = composer(ctx)?;
-    let cx = crate::upstream::CallContext {
-        user: Some(viewer.user_id.clone()),
-    };
     let changed = composer
-        .upstream()
-        .set_in_my_list(&cx, &viewer.user_id, title_id, present)
+        .set_in_my_list(viewer, title_id, present)
         .await
         .map_err(|e| backend_error(&e))?
         .ok_or_else(|| ErrorCode::BadUserInput.error(format!("unknown title `{title_id}`")))?;

@@ -23,6 +23,7 @@ use tower_http::compression::CompressionLayer;
 
 use crate::{
     auth::Authenticator,
+    cache::FragmentCache,
     compose::Composer,
     config::{GraphqlSettings, Settings},
     graphql::{GraphqlExecutor, http},
@@ -112,6 +113,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     state: Arc<AppState>,
+    cache: FragmentCache,
 }
 
 impl Application {
@@ -122,7 +124,8 @@ impl Application {
         opts: StartOptions,
     ) -> Result<Self, ServerError> {
         let upstream = Upstream::new(&settings.backends)?;
-        let composer = Composer::new(upstream, Arc::new(settings.profile.clone()));
+        let cache = FragmentCache::new(settings.cache.clone());
+        let composer = Composer::new(upstream, cache.clone(), Arc::new(settings.profile.clone()));
         let schema = (surface.schema)(composer, &settings.graphql);
         let graphiql = settings
             .graphiql
@@ -156,7 +159,13 @@ impl Application {
             listener,
             router,
             state,
+            cache,
         })
+    }
+
+    /// The fragment cache (its counters are what tests and metrics read).
+    pub fn fragment_cache(&self) -> FragmentCache {
+        self.cache.clone()
     }
 
     /// The bound address.

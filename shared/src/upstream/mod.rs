@@ -8,6 +8,7 @@
 mod error;
 mod grpc;
 mod policy;
+pub mod resilience;
 mod rest;
 
 use std::{fmt, str::FromStr, sync::Arc};
@@ -101,6 +102,15 @@ impl FromStr for BackendId {
 pub struct CallContext {
     /// The verified user, for personalized calls.
     pub user: Option<UserId>,
+}
+
+impl CallContext {
+    /// A call on behalf of `user`.
+    pub fn for_user(user: &UserId) -> Self {
+        Self {
+            user: Some(user.clone()),
+        }
+    }
 }
 
 /// Why the upstream layer could not be built.

@@ -1,0 +1,560 @@
+//! Fragment cache: caches the pieces a homepage is built from (a title, a region's top 10, a
+//! user's continue-watching row, …) rather than whole responses, each with its own freshness.
+//!
+//! Owns: fragment kinds and keys ([`FragmentKind`], [`key`]), the tier boundary ([`tier::Tier`];
+//! L1 is an in-process moka cache bounded by bytes, a shared Redis tier can be added behind the same
+//! trait), coalescing of concurrent loads ([`FragmentCache::get_or_load`], [`FragmentCache::titles`]),
+//! stale-while-revalidate and stale-if-error, invalidation for read-your-writes, per-kind counters
+//! ([`stats`]), and the per-request record of which fragments were used ([`CacheLog`]) from which
+//! `Cache-Control` and the `extensions.cache` report are derived. Does not own what to load: callers
+//! pass the loader (the upstream call), so the cache never talks to a backend itself.
+//!
+//! Safety of per-user fragments rests on the key: it is built from a [`UserId`], which only
+//! `auth` creates from a verified token — no client header can name another user's entry.
+
+mod fragment;
+pub mod key;
+pub mod stats;
+pub mod tier;
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use futures::{
+    FutureExt,
+    future::{BoxFuture, Shared},
+};
+
+pub use fragment::{Cacheable, Fragment};
+pub use key::{FragmentKey, FragmentKind};
+pub use stats::{CacheStats, KindStats};
+use tier::{MemoryTier, Stored, Tier};
+
+use crate::{
+    config::CacheSettings,
+    domain::Title,
+    upstream::{BackendError, BackendId},
+};
+
+type LoadResult = Result<Fragment, BackendError>;
+type InFlight = Shared<BoxFuture<'static, LoadResult>>;
+type TitlesResult = Result<Arc<HashMap<String, Arc<Title>>>, BackendError>;
+type TitlesInFlight = Shared<BoxFuture<'static, TitlesResult>>;
+
+/// How fresh a fragment served to a request was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Loaded from the backend for (or while serving) this request.
+    Loaded,
+    /// From the cache, within its TTL.
+    Fresh,
+    /// From the cache, past its TTL (served while a refresh runs, or because the backend failed).
+    Stale,
+}
+
+/// One fragment a request used.
+#[derive(Debug, Clone)]
+pub struct FragmentUse {
+    /// Which kind.
+    pub kind: FragmentKind,
+    /// How fresh it was.
+    pub freshness: Freshness,
+    /// Its age when served.
+    pub age: Duration,
+    /// How long it stays fresh from now (zero when stale).
+    pub fresh_for: Duration,
+}
+
+/// The fragments one request used; read after execution for `Cache-Control` and `extensions`.
+#[derive(Debug, Default)]
+pub struct CacheLog {
+    uses: Mutex<Vec<FragmentUse>>,
+}
+
+impl CacheLog {
+    fn record(&self, u: FragmentUse) {
+        if let Ok(mut uses) = self.uses.lock() {
+            uses.push(u);
+        }
+    }
+
+    /// Everything recorded so far.
+    pub fn uses(&self) -> Vec<FragmentUse> {
+        self.uses.lock().map(|u| u.clone()).unwrap_or_default()
+    }
+
+    /// The shortest remaining freshness among the fragments used: how long a shared HTTP cache may
+    /// keep a response built from them. `None` when no fragment was used.
+    pub fn max_age(&self) -> Option<Duration> {
+        self.uses().iter().map(|u| u.fresh_for).min()
+    }
+}
+
+/// The fragment cache. Cheap to clone.
+#[derive(Clone)]
+pub struct FragmentCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: CacheSettings,
+    tiers: Vec<Arc<dyn Tier>>,
+    stats: Arc<CacheStats>,
+    inflight: Mutex<HashMap<String, (u64, InFlight)>>,
+    titles_inflight: Mutex<HashMap<String, TitlesInFlight>>,
+    /// When each recently invalidated key was invalidated: loads that started earlier must not
+    /// write their (possibly pre-write) answer back.
+    invalidated: moka::sync::Cache<String, Instant>,
+    next_load_id: std::sync::atomic::AtomicU64,
+}
+
+/// How long an invalidation is remembered; far longer than any backend call may take.
+const INVALIDATION_MEMORY: Duration = Duration::from_secs(120);
+
+impl FragmentCache {
+    /// A cache with an L1 memory tier bounded by `settings.max_bytes`.
+    pub fn new(settings: CacheSettings) -> Self {
+        let stats = Arc::new(CacheStats::default());
+        let l1: Arc<dyn Tier> = Arc::new(MemoryTier::new(&settings, stats.clone()));
+        Self::with_tiers(settings, vec![l1], stats)
+    }
+
+    /// A cache over explicit tiers, first = nearest (a shared tier would go after L1).
+    pub fn with_tiers(
+        settings: CacheSettings,
+        tiers: Vec<Arc<dyn Tier>>,
+        stats: Arc<CacheStats>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                tiers,
+                stats,
+                inflight: Mutex::new(HashMap::new()),
+                titles_inflight: Mutex::new(HashMap::new()),
+                invalidated: moka::sync::Cache::builder()
+                    .time_to_live(INVALIDATION_MEMORY)
+                    .build(),
+                next_load_id: std::sync::atomic::AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Runs every tier's pending housekeeping (moka evicts lazily); for tests and metrics scrapes
+    /// that want exact byte counts.
+    pub async fn maintain(&self) {
+        for tier in &self.inner.tiers {
+            tier.maintain().await;
+        }
+    }
+
+    /// Per-kind counters.
+    pub fn stats(&self) -> &Arc<CacheStats> {
+        &self.inner.stats
+    }
+
+    /// Settings in force.
+    pub fn settings(&self) -> &CacheSettings {
+        &self.inner.settings
+    }
+
+    fn ttl(&self, kind: FragmentKind) -> Duration {
+        self.inner.settings.kind(kind).ttl
+    }
+
+    fn enabled(&self, kind: FragmentKind) -> bool {
+        self.inner.settings.enabled && self.inner.settings.kind(kind).enabled
+    }
+
+    async fn lookup(&self, key: &str) -> Option<Stored> {
+        for (i, tier) in self.inner.tiers.iter().enumerate() {
+            if let Some(found) = tier.get(key).await {
+                // Backfill the nearer tiers so the next read is local.
+                for nearer in &self.inner.tiers[..i] {
+                    nearer.put(key, found.clone()).await;
+                }
+                return Some(found);
+            }
+        }
+        None
+    }
+
+    async fn store(&self, key: &str, stored: Stored) {
+        for tier in &self.inner.tiers {
+            tier.put(key, stored.clone()).await;
+        }
+    }
+
+    /// The fragment at `key`, from the cache when fresh enough, else from `load`. Concurrent misses
+    /// on one key share one load. A fragment past its TTL but within `max_stale` is returned at once
+    /// and refreshed in the background (one refresh at a time); if that refresh fails the stale
+    /// value keeps being served until `max_stale` runs out.
+    pub async fn get_or_load<T, F, Fut>(
+        &self,
+        key: &FragmentKey,
+        log: &CacheLog,
+        load: F,
+    ) -> Result<Arc<T>, BackendError>
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, BackendError>> + Send + 'static,
+    {
+        let kind = key.kind();
+        let ttl = self.ttl(kind);
+        let make = move || -> BoxFuture<'static, LoadResult> {
+            load()
+                .map(|r| r.map(|v| T::into_fragment(Arc::new(v))))
+                .boxed()
+        };
+        if !self.enabled(kind) {
+            let fragment = make().await?;
+            log.record(FragmentUse {
+                kind,
+                freshness: Freshness::Loaded,
+                age: Duration::ZERO,
+                fresh_for: Duration::ZERO,
+            });
+            return T::from_fragment(&fragment).ok_or_else(|| mismatch(kind));
+        }
+        let k = key.as_str();
+        if let Some(found) = self.lookup(k).await {
+            let age = found.age();
+            if let Some(value) = T::from_fragment(&found.fragment) {
+                let stats = self.inner.stats.kind(kind);
+                if age < ttl {
+                    stats.hit();
+                    log.record(FragmentUse {
+                        kind,
+                        freshness: Freshness::Fresh,
+                        age,
+                        fresh_for: ttl - age,
+                    });
+                } else {
+                    stats.stale();
+                    log.record(FragmentUse {
+                        kind,
+                        freshness: Freshness::Stale,
+                        age,
+                        fresh_for: Duration::ZERO,
+                    });
+                    self.refresh_in_background(key, make);
+                }
+                return Ok(value);
+            }
+        }
+        self.inner.stats.kind(kind).miss();
+        let fragment = self.load_coalesced(key, make).await?;
+        log.record(FragmentUse {
+            kind,
+            freshness: Freshness::Loaded,
+            age: Duration::ZERO,
+            fresh_for: ttl,
+        });
+        T::from_fragment(&fragment).ok_or_else(|| mismatch(kind))
+    }
+
+    /// Joins the load in flight for `key`, or starts one that stores its answer when it succeeds.
+    fn load_coalesced(
+        &self,
+        key: &FragmentKey,
+        make: impl FnOnce() -> BoxFuture<'static, LoadResult>,
+    ) -> InFlight {
+        let mut inflight = match self.inner.inflight.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some((_, running)) = inflight.get(key.as_str()) {
+            self.inner.stats.kind(key.kind()).coalesced();
+            return running.clone();
+        }
+        let id = self
+            .inner
+            .next_load_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let started = Instant::now();
+        let cache = self.clone();
+        let owned_key = key.clone();
+        let load = make();
+        let fut = async move {
+            let result = load.await;
+            if let Ok(fragment) = &result {
+                // A write that invalidated this key after the load began wins: don't store.
+                let stale_by_write = cache
+                    .inner
+                    .invalidated
+                    .get(owned_key.as_str())
+                    .is_some_and(|at| at >= started);
+                if !stale_by_write {
+                    cache
+                        .store(owned_key.as_str(), Stored::now(fragment.clone()))
+                        .await;
+                }
+            }
+            cache.finish_load(owned_key.as_str(), id);
+            result
+        }
+        .boxed()
+        .shared();
+        inflight.insert(key.as_str().to_owned(), (id, fut.clone()));
+        fut
+    }
+
+    fn finish_load(&self, key: &str, id: u64) {
+        if let Ok(mut inflight) = self.inner.inflight.lock()
+            && inflight.get(key).is_some_and(|(running, _)| *running == id)
+        {
+            inflight.remove(key);
+        }
+    }
+
+    fn refresh_in_background(
+        &self,
+        key: &FragmentKey,
+        make: impl FnOnce() -> BoxFuture<'static, LoadResult>,
+    ) {
+        let already = self
+            .inner
+            .inflight
+            .lock()
+            .map(|m| m.contains_key(key.as_str()))
+            .unwrap_or(true);
+        if already {
+            return;
+        }
+        let refresh = self.load_coalesced(key, make);
+        let kind = key.kind();
+        tokio::spawn(async move {
+            if let Err(e) = refresh.await {
+                tracing::debug!(fragment = kind.name(), error = %e, "background refresh failed; serving stale");
+            }
+        });
+    }
+
+    /// Drops `key` from every tier and makes loads already running for it unable to write back,
+    /// so the next read sees the backend's current state (read-your-writes).
+    pub async fn invalidate(&self, key: &FragmentKey) {
+        self.inner
+            .invalidated
+            .insert(key.as_str().to_owned(), Instant::now());
+        if let Ok(mut inflight) = self.inner.inflight.lock() {
+            inflight.remove(key.as_str());
+        }
+        for tier in &self.inner.tiers {
+            tier.remove(key.as_str()).await;
+        }
+    }
+
+    /// Titles by id: cached ones one by one, the rest with ONE `fetch` for the ids nobody is
+    /// fetching yet; ids another request is already fetching are awaited, not fetched again.
+    /// Unknown ids are simply absent from the answer.
+    pub async fn titles<F, Fut>(
+        &self,
+        ids: &[String],
+        log: &CacheLog,
+        fetch: F,
+    ) -> Result<HashMap<String, Arc<Title>>, BackendError>
+    where
+        F: Fn(Vec<String>) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Result<HashMap<String, Arc<Title>>, BackendError>> + Send + 'static,
+    {
+        let kind = FragmentKind::Title;
+        let ttl = self.ttl(kind);
+        let mut out = HashMap::with_capacity(ids.len());
+        if !self.enabled(kind) {
+            let fetched = fetch(ids.to_vec()).await?;
+            log.record(FragmentUse {
+                kind,
+                freshness: Freshness::Loaded,
+                age: Duration::ZERO,
+                fresh_for: Duration::ZERO,
+            });
+            return Ok(fetched);
+        }
+        let stats = self.inner.stats.kind(kind);
+        let mut missing = Vec::new();
+        let mut stale = Vec::new();
+        let mut oldest: Option<FragmentUse> = None;
+        for id in ids {
+            let key = FragmentKey::title(id);
+            match self
+                .lookup(key.as_str())
+                .await
+                .and_then(|s| Some((s.age(), <Title as Cacheable>::from_fragment(&s.fragment)?)))
+            {
+                Some((age, title)) => {
+                    let u = if age < ttl {
+                        stats.hit();
+                        FragmentUse {
+                            kind,
+                            freshness: Freshness::Fresh,
+                            age,
+                            fresh_for: ttl - age,
+                        }
+                    } else {
+                        stats.stale();
+                        stale.push(id.clone());
+                        FragmentUse {
+                            kind,
+                            freshness: Freshness::Stale,
+                            age,
+                            fresh_for: Duration::ZERO,
+                        }
+                    };
+                    // One entry per request for titles: the least fresh one decides.
+                    if oldest.as_ref().is_none_or(|o| {
+                        u.fresh_for < o.fresh_for || (u.fresh_for == o.fresh_for && u.age > o.age)
+                    }) {
+                        oldest = Some(u);
+                    }
+                    out.insert(id.clone(), title);
+                }
+                None => {
+                    stats.miss();
+                    missing.push(id.clone());
+                }
+            }
+        }
+        if !missing.is_empty() {
+            // Our own batch and the batches we joined run concurrently: awaiting them one by one
+            // would not even start our fetch until the others had finished.
+            let waits = self.start_or_join_titles(&missing, fetch.clone());
+            for fetched in futures::future::try_join_all(waits).await? {
+                for id in &missing {
+                    if let Some(t) = fetched.get(id) {
+                        out.insert(id.clone(), t.clone());
+                    }
+                }
+            }
+            let loaded = FragmentUse {
+                kind,
+                freshness: Freshness::Loaded,
+                age: Duration::ZERO,
+                fresh_for: ttl,
+            };
+            if oldest
+                .as_ref()
+                .is_none_or(|o| loaded.fresh_for < o.fresh_for)
+            {
+                oldest = Some(loaded);
+            }
+        }
+        if !stale.is_empty() {
+            let refresh = self.start_or_join_titles(&stale, fetch);
+            tokio::spawn(async move {
+                for r in refresh {
+                    if let Err(e) = r.await {
+                        tracing::debug!(error = %e, "background title refresh failed; serving stale");
+                    }
+                }
+            });
+        }
+        if let Some(u) = oldest {
+            log.record(u);
+        }
+        Ok(out)
+    }
+
+    /// Registers one batch fetch for the `ids` nobody is fetching and returns every batch the
+    /// caller must await (its own, if any, plus those of other requests covering the rest).
+    fn start_or_join_titles<F, Fut>(&self, ids: &[String], fetch: F) -> Vec<TitlesInFlight>
+    where
+        F: Fn(Vec<String>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<HashMap<String, Arc<Title>>, BackendError>> + Send + 'static,
+    {
+        let stats = self.inner.stats.kind(FragmentKind::Title);
+        let mut inflight = match self.inner.titles_inflight.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut waits: Vec<TitlesInFlight> = Vec::new();
+        let mut to_fetch = Vec::new();
+        for id in ids {
+            match inflight.get(id) {
+                Some(running) => {
+                    stats.coalesced();
+                    waits.push(running.clone());
+                }
+                None => to_fetch.push(id.clone()),
+            }
+        }
+        if !to_fetch.is_empty() {
+            let cache = self.clone();
+            let batch_ids = to_fetch.clone();
+            let started = Instant::now();
+            let fut = async move {
+                let result = fetch(batch_ids.clone()).await.map(Arc::new);
+                if let Ok(titles) = &result {
+                    for (id, title) in titles.iter() {
+                        let key = FragmentKey::title(id);
+                        let invalidated = cache
+                            .inner
+                            .invalidated
+                            .get(key.as_str())
+                            .is_some_and(|at| at >= started);
+                        if !invalidated {
+                            cache
+                                .store(key.as_str(), Stored::now(Fragment::Title(title.clone())))
+                                .await;
+                        }
+                    }
+                }
+                if let Ok(mut inflight) = cache.inner.titles_inflight.lock() {
+                    for id in &batch_ids {
+                        inflight.remove(id);
+                    }
+                }
+                result
+            }
+            .boxed()
+            .shared();
+            for id in &to_fetch {
+                inflight.insert(id.clone(), fut.clone());
+            }
+            waits.push(fut);
+        }
+        // Several ids may share one batch: await each batch once.
+        let mut unique: Vec<TitlesInFlight> = Vec::with_capacity(waits.len());
+        for w in waits {
+            if !unique.iter().any(|u| u.ptr_eq(&w)) {
+                unique.push(w);
+            }
+        }
+        unique
+    }
+}
+
+fn mismatch(kind: FragmentKind) -> BackendError {
+    // Only reachable if two kinds ever shared a key, which `FragmentKey` rules out.
+    BackendError::Protocol {
+        backend: kind.backend(),
+        reason: "cached fragment has an unexpected type".into(),
+    }
+}
+
+/// `SystemTime` now, for entries that may travel to a shared tier (Instants do not cross processes).
+pub(crate) fn wall_now() -> SystemTime {
+    SystemTime::now()
+}
+
+impl FragmentKind {
+    /// The backend this fragment comes from.
+    pub fn backend(self) -> BackendId {
+        match self {
+            Self::Title => BackendId::Catalog,
+            Self::Top10 => BackendId::Top10,
+            Self::NewReleases => BackendId::NewReleases,
+            Self::Recommendations => BackendId::Recommendations,
+            Self::ContinueWatching => BackendId::ContinueWatching,
+            Self::MyList => BackendId::MyList,
+            Self::Profile => BackendId::Profile,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,401 @@
+//! Cache behaviour with counting loaders: coalescing, freshness, invalidation, byte bound.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use super::*;
+use crate::{
+    config::CacheSettings,
+    domain::{Region, Top10Entry, UserId},
+};
+
+fn settings(ttl: Duration, max_stale: Duration) -> CacheSettings {
+    let mut s = CacheSettings::default();
+    for k in FragmentKind::ALL {
+        let ks = s.kind_mut(k);
+        ks.ttl = ttl;
+        ks.max_stale = max_stale;
+    }
+    s
+}
+
+fn region() -> Region {
+    Region::parse("US").unwrap()
+}
+
+fn top10(n: u32) -> Vec<Top10Entry> {
+    (1..=n)
+        .map(|r| Top10Entry {
+            title_id: format!("t{r}"),
+            rank: r,
+        })
+        .collect()
+}
+
+/// A loader that counts calls, optionally waits on a gate so loads overlap, and can fail.
+#[derive(Clone, Default)]
+struct Backend {
+    calls: Arc<AtomicUsize>,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+    gate: Arc<tokio::sync::Notify>,
+    gated: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Backend {
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn load(
+        &self,
+        n: u32,
+    ) -> impl FnOnce() -> futures::future::BoxFuture<'static, Result<Vec<Top10Entry>, BackendError>>
+    + Send
+    + 'static {
+        let b = self.clone();
+        move || {
+            Box::pin(async move {
+                b.calls.fetch_add(1, Ordering::SeqCst);
+                if b.gated.load(Ordering::SeqCst) {
+                    b.gate.notified().await;
+                }
+                if b.fail.load(Ordering::SeqCst) {
+                    Err(BackendError::Unavailable {
+                        backend: BackendId::Top10,
+                        reason: "test".into(),
+                    })
+                } else {
+                    Ok(top10(n))
+                }
+            })
+        }
+    }
+}
+
+#[tokio::test]
+async fn concurrent_misses_on_one_key_make_one_load() {
+    let cache = FragmentCache::new(settings(Duration::from_secs(60), Duration::from_secs(60)));
+    let backend = Backend::default();
+    backend.gated.store(true, Ordering::SeqCst);
+    let key = FragmentKey::top10(&region());
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (cache, key, load) = (cache.clone(), key.clone(), backend.load(10));
+        tasks.push(tokio::spawn(async move {
+            cache.get_or_load(&key, &CacheLog::default(), load).await
+        }));
+    }
+    // Let every task reach the cache before the one load is allowed to finish.
+    while cache.stats().kind(FragmentKind::Top10).snapshot().coalesced < 49 {
+        tokio::task::yield_now().await;
+    }
+    backend.gate.notify_waiters();
+    backend.gated.store(false, Ordering::SeqCst);
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().len(), 10);
+    }
+    assert_eq!(backend.calls(), 1);
+    let s = cache.stats().kind(FragmentKind::Top10).snapshot();
+    assert_eq!((s.misses, s.coalesced), (50, 49));
+    // Now cached: no further load.
+    let log = CacheLog::default();
+    cache
+        .get_or_load(&key, &log, backend.load(10))
+        .await
+        .unwrap();
+    assert_eq!(backend.calls(), 1);
+    assert_eq!(log.uses()[0].freshness, Freshness::Fresh);
+}
+
+#[tokio::test]
+async fn stale_entries_are_served_at_once_and_refreshed_once() {
+    let cache = FragmentCache::new(settings(Duration::from_millis(50), Duration::from_secs(60)));
+    let backend = Backend::default();
+    let key = FragmentKey::top10(&region());
+    cache
+        .get_or_load(&key, &CacheLog::default(), backend.load(3))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    backend.gated.store(true, Ordering::SeqCst);
+    for _ in 0..5 {
+        let log = CacheLog::default();
+        let v = cache
+            .get_or_load(&key, &log, backend.load(4))
+            .await
+            .unwrap();
+        assert_eq!(
+            v.len(),
+            3,
+            "the stale value is served while the refresh runs"
+        );
+        assert_eq!(log.uses()[0].freshness, Freshness::Stale);
+        assert_eq!(log.max_age(), Some(Duration::ZERO));
+    }
+    while backend.calls() < 2 {
+        tokio::task::yield_now().await;
+    }
+    backend.gated.store(false, Ordering::SeqCst);
+    backend.gate.notify_waiters();
+    // The one refresh lands; the next read is fresh and new.
+    while cache
+        .inner
+        .inflight
+        .lock()
+        .unwrap()
+        .contains_key(key.as_str())
+    {
+        tokio::task::yield_now().await;
+    }
+    let log = CacheLog::default();
+    assert_eq!(
+        cache
+            .get_or_load(&key, &log, backend.load(5))
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
+    assert_eq!(log.uses()[0].freshness, Freshness::Fresh);
+    assert_eq!(backend.calls(), 2, "five stale reads, one refresh");
+    assert_eq!(cache.stats().kind(FragmentKind::Top10).snapshot().stale, 5);
+}
+
+#[tokio::test]
+async fn a_failing_backend_is_covered_by_the_stale_entry_until_max_stale() {
+    let cache = FragmentCache::new(settings(
+        Duration::from_millis(20),
+        Duration::from_millis(300),
+    ));
+    let backend = Backend::default();
+    let key = FragmentKey::top10(&region());
+    cache
+        .get_or_load(&key, &CacheLog::default(), backend.load(3))
+        .await
+        .unwrap();
+    backend.fail.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    for _ in 0..3 {
+        let log = CacheLog::default();
+        assert_eq!(
+            cache
+                .get_or_load(&key, &log, backend.load(9))
+                .await
+                .unwrap()
+                .len(),
+            3
+        );
+        assert_eq!(log.uses()[0].freshness, Freshness::Stale);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Past TTL + max_stale the entry is gone and the error shows.
+    tokio::time::sleep(Duration::from_millis(320)).await;
+    assert!(
+        cache
+            .get_or_load(&key, &CacheLog::default(), backend.load(9))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn errors_are_not_cached() {
+    let cache = FragmentCache::new(settings(Duration::from_secs(60), Duration::from_secs(60)));
+    let backend = Backend::default();
+    backend.fail.store(true, Ordering::SeqCst);
+    let key = FragmentKey::top10(&region());
+    assert!(
+        cache
+            .get_or_load(&key, &CacheLog::default(), backend.load(3))
+            .await
+            .is_err()
+    );
+    backend.fail.store(false, Ordering::SeqCst);
+    assert_eq!(
+        cache
+            .get_or_load(&key, &CacheLog::default(), backend.load(3))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(backend.calls(), 2);
+}
+
+#[tokio::test]
+async fn invalidation_beats_a_load_that_started_before_the_write() {
+    let cache = FragmentCache::new(settings(Duration::from_secs(60), Duration::from_secs(60)));
+    let backend = Backend::default();
+    backend.gated.store(true, Ordering::SeqCst);
+    let key = FragmentKey::top10(&region());
+    let early = {
+        let (cache, key, load) = (cache.clone(), key.clone(), backend.load(1));
+        tokio::spawn(async move { cache.get_or_load(&key, &CacheLog::default(), load).await })
+    };
+    while backend.calls() < 1 {
+        tokio::task::yield_now().await;
+    }
+    cache.invalidate(&key).await;
+    backend.gated.store(false, Ordering::SeqCst);
+    backend.gate.notify_waiters();
+    assert_eq!(early.await.unwrap().unwrap().len(), 1);
+    // The pre-write answer was not stored: the next read loads again.
+    assert_eq!(
+        cache
+            .get_or_load(&key, &CacheLog::default(), backend.load(2))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(backend.calls(), 2);
+}
+
+#[tokio::test]
+async fn per_user_keys_never_share_entries() {
+    let cache = FragmentCache::new(settings(Duration::from_secs(60), Duration::from_secs(60)));
+    let (a, b) = (
+        UserId::from_verified_subject("u1"),
+        UserId::from_verified_subject("u2"),
+    );
+    let load = |who: &'static str| {
+        move || async move {
+            Ok::<_, BackendError>(vec![crate::domain::MyListEntry {
+                title_id: who.into(),
+                added_at: String::new(),
+            }])
+        }
+    };
+    let va = cache
+        .get_or_load(&FragmentKey::my_list(&a), &CacheLog::default(), load("a"))
+        .await
+        .unwrap();
+    let vb = cache
+        .get_or_load(&FragmentKey::my_list(&b), &CacheLog::default(), load("b"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (va[0].title_id.as_str(), vb[0].title_id.as_str()),
+        ("a", "b")
+    );
+}
+
+#[tokio::test]
+async fn the_byte_bound_evicts() {
+    let mut s = settings(Duration::from_secs(60), Duration::from_secs(60));
+    s.max_bytes = 20_000;
+    let cache = FragmentCache::new(s);
+    for i in 0..200 {
+        let key = FragmentKey::new_releases(&region(), i);
+        cache
+            .get_or_load(&key, &CacheLog::default(), move || {
+                async move { Ok(top10(10)) }.map(|r: Result<Vec<Top10Entry>, BackendError>| {
+                    r.map(|v| {
+                        v.into_iter()
+                            .map(|t| crate::domain::NewRelease {
+                                title_id: t.title_id,
+                                released_at: "2026-11-01T00:00:00Z".into(),
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+            })
+            .await
+            .unwrap();
+    }
+    for tier in &cache.inner.tiers {
+        tier.maintain().await;
+    }
+    let s = cache.stats().kind(FragmentKind::NewReleases).snapshot();
+    assert!(s.evictions > 0, "{s:?}");
+    assert!(s.bytes <= 20_000, "{s:?}");
+}
+
+#[tokio::test]
+async fn titles_fetch_only_missing_ids_and_join_batches_in_flight() {
+    let cache = FragmentCache::new(settings(Duration::from_secs(60), Duration::from_secs(60)));
+    let requested: Arc<std::sync::Mutex<Vec<Vec<String>>>> = Arc::default();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let fetch = {
+        let (requested, gate) = (requested.clone(), gate.clone());
+        move |ids: Vec<String>| {
+            let (requested, gate) = (requested.clone(), gate.clone());
+            async move {
+                requested.lock().unwrap().push(ids.clone());
+                let _permit = gate.acquire().await.map_err(|_| BackendError::Timeout {
+                    backend: BackendId::Catalog,
+                })?;
+                let titles: HashMap<String, Arc<Title>> = ids
+                    .iter()
+                    .filter(|id| *id != "t404")
+                    .map(|id| (id.clone(), Arc::new(title(id))))
+                    .collect();
+                Ok(titles)
+            }
+        }
+    };
+    let ids = |xs: &[&str]| xs.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    // Request A fetches t1..t3; request B (t2..t5) must wait for t2, t3 and fetch only t4, t5.
+    let a = {
+        let (cache, fetch) = (cache.clone(), fetch.clone());
+        tokio::spawn(async move {
+            cache
+                .titles(&ids(&["t1", "t2", "t3"]), &CacheLog::default(), fetch)
+                .await
+        })
+    };
+    while requested.lock().unwrap().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    let b = {
+        let (cache, fetch) = (cache.clone(), fetch.clone());
+        tokio::spawn(async move {
+            cache
+                .titles(
+                    &ids(&["t2", "t3", "t4", "t5", "t404"]),
+                    &CacheLog::default(),
+                    fetch,
+                )
+                .await
+        })
+    };
+    while requested.lock().unwrap().len() < 2 {
+        tokio::task::yield_now().await;
+    }
+    gate.add_permits(10);
+    assert_eq!(a.await.unwrap().unwrap().len(), 3);
+    let b = b.await.unwrap().unwrap();
+    assert_eq!(b.len(), 4, "t404 is unknown and simply absent");
+    assert_eq!(
+        *requested.lock().unwrap(),
+        vec![ids(&["t1", "t2", "t3"]), ids(&["t4", "t5", "t404"])]
+    );
+    // Everything known is cached now: only the unknown id is asked again.
+    cache
+        .titles(&ids(&["t1", "t5", "t404"]), &CacheLog::default(), fetch)
+        .await
+        .unwrap();
+    assert_eq!(requested.lock().unwrap().last().unwrap(), &ids(&["t404"]));
+    assert!(cache.stats().kind(FragmentKind::Title).snapshot().coalesced >= 2);
+}
+
+fn title(id: &str) -> Title {
+    Title {
+        id: id.into(),
+        name: format!("Name {id}"),
+        synopsis: "s".into(),
+        year: 2000,
+        maturity_rating: "PG".into(),
+        runtime_minutes: 90,
+        genres: vec![],
+        cast: vec![],
+        images: vec![],
+    }
+}
