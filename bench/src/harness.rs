@@ -8,6 +8,7 @@ use bff_fixtures::{Backend, Control, FaultPatch, FixtureOptions, Fixtures};
 use shared::{
     Application, StartOptions,
     auth::TokenSigner,
+    cache::{FragmentCache, FragmentKind, stats::KindSnapshot},
     config::{BackendsSettings, Secret, Settings},
     demo::fixture_backend,
     server::ServerError,
@@ -85,12 +86,14 @@ impl Env {
             .await
             .with_context(|| format!("build the {} BFF", bff.name()))?;
         let addr = app.local_addr()?;
+        let cache = app.fragment_cache();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async move {
             let _ = stopped.await;
         }));
         Ok(RunningBff {
             addr,
+            cache,
             stop: Some(stop),
             task,
         })
@@ -100,6 +103,7 @@ impl Env {
 /// A BFF serving on `addr` until [`RunningBff::stop`] (or drop, which signals without waiting).
 pub(crate) struct RunningBff {
     addr: SocketAddr,
+    cache: FragmentCache,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -107,6 +111,12 @@ pub(crate) struct RunningBff {
 impl RunningBff {
     pub(crate) fn graphql_url(&self) -> String {
         format!("http://{}/graphql", self.addr)
+    }
+
+    /// The BFF's fragment-cache counters, per kind in [`FragmentKind::ALL`] order.
+    pub(crate) fn cache_counters(&self) -> [KindSnapshot; FragmentKind::ALL.len()] {
+        let stats = self.cache.stats();
+        FragmentKind::ALL.map(|k| stats.kind(k).snapshot())
     }
 
     /// Signals shutdown and waits (bounded) for the server to finish, so a stopped BFF does not

@@ -110,6 +110,35 @@ pub(crate) fn has_graphql_errors(body: &[u8]) -> bool {
     body.windows(9).any(|w| w == b"\"errors\":")
 }
 
+/// Requests in flight while priming a cache.
+pub(crate) const PRIME_CONCURRENCY: usize = 16;
+
+/// Sends exactly one request per auth value of `plan`, [`PRIME_CONCURRENCY`] at a time, and
+/// fails on the first failed one: fills the BFF's cache before the warmup and the window.
+pub(crate) async fn prime(client: &reqwest::Client, plan: &Arc<Plan>) -> Result<()> {
+    let users = plan.auth.len();
+    let mut tasks = tokio::task::JoinSet::new();
+    for start in 0..PRIME_CONCURRENCY.min(users) {
+        let (client, plan) = (client.clone(), plan.clone());
+        tasks.spawn(async move {
+            for i in (start..users).step_by(PRIME_CONCURRENCY) {
+                let resp = send(&client, &plan, i).await;
+                if !resp.ok {
+                    anyhow::bail!(
+                        "priming request for user #{i} failed: {}",
+                        resp.error.unwrap_or_default()
+                    );
+                }
+            }
+            Ok(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.context("priming task panicked")??;
+    }
+    Ok(())
+}
+
 /// Per-task tallies, merged after the run.
 #[derive(Default)]
 struct Tally {
@@ -124,12 +153,11 @@ struct Tally {
 /// returned with the outcome, so deltas cover exactly the requests counted.
 pub(crate) async fn drive<S>(
     client: &reqwest::Client,
-    plan: Plan,
+    plan: Arc<Plan>,
     probe: impl Fn() -> S,
 ) -> Result<(Outcome, S, S)> {
     ensure!(plan.concurrency > 0, "concurrency must be at least 1");
     ensure!(!plan.auth.is_empty(), "a load plan needs at least one user");
-    let plan = Arc::new(plan);
     let begin = Instant::now();
     let window_start = begin + plan.warmup;
     let window_end = window_start + plan.duration;

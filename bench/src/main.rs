@@ -4,9 +4,11 @@
 //! lives in [`scenario`], how load is driven in [`load`].
 //!
 //! ```text
-//! cargo run --release -p bff-bench -- [--scenario NAME ...] [--duration 10s] [--concurrency N]
-//!     [--warmup 2s] [--runs 3] [--list]
+//! cargo run --release -p bff-bench -- [--scenario NAME|GROUP ...] [--duration 10s]
+//!     [--concurrency N] [--warmup 2s] [--runs 3] [--list]
 //! ```
+//!
+//! `-s cache` runs the fragment-cache matrix, `-s issue3` the first homepage figures.
 
 mod harness;
 mod load;
@@ -16,7 +18,7 @@ mod report;
 mod scenario;
 mod stats;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
@@ -34,8 +36,9 @@ use crate::{
 #[derive(Debug, Parser)]
 #[command(name = "bff-bench")]
 struct Cli {
-    /// Scenario to run (repeatable); default: all, in catalogue order. See --list.
-    #[arg(long = "scenario", short = 's', value_name = "NAME")]
+    /// Scenario or group of scenarios to run (repeatable); default: all, in catalogue order.
+    /// See --list.
+    #[arg(long = "scenario", short = 's', value_name = "NAME|GROUP")]
     scenarios: Vec<String>,
     /// Measurement window of each run.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -59,8 +62,13 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     let catalogue = scenario::catalogue();
     if cli.list {
+        println!("groups (-s GROUP):");
+        for (group, about) in scenario::GROUPS {
+            println!("  {group:<28} {about}");
+        }
+        println!("scenarios (-s NAME):");
         for s in &catalogue {
-            println!("{:<18} {}", s.name, s.about);
+            println!("  {:<28} [{}] {}", s.name, s.groups.join(","), s.about);
         }
         return Ok(());
     }
@@ -95,9 +103,20 @@ async fn main() -> Result<()> {
     );
     if !results.is_empty() {
         print!("{}", report::render_table(&results));
+        if let Some(cache) = report::render_cache_table(&results) {
+            println!(
+                "\nfragment cache, measurement window only (hit % = (hits + stale) / lookups):\n"
+            );
+            print!("{cache}");
+        }
         println!();
         for r in &results {
-            if let Some(v) = r.verdict() {
+            for v in r.verdicts() {
+                println!("{v}");
+            }
+        }
+        for t in &scenario::RATIO_TARGETS {
+            if let Some(v) = report::ratio_verdict(&results, t) {
                 println!("{v}");
             }
         }
@@ -108,20 +127,40 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// The scenarios named on the command line, in the order given; all of them for none.
+/// The scenarios named on the command line, in the order given, a group expanding to its
+/// members in catalogue order; each scenario once. All of them for no names.
 fn select<'a>(catalogue: &'a [Scenario], names: &[String]) -> Result<Vec<&'a Scenario>> {
     if names.is_empty() {
         return Ok(catalogue.iter().collect());
     }
-    names
-        .iter()
-        .map(|n| {
-            catalogue.iter().find(|s| s.name == n).with_context(|| {
-                let known: Vec<_> = catalogue.iter().map(|s| s.name).collect();
-                format!("unknown scenario `{n}` (known: {})", known.join(", "))
-            })
-        })
-        .collect()
+    let mut selected: Vec<&Scenario> = Vec::new();
+    for n in names {
+        let found: Vec<&Scenario> = if scenario::GROUPS.iter().any(|(g, _)| g == n) {
+            catalogue
+                .iter()
+                .filter(|s| s.groups.contains(&n.as_str()))
+                .collect()
+        } else {
+            let s = catalogue.iter().find(|s| &s.name == n).with_context(|| {
+                let known: Vec<_> = scenario::GROUPS
+                    .iter()
+                    .map(|(g, _)| *g)
+                    .chain(catalogue.iter().map(|s| s.name.as_str()))
+                    .collect();
+                format!(
+                    "unknown scenario or group `{n}` (known: {})",
+                    known.join(", ")
+                )
+            })?;
+            vec![s]
+        };
+        for s in found {
+            if !selected.iter().any(|t| t.name == s.name) {
+                selected.push(s);
+            }
+        }
+    }
+    Ok(selected)
 }
 
 /// Runs a load scenario `cli.runs` times, each against a fresh BFF and reset fixtures.
@@ -143,7 +182,7 @@ async fn run_load(env: &Env, s: &Scenario, spec: &LoadSpec, cli: &Cli) -> Result
             .timeout(load::REQUEST_TIMEOUT)
             .pool_max_idle_per_host(concurrency)
             .build()?;
-        let plan = Plan {
+        let plan = Arc::new(Plan {
             url: bff.graphql_url(),
             body: body.clone(),
             auth: auth.clone(),
@@ -151,7 +190,7 @@ async fn run_load(env: &Env, s: &Scenario, spec: &LoadSpec, cli: &Cli) -> Result
             concurrency,
             warmup: cli.warmup,
             duration: cli.duration,
-        };
+        });
         // One request up front: a misconfigured scenario should fail loudly, not report a
         // beautiful rps of instant errors.
         let first = load::send(&client, &plan, 0).await;
@@ -161,11 +200,24 @@ async fn run_load(env: &Env, s: &Scenario, spec: &LoadSpec, cli: &Cli) -> Result
                 s.name
             );
         }
+        if spec.prime {
+            let started = std::time::Instant::now();
+            load::prime(&client, &plan)
+                .await
+                .with_context(|| format!("{}: priming the cache", s.name))?;
+            eprintln!(
+                "[{}] run {run}: cache primed with {} user(s) in {:.1} s",
+                s.name,
+                plan.auth.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
         let control = env.control();
         let probe = || -> Result<Snapshot> {
             Ok(Snapshot {
                 cpu_us: procfs::cpu_time_us()?,
                 upstream_calls: control.stats().total_calls(),
+                cache: bff.cache_counters(),
             })
         };
         let (outcome, before, after) = load::drive(&client, plan, probe).await?;
@@ -173,8 +225,15 @@ async fn run_load(env: &Env, s: &Scenario, spec: &LoadSpec, cli: &Cli) -> Result
         bff.stop().await?;
         let columns = Columns::from_run(&outcome, before?, after?, procfs::peak_rss_kib()?);
         eprintln!(
-            "[{}] run {run}/{}: {:.0} rps, p50 {:.1} ms, p99 {:.1} ms, {} errors",
-            s.name, cli.runs, columns.rps, columns.p50_ms, columns.p99_ms, columns.errors
+            "[{}] run {run}/{}: {:.0} rps, p50 {:.1} ms, p99 {:.1} ms, {} errors, {:.2} upstream/req, cache hit {:.1}%",
+            s.name,
+            cli.runs,
+            columns.rps,
+            columns.p50_ms,
+            columns.p99_ms,
+            columns.errors,
+            columns.upstream_per_req,
+            columns.cache.hit_pct
         );
         if let Some(error) = &outcome.first_error {
             eprintln!("[{}] run {run}: first error: {error}", s.name);
@@ -183,9 +242,9 @@ async fn run_load(env: &Env, s: &Scenario, spec: &LoadSpec, cli: &Cli) -> Result
     }
     env.set_latency(Duration::ZERO);
     Ok(ScenarioResult {
-        name: s.name,
+        name: s.name.clone(),
         concurrency,
         runs,
-        target: spec.target,
+        targets: spec.targets.clone(),
     })
 }

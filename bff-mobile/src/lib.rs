@@ -8,7 +8,7 @@
 
 pub mod schema;
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use shared::{
     Surface,
@@ -21,11 +21,13 @@ pub fn surface() -> Surface {
     Surface::new::<schema::Title, schema::Homepage>("bff-mobile", defaults)
 }
 
-/// Mobile defaults: 127.0.0.1:4001, four rows of 10, synopsis ≤ 140 characters, ≤ 3 genres.
+/// Mobile defaults: 127.0.0.1:4001, four rows of 10, synopsis ≤ 140 characters, ≤ 3 genres,
+/// 600 ms request budget (mobile networks leave less time for the server).
 pub fn defaults() -> BinaryDefaults {
     let rows = vec![ContinueWatching, MyList, Top10, Recommended];
     BinaryDefaults {
         listen: SocketAddr::from(([127, 0, 0, 1], 4001)),
         profile: ClientProfile::new(rows, 10).trimmed(140, 3),
+        request_budget: Duration::from_millis(600),
     }
 }

@@ -8,7 +8,7 @@
 
 pub mod schema;
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use shared::{
     Surface,
@@ -21,11 +21,12 @@ pub fn surface() -> Surface {
     Surface::new::<schema::Title, schema::Homepage>("bff-web", defaults)
 }
 
-/// Web defaults: 127.0.0.1:4000, every row, 20 items, untrimmed titles.
+/// Web defaults: 127.0.0.1:4000, every row, 20 items, untrimmed titles, 800 ms request budget.
 pub fn defaults() -> BinaryDefaults {
     let rows = vec![ContinueWatching, Recommended, Top10, MyList, NewReleases];
     BinaryDefaults {
         listen: SocketAddr::from(([127, 0, 0, 1], 4000)),
         profile: ClientProfile::new(rows, 20),
+        request_budget: Duration::from_millis(800),
     }
 }

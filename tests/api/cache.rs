@@ -223,9 +223,14 @@ async fn twenty_users_interleaved_never_see_each_others_rows() {
     .await;
     let mut leaks = 0;
     for (user, body) in &rounds {
-        let rows = body["data"]["homepage"]["rows"].as_array().unwrap();
+        let rows = body["data"]["homepage"]["rows"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{user}: {body}"));
         for r in rows {
-            let expected: Vec<String> = match r["kind"].as_str().unwrap() {
+            let kind = r["kind"]
+                .as_str()
+                .unwrap_or_else(|| panic!("failed row for {user}: {}", body["errors"]));
+            let expected: Vec<String> = match kind {
                 "CONTINUE_WATCHING" => data
                     .continue_watching(user)
                     .unwrap()

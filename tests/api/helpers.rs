@@ -57,6 +57,11 @@ pub async fn spawn_app_with(surface: Surface, adjust: impl FnOnce(&mut Settings)
     settings.listen = "127.0.0.1:0".parse().unwrap();
     settings.backends = BackendsSettings::at(|b| fixtures.url(fixture_backend(b)));
     settings.auth.hs256_secret = Some(Secret::new(SECRET));
+    // Debug builds on a busy CI machine can be slow; only tests about deadlines use a tight budget.
+    settings.server.request_budget = std::time::Duration::from_secs(5);
+    for b in shared::upstream::BackendId::ALL {
+        settings.backends.get_mut(b).timeout = std::time::Duration::from_secs(2);
+    }
     adjust(&mut settings);
     let app = Application::build(settings, &surface, StartOptions::default())
         .await

@@ -11,4 +11,5 @@ mod homepage;
 mod http_spec;
 mod mobile;
 mod mutations;
+mod resilience;
 mod schema_files;

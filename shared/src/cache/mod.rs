@@ -297,6 +297,16 @@ impl FragmentCache {
             }
             cache.finish_load(owned_key.as_str(), id);
             result
+        };
+        // The load runs as its own task: a request that stops waiting (its deadline passed) does
+        // not cancel a load other requests share, and the answer still lands in the cache. The
+        // task's clean-up takes the `inflight` lock, which is held here until the insert, so it
+        // cannot run before the entry exists.
+        let backend = key.kind().backend();
+        let task = tokio::spawn(fut);
+        let fut = async move {
+            task.await
+                .unwrap_or_else(|e| Err(join_failure(backend, &e)))
         }
         .boxed()
         .shared();
@@ -509,6 +519,12 @@ impl FragmentCache {
                     }
                 }
                 result
+            };
+            // Its own task for the same reasons as `load_coalesced`.
+            let task = tokio::spawn(fut);
+            let fut = async move {
+                task.await
+                    .unwrap_or_else(|e| Err(join_failure(crate::upstream::BackendId::Catalog, &e)))
             }
             .boxed()
             .shared();
@@ -525,6 +541,13 @@ impl FragmentCache {
             }
         }
         unique
+    }
+}
+
+fn join_failure(backend: BackendId, e: &tokio::task::JoinError) -> BackendError {
+    BackendError::Unavailable {
+        backend,
+        reason: format!("load task ended abnormally: {e}"),
     }
 }
 

@@ -7,7 +7,11 @@
 //! the slowest source plus one catalog round, never a sum. A failed source becomes a failed row;
 //! the others still arrive. Owns no GraphQL types and no wire formats.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures::{FutureExt, future::BoxFuture};
 
@@ -19,8 +23,45 @@ use crate::{
         Top10Entry, UserId,
     },
     profile::{ClientProfile, RowKind},
-    upstream::{BackendError, CallContext, Upstream},
+    upstream::{BackendError, BackendId, CallContext, Upstream},
 };
+
+/// One request as composition sees it: who asks, until when, and where fragment use is recorded.
+#[derive(Debug, Default)]
+pub struct RequestContext {
+    /// The verified viewer; `None` for anonymous requests.
+    pub viewer: Option<Viewer>,
+    /// When the request's budget runs out.
+    pub deadline: Option<Instant>,
+    /// Fragments this request used.
+    pub cache_log: CacheLog,
+}
+
+impl RequestContext {
+    /// A request for `viewer` with `budget` from now.
+    pub fn new(viewer: Option<Viewer>, budget: Duration) -> Self {
+        Self {
+            viewer,
+            deadline: Some(Instant::now() + budget),
+            cache_log: CacheLog::default(),
+        }
+    }
+}
+
+/// Runs `fut` until the request's deadline; past it the result is a timeout of `backend`, while a
+/// load other requests share keeps running in the cache's own task.
+async fn within<T>(
+    deadline: Option<Instant>,
+    backend: BackendId,
+    fut: impl std::future::Future<Output = Result<T, BackendError>>,
+) -> Result<T, BackendError> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), fut)
+            .await
+            .unwrap_or(Err(BackendError::Timeout { backend })),
+        None => fut.await,
+    }
+}
 
 /// What the homepage query asks for.
 #[derive(Debug, Clone, Default)]
@@ -138,12 +179,14 @@ impl Composer {
     }
 
     /// Builds the homepage: all sources in parallel, then one catalog round.
-    pub async fn homepage(
-        &self,
-        viewer: Option<&Viewer>,
-        req: &HomepageRequest,
-        log: &CacheLog,
-    ) -> Homepage {
+    pub async fn homepage(&self, rq: &RequestContext, req: &HomepageRequest) -> Homepage {
+        let viewer = rq.viewer.as_ref();
+        // Row sources must be in by three quarters of the time left: the catalog round that
+        // hydrates them needs the rest, or one stalled row would time out every row.
+        let sources_deadline = rq.deadline.map(|d| {
+            let now = Instant::now();
+            now + d.saturating_duration_since(now) * 3 / 4
+        });
         let limit = self.profile.items_per_row;
         let default_region = self.default_region.clone();
 
@@ -152,7 +195,7 @@ impl Composer {
             let viewer = viewer.cloned();
             async move {
                 match viewer {
-                    Some(v) => self.profile_of(&v.user_id, log).await,
+                    Some(v) => self.profile_of(&v.user_id, rq).await,
                     None => Ok(None),
                 }
             }
@@ -184,24 +227,42 @@ impl Composer {
             .collect();
         let sources: Vec<BoxFuture<'_, Source>> = kinds
             .iter()
-            .map(|&kind| self.source(kind, viewer, region.clone(), limit, log))
+            .map(|&kind| {
+                within(
+                    sources_deadline,
+                    kind_backend(kind),
+                    self.source(kind, rq, sources_deadline, region.clone(), limit),
+                )
+                .boxed()
+            })
             .collect();
 
-        let (sources, user_profile, region) =
-            futures::join!(futures::future::join_all(sources), user_profile, region);
-        let user_profile: Option<Profile> = user_profile.ok().flatten();
-
-        // One catalog call for the de-duplicated union of ids across every row.
-        let mut seen = HashSet::new();
-        let mut union = Vec::new();
-        for entries in sources.iter().flatten() {
-            for e in entries.iter().take(limit) {
-                if seen.insert(e.title_id.as_str()) {
-                    union.push(e.title_id.clone());
+        // The profile only feeds headings (and the region, which the sources already waited
+        // for if needed): it must never hold up the rows. It is driven alongside the sources and
+        // the catalog round, and if it is not in by then the headings are generic. Its load runs
+        // in the cache's own task, so the next homepage still gets it.
+        let work = async {
+            let (sources, region) = futures::join!(futures::future::join_all(sources), region);
+            // One catalog call for the de-duplicated union of ids across every row.
+            let mut seen = HashSet::new();
+            let mut union = Vec::new();
+            for entries in sources.iter().flatten() {
+                for e in entries.iter().take(limit) {
+                    if seen.insert(e.title_id.as_str()) {
+                        union.push(e.title_id.clone());
+                    }
                 }
             }
-        }
-        let titles = self.hydrate(&union, log).await;
+            let titles = self.hydrate(&union, rq).await;
+            (sources, region, titles)
+        };
+        let ((sources, region, titles), user_profile) =
+            match futures::future::select(Box::pin(work), user_profile).await {
+                futures::future::Either::Left((done, _)) => (done, None),
+                futures::future::Either::Right((profile, work)) => {
+                    (work.await, profile.ok().flatten())
+                }
+            };
 
         let mut hero_candidates: Vec<(RowKind, Arc<Title>)> = Vec::new();
         let mut rows = Vec::with_capacity(kinds.len());
@@ -262,12 +323,13 @@ impl Composer {
     fn source<'a>(
         &'a self,
         kind: RowKind,
-        viewer: Option<&Viewer>,
+        rq: &'a RequestContext,
+        deadline: Option<Instant>,
         region: futures::future::Shared<BoxFuture<'a, Region>>,
         limit: usize,
-        log: &'a CacheLog,
     ) -> BoxFuture<'a, Source> {
-        let user = viewer.map(|v| v.user_id.clone());
+        let user = rq.viewer.as_ref().map(|v| v.user_id.clone());
+        let log = &rq.cache_log;
         async move {
             let entries = match (kind, user) {
                 (RowKind::Top10, _) => {
@@ -276,7 +338,7 @@ impl Composer {
                     let rows: Arc<Vec<Top10Entry>> = self
                         .cache
                         .get_or_load(&FragmentKey::top10(&region), log, move || async move {
-                            up.top10(&CallContext::default(), &region).await
+                            up.top10(&CallContext::anonymous(deadline), &region).await
                         })
                         .await?;
                     rows.iter()
@@ -295,7 +357,7 @@ impl Composer {
                             &FragmentKey::new_releases(&region, limit),
                             log,
                             move || async move {
-                                up.new_releases(&CallContext::default(), &region, limit)
+                                up.new_releases(&CallContext::anonymous(deadline), &region, limit)
                                     .await
                             },
                         )
@@ -308,7 +370,10 @@ impl Composer {
                         .collect()
                 }
                 (RowKind::ContinueWatching, Some(user)) => {
-                    let (up, cx) = (self.upstream.clone(), CallContext::for_user(&user));
+                    let (up, cx) = (
+                        self.upstream.clone(),
+                        CallContext::for_user(&user, deadline),
+                    );
                     let key = FragmentKey::continue_watching(&user, limit);
                     let rows: Arc<Vec<ContinueWatchingEntry>> = self
                         .cache
@@ -328,7 +393,7 @@ impl Composer {
                         .collect()
                 }
                 (RowKind::MyList, Some(user)) => self
-                    .my_list_of(&user, log)
+                    .my_list_of(&user, rq, deadline)
                     .await?
                     .iter()
                     .map(|m| Entry {
@@ -337,7 +402,10 @@ impl Composer {
                     })
                     .collect(),
                 (RowKind::Recommended, Some(user)) => {
-                    let (up, cx) = (self.upstream.clone(), CallContext::for_user(&user));
+                    let (up, cx) = (
+                        self.upstream.clone(),
+                        CallContext::for_user(&user, deadline),
+                    );
                     let key = FragmentKey::recommendations(&user, limit);
                     let rows: Arc<Vec<Recommendation>> = self
                         .cache
@@ -367,36 +435,40 @@ impl Composer {
     pub async fn profile_of(
         &self,
         user: &UserId,
-        log: &CacheLog,
+        rq: &RequestContext,
     ) -> Result<Option<Profile>, BackendError> {
         let (up, cx, owned) = (
             self.upstream.clone(),
-            CallContext::for_user(user),
+            CallContext::for_user(user, rq.deadline),
             user.clone(),
         );
-        let p: Arc<Option<Profile>> = self
+        let key = FragmentKey::profile(user);
+        let load = self
             .cache
-            .get_or_load(&FragmentKey::profile(user), log, move || async move {
+            .get_or_load(&key, &rq.cache_log, move || async move {
                 up.profile(&cx, &owned).await
-            })
-            .await?;
+            });
+        let p: Arc<Option<Profile>> = within(rq.deadline, BackendId::Profile, load).await?;
         Ok(p.as_ref().clone())
     }
 
     async fn my_list_of(
         &self,
         user: &UserId,
-        log: &CacheLog,
+        rq: &RequestContext,
+        deadline: Option<Instant>,
     ) -> Result<Arc<Vec<MyListEntry>>, BackendError> {
         let (up, cx, owned) = (
             self.upstream.clone(),
-            CallContext::for_user(user),
+            CallContext::for_user(user, deadline),
             user.clone(),
         );
         self.cache
-            .get_or_load(&FragmentKey::my_list(user), log, move || async move {
-                up.my_list(&cx, &owned).await
-            })
+            .get_or_load(
+                &FragmentKey::my_list(user),
+                &rq.cache_log,
+                move || async move { up.my_list(&cx, &owned).await },
+            )
             .await
     }
 
@@ -407,45 +479,58 @@ impl Composer {
         viewer: &Viewer,
         title_id: &str,
         present: bool,
+        rq: &RequestContext,
     ) -> Result<Option<bool>, BackendError> {
         let user = &viewer.user_id;
+        let cx = CallContext::for_user(user, rq.deadline);
         let changed = self
             .upstream
-            .set_in_my_list(&CallContext::for_user(user), user, title_id, present)
-            .await?;
+            .set_in_my_list(&cx, user, title_id, present)
+            .await;
+        // Invalidate even when the write failed: it may have landed before the failure showed.
         self.cache.invalidate(&FragmentKey::my_list(user)).await;
-        Ok(changed)
+        changed
     }
 
     /// Titles by id through the cache (shared fragments: loaded without the viewer's identity).
     async fn hydrate(
         &self,
         ids: &[String],
-        log: &CacheLog,
-    ) -> Result<std::collections::HashMap<String, Arc<Title>>, BackendError> {
+        rq: &RequestContext,
+    ) -> Result<HashMap<String, Arc<Title>>, BackendError> {
         if ids.is_empty() {
-            return Ok(std::collections::HashMap::new());
+            return Ok(HashMap::new());
         }
-        let up = self.upstream.clone();
-        self.cache
-            .titles(ids, log, move |ids| {
-                let up = up.clone();
-                async move {
-                    up.titles(&CallContext::default(), &ids)
-                        .await
-                        .map(|b| b.titles)
-                }
-            })
-            .await
+        let (up, deadline) = (self.upstream.clone(), rq.deadline);
+        let load = self.cache.titles(ids, &rq.cache_log, move |ids| {
+            let up = up.clone();
+            async move {
+                up.titles(&CallContext::anonymous(deadline), &ids)
+                    .await
+                    .map(|b| b.titles)
+            }
+        });
+        within(rq.deadline, BackendId::Catalog, load).await
     }
 
     /// One title by id; `Ok(None)` when the catalog does not know it.
     pub async fn title(
         &self,
         id: &str,
-        log: &CacheLog,
+        rq: &RequestContext,
     ) -> Result<Option<Arc<Title>>, BackendError> {
-        Ok(self.hydrate(&[id.to_owned()], log).await?.remove(id))
+        Ok(self.hydrate(&[id.to_owned()], rq).await?.remove(id))
+    }
+}
+
+/// The backend a row comes from.
+fn kind_backend(kind: RowKind) -> BackendId {
+    match kind {
+        RowKind::ContinueWatching => BackendId::ContinueWatching,
+        RowKind::Recommended => BackendId::Recommendations,
+        RowKind::Top10 => BackendId::Top10,
+        RowKind::MyList => BackendId::MyList,
+        RowKind::NewReleases => BackendId::NewReleases,
     }
 }
 

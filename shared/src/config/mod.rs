@@ -15,7 +15,11 @@ use serde::{Deserialize, Serialize};
 
 pub use secret::Secret;
 
-use crate::{cache::FragmentKind, profile::ClientProfile, upstream::BackendId};
+use crate::{
+    cache::FragmentKind,
+    profile::ClientProfile,
+    upstream::{BackendId, resilience::Strategy},
+};
 
 /// Everything a BFF binary can be configured with.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,6 +43,8 @@ pub struct Settings {
     pub profile: ClientProfile,
     /// Logging.
     pub log: LogSettings,
+    /// Pass-through routes (`[[routes]]`).
+    pub routes: Vec<RouteSettings>,
 }
 
 /// HTTP server limits.
@@ -50,6 +56,14 @@ pub struct ServerSettings {
     /// How long in-flight requests may take to finish after a shutdown signal.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// After a shutdown signal, how long `/readyz` reports 503 while still serving, so load
+    /// balancers stop sending traffic before the listener closes.
+    #[serde(with = "duration")]
+    pub shutdown_delay: Duration,
+    /// Time budget of one request: every backend call gets at most what is left of it, and the
+    /// homepage answers when it runs out with whatever rows are ready.
+    #[serde(with = "duration")]
+    pub request_budget: Duration,
 }
 
 impl Default for ServerSettings {
@@ -57,6 +71,8 @@ impl Default for ServerSettings {
         Self {
             max_body_bytes: 256 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
+            request_budget: Duration::from_millis(800),
         }
     }
 }
@@ -119,19 +135,52 @@ pub struct AuthSettings {
     pub audience: Option<String>,
 }
 
-/// One backend service.
+/// One backend service and the policy every call to it goes through.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendSettings {
     /// Base URL: REST ones include their root path (`http://127.0.0.1:7001/top10`), gRPC ones are
     /// the server root (`http://127.0.0.1:7002`).
     pub url: String,
-    /// Longest a single call may take.
+    /// Several interchangeable endpoints (same shape as `url`); when set, `url` is ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// Longest a single attempt may take (never longer than what is left of the request budget).
     #[serde(with = "duration", default = "default_timeout")]
     pub timeout: Duration,
     /// Longest a TCP connect may take.
     #[serde(with = "duration", default = "default_connect_timeout")]
     pub connect_timeout: Duration,
+    /// Extra attempts for idempotent reads (writes are never retried).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Jittered exponential backoff between attempts.
+    #[serde(default)]
+    pub backoff: BackoffSettings,
+    /// Cap on retries relative to requests, so retries cannot multiply load on a failing backend.
+    #[serde(default)]
+    pub retry_budget: RetryBudgetSettings,
+    /// Circuit breaker.
+    #[serde(default)]
+    pub breaker: BreakerSettings,
+    /// Concurrency limit with a short queue.
+    #[serde(default)]
+    pub concurrency: ConcurrencySettings,
+    /// How calls are spread over endpoints: `least_outstanding` (power of two choices) or `round_robin`.
+    #[serde(default = "default_strategy")]
+    pub balance: Strategy,
+    /// Passive outlier ejection.
+    #[serde(default)]
+    pub ejection: EjectionSettings,
+    /// Optional active health checks.
+    #[serde(default)]
+    pub health_check: HealthCheckSettings,
+    /// How often endpoint host names are re-resolved (`"0s"` = never); IP literals are never resolved.
+    #[serde(with = "duration", default = "default_dns_refresh")]
+    pub dns_refresh: Duration,
+    /// `/readyz` fails while this backend has no usable endpoint.
+    #[serde(default)]
+    pub required: bool,
 }
 
 fn default_timeout() -> Duration {
@@ -142,19 +191,236 @@ fn default_connect_timeout() -> Duration {
     Duration::from_millis(250)
 }
 
-impl BackendSettings {
-    fn at(url: String) -> Self {
+fn default_retries() -> u32 {
+    2
+}
+
+fn default_strategy() -> Strategy {
+    Strategy::LeastOutstanding
+}
+
+fn default_dns_refresh() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Backoff between attempts: uniform in `[0, min(max, base × 2^attempt)]` ("full jitter").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackoffSettings {
+    /// First backoff cap.
+    #[serde(with = "duration")]
+    pub base: Duration,
+    /// Largest backoff.
+    #[serde(with = "duration")]
+    pub max: Duration,
+}
+
+impl Default for BackoffSettings {
+    fn default() -> Self {
         Self {
-            url,
-            timeout: default_timeout(),
-            connect_timeout: default_connect_timeout(),
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(100),
         }
     }
 }
 
-/// The seven backends, each with its own URL and timeouts.
+/// Retries allowed: at most `ratio` × requests + `min_retries` over the rolling `window`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryBudgetSettings {
+    /// Share of requests that may be retried.
+    pub ratio: f64,
+    /// Rolling window.
+    #[serde(with = "duration")]
+    pub window: Duration,
+    /// Retries always allowed per window, so a quiet backend can still be retried.
+    pub min_retries: u32,
+}
+
+impl Default for RetryBudgetSettings {
+    fn default() -> Self {
+        Self {
+            ratio: 0.2,
+            window: Duration::from_secs(10),
+            min_retries: 10,
+        }
+    }
+}
+
+/// Circuit breaker: opens when the failure ratio over the window exceeds `failure_ratio` (once
+/// `min_calls` were made), fails fast while open, then lets probes through.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSettings {
+    /// Use a breaker at all.
+    pub enabled: bool,
+    /// Failure share that opens it.
+    pub failure_ratio: f64,
+    /// Calls in the window before the ratio counts.
+    pub min_calls: u32,
+    /// Rolling window.
+    #[serde(with = "duration")]
+    pub window: Duration,
+    /// First open interval.
+    #[serde(with = "duration")]
+    pub open_for: Duration,
+    /// Longest open interval (it doubles on each failed probe).
+    #[serde(with = "duration")]
+    pub max_open_for: Duration,
+    /// Concurrent probes when half-open.
+    pub half_open_probes: u32,
+    /// Successful probes that close it.
+    pub close_after: u32,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            failure_ratio: 0.5,
+            min_calls: 20,
+            window: Duration::from_secs(10),
+            open_for: Duration::from_secs(5),
+            max_open_for: Duration::from_secs(60),
+            half_open_probes: 3,
+            close_after: 3,
+        }
+    }
+}
+
+/// Concurrency limit: calls beyond `max_in_flight` wait in a queue of `max_queue` for at most
+/// `queue_timeout`; beyond that they fail fast with BACKEND_UNAVAILABLE.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConcurrencySettings {
+    /// Most calls in flight.
+    pub max_in_flight: usize,
+    /// Most calls waiting.
+    pub max_queue: usize,
+    /// Longest wait in the queue.
+    #[serde(with = "duration")]
+    pub queue_timeout: Duration,
+}
+
+impl Default for ConcurrencySettings {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 512,
+            max_queue: 256,
+            queue_timeout: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Passive outlier ejection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EjectionSettings {
+    /// Consecutive failures that eject an endpoint (0 = never eject).
+    pub consecutive_failures: u32,
+    /// First ejection; doubles for each repeat.
+    #[serde(with = "duration")]
+    pub base: Duration,
+    /// Longest ejection.
+    #[serde(with = "duration")]
+    pub max: Duration,
+    /// Never eject more than this share of endpoints.
+    pub max_ejected_percent: u8,
+}
+
+impl Default for EjectionSettings {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// Active health checks (off by default: passive ejection needs no extra traffic).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckSettings {
+    /// Probe endpoints periodically.
+    pub enabled: bool,
+    /// Probe period.
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    /// Probe time limit.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// REST: path probed on the endpoint's origin (2xx = healthy).
+    pub path: String,
+    /// gRPC: service name for `grpc.health.v1.Health/Check` (empty = the whole server).
+    pub grpc_service: String,
+}
+
+impl Default for HealthCheckSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_millis(500),
+            path: "/healthz".to_owned(),
+            grpc_service: String::new(),
+        }
+    }
+}
+
+impl BackendSettings {
+    fn at(url: String) -> Self {
+        Self {
+            url,
+            endpoints: Vec::new(),
+            timeout: default_timeout(),
+            connect_timeout: default_connect_timeout(),
+            retries: default_retries(),
+            backoff: BackoffSettings::default(),
+            retry_budget: RetryBudgetSettings::default(),
+            breaker: BreakerSettings::default(),
+            concurrency: ConcurrencySettings::default(),
+            balance: default_strategy(),
+            ejection: EjectionSettings::default(),
+            health_check: HealthCheckSettings::default(),
+            dns_refresh: default_dns_refresh(),
+            required: false,
+        }
+    }
+
+    /// The endpoints calls are spread over: `endpoints`, or `url` alone.
+    pub fn endpoint_urls(&self) -> Vec<String> {
+        if self.endpoints.is_empty() {
+            vec![self.url.clone()]
+        } else {
+            self.endpoints.clone()
+        }
+    }
+}
+
+/// A pass-through route: requests under `prefix` are proxied to `backend`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RouteSettings {
+    /// Path prefix, e.g. `/api/images`; the rest of the path is appended to the backend URL.
+    pub prefix: String,
+    /// Backend name: one of `backends.*` (REST).
+    pub backend: String,
+    /// Largest request body streamed through.
+    #[serde(default = "default_route_body")]
+    pub max_body_bytes: usize,
+    /// Reject requests without a valid token (401) instead of forwarding them anonymously.
+    #[serde(default)]
+    pub require_auth: bool,
+}
+
+fn default_route_body() -> usize {
+    10 * 1024 * 1024
+}
+
+/// The seven GraphQL backends, plus any other backends pass-through routes use.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackendsSettings {
     /// `profile` (REST).
     pub profile: BackendSettings,
@@ -170,6 +436,9 @@ pub struct BackendsSettings {
     pub catalog: BackendSettings,
     /// `recommendations` (gRPC).
     pub recommendations: BackendSettings,
+    /// Backends only pass-through routes use (REST), by name.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, BackendSettings>,
 }
 
 impl BackendsSettings {
@@ -183,7 +452,10 @@ impl BackendsSettings {
 
     /// Settings with each backend's URL from `url_of`.
     pub fn at(url_of: impl Fn(BackendId) -> String) -> Self {
-        let s = |b| BackendSettings::at(url_of(b));
+        let s = |b| BackendSettings {
+            required: b == BackendId::Catalog,
+            ..BackendSettings::at(url_of(b))
+        };
         Self {
             profile: s(BackendId::Profile),
             continue_watching: s(BackendId::ContinueWatching),
@@ -192,6 +464,7 @@ impl BackendsSettings {
             new_releases: s(BackendId::NewReleases),
             catalog: s(BackendId::Catalog),
             recommendations: s(BackendId::Recommendations),
+            extra: BTreeMap::new(),
         }
     }
 
@@ -400,6 +673,8 @@ pub struct BinaryDefaults {
     pub listen: SocketAddr,
     /// Default client profile.
     pub profile: ClientProfile,
+    /// Default request budget (`server.request_budget`).
+    pub request_budget: Duration,
 }
 
 /// Inputs to [`Settings::load`].
@@ -418,7 +693,10 @@ impl Settings {
     pub fn defaults(binary: &BinaryDefaults) -> Self {
         Self {
             listen: binary.listen,
-            server: ServerSettings::default(),
+            server: ServerSettings {
+                request_budget: binary.request_budget,
+                ..ServerSettings::default()
+            },
             graphql: GraphqlSettings::default(),
             graphiql: GraphiqlSettings::default(),
             auth: AuthSettings::default(),
@@ -426,6 +704,7 @@ impl Settings {
             cache: CacheSettings::default(),
             profile: binary.profile.clone(),
             log: LogSettings::default(),
+            routes: Vec::new(),
         }
     }
 
@@ -501,9 +780,8 @@ impl Settings {
         for b in BackendId::ALL {
             let s = self.backends.get(b);
             let key = format!("backends.{}.url", b.name());
-            let url = reqwest::Url::parse(&s.url).map_err(|e| invalid(&key, e.to_string()))?;
-            if !matches!(url.scheme(), "http" | "https") {
-                return Err(invalid(&key, "scheme must be http or https".to_owned()));
+            for url in s.endpoint_urls() {
+                check_url(&url).map_err(|m| invalid(&key, m))?;
             }
             if s.timeout.is_zero() {
                 return Err(invalid(
@@ -511,6 +789,48 @@ impl Settings {
                     "must be > 0".into(),
                 ));
             }
+        }
+        for (name, b) in &self.backends.extra {
+            if !self.routes.iter().any(|r| &r.backend == name) {
+                return Err(invalid(
+                    &format!("backends.{name}"),
+                    "unknown backend: not one of the seven GraphQL backends and no route uses it"
+                        .into(),
+                ));
+            }
+            for url in b.endpoint_urls() {
+                check_url(&url).map_err(|m| invalid(&format!("backends.{name}.url"), m))?;
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let key = format!("routes[{i}]");
+            if !r.prefix.starts_with('/') || r.prefix.len() < 2 || r.prefix.ends_with('/') {
+                return Err(invalid(
+                    &format!("{key}.prefix"),
+                    "must start with `/` and not end with one, e.g. \"/api/images\"".into(),
+                ));
+            }
+            if ["/graphql", "/healthz", "/readyz", "/metrics", "/graphiql"]
+                .iter()
+                .any(|p| r.prefix == *p || r.prefix.starts_with(&format!("{p}/")))
+            {
+                return Err(invalid(
+                    &format!("{key}.prefix"),
+                    "collides with a built-in endpoint".into(),
+                ));
+            }
+            let grpc = matches!(r.backend.as_str(), "catalog" | "recommendations");
+            let known = self.backends.extra.contains_key(&r.backend)
+                || r.backend.parse::<BackendId>().is_ok();
+            if grpc || !known {
+                return Err(invalid(
+                    &format!("{key}.backend"),
+                    format!("`{}` is not a configured REST backend", r.backend),
+                ));
+            }
+        }
+        if self.server.request_budget.is_zero() {
+            return Err(invalid("server.request_budget", "must be > 0".into()));
         }
         for kind in FragmentKind::ALL {
             if self.cache.kind(kind).ttl.is_zero() {
@@ -545,6 +865,14 @@ impl Settings {
         }
         toml::to_string_pretty(&copy).unwrap_or_else(|e| format!("# cannot render settings: {e}"))
     }
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}`: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(format!("`{url}`: must be an http(s) URL with a host"));
+    }
+    Ok(())
 }
 
 fn to_table(settings: &Settings) -> Result<toml::Table, ConfigError> {

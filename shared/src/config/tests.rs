@@ -16,6 +16,7 @@ fn binary() -> BinaryDefaults {
             max_genres: 0,
             default_region: "US".into(),
         },
+        request_budget: Duration::from_millis(800),
     }
 }
 

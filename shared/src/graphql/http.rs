@@ -14,11 +14,11 @@ use axum::{
 };
 use serde_json::{Map, Value as Json};
 
-use super::{
-    RequestScope,
-    errors::{Outcome, classify, error_body},
+use super::errors::{Outcome, classify, error_body};
+use crate::{
+    cache::{CacheLog, Freshness},
+    compose::RequestContext,
 };
-use crate::cache::{CacheLog, Freshness};
 use crate::{error::ErrorCode, server::AppState};
 
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json; charset=utf-8";
@@ -331,14 +331,15 @@ async fn serve(
         return resp;
     }
 
-    let cache_log = Arc::new(CacheLog::default());
-    let request = request.data(RequestScope {
+    let rq = Arc::new(RequestContext::new(
         viewer,
-        cache_log: cache_log.clone(),
-    });
+        app.settings.server.request_budget,
+    ));
+    let request = request.data(rq.clone());
+    let cache_log = &rq.cache_log;
     let mut response = app.schema.execute(request).await;
     let outcome = classify(&mut response);
-    report_stale(&mut response, &cache_log);
+    report_stale(&mut response, cache_log);
     let status = match (outcome, mode) {
         (Outcome::RequestError, Mode::GraphqlResponse) => StatusCode::BAD_REQUEST,
         _ => StatusCode::OK,
@@ -346,7 +347,7 @@ async fn serve(
     let cache_control = cache_control(
         personalized,
         method == Method::GET && response.errors.is_empty(),
-        &cache_log,
+        cache_log,
     );
     let body = serde_json::to_value(&response)
         .unwrap_or_else(|_| error_body(ErrorCode::Internal, "internal error"));

@@ -18,8 +18,12 @@ use async_graphql::{
 };
 
 use crate::{
-    auth::Viewer, cache::CacheLog, compose::Composer, config::GraphqlSettings, domain::Title,
-    error::ErrorCode, profile::ClientProfile,
+    auth::Viewer,
+    compose::{Composer, RequestContext},
+    config::GraphqlSettings,
+    domain::Title,
+    error::ErrorCode,
+    profile::ClientProfile,
 };
 
 /// How a binary's title type is made from a catalog title and its client profile.
@@ -28,24 +32,14 @@ pub trait TitleView: OutputType + Send + Sync + 'static {
     fn view(title: Arc<Title>, profile: &Arc<ClientProfile>) -> Self;
 }
 
-/// Per-request data every resolver can read: who is asking, and the record of cached fragments
-/// the answer is built from (for `Cache-Control` and `extensions.cache`).
-#[derive(Debug, Clone, Default)]
-pub struct RequestScope {
-    /// The verified viewer, `None` for anonymous requests.
-    pub viewer: Option<Viewer>,
-    /// Fragments used by this request.
-    pub cache_log: Arc<CacheLog>,
+/// The request as resolvers see it (inserted as request data by the HTTP handler).
+pub fn request<'a>(ctx: &async_graphql::Context<'a>) -> async_graphql::Result<&'a RequestContext> {
+    Ok(ctx.data::<Arc<RequestContext>>()?.as_ref())
 }
 
 /// The viewer of this request, if any.
 pub fn viewer<'a>(ctx: &async_graphql::Context<'a>) -> async_graphql::Result<Option<&'a Viewer>> {
-    Ok(ctx.data::<RequestScope>()?.viewer.as_ref())
-}
-
-/// The cache log of this request.
-pub fn cache_log<'a>(ctx: &async_graphql::Context<'a>) -> async_graphql::Result<&'a CacheLog> {
-    Ok(&ctx.data::<RequestScope>()?.cache_log)
+    Ok(request(ctx)?.viewer.as_ref())
 }
 
 /// The viewer of this request, or `UNAUTHENTICATED`.

@@ -8,7 +8,7 @@ use async_graphql::{Context, ID, Object, OutputType, SimpleObject};
 
 use crate::domain::Title;
 
-use super::{TitleView, cache_log, composer, require_viewer, viewer};
+use super::{TitleView, composer, request, require_viewer};
 use crate::{
     compose::{HomeRow, Homepage, RowItem as ComposedItem},
     domain::{Profile, Region},
@@ -310,7 +310,7 @@ impl<T: TitleView, H: HomepageView> RootQuery<T, H> {
             region,
             want_hero: H::WANTS_HERO,
         };
-        let home = composer.homepage(viewer(ctx)?, &req, cache_log(ctx)?).await;
+        let home = composer.homepage(request(ctx)?, &req).await;
         Ok(H::view(home, composer.profile()))
     }
 
@@ -319,7 +319,7 @@ impl<T: TitleView, H: HomepageView> RootQuery<T, H> {
         let id = title_id_arg(&id)?;
         let composer = composer(ctx)?;
         let title = composer
-            .title(id, cache_log(ctx)?)
+            .title(id, request(ctx)?)
             .await
             .map_err(|e| backend_error(&e))?;
         Ok(title.map(|t| T::view(t, composer.profile())))
@@ -331,7 +331,7 @@ impl<T: TitleView, H: HomepageView> RootQuery<T, H> {
         let viewer = require_viewer(ctx)?;
         let composer = composer(ctx)?;
         let profile = composer
-            .profile_of(&viewer.user_id, cache_log(ctx)?)
+            .profile_of(&viewer.user_id, request(ctx)?)
             .await
             .map_err(|e| backend_error(&e))?;
         Ok(profile.map(ViewerProfile::from))
@@ -384,7 +384,7 @@ async fn set_in_my_list(
     let title_id = title_id_arg(title_id)?;
     let composer = composer(ctx)?;
     let changed = composer
-        .set_in_my_list(viewer, title_id, present)
+        .set_in_my_list(viewer, title_id, present, request(ctx)?)
         .await
         .map_err(|e| backend_error(&e))?
         .ok_or_else(|| ErrorCode::BadUserInput.error(format!("unknown title `{title_id}`")))?;

@@ -1,14 +1,14 @@
-//! `/healthz` (the process is alive) and `/readyz` (it should get traffic: not shutting down and
-//! the required backend reachable). Readiness probes each backend address with a short TCP
-//! connect so an orchestrator stops routing to an instance that cannot serve homepages.
+//! `/healthz` (the process is alive) and `/readyz` (it should get traffic). Readiness is false
+//! while shutting down, and while a required backend (the catalog: without it no title can be
+//! shown) has no usable endpoint — none reachable, all ejected or failing health checks, or its
+//! breaker open. Every backend's state is reported so an operator sees why.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
 use serde_json::json;
 
 use super::AppState;
-use crate::upstream::BackendId;
 
 /// How long a readiness probe waits for one TCP connect.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
@@ -24,24 +24,33 @@ pub(super) async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoRespons
             Json(json!({ "status": "shutting_down" })),
         );
     }
-    let probes = BackendId::ALL.map(|b| {
-        let url = app.settings.backends.get(b).url.clone();
-        async move { (b, reachable(&url).await) }
+    let statuses = app.upstream.status();
+    let probes = statuses.iter().map(|b| async move {
+        let reachable =
+            futures::future::join_all(b.endpoints.iter().map(|e| reachable(&e.label))).await;
+        reachable.into_iter().filter(|r| *r).count()
     });
-    let results = futures::future::join_all(probes).await;
-    let backends: BTreeMap<&str, serde_json::Value> = results
-        .iter()
-        .map(|(b, ok)| {
-            (
-                b.name(),
-                json!({ "reachable": ok, "required": *b == BackendId::Catalog }),
-            )
-        })
-        .collect();
-    // Without the catalog no title can be shown; the other backends only cost a row each.
-    let ready = results
-        .iter()
-        .all(|(b, ok)| *ok || *b != BackendId::Catalog);
+    let reachable = futures::future::join_all(probes).await;
+    let mut ready = true;
+    let mut backends = serde_json::Map::new();
+    for (b, reachable) in statuses.iter().zip(reachable) {
+        let usable = b.usable_endpoints > 0 && reachable > 0 && b.breaker != "open";
+        if b.required && !usable {
+            ready = false;
+        }
+        backends.insert(
+            b.name.clone(),
+            json!({
+                "required": b.required,
+                "reachable": reachable > 0,
+                "reachableEndpoints": reachable,
+                "usableEndpoints": b.usable_endpoints,
+                "breaker": b.breaker,
+                "inFlight": b.in_flight,
+                "endpoints": b.endpoints,
+            }),
+        );
+    }
     let status = if ready {
         StatusCode::OK
     } else {
@@ -60,6 +69,7 @@ async fn reachable(url: &str) -> bool {
     let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
         return false;
     };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
     matches!(
         tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect((host, port))).await,
         Ok(Ok(_))

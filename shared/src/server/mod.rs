@@ -7,6 +7,7 @@
 
 pub mod graphiql;
 mod health;
+mod proxy;
 
 use std::{
     future::Future,
@@ -79,6 +80,7 @@ pub(crate) struct AppState {
     pub(crate) settings: Settings,
     pub(crate) auth: Authenticator,
     pub(crate) schema: Arc<dyn GraphqlExecutor>,
+    pub(crate) upstream: Upstream,
     graphiql: Option<graphiql::GraphiqlAssets>,
     graphiql_headers: Option<String>,
     ready: AtomicBool,
@@ -125,7 +127,11 @@ impl Application {
     ) -> Result<Self, ServerError> {
         let upstream = Upstream::new(&settings.backends)?;
         let cache = FragmentCache::new(settings.cache.clone());
-        let composer = Composer::new(upstream, cache.clone(), Arc::new(settings.profile.clone()));
+        let composer = Composer::new(
+            upstream.clone(),
+            cache.clone(),
+            Arc::new(settings.profile.clone()),
+        );
         let schema = (surface.schema)(composer, &settings.graphql);
         let graphiql = settings
             .graphiql
@@ -141,6 +147,7 @@ impl Application {
         let state = Arc::new(AppState {
             auth: Authenticator::new(&settings.auth),
             schema,
+            upstream,
             graphiql_headers: opts.graphiql_headers,
             graphiql: graphiql.clone(),
             ready: AtomicBool::new(true),
@@ -151,6 +158,7 @@ impl Application {
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))
             .with_state(state.clone());
+        router = router.merge(proxy::router(&state, &state.settings.routes));
         if let Some(assets) = &graphiql {
             router = router.merge(assets.router());
         }
@@ -186,11 +194,16 @@ impl Application {
     ) -> Result<(), ServerError> {
         let state = self.state.clone();
         let grace = state.settings.server.shutdown_grace;
+        let delay = state.settings.server.shutdown_delay;
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
             shutdown.await;
+            // Readiness goes false first; the listener stays open for `shutdown_delay` so load
+            // balancers notice and stop sending before connections are refused.
             state.ready.store(false, Ordering::Relaxed);
-            tracing::info!("shutting down: draining in-flight requests");
+            tracing::info!(delay = ?delay, "shutting down: readiness is false");
+            tokio::time::sleep(delay).await;
+            tracing::info!("no longer accepting; draining in-flight requests");
             let _ = stopping_tx.send(());
         });
         let drain_deadline = async move {

@@ -1,6 +1,7 @@
-//! gRPC clients (tonic): one lazily connected channel per backend, multiplexed over HTTP/2. Each
-//! call carries the identity as metadata and its time limit as the gRPC deadline, and converts
-//! protobuf messages into domain values here, so nothing above this module sees protobuf.
+//! gRPC clients (tonic): one lazily connected channel per endpoint, multiplexed over HTTP/2,
+//! calls spread over endpoints by the backend's [`BackendPolicy`]. Each attempt carries the
+//! identity as metadata and its time limit as the gRPC deadline. Protobuf messages become domain
+//! values here, so nothing above this module sees protobuf.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -10,29 +11,40 @@ use bff_schema::{
 };
 use tonic::{Code, metadata::MetadataValue, transport::Channel};
 
-use super::{BackendError, BackendId, CallContext, UpstreamInitError, rest::USER_ID_HEADER};
+use super::{
+    CallContext, UpstreamInitError, discovery,
+    policy::{BackendPolicy, CallKind, Failure},
+    rest::USER_ID_HEADER,
+};
 use crate::{
-    config::BackendsSettings,
+    config::BackendSettings,
     domain::{Image, ImageKind, Recommendation, Title, TitleBatch, UserId},
 };
 
 /// Most ids one `BatchGetTitles` carries; the catalog rejects bigger batches (its default is 500).
 const MAX_BATCH: usize = 500;
 
-pub(super) struct GrpcClients {
-    catalog: CatalogClient<Channel>,
-    recommendations: RecommendationsClient<Channel>,
+/// One gRPC backend: a channel per endpoint and the policy.
+pub(crate) struct GrpcBackend {
+    pub(crate) policy: BackendPolicy<Channel>,
 }
 
-fn channel(settings: &BackendsSettings, b: BackendId) -> Result<Channel, UpstreamInitError> {
-    let s = settings.get(b);
-    let endpoint = tonic::transport::Endpoint::from_shared(s.url.clone()).map_err(|e| {
-        UpstreamInitError::Url {
-            backend: b,
-            url: s.url.clone(),
-            reason: e.to_string(),
-        }
-    })?;
+/// A lazily connecting channel to `url`, announcing `origin` as its authority when the URL holds
+/// a resolved address instead of the configured host name.
+pub(crate) fn channel(
+    url: &str,
+    origin: Option<&str>,
+    s: &BackendSettings,
+) -> Result<Channel, String> {
+    let mut endpoint =
+        tonic::transport::Endpoint::from_shared(url.to_owned()).map_err(|e| e.to_string())?;
+    if let Some(origin) = origin {
+        endpoint = endpoint.origin(
+            origin
+                .parse()
+                .map_err(|e: http::uri::InvalidUri| e.to_string())?,
+        );
+    }
     Ok(endpoint
         .connect_timeout(s.connect_timeout)
         .tcp_nodelay(true)
@@ -40,24 +52,32 @@ fn channel(settings: &BackendsSettings, b: BackendId) -> Result<Channel, Upstrea
         .connect_lazy())
 }
 
-impl GrpcClients {
-    pub(super) fn new(settings: &BackendsSettings) -> Result<Self, UpstreamInitError> {
-        Ok(Self {
-            catalog: CatalogClient::new(channel(settings, BackendId::Catalog)?),
-            recommendations: RecommendationsClient::new(channel(
-                settings,
-                BackendId::Recommendations,
-            )?),
-        })
+impl GrpcBackend {
+    pub(crate) fn new(
+        name: &str,
+        s: &BackendSettings,
+    ) -> Result<(Self, Vec<tokio::task::JoinHandle<()>>), UpstreamInitError> {
+        let mut endpoints = Vec::new();
+        for url in s.endpoint_urls() {
+            let ch = channel(&url, None, s).map_err(|reason| UpstreamInitError::Url {
+                backend: name.to_owned(),
+                url: url.clone(),
+                reason,
+            })?;
+            endpoints.push((url, ch));
+        }
+        let backend = Self {
+            policy: BackendPolicy::new(name, s, endpoints),
+        };
+        let tasks = discovery::start_grpc(&backend.policy, s);
+        Ok((backend, tasks))
     }
 
     pub(super) async fn batch_get_titles(
         &self,
         cx: &CallContext,
         ids: &[String],
-        timeout: Duration,
-    ) -> Result<TitleBatch, BackendError> {
-        let b = BackendId::Catalog;
+    ) -> Result<TitleBatch, Failure> {
         let mut out = TitleBatch {
             titles: HashMap::with_capacity(ids.len()),
             missing: Vec::new(),
@@ -65,17 +85,25 @@ impl GrpcClients {
         // Chunks run one after another: a homepage's union is far below one batch, so this only
         // matters for unusual callers and keeps the catalog from seeing a burst of big calls.
         for chunk in ids.chunks(MAX_BATCH) {
-            let msg = pb_catalog::BatchGetTitlesRequest {
-                ids: chunk.to_vec(),
-            };
-            let req = request(cx, msg, timeout);
             let resp = self
-                .catalog
-                .clone()
-                .batch_get_titles(req)
-                .await
-                .map_err(|s| status(b, &s))?;
-            let resp = resp.into_inner();
+                .policy
+                .call(CallKind::Read, cx.deadline, |ch, timeout| {
+                    let req = request(
+                        cx,
+                        pb_catalog::BatchGetTitlesRequest {
+                            ids: chunk.to_vec(),
+                        },
+                        timeout,
+                    );
+                    async move {
+                        CatalogClient::new(ch)
+                            .batch_get_titles(req)
+                            .await
+                            .map_err(|s| status(&s))
+                    }
+                })
+                .await?
+                .into_inner();
             for t in resp.titles {
                 let title = title_from_pb(t);
                 out.titles.insert(title.id.clone(), Arc::new(title));
@@ -90,28 +118,38 @@ impl GrpcClients {
         cx: &CallContext,
         user: &UserId,
         limit: usize,
-        timeout: Duration,
-    ) -> Result<Vec<Recommendation>, BackendError> {
-        let b = BackendId::Recommendations;
+    ) -> Result<Vec<Recommendation>, Failure> {
         let msg = pb_recs::GetRecommendationsRequest {
             user_id: user.as_str().to_owned(),
             limit: i32::try_from(limit).unwrap_or(i32::MAX),
         };
-        let req = request(cx, msg, timeout);
-        match self.recommendations.clone().get_recommendations(req).await {
-            Ok(resp) => Ok(resp
-                .into_inner()
-                .items
-                .into_iter()
-                .map(|i| Recommendation {
-                    title_id: i.title_id,
-                    score: i.score,
-                    reason: i.reason,
-                })
-                .collect()),
-            Err(s) if s.code() == Code::NotFound => Ok(Vec::new()),
-            Err(s) => Err(status(b, &s)),
-        }
+        let answer = self
+            .policy
+            .call(CallKind::Read, cx.deadline, |ch, timeout| {
+                let req = request(cx, msg.clone(), timeout);
+                async move {
+                    match RecommendationsClient::new(ch)
+                        .get_recommendations(req)
+                        .await
+                    {
+                        Ok(resp) => Ok(Some(resp.into_inner())),
+                        // An unknown user simply has no recommendations.
+                        Err(s) if s.code() == Code::NotFound => Ok(None),
+                        Err(s) => Err(status(&s)),
+                    }
+                }
+            })
+            .await?;
+        Ok(answer
+            .map(|a| a.items)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| Recommendation {
+                title_id: i.title_id,
+                score: i.score,
+                reason: i.reason,
+            })
+            .collect())
     }
 }
 
@@ -127,21 +165,16 @@ fn request<T>(cx: &CallContext, msg: T, timeout: Duration) -> tonic::Request<T> 
     req
 }
 
-fn status(b: BackendId, s: &tonic::Status) -> BackendError {
+fn status(s: &tonic::Status) -> Failure {
+    let detail = format!("{:?}: {}", s.code(), s.message());
     match s.code() {
-        Code::DeadlineExceeded | Code::Cancelled => BackendError::Timeout { backend: b },
+        Code::DeadlineExceeded | Code::Cancelled => Failure::Timeout,
         Code::Unavailable
         | Code::ResourceExhausted
         | Code::Aborted
         | Code::Internal
-        | Code::Unknown => BackendError::Unavailable {
-            backend: b,
-            reason: format!("{:?}: {}", s.code(), s.message()),
-        },
-        other => BackendError::Protocol {
-            backend: b,
-            reason: format!("{other:?}: {}", s.message()),
-        },
+        | Code::Unknown => Failure::Unavailable(detail),
+        _ => Failure::Rejected(detail),
     }
 }
 

@@ -5,16 +5,18 @@
 //! policy choke point ([`policy`]), the wire clients ([`rest`], [`grpc`]). Does not own caching or
 //! composition (callers above decide what to ask for) nor GraphQL error mapping (`crate::error`).
 
+mod discovery;
 mod error;
 mod grpc;
-mod policy;
+pub(crate) mod policy;
 pub mod resilience;
-mod rest;
+pub(crate) mod rest;
 
-use std::{fmt, str::FromStr, sync::Arc};
+use std::{collections::HashMap, fmt, str::FromStr, sync::Arc, time::Instant};
 
 pub use error::BackendError;
-pub use policy::{CallKind, Policy};
+use policy::Failure;
+pub use policy::{BackendStatus, CallKind};
 
 use crate::{
     config::BackendsSettings,
@@ -97,18 +99,29 @@ impl FromStr for BackendId {
     }
 }
 
-/// Who a call is made for; the identity header comes from here and nowhere else.
+/// Who a call is made for and until when; the identity header comes from here and nowhere else.
 #[derive(Debug, Clone, Default)]
 pub struct CallContext {
     /// The verified user, for personalized calls.
     pub user: Option<UserId>,
+    /// When the request's budget runs out; every attempt gets at most the time left.
+    pub deadline: Option<Instant>,
 }
 
 impl CallContext {
-    /// A call on behalf of `user`.
-    pub fn for_user(user: &UserId) -> Self {
+    /// A call on behalf of `user` within `deadline`.
+    pub fn for_user(user: &UserId, deadline: Option<Instant>) -> Self {
         Self {
             user: Some(user.clone()),
+            deadline,
+        }
+    }
+
+    /// An anonymous call (shared fragments) within `deadline`.
+    pub fn anonymous(deadline: Option<Instant>) -> Self {
+        Self {
+            user: None,
+            deadline,
         }
     }
 }
@@ -120,7 +133,7 @@ pub enum UpstreamInitError {
     #[error("backend {backend}: invalid url `{url}`: {reason}")]
     Url {
         /// Which backend.
-        backend: BackendId,
+        backend: String,
         /// The URL.
         url: String,
         /// Why.
@@ -131,33 +144,116 @@ pub enum UpstreamInitError {
     Http(#[from] reqwest::Error),
 }
 
-/// Every backend client, each call wrapped by the policy. Cheap to clone.
+/// Every backend client, each call wrapped by its backend's policy. Cheap to clone.
 #[derive(Clone)]
 pub struct Upstream {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    policy: Policy,
-    rest: rest::RestClients,
-    grpc: grpc::GrpcClients,
+    rest: HashMap<String, Arc<rest::RestBackend>>,
+    catalog: grpc::GrpcBackend,
+    recommendations: grpc::GrpcBackend,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn err(backend: BackendId, f: Failure) -> BackendError {
+    match f {
+        Failure::Timeout => BackendError::Timeout { backend },
+        Failure::Transport(reason) | Failure::Unavailable(reason) => {
+            BackendError::Unavailable { backend, reason }
+        }
+        Failure::Open => BackendError::Unavailable {
+            backend,
+            reason: "circuit breaker open".into(),
+        },
+        Failure::Overloaded => BackendError::Unavailable {
+            backend,
+            reason: "concurrency limit reached".into(),
+        },
+        Failure::Rejected(reason) => BackendError::Protocol { backend, reason },
+    }
 }
 
 impl Upstream {
-    /// Builds clients for every backend. gRPC channels connect lazily, so a backend that is down at
-    /// start-up does not stop the BFF from starting.
+    /// Builds clients for every backend (and every route backend). gRPC channels connect lazily,
+    /// so a backend that is down at start-up does not stop the BFF from starting.
     pub fn new(settings: &BackendsSettings) -> Result<Self, UpstreamInitError> {
+        let mut tasks = Vec::new();
+        let mut rest = HashMap::new();
+        let named = BackendId::ALL
+            .into_iter()
+            .filter(|b| b.rest_path().is_some())
+            .map(|b| (b.name().to_owned(), settings.get(b)));
+        for (name, s) in named.chain(settings.extra.iter().map(|(n, s)| (n.clone(), s))) {
+            let (backend, t) = rest::RestBackend::new(&name, s)?;
+            tasks.extend(t);
+            rest.insert(name, Arc::new(backend));
+        }
+        let (catalog, t) = grpc::GrpcBackend::new(BackendId::Catalog.name(), &settings.catalog)?;
+        tasks.extend(t);
+        let (recommendations, t) =
+            grpc::GrpcBackend::new(BackendId::Recommendations.name(), &settings.recommendations)?;
+        tasks.extend(t);
         Ok(Self {
             inner: Arc::new(Inner {
-                policy: Policy::new(settings),
-                rest: rest::RestClients::new(settings)?,
-                grpc: grpc::GrpcClients::new(settings)?,
+                rest,
+                catalog,
+                recommendations,
+                tasks,
             }),
         })
     }
 
-    fn policy(&self) -> &Policy {
-        &self.inner.policy
+    fn rest(&self, b: BackendId) -> Result<&rest::RestBackend, BackendError> {
+        self.inner
+            .rest
+            .get(b.name())
+            .map(AsRef::as_ref)
+            .ok_or_else(|| BackendError::Protocol {
+                backend: b,
+                reason: "not a REST backend".into(),
+            })
+    }
+
+    /// A REST backend by name (pass-through routes).
+    pub(crate) fn rest_by_name(&self, name: &str) -> Option<Arc<rest::RestBackend>> {
+        self.inner.rest.get(name).cloned()
+    }
+
+    /// State of every backend, for `/readyz` and metrics.
+    pub fn status(&self) -> Vec<BackendStatus> {
+        let mut out: Vec<BackendStatus> = self
+            .inner
+            .rest
+            .values()
+            .map(|b| b.policy.status())
+            .collect();
+        out.push(self.inner.catalog.policy.status());
+        out.push(self.inner.recommendations.policy.status());
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        b: BackendId,
+        cx: &CallContext,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Option<T>, BackendError> {
+        self.rest(b)?
+            .get_json(cx, path, query)
+            .await
+            .map_err(|f| err(b, f))
     }
 
     /// `GET /profile/users/{id}`. `Ok(None)` when the service does not know the user.
@@ -166,13 +262,13 @@ impl Upstream {
         cx: &CallContext,
         user: &UserId,
     ) -> Result<Option<Profile>, BackendError> {
-        let b = BackendId::Profile;
-        let path = format!("/users/{}", enc(user.as_str()));
-        self.policy()
-            .call(b, CallKind::Read, || {
-                self.inner.rest.get_json::<Profile>(b, cx, &path, &[])
-            })
-            .await
+        self.get(
+            BackendId::Profile,
+            cx,
+            &format!("/users/{}", enc(user.as_str())),
+            &[],
+        )
+        .await
     }
 
     /// `GET /continue-watching/users/{id}?limit=`; unknown user → empty.
@@ -182,15 +278,14 @@ impl Upstream {
         user: &UserId,
         limit: usize,
     ) -> Result<Vec<ContinueWatchingEntry>, BackendError> {
-        let b = BackendId::ContinueWatching;
         let path = format!("/users/{}", enc(user.as_str()));
-        let limit = limit.to_string();
-        let query = [("limit", limit.as_str())];
-        let page: Option<rest::Items<ContinueWatchingEntry>> = self
-            .policy()
-            .call(b, CallKind::Read, || {
-                self.inner.rest.get_json(b, cx, &path, &query)
-            })
+        let page: Option<rest::Items<_>> = self
+            .get(
+                BackendId::ContinueWatching,
+                cx,
+                &path,
+                &[("limit", &limit.to_string())],
+            )
             .await?;
         Ok(page.map(|p| p.items).unwrap_or_default())
     }
@@ -201,13 +296,13 @@ impl Upstream {
         cx: &CallContext,
         user: &UserId,
     ) -> Result<Vec<MyListEntry>, BackendError> {
-        let b = BackendId::MyList;
-        let path = format!("/users/{}", enc(user.as_str()));
-        let page: Option<rest::Items<MyListEntry>> = self
-            .policy()
-            .call(b, CallKind::Read, || {
-                self.inner.rest.get_json(b, cx, &path, &[])
-            })
+        let page: Option<rest::Items<_>> = self
+            .get(
+                BackendId::MyList,
+                cx,
+                &format!("/users/{}", enc(user.as_str())),
+                &[],
+            )
             .await?;
         Ok(page.map(|p| p.items).unwrap_or_default())
     }
@@ -229,11 +324,10 @@ impl Upstream {
             reqwest::Method::DELETE
         };
         let answer: Option<rest::MyListChange> = self
-            .policy()
-            .call(b, CallKind::Write, || {
-                self.inner.rest.send_json(b, cx, method.clone(), &path)
-            })
-            .await?;
+            .rest(b)?
+            .send_json(cx, method, &path)
+            .await
+            .map_err(|f| err(b, f))?;
         Ok(answer.map(|a| a.added.or(a.removed).unwrap_or(false)))
     }
 
@@ -243,13 +337,13 @@ impl Upstream {
         cx: &CallContext,
         region: &Region,
     ) -> Result<Vec<Top10Entry>, BackendError> {
-        let b = BackendId::Top10;
-        let path = format!("/{}", enc(region.as_str()));
-        let page: Option<rest::Items<Top10Entry>> = self
-            .policy()
-            .call(b, CallKind::Read, || {
-                self.inner.rest.get_json(b, cx, &path, &[])
-            })
+        let page: Option<rest::Items<_>> = self
+            .get(
+                BackendId::Top10,
+                cx,
+                &format!("/{}", enc(region.as_str())),
+                &[],
+            )
             .await?;
         Ok(page.map(|p| p.items).unwrap_or_default())
     }
@@ -261,15 +355,14 @@ impl Upstream {
         region: &Region,
         limit: usize,
     ) -> Result<Vec<NewRelease>, BackendError> {
-        let b = BackendId::NewReleases;
         let path = format!("/{}", enc(region.as_str()));
-        let limit = limit.to_string();
-        let query = [("limit", limit.as_str())];
-        let page: Option<rest::Items<NewRelease>> = self
-            .policy()
-            .call(b, CallKind::Read, || {
-                self.inner.rest.get_json(b, cx, &path, &query)
-            })
+        let page: Option<rest::Items<_>> = self
+            .get(
+                BackendId::NewReleases,
+                cx,
+                &path,
+                &[("limit", &limit.to_string())],
+            )
             .await?;
         Ok(page.map(|p| p.items).unwrap_or_default())
     }
@@ -283,12 +376,11 @@ impl Upstream {
         if ids.is_empty() {
             return Ok(TitleBatch::default());
         }
-        let b = BackendId::Catalog;
-        self.policy()
-            .call_with_deadline(b, CallKind::Read, |timeout| {
-                self.inner.grpc.batch_get_titles(cx, ids, timeout)
-            })
+        self.inner
+            .catalog
+            .batch_get_titles(cx, ids)
             .await
+            .map_err(|f| err(BackendId::Catalog, f))
     }
 
     /// `recommendations.v1.Recommendations/GetRecommendations`; unknown user → empty.
@@ -298,12 +390,11 @@ impl Upstream {
         user: &UserId,
         limit: usize,
     ) -> Result<Vec<Recommendation>, BackendError> {
-        let b = BackendId::Recommendations;
-        self.policy()
-            .call_with_deadline(b, CallKind::Read, |timeout| {
-                self.inner.grpc.recommendations(cx, user, limit, timeout)
-            })
+        self.inner
+            .recommendations
+            .recommendations(cx, user, limit)
             .await
+            .map_err(|f| err(BackendId::Recommendations, f))
     }
 }
 

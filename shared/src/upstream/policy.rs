@@ -1,12 +1,21 @@
-//! The one place every backend call passes through. Today: a per-backend time limit, applied both
-//! as a local timer and (for gRPC) as the deadline sent to the server. Retries, budgets, breakers
-//! and balancing slot in here without touching the clients or their callers, which is why calls
-//! arrive as closures that can be invoked again.
+//! The one place every backend call passes through. Per backend: the request's deadline caps
+//! every attempt (`min(timeout, time left)`, sent to gRPC servers as `grpc-timeout`); a circuit
+//! breaker fails fast while the backend is failing; a concurrency limit with a short queue sheds
+//! load instead of piling it up; calls are balanced over endpoints with passive outlier ejection;
+//! idempotent reads are retried with jittered exponential backoff, within a retry budget so
+//! retries cannot multiply load on a backend that is already failing. Writes are never retried.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use super::{BackendError, BackendId};
-use crate::config::BackendsSettings;
+use super::resilience::{
+    Backoff, BreakerConfig, BreakerState, CircuitBreaker, ConcurrencyLimit, EjectionConfig,
+    EndpointSet, EndpointStatus, RetryBudget,
+};
+use crate::config::BackendSettings;
 
 /// Whether a call may be repeated safely (reads) or not (writes are never retried).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,60 +26,234 @@ pub enum CallKind {
     Write,
 }
 
-/// Per-backend call policy.
+/// How one attempt (or the whole call) failed, before it becomes a client-facing error.
 #[derive(Debug, Clone)]
-pub struct Policy {
-    timeouts: [Duration; 7],
+pub(crate) enum Failure {
+    /// No answer within the attempt's time (or no time left at all).
+    Timeout,
+    /// Connect refused/reset and other transport errors.
+    Transport(String),
+    /// The backend said it cannot serve (5xx, 429, gRPC UNAVAILABLE…).
+    Unavailable(String),
+    /// The backend refused the request or answered garbage: retrying would not help, and it says
+    /// nothing about the backend's health.
+    Rejected(String),
+    /// The breaker is open: the backend was not called.
+    Open,
+    /// Over the concurrency limit and its queue: the backend was not called.
+    Overloaded,
 }
 
-impl Policy {
-    /// Policy from config.
-    pub fn new(settings: &BackendsSettings) -> Self {
-        Self {
-            timeouts: BackendId::ALL.map(|b| settings.get(b).timeout),
-        }
+impl Failure {
+    fn retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Timeout | Self::Transport(_) | Self::Unavailable(_)
+        )
     }
 
-    fn timeout(&self, backend: BackendId) -> Duration {
-        self.timeouts[backend as usize]
+    /// Whether this says the backend (or endpoint) is unhealthy.
+    fn is_health_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Timeout | Self::Transport(_) | Self::Unavailable(_)
+        )
     }
+}
 
-    /// Runs one call under the backend's policy.
-    pub async fn call<T, F, Fut>(
-        &self,
-        backend: BackendId,
-        kind: CallKind,
-        op: F,
-    ) -> Result<T, BackendError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, BackendError>>,
-    {
-        let mut op = op;
-        self.call_with_deadline(backend, kind, |_| op()).await
-    }
+/// The resilience state of one backend, generic over what an endpoint is (a base URL, a channel).
+pub(crate) struct BackendPolicy<E> {
+    pub(crate) name: String,
+    pub(crate) endpoints: Arc<EndpointSet<E>>,
+    breaker: Option<CircuitBreaker>,
+    budget: RetryBudget,
+    limit: ConcurrencyLimit,
+    backoff: Backoff,
+    retries: u32,
+    timeout: Duration,
+    pub(crate) required: bool,
+}
 
-    /// Like [`Policy::call`], telling the call how long it has (gRPC sends it as `grpc-timeout`).
-    pub async fn call_with_deadline<T, F, Fut>(
-        &self,
-        backend: BackendId,
-        _kind: CallKind,
-        mut op: F,
-    ) -> Result<T, BackendError>
-    where
-        F: FnMut(Duration) -> Fut,
-        Fut: Future<Output = Result<T, BackendError>>,
-    {
-        let limit = self.timeout(backend);
-        let started = std::time::Instant::now();
-        let outcome = match tokio::time::timeout(limit, op(limit)).await {
-            Ok(result) => result,
-            Err(_) => Err(BackendError::Timeout { backend }),
+/// What `/readyz` and metrics report about one backend.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackendStatus {
+    /// Backend name.
+    pub name: String,
+    /// `closed`, `open` or `half_open` (`disabled` without a breaker).
+    pub breaker: &'static str,
+    /// Endpoints not ejected and not failing health checks.
+    pub usable_endpoints: usize,
+    /// Every endpoint's state.
+    pub endpoints: Vec<EndpointStatus>,
+    /// Calls in flight.
+    pub in_flight: usize,
+    /// Whether readiness depends on it.
+    pub required: bool,
+}
+
+impl<E: Clone + Send + Sync + 'static> BackendPolicy<E> {
+    pub(crate) fn new(name: &str, s: &BackendSettings, endpoints: Vec<(String, E)>) -> Self {
+        let b = &s.breaker;
+        let breaker = b.enabled.then(|| {
+            CircuitBreaker::new(BreakerConfig {
+                failure_ratio: b.failure_ratio,
+                min_calls: b.min_calls,
+                window: b.window,
+                open_for: b.open_for,
+                half_open_probes: b.half_open_probes,
+                close_after: b.close_after,
+                max_open_for: b.max_open_for,
+            })
+        });
+        let e = &s.ejection;
+        let ejection = EjectionConfig {
+            consecutive_failures: e.consecutive_failures,
+            base_ejection: e.base,
+            max_ejection: e.max,
+            max_ejected_percent: e.max_ejected_percent,
         };
-        if let Err(err) = &outcome {
-            // Logged once here, where the failure is known; callers turn it into a client-safe error.
-            tracing::warn!(backend = backend.name(), elapsed_ms = started.elapsed().as_millis() as u64, error = %err, "backend call failed");
+        Self {
+            name: name.to_owned(),
+            endpoints: Arc::new(EndpointSet::new(s.balance, ejection, endpoints)),
+            breaker,
+            budget: RetryBudget::new(
+                s.retry_budget.ratio,
+                s.retry_budget.window,
+                s.retry_budget.min_retries,
+            ),
+            limit: ConcurrencyLimit::new(
+                s.concurrency.max_in_flight,
+                s.concurrency.max_queue,
+                s.concurrency.queue_timeout,
+            ),
+            backoff: Backoff {
+                base: s.backoff.base,
+                max: s.backoff.max,
+            },
+            retries: s.retries,
+            timeout: s.timeout,
+            required: s.required,
         }
-        outcome
+    }
+
+    /// Runs a call: `op` makes one attempt against an endpoint within the given time.
+    pub(crate) async fn call<T, F, Fut>(
+        &self,
+        kind: CallKind,
+        deadline: Option<Instant>,
+        mut op: F,
+    ) -> Result<T, Failure>
+    where
+        F: FnMut(E, Duration) -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        if kind == CallKind::Read {
+            self.budget.record_request();
+        }
+        let mut attempt = 0u32;
+        // The endpoint the last attempt failed on: a retry goes elsewhere when it can.
+        let mut failed_on: Option<String> = None;
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Err(Failure::Timeout);
+            }
+            let per_try = left.map_or(self.timeout, |l| l.min(self.timeout));
+            let permit = match &self.breaker {
+                Some(b) => Some(b.try_acquire().map_err(|_| Failure::Open)?),
+                None => None,
+            };
+            let _slot = self
+                .limit
+                .acquire()
+                .await
+                .map_err(|_| Failure::Overloaded)?;
+            let endpoint = self.pick_avoiding(failed_on.as_deref())?;
+            let outcome = match tokio::time::timeout(
+                per_try,
+                op(endpoint.payload().clone(), per_try),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(Failure::Timeout),
+            };
+            let failure = match outcome {
+                Ok(v) => {
+                    endpoint.success();
+                    if let Some(p) = permit {
+                        p.success();
+                    }
+                    return Ok(v);
+                }
+                Err(f) => f,
+            };
+            failed_on = Some(endpoint.label().to_owned());
+            if failure.is_health_failure() {
+                endpoint.failure();
+                if let Some(p) = permit {
+                    p.failure();
+                }
+            } else {
+                // A rejected request is the caller's problem, not a sign the backend is down.
+                endpoint.success();
+                if let Some(p) = permit {
+                    p.success();
+                }
+            }
+            drop(endpoint);
+            let may_retry = kind == CallKind::Read && failure.retryable() && attempt < self.retries;
+            if !may_retry || !self.budget.try_withdraw() {
+                return Err(failure);
+            }
+            let pause = self.backoff.delay_thread_rng(attempt);
+            if deadline.is_some_and(|d| Instant::now() + pause >= d) {
+                return Err(failure);
+            }
+            tracing::debug!(backend = %self.name, attempt = attempt + 1, error = ?failure, "retrying");
+            tokio::time::sleep(pause).await;
+            attempt += 1;
+        }
+    }
+
+    /// An endpoint, preferring one other than `avoid` (a few tries: picking is random or rotating,
+    /// and a set with one usable endpoint has no alternative to offer).
+    fn pick_avoiding(
+        &self,
+        avoid: Option<&str>,
+    ) -> Result<super::resilience::EndpointGuard<E>, Failure> {
+        let mut tries = if avoid.is_some() && self.endpoints.len() > 1 {
+            4
+        } else {
+            1
+        };
+        loop {
+            let guard = self
+                .endpoints
+                .pick()
+                .ok_or_else(|| Failure::Transport("no endpoints".into()))?;
+            tries -= 1;
+            if tries == 0 || Some(guard.label()) != avoid {
+                return Ok(guard);
+            }
+        }
+    }
+
+    pub(crate) fn status(&self) -> BackendStatus {
+        BackendStatus {
+            name: self.name.clone(),
+            breaker: self
+                .breaker
+                .as_ref()
+                .map_or("disabled", |b| match b.state() {
+                    BreakerState::Closed => "closed",
+                    BreakerState::Open => "open",
+                    BreakerState::HalfOpen => "half_open",
+                }),
+            usable_endpoints: self.endpoints.usable_count(),
+            endpoints: self.endpoints.snapshot(),
+            in_flight: self.limit.in_flight(),
+            required: self.required,
+        }
     }
 }

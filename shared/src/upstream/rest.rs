@@ -1,13 +1,18 @@
 //! REST clients (reqwest): one pooled client per backend, reused for the life of the process so
-//! connections are kept alive, each with that backend's connect timeout. Statuses map to
-//! [`BackendError`]; 404 becomes `Ok(None)` because "this user/region has no data" is an answer.
+//! connections stay alive, calls spread over the backend's endpoints by its [`BackendPolicy`].
+//! Statuses map to [`Failure`]s; 404 becomes `Ok(None)` because "this user/region has no data"
+//! is an answer, not a failure.
 
-use std::collections::HashMap;
+use std::{sync::Arc, time::Duration};
 
+use reqwest::header::{HOST, HeaderValue};
 use serde::{Deserialize, de::DeserializeOwned};
 
-use super::{BackendError, BackendId, CallContext, UpstreamInitError};
-use crate::config::BackendsSettings;
+use super::{
+    CallContext, UpstreamInitError, discovery,
+    policy::{BackendPolicy, CallKind, Failure},
+};
+use crate::config::BackendSettings;
 
 /// The header carrying the verified user id to backends.
 pub(crate) const USER_ID_HEADER: &str = "x-user-id";
@@ -25,139 +30,143 @@ pub(super) struct MyListChange {
     pub(super) removed: Option<bool>,
 }
 
-struct RestBackend {
+/// One REST endpoint: its base URL and, when the URL holds a resolved address instead of the
+/// configured host name, the `Host` header to send.
+#[derive(Debug, Clone)]
+pub(crate) struct RestEndpoint {
+    pub(crate) base: Arc<str>,
+    pub(crate) host: Option<HeaderValue>,
+}
+
+/// One REST backend: its client and policy.
+pub(crate) struct RestBackend {
     client: reqwest::Client,
-    base: String,
+    pub(crate) policy: BackendPolicy<RestEndpoint>,
 }
 
-pub(super) struct RestClients {
-    backends: HashMap<BackendId, RestBackend>,
-}
-
-impl RestClients {
-    pub(super) fn new(settings: &BackendsSettings) -> Result<Self, UpstreamInitError> {
-        let mut backends = HashMap::new();
-        for b in BackendId::ALL
-            .into_iter()
-            .filter(|b| b.rest_path().is_some())
-        {
-            let s = settings.get(b);
-            let url = reqwest::Url::parse(&s.url).map_err(|e| UpstreamInitError::Url {
-                backend: b,
-                url: s.url.clone(),
+impl RestBackend {
+    pub(crate) fn new(
+        name: &str,
+        s: &BackendSettings,
+    ) -> Result<(Self, Vec<tokio::task::JoinHandle<()>>), UpstreamInitError> {
+        let mut endpoints = Vec::new();
+        for url in s.endpoint_urls() {
+            let parsed = reqwest::Url::parse(&url).map_err(|e| UpstreamInitError::Url {
+                backend: name.to_owned(),
+                url: url.clone(),
                 reason: e.to_string(),
             })?;
-            let client = reqwest::Client::builder()
-                .connect_timeout(s.connect_timeout)
-                .pool_idle_timeout(std::time::Duration::from_secs(60))
-                .pool_max_idle_per_host(256)
-                .tcp_nodelay(true)
-                .user_agent(concat!("bff/", env!("CARGO_PKG_VERSION")))
-                .build()?;
-            backends.insert(
-                b,
-                RestBackend {
-                    client,
-                    base: url.as_str().trim_end_matches('/').to_owned(),
-                },
-            );
+            let base: Arc<str> = Arc::from(parsed.as_str().trim_end_matches('/'));
+            endpoints.push((base.to_string(), RestEndpoint { base, host: None }));
         }
-        Ok(Self { backends })
+        let client = reqwest::Client::builder()
+            .connect_timeout(s.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .user_agent(concat!("bff/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let backend = Self {
+            client,
+            policy: BackendPolicy::new(name, s, endpoints),
+        };
+        let tasks = discovery::start_rest(&backend.policy, &backend.client, s);
+        Ok((backend, tasks))
     }
 
-    fn backend(&self, b: BackendId) -> Result<&RestBackend, BackendError> {
-        self.backends.get(&b).ok_or_else(|| BackendError::Protocol {
-            backend: b,
-            reason: "not a REST backend".into(),
-        })
-    }
-
-    fn request(
+    /// A request to `path` on `ep`, with identity and the resolved host's `Host` header.
+    pub(crate) fn request(
         &self,
-        b: BackendId,
+        ep: &RestEndpoint,
         cx: &CallContext,
         method: reqwest::Method,
         path: &str,
-    ) -> Result<reqwest::RequestBuilder, BackendError> {
-        let backend = self.backend(b)?;
-        let mut req = backend
-            .client
-            .request(method, format!("{}{path}", backend.base))
-            .header(reqwest::header::ACCEPT, "application/json");
+    ) -> reqwest::RequestBuilder {
+        let mut req = self.client.request(method, format!("{}{path}", ep.base));
+        if let Some(host) = &ep.host {
+            req = req.header(HOST, host.clone());
+        }
         if let Some(user) = &cx.user {
             req = req.header(USER_ID_HEADER, user.as_str());
         }
-        Ok(req)
+        req
     }
 
     pub(super) async fn get_json<T: DeserializeOwned>(
         &self,
-        b: BackendId,
         cx: &CallContext,
         path: &str,
         query: &[(&str, &str)],
-    ) -> Result<Option<T>, BackendError> {
-        let req = self
-            .request(b, cx, reqwest::Method::GET, path)?
-            .query(query);
-        decode(b, req.send().await).await
+    ) -> Result<Option<T>, Failure> {
+        self.policy
+            .call(CallKind::Read, cx.deadline, |ep, _| {
+                let req = self
+                    .request(&ep, cx, reqwest::Method::GET, path)
+                    .query(query);
+                async move {
+                    decode(
+                        req.header(reqwest::header::ACCEPT, "application/json")
+                            .send()
+                            .await,
+                    )
+                    .await
+                }
+            })
+            .await
     }
 
     pub(super) async fn send_json<T: DeserializeOwned>(
         &self,
-        b: BackendId,
         cx: &CallContext,
         method: reqwest::Method,
         path: &str,
-    ) -> Result<Option<T>, BackendError> {
-        let req = self.request(b, cx, method, path)?;
-        decode(b, req.send().await).await
+    ) -> Result<Option<T>, Failure> {
+        self.policy
+            .call(CallKind::Write, cx.deadline, |ep, _| {
+                let req = self.request(&ep, cx, method.clone(), path);
+                async move {
+                    decode(
+                        req.header(reqwest::header::ACCEPT, "application/json")
+                            .send()
+                            .await,
+                    )
+                    .await
+                }
+            })
+            .await
     }
 }
 
 async fn decode<T: DeserializeOwned>(
-    b: BackendId,
     sent: Result<reqwest::Response, reqwest::Error>,
-) -> Result<Option<T>, BackendError> {
-    let resp = sent.map_err(|e| transport(b, &e))?;
+) -> Result<Option<T>, Failure> {
+    let resp = sent.map_err(|e| transport(&e))?;
     let status = resp.status();
     if status == reqwest::StatusCode::NOT_FOUND {
         return Ok(None);
     }
     if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-        return Err(BackendError::Unavailable {
-            backend: b,
-            reason: format!("HTTP {status}"),
-        });
+        return Err(Failure::Unavailable(format!("HTTP {status}")));
     }
     if !status.is_success() {
-        return Err(BackendError::Protocol {
-            backend: b,
-            reason: format!("HTTP {status}"),
-        });
+        return Err(Failure::Rejected(format!("HTTP {status}")));
     }
-    let body = resp.bytes().await.map_err(|e| transport(b, &e))?;
+    let body = resp.bytes().await.map_err(|e| transport(&e))?;
     serde_json::from_slice(&body)
         .map(Some)
-        .map_err(|e| BackendError::Protocol {
-            backend: b,
-            reason: format!("bad JSON: {e}"),
-        })
+        .map_err(|e| Failure::Rejected(format!("bad JSON: {e}")))
 }
 
-fn transport(b: BackendId, e: &reqwest::Error) -> BackendError {
+pub(crate) fn transport(e: &reqwest::Error) -> Failure {
     if e.is_timeout() {
-        BackendError::Timeout { backend: b }
+        Failure::Timeout
     } else {
-        BackendError::Unavailable {
-            backend: b,
-            reason: error_chain(e),
-        }
+        Failure::Transport(error_chain(e))
     }
 }
 
 /// `Display` of an error and its sources, for logs.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {

@@ -1,0 +1,261 @@
+//! Pass-through routes (`[[routes]]`): requests under a path prefix are proxied to a REST backend
+//! through the same policy layer as GraphQL's backend calls (breaker, concurrency limit, balanced
+//! endpoints, retries for bodiless GET/HEAD only). Hop-by-hop headers are removed both ways, the
+//! identity header is set from the verified token only (client-sent `x-user-id` and the bearer
+//! token itself are not forwarded: the BFF is the trust boundary), bodies are streamed with a size
+//! limit, and upstream failures become clean 502/503/504 answers that never echo upstream text.
+
+use std::sync::{Arc, Mutex};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::any,
+};
+use futures::TryStreamExt;
+use http_body_util::{BodyExt, Limited};
+
+use super::AppState;
+use crate::{
+    config::RouteSettings,
+    error::ErrorCode,
+    graphql::errors::error_body,
+    upstream::policy::Failure,
+    upstream::{CallContext, CallKind, rest::RestBackend, rest::transport},
+};
+
+/// Headers that describe one hop, never the message (RFC 9110 §7.6.1), plus `Host`.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+struct Route {
+    prefix: String,
+    name: String,
+    backend: Arc<RestBackend>,
+    max_body: usize,
+    require_auth: bool,
+}
+
+/// The router for every configured route.
+pub(crate) fn router(state: &Arc<AppState>, routes: &[RouteSettings]) -> Router {
+    let mut router = Router::new();
+    for r in routes {
+        // Validation guarantees the backend exists; a missing one is skipped rather than panicking.
+        let Some(backend) = state.upstream.rest_by_name(&r.backend) else {
+            tracing::error!(route = %r.prefix, backend = %r.backend, "route backend missing; route disabled");
+            continue;
+        };
+        let route = Arc::new(Route {
+            prefix: r.prefix.clone(),
+            name: r.backend.clone(),
+            backend,
+            max_body: r.max_body_bytes,
+            require_auth: r.require_auth,
+        });
+        let handler = {
+            let route = route.clone();
+            move |State(app): State<Arc<AppState>>, req: Request| {
+                let route = route.clone();
+                async move { proxy(&app, &route, req).await }
+            }
+        };
+        router = router
+            .route(&r.prefix, any(handler.clone()))
+            .route(&format!("{}/{{*rest}}", r.prefix), any(handler));
+    }
+    router.with_state(state.clone())
+}
+
+fn error(status: StatusCode, code: ErrorCode, message: &str, backend: Option<&str>) -> Response {
+    let mut body = error_body(code, message);
+    if let (Some(b), Some(ext)) = (backend, body["errors"][0]["extensions"].as_object_mut()) {
+        ext.insert("backend".into(), b.into());
+    }
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Removes hop-by-hop headers, including any the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+}
+
+async fn proxy(app: &AppState, route: &Route, req: Request) -> Response {
+    let viewer = match app.auth.authenticate(
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
+    ) {
+        Ok(v) => v,
+        Err(e) => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthenticated,
+                &e.to_string(),
+                None,
+            );
+        }
+    };
+    if route.require_auth && viewer.is_none() {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthenticated,
+            "sign in to use this endpoint",
+            None,
+        );
+    }
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > route.max_body) {
+        let msg = format!("request body is larger than {} bytes", route.max_body);
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::BadUserInput,
+            &msg,
+            None,
+        );
+    }
+    let rest = parts
+        .uri
+        .path()
+        .strip_prefix(route.prefix.as_str())
+        .unwrap_or("");
+    let path = match parts.uri.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_owned(),
+    };
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::AUTHORIZATION);
+    headers.remove("x-user-id");
+
+    // Only a bodiless idempotent request can be replayed; everything else gets one attempt.
+    let replayable =
+        matches!(parts.method, Method::GET | Method::HEAD) && declared.unwrap_or(0) == 0;
+    let kind = if replayable {
+        CallKind::Read
+    } else {
+        CallKind::Write
+    };
+    let body = Mutex::new(Some(Limited::new(body, route.max_body)));
+    let cx = CallContext {
+        user: viewer.map(|v| v.user_id),
+        deadline: None,
+    };
+    let method = parts.method.clone();
+    let sent = route
+        .backend
+        .policy
+        .call(kind, None, |ep, _| {
+            let mut req = route
+                .backend
+                .request(&ep, &cx, method.clone(), &path)
+                .headers(headers.clone());
+            if let Some(b) = body.lock().ok().and_then(|mut b| b.take()) {
+                req = req.body(reqwest::Body::wrap_stream(b.into_data_stream()));
+            }
+            async move {
+                let resp = req.send().await.map_err(|e| transport(&e))?;
+                if resp.status().is_server_error() {
+                    return Err(Failure::Unavailable(resp.status().as_u16().to_string()));
+                }
+                Ok(resp)
+            }
+        })
+        .await;
+    let resp = match sent {
+        Ok(r) => r,
+        Err(f) => return upstream_failure(route, &f),
+    };
+    let mut out = Response::builder().status(resp.status().as_u16());
+    if let Some(h) = out.headers_mut() {
+        for (k, v) in resp.headers() {
+            h.append(k.clone(), v.clone());
+        }
+        strip_hop_by_hop(h);
+    }
+    let stream = resp.bytes_stream().map_err(std::io::Error::other);
+    out.body(Body::from_stream(stream)).unwrap_or_else(|_| {
+        error(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::BackendUnavailable,
+            "bad upstream response",
+            Some(&route.name),
+        )
+    })
+}
+
+fn upstream_failure(route: &Route, f: &Failure) -> Response {
+    tracing::warn!(route = %route.prefix, backend = %route.name, error = ?f, "pass-through call failed");
+    let b = Some(route.name.as_str());
+    match f {
+        Failure::Timeout => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::BackendTimeout,
+            "the service did not answer in time",
+            b,
+        ),
+        Failure::Open | Failure::Overloaded => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::BackendUnavailable,
+            "the service is unavailable",
+            b,
+        ),
+        Failure::Unavailable(status) if status == "503" => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::BackendUnavailable,
+            "the service is unavailable",
+            b,
+        ),
+        Failure::Unavailable(status) if status == "504" => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::BackendTimeout,
+            "the service did not answer in time",
+            b,
+        ),
+        // A body over the limit surfaces as a transport error of the stream we were sending.
+        Failure::Transport(reason) if reason.contains("length limit") => error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::BadUserInput,
+            "request body too large",
+            None,
+        ),
+        Failure::Transport(_) | Failure::Unavailable(_) | Failure::Rejected(_) => error(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::BackendUnavailable,
+            "the service failed",
+            b,
+        ),
+    }
+}
