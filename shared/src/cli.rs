@@ -43,12 +43,15 @@ pub enum RunError {
     /// Demo set-up failure.
     #[error(transparent)]
     Demo(#[from] demo::DemoError),
+    /// Trace export could not be set up.
+    #[error("cannot set up trace export: {0}")]
+    Telemetry(#[from] crate::telemetry::otel::OtelError),
 }
 
 /// The SDL of a surface with default settings (what `--print-schema` prints).
 pub fn sdl(surface: &Surface) -> Result<String, RunError> {
     let settings = Settings::defaults(&(surface.defaults)());
-    let upstream = Upstream::new(&settings.backends).map_err(ServerError::from)?;
+    let upstream = Upstream::new(&settings.backends, None).map_err(ServerError::from)?;
     let cache = crate::cache::FragmentCache::new(settings.cache.clone());
     let composer = Composer::new(
         upstream,
@@ -71,7 +74,7 @@ pub async fn run(surface: Surface) -> Result<(), RunError> {
         env: std::env::vars().collect(),
     };
     let mut settings = Settings::load(&(surface.defaults)(), &opts)?;
-    crate::telemetry::init(&settings.log);
+    let telemetry = crate::telemetry::init(&settings.log, &settings.telemetry.otlp, surface.name)?;
 
     let demo = if cli.demo {
         Some(demo::start(&mut settings).await?)
@@ -100,6 +103,7 @@ pub async fn run(surface: Surface) -> Result<(), RunError> {
     if let Some(d) = demo {
         d.fixtures.stop().await;
     }
+    telemetry.shutdown().await;
     Ok(())
 }
 

@@ -11,5 +11,6 @@ mod homepage;
 mod http_spec;
 mod mobile;
 mod mutations;
+mod observability;
 mod resilience;
 mod schema_files;

@@ -24,6 +24,8 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use tracing::Instrument;
+
 use futures::{
     FutureExt,
     future::{BoxFuture, Shared},
@@ -248,7 +250,7 @@ impl FragmentCache {
             }
         }
         self.inner.stats.kind(kind).miss();
-        let fragment = self.load_coalesced(key, make).await?;
+        let fragment = self.load_coalesced(key, "miss", make).await?;
         log.record(FragmentUse {
             kind,
             freshness: Freshness::Loaded,
@@ -262,6 +264,7 @@ impl FragmentCache {
     fn load_coalesced(
         &self,
         key: &FragmentKey,
+        reason: &'static str,
         make: impl FnOnce() -> BoxFuture<'static, LoadResult>,
     ) -> InFlight {
         let mut inflight = match self.inner.inflight.lock() {
@@ -303,7 +306,8 @@ impl FragmentCache {
         // task's clean-up takes the `inflight` lock, which is held here until the insert, so it
         // cannot run before the entry exists.
         let backend = key.kind().backend();
-        let task = tokio::spawn(fut);
+        let span = tracing::info_span!("cache.load", fragment = key.kind().name(), reason);
+        let task = tokio::spawn(fut.instrument(span));
         let fut = async move {
             task.await
                 .unwrap_or_else(|e| Err(join_failure(backend, &e)))
@@ -336,7 +340,7 @@ impl FragmentCache {
         if already {
             return;
         }
-        let refresh = self.load_coalesced(key, make);
+        let refresh = self.load_coalesced(key, "refresh", make);
         let kind = key.kind();
         tokio::spawn(async move {
             if let Err(e) = refresh.await {
@@ -432,7 +436,7 @@ impl FragmentCache {
         if !missing.is_empty() {
             // Our own batch and the batches we joined run concurrently: awaiting them one by one
             // would not even start our fetch until the others had finished.
-            let waits = self.start_or_join_titles(&missing, fetch.clone());
+            let waits = self.start_or_join_titles(&missing, "miss", fetch.clone());
             for fetched in futures::future::try_join_all(waits).await? {
                 for id in &missing {
                     if let Some(t) = fetched.get(id) {
@@ -454,7 +458,7 @@ impl FragmentCache {
             }
         }
         if !stale.is_empty() {
-            let refresh = self.start_or_join_titles(&stale, fetch);
+            let refresh = self.start_or_join_titles(&stale, "refresh", fetch);
             tokio::spawn(async move {
                 for r in refresh {
                     if let Err(e) = r.await {
@@ -471,7 +475,12 @@ impl FragmentCache {
 
     /// Registers one batch fetch for the `ids` nobody is fetching and returns every batch the
     /// caller must await (its own, if any, plus those of other requests covering the rest).
-    fn start_or_join_titles<F, Fut>(&self, ids: &[String], fetch: F) -> Vec<TitlesInFlight>
+    fn start_or_join_titles<F, Fut>(
+        &self,
+        ids: &[String],
+        reason: &'static str,
+        fetch: F,
+    ) -> Vec<TitlesInFlight>
     where
         F: Fn(Vec<String>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<HashMap<String, Arc<Title>>, BackendError>> + Send + 'static,
@@ -521,7 +530,13 @@ impl FragmentCache {
                 result
             };
             // Its own task for the same reasons as `load_coalesced`.
-            let task = tokio::spawn(fut);
+            let span = tracing::info_span!(
+                "cache.load",
+                fragment = "title",
+                reason,
+                ids = to_fetch.len()
+            );
+            let task = tokio::spawn(fut.instrument(span));
             let fut = async move {
                 task.await
                     .unwrap_or_else(|e| Err(join_failure(crate::upstream::BackendId::Catalog, &e)))

@@ -23,6 +23,7 @@ use crate::{
         Top10Entry, UserId,
     },
     profile::{ClientProfile, RowKind},
+    telemetry::RequestTrace,
     upstream::{BackendError, BackendId, CallContext, Upstream},
 };
 
@@ -35,15 +36,27 @@ pub struct RequestContext {
     pub deadline: Option<Instant>,
     /// Fragments this request used.
     pub cache_log: CacheLog,
+    /// The request's trace, propagated to every backend call (also from shared loads, which run
+    /// in their own tasks).
+    pub trace: Option<Arc<RequestTrace>>,
 }
 
 impl RequestContext {
-    /// A request for `viewer` with `budget` from now.
+    /// A request for `viewer` with `budget` from now, in the trace of the current request task.
     pub fn new(viewer: Option<Viewer>, budget: Duration) -> Self {
         Self {
             viewer,
             deadline: Some(Instant::now() + budget),
             cache_log: CacheLog::default(),
+            trace: crate::telemetry::current(),
+        }
+    }
+
+    fn call(&self, user: Option<&UserId>, deadline: Option<Instant>) -> CallContext {
+        CallContext {
+            user: user.cloned(),
+            deadline,
+            trace: self.trace.clone(),
         }
     }
 }
@@ -334,11 +347,11 @@ impl Composer {
             let entries = match (kind, user) {
                 (RowKind::Top10, _) => {
                     let region = region.await;
-                    let up = self.upstream.clone();
+                    let (up, cx) = (self.upstream.clone(), rq.call(None, deadline));
                     let rows: Arc<Vec<Top10Entry>> = self
                         .cache
                         .get_or_load(&FragmentKey::top10(&region), log, move || async move {
-                            up.top10(&CallContext::anonymous(deadline), &region).await
+                            up.top10(&cx, &region).await
                         })
                         .await?;
                     rows.iter()
@@ -350,16 +363,13 @@ impl Composer {
                 }
                 (RowKind::NewReleases, _) => {
                     let region = region.await;
-                    let up = self.upstream.clone();
+                    let (up, cx) = (self.upstream.clone(), rq.call(None, deadline));
                     let rows: Arc<Vec<NewRelease>> = self
                         .cache
                         .get_or_load(
                             &FragmentKey::new_releases(&region, limit),
                             log,
-                            move || async move {
-                                up.new_releases(&CallContext::anonymous(deadline), &region, limit)
-                                    .await
-                            },
+                            move || async move { up.new_releases(&cx, &region, limit).await },
                         )
                         .await?;
                     rows.iter()
@@ -370,10 +380,7 @@ impl Composer {
                         .collect()
                 }
                 (RowKind::ContinueWatching, Some(user)) => {
-                    let (up, cx) = (
-                        self.upstream.clone(),
-                        CallContext::for_user(&user, deadline),
-                    );
+                    let (up, cx) = (self.upstream.clone(), rq.call(Some(&user), deadline));
                     let key = FragmentKey::continue_watching(&user, limit);
                     let rows: Arc<Vec<ContinueWatchingEntry>> = self
                         .cache
@@ -402,10 +409,7 @@ impl Composer {
                     })
                     .collect(),
                 (RowKind::Recommended, Some(user)) => {
-                    let (up, cx) = (
-                        self.upstream.clone(),
-                        CallContext::for_user(&user, deadline),
-                    );
+                    let (up, cx) = (self.upstream.clone(), rq.call(Some(&user), deadline));
                     let key = FragmentKey::recommendations(&user, limit);
                     let rows: Arc<Vec<Recommendation>> = self
                         .cache
@@ -439,7 +443,7 @@ impl Composer {
     ) -> Result<Option<Profile>, BackendError> {
         let (up, cx, owned) = (
             self.upstream.clone(),
-            CallContext::for_user(user, rq.deadline),
+            rq.call(Some(user), rq.deadline),
             user.clone(),
         );
         let key = FragmentKey::profile(user);
@@ -460,7 +464,7 @@ impl Composer {
     ) -> Result<Arc<Vec<MyListEntry>>, BackendError> {
         let (up, cx, owned) = (
             self.upstream.clone(),
-            CallContext::for_user(user, deadline),
+            rq.call(Some(user), deadline),
             user.clone(),
         );
         self.cache
@@ -482,7 +486,7 @@ impl Composer {
         rq: &RequestContext,
     ) -> Result<Option<bool>, BackendError> {
         let user = &viewer.user_id;
-        let cx = CallContext::for_user(user, rq.deadline);
+        let cx = rq.call(Some(user), rq.deadline);
         let changed = self
             .upstream
             .set_in_my_list(&cx, user, title_id, present)
@@ -501,14 +505,10 @@ impl Composer {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
-        let (up, deadline) = (self.upstream.clone(), rq.deadline);
+        let (up, cx) = (self.upstream.clone(), rq.call(None, rq.deadline));
         let load = self.cache.titles(ids, &rq.cache_log, move |ids| {
-            let up = up.clone();
-            async move {
-                up.titles(&CallContext::anonymous(deadline), &ids)
-                    .await
-                    .map(|b| b.titles)
-            }
+            let (up, cx) = (up.clone(), cx.clone());
+            async move { up.titles(&cx, &ids).await.map(|b| b.titles) }
         });
         within(rq.deadline, BackendId::Catalog, load).await
     }

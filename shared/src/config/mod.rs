@@ -43,6 +43,10 @@ pub struct Settings {
     pub profile: ClientProfile,
     /// Logging.
     pub log: LogSettings,
+    /// Prometheus metrics.
+    pub metrics: MetricsSettings,
+    /// Trace export.
+    pub telemetry: TelemetrySettings,
     /// Pass-through routes (`[[routes]]`).
     pub routes: Vec<RouteSettings>,
 }
@@ -607,6 +611,38 @@ impl Default for LogSettings {
     }
 }
 
+/// Prometheus metrics (`metrics.*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Serve `/metrics` at all.
+    pub enabled: bool,
+    /// Serve `/metrics` on this separate admin address instead of the public listener, so it is
+    /// not exposed to the internet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Most distinct GraphQL operation names given their own series; later names count as `other`.
+    pub max_operation_names: usize,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+            max_operation_names: 100,
+        }
+    }
+}
+
+/// Trace export (`telemetry.*`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    /// OTLP export (off unless enabled here or by `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub otlp: crate::telemetry::otel::OtlpSettings,
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -704,6 +740,8 @@ impl Settings {
             cache: CacheSettings::default(),
             profile: binary.profile.clone(),
             log: LogSettings::default(),
+            metrics: MetricsSettings::default(),
+            telemetry: TelemetrySettings::default(),
             routes: Vec::new(),
         }
     }

@@ -72,7 +72,25 @@ pub(crate) fn classify(resp: &mut async_graphql::Response) -> Outcome {
     }
 }
 
-/// A one-error GraphQL response body.
+/// A one-error GraphQL response body (with the request's trace id, like every error we send).
 pub(crate) fn error_body(code: ErrorCode, message: &str) -> serde_json::Value {
-    serde_json::json!({ "errors": [{ "message": message, "extensions": { "code": code.as_str() } }] })
+    let mut ext = serde_json::json!({ "code": code.as_str() });
+    if let Some(t) = crate::telemetry::current() {
+        ext["traceId"] = t.trace.trace_id_hex().into();
+    }
+    serde_json::json!({ "errors": [{ "message": message, "extensions": ext }] })
+}
+
+/// Adds `extensions.traceId` to every error of an executed response, so a client reporting an
+/// error hands operators the id that finds the request's whole path.
+pub(crate) fn stamp_trace_id(resp: &mut async_graphql::Response) {
+    let Some(t) = crate::telemetry::current() else {
+        return;
+    };
+    let id = t.trace.trace_id_hex();
+    for e in &mut resp.errors {
+        e.extensions
+            .get_or_insert_with(ErrorExtensionValues::default)
+            .set("traceId", id.as_str());
+    }
 }

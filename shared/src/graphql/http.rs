@@ -13,8 +13,9 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde_json::{Map, Value as Json};
+use tracing::Instrument;
 
-use super::errors::{Outcome, classify, error_body};
+use super::errors::{Outcome, classify, error_body, stamp_trace_id};
 use crate::{
     cache::{CacheLog, Freshness},
     compose::RequestContext,
@@ -309,7 +310,7 @@ async fn serve(
         request = request.variables(async_graphql::Variables::from_json(Json::Object(vars)));
     }
     let operation = match request.parsed_query() {
-        Ok(doc) => operation_type(&doc.operations, p.operation_name.as_deref()),
+        Ok(doc) => operation_of(&doc.operations, p.operation_name.as_deref()),
         Err(e) => {
             let status = if mode == Mode::GraphqlResponse {
                 StatusCode::BAD_REQUEST
@@ -319,6 +320,8 @@ async fn serve(
             return reject(status, mode, ErrorCode::GraphqlParseFailed, &e.message);
         }
     };
+    let op_name = operation.as_ref().and_then(|(_, n)| n.clone());
+    let operation = operation.map(|(t, _)| t);
     if method == Method::GET && operation.is_some_and(|op| op != OperationType::Query) {
         let mut resp = reject(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -337,8 +340,35 @@ async fn serve(
     ));
     let request = request.data(rq.clone());
     let cache_log = &rq.cache_log;
-    let mut response = app.schema.execute(request).await;
+    let op_type = match operation {
+        Some(OperationType::Query) => "query",
+        Some(OperationType::Mutation) => "mutation",
+        Some(OperationType::Subscription) => "subscription",
+        None => "unknown",
+    };
+    let op_name = op_name.as_deref();
+    // The request span (current here) names the operation too, for the access log's readers.
+    tracing::Span::current().record("graphql.operation", op_name.unwrap_or("anonymous"));
+    let span = tracing::info_span!(
+        "graphql.operation",
+        otel.name = %format!("{op_type} {}", op_name.unwrap_or("anonymous")),
+        graphql.operation.name = op_name.unwrap_or("anonymous"),
+        graphql.operation.type = op_type,
+        outcome = tracing::field::Empty,
+    );
+    let started = std::time::Instant::now();
+    let mut response = app.schema.execute(request).instrument(span.clone()).await;
     let outcome = classify(&mut response);
+    let outcome_label = match outcome {
+        Outcome::RequestError => "error",
+        Outcome::Executed if response.errors.is_empty() => "ok",
+        Outcome::Executed => "partial",
+    };
+    span.record("outcome", outcome_label);
+    if let Some(m) = &app.metrics {
+        m.graphql_operation(op_name, op_type, outcome_label, started.elapsed());
+    }
+    stamp_trace_id(&mut response);
     report_stale(&mut response, cache_log);
     let status = match (outcome, mode) {
         (Outcome::RequestError, Mode::GraphqlResponse) => StatusCode::BAD_REQUEST,
@@ -389,15 +419,22 @@ fn cache_control(personalized: bool, cacheable_get: bool, log: &CacheLog) -> Hea
     }
 }
 
-/// The type of the operation that will run; `None` when the name matches nothing (the engine
-/// then reports it).
-fn operation_type(ops: &DocumentOperations, name: Option<&str>) -> Option<OperationType> {
+/// The type and name of the operation that will run; `None` when the name matches nothing (the
+/// engine then reports it). A document with one named operation is that operation even when the
+/// request names none.
+fn operation_of(
+    ops: &DocumentOperations,
+    name: Option<&str>,
+) -> Option<(OperationType, Option<String>)> {
     match (ops, name) {
-        (DocumentOperations::Single(op), _) => Some(op.node.ty),
-        (DocumentOperations::Multiple(map), Some(name)) => map.get(name).map(|op| op.node.ty),
-        (DocumentOperations::Multiple(map), None) if map.len() == 1 => {
-            map.values().next().map(|op| op.node.ty)
+        (DocumentOperations::Single(op), _) => Some((op.node.ty, None)),
+        (DocumentOperations::Multiple(map), Some(name)) => {
+            map.get(name).map(|op| (op.node.ty, Some(name.to_owned())))
         }
+        (DocumentOperations::Multiple(map), None) if map.len() == 1 => map
+            .iter()
+            .next()
+            .map(|(n, op)| (op.node.ty, Some(n.to_string()))),
         (DocumentOperations::Multiple(_), None) => None,
     }
 }

@@ -7,6 +7,8 @@
 
 pub mod graphiql;
 mod health;
+mod metrics;
+mod observe;
 mod proxy;
 
 use std::{
@@ -28,6 +30,7 @@ use crate::{
     compose::Composer,
     config::{GraphqlSettings, Settings},
     graphql::{GraphqlExecutor, http},
+    telemetry::metrics::Metrics,
     upstream::{Upstream, UpstreamInitError},
 };
 
@@ -70,6 +73,9 @@ pub enum ServerError {
     /// Upstream clients could not be built.
     #[error(transparent)]
     Upstream(#[from] UpstreamInitError),
+    /// The metrics registry could not be built.
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[source] crate::telemetry::metrics::MetricsError),
     /// The server loop failed.
     #[error("server error: {0}")]
     Serve(#[source] std::io::Error),
@@ -77,6 +83,10 @@ pub enum ServerError {
 
 /// Shared by every handler.
 pub(crate) struct AppState {
+    /// Client label for logs and metrics: `web`, `mobile`.
+    pub(crate) client: &'static str,
+    pub(crate) metrics: Option<Arc<Metrics>>,
+    pub(crate) cache: FragmentCache,
     pub(crate) settings: Settings,
     pub(crate) auth: Authenticator,
     pub(crate) schema: Arc<dyn GraphqlExecutor>,
@@ -113,6 +123,7 @@ pub struct StartOptions {
 /// A bound, ready-to-run BFF.
 pub struct Application {
     listener: TcpListener,
+    admin: Option<(TcpListener, Router)>,
     router: Router,
     state: Arc<AppState>,
     cache: FragmentCache,
@@ -125,7 +136,16 @@ impl Application {
         surface: &Surface,
         opts: StartOptions,
     ) -> Result<Self, ServerError> {
-        let upstream = Upstream::new(&settings.backends)?;
+        let client = surface.name.strip_prefix("bff-").unwrap_or(surface.name);
+        let metrics = if settings.metrics.enabled {
+            Some(Arc::new(
+                Metrics::new(client, settings.metrics.max_operation_names)
+                    .map_err(ServerError::Metrics)?,
+            ))
+        } else {
+            None
+        };
+        let upstream = Upstream::new(&settings.backends, metrics.clone())?;
         let cache = FragmentCache::new(settings.cache.clone());
         let composer = Composer::new(
             upstream.clone(),
@@ -145,9 +165,12 @@ impl Application {
                     source,
                 })?;
         let state = Arc::new(AppState {
+            client,
+            metrics: metrics.clone(),
             auth: Authenticator::new(&settings.auth),
             schema,
             upstream,
+            cache: cache.clone(),
             graphiql_headers: opts.graphiql_headers,
             graphiql: graphiql.clone(),
             ready: AtomicBool::new(true),
@@ -158,13 +181,35 @@ impl Application {
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))
             .with_state(state.clone());
+        let mut admin_listener = None;
+        if state.metrics.is_some() {
+            let metrics_router = Router::new()
+                .route("/metrics", get(metrics::serve))
+                .with_state(state.clone());
+            match state.settings.metrics.listen {
+                // A separate admin listener: /metrics is not on the public port at all.
+                Some(addr) => {
+                    let l = TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServerError::Bind { addr, source })?;
+                    admin_listener = Some((l, metrics_router));
+                }
+                None => router = router.merge(metrics_router),
+            }
+        }
         router = router.merge(proxy::router(&state, &state.settings.routes));
         if let Some(assets) = &graphiql {
             router = router.merge(assets.router());
         }
-        let router = router.layer(CompressionLayer::new().gzip(true).br(true).zstd(true));
+        let router = router
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                observe::observe,
+            ))
+            .layer(CompressionLayer::new().gzip(true).br(true).zstd(true));
         Ok(Self {
             listener,
+            admin: admin_listener,
             router,
             state,
             cache,
@@ -181,6 +226,11 @@ impl Application {
         self.listener.local_addr()
     }
 
+    /// The admin listener's address (`metrics.listen`), when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     /// The bound port.
     pub fn port(&self) -> u16 {
         self.local_addr().map(|a| a.port()).unwrap_or(0)
@@ -192,6 +242,10 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
+        // The admin listener lives exactly as long as the public one.
+        let admin = self
+            .admin
+            .map(|(l, r)| tokio::spawn(async move { axum::serve(l, r).await }));
         let state = self.state.clone();
         let grace = state.settings.server.shutdown_grace;
         let delay = state.settings.server.shutdown_delay;
@@ -213,12 +267,16 @@ impl Application {
                 std::future::pending::<()>().await;
             }
         };
-        tokio::select! {
+        let result = tokio::select! {
             served = serve.into_future() => served.map_err(ServerError::Serve),
             () = drain_deadline => {
                 tracing::warn!(grace = ?grace, "shutdown grace elapsed with requests still in flight");
                 Ok(())
             }
+        };
+        if let Some(admin) = admin {
+            admin.abort();
         }
+        result
     }
 }

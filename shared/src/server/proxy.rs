@@ -172,6 +172,7 @@ async fn proxy(app: &AppState, route: &Route, req: Request) -> Response {
     let cx = CallContext {
         user: viewer.map(|v| v.user_id),
         deadline: None,
+        trace: crate::telemetry::current(),
     };
     let method = parts.method.clone();
     let sent = route

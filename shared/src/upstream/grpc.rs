@@ -19,6 +19,8 @@ use super::{
 use crate::{
     config::BackendSettings,
     domain::{Image, ImageKind, Recommendation, Title, TitleBatch, UserId},
+    telemetry::metrics::Metrics,
+    telemetry::trace::{REQUEST_ID, TRACEPARENT, TRACESTATE},
 };
 
 /// Most ids one `BatchGetTitles` carries; the catalog rejects bigger batches (its default is 500).
@@ -56,6 +58,7 @@ impl GrpcBackend {
     pub(crate) fn new(
         name: &str,
         s: &BackendSettings,
+        metrics: Option<Arc<Metrics>>,
     ) -> Result<(Self, Vec<tokio::task::JoinHandle<()>>), UpstreamInitError> {
         let mut endpoints = Vec::new();
         for url in s.endpoint_urls() {
@@ -67,7 +70,7 @@ impl GrpcBackend {
             endpoints.push((url, ch));
         }
         let backend = Self {
-            policy: BackendPolicy::new(name, s, endpoints),
+            policy: BackendPolicy::new(name, s, endpoints, metrics),
         };
         let tasks = discovery::start_grpc(&backend.policy, s);
         Ok((backend, tasks))
@@ -160,6 +163,18 @@ fn request<T>(cx: &CallContext, msg: T, timeout: Duration) -> tonic::Request<T> 
         // A verified subject that is not valid ASCII metadata is simply not sent.
         if let Ok(v) = MetadataValue::try_from(user.as_str()) {
             req.metadata_mut().insert(USER_ID_HEADER, v);
+        }
+    }
+    if let Some(t) = &cx.trace {
+        let md = req.metadata_mut();
+        if let Ok(v) = MetadataValue::try_from(t.trace.outgoing()) {
+            md.insert(TRACEPARENT, v);
+        }
+        if let Ok(v) = MetadataValue::try_from(t.request_id.as_ref()) {
+            md.insert(REQUEST_ID, v);
+        }
+        if let Some(Ok(v)) = t.trace.tracestate.as_deref().map(MetadataValue::try_from) {
+            md.insert(TRACESTATE, v);
         }
     }
     req

@@ -24,6 +24,7 @@ use crate::{
         ContinueWatchingEntry, MyListEntry, NewRelease, Profile, Recommendation, Region,
         TitleBatch, Top10Entry, UserId,
     },
+    telemetry::metrics::Metrics,
 };
 
 /// The backends, named as in config keys, metrics and the `backend` error extension.
@@ -106,22 +107,26 @@ pub struct CallContext {
     pub user: Option<UserId>,
     /// When the request's budget runs out; every attempt gets at most the time left.
     pub deadline: Option<Instant>,
+    /// The request's trace: every attempt sends `traceparent`/`tracestate` and `x-request-id`.
+    pub trace: Option<Arc<crate::telemetry::RequestTrace>>,
 }
 
 impl CallContext {
-    /// A call on behalf of `user` within `deadline`.
+    /// A call on behalf of `user` within `deadline`, in the current request's trace.
     pub fn for_user(user: &UserId, deadline: Option<Instant>) -> Self {
         Self {
             user: Some(user.clone()),
             deadline,
+            trace: crate::telemetry::current(),
         }
     }
 
-    /// An anonymous call (shared fragments) within `deadline`.
+    /// An anonymous call (shared fragments) within `deadline`, in the current request's trace.
     pub fn anonymous(deadline: Option<Instant>) -> Self {
         Self {
             user: None,
             deadline,
+            trace: crate::telemetry::current(),
         }
     }
 }
@@ -186,7 +191,10 @@ fn err(backend: BackendId, f: Failure) -> BackendError {
 impl Upstream {
     /// Builds clients for every backend (and every route backend). gRPC channels connect lazily,
     /// so a backend that is down at start-up does not stop the BFF from starting.
-    pub fn new(settings: &BackendsSettings) -> Result<Self, UpstreamInitError> {
+    pub fn new(
+        settings: &BackendsSettings,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Self, UpstreamInitError> {
         let mut tasks = Vec::new();
         let mut rest = HashMap::new();
         let named = BackendId::ALL
@@ -194,14 +202,21 @@ impl Upstream {
             .filter(|b| b.rest_path().is_some())
             .map(|b| (b.name().to_owned(), settings.get(b)));
         for (name, s) in named.chain(settings.extra.iter().map(|(n, s)| (n.clone(), s))) {
-            let (backend, t) = rest::RestBackend::new(&name, s)?;
+            let (backend, t) = rest::RestBackend::new(&name, s, metrics.clone())?;
             tasks.extend(t);
             rest.insert(name, Arc::new(backend));
         }
-        let (catalog, t) = grpc::GrpcBackend::new(BackendId::Catalog.name(), &settings.catalog)?;
+        let (catalog, t) = grpc::GrpcBackend::new(
+            BackendId::Catalog.name(),
+            &settings.catalog,
+            metrics.clone(),
+        )?;
         tasks.extend(t);
-        let (recommendations, t) =
-            grpc::GrpcBackend::new(BackendId::Recommendations.name(), &settings.recommendations)?;
+        let (recommendations, t) = grpc::GrpcBackend::new(
+            BackendId::Recommendations.name(),
+            &settings.recommendations,
+            metrics.clone(),
+        )?;
         tasks.extend(t);
         Ok(Self {
             inner: Arc::new(Inner {

@@ -11,11 +11,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tracing::Instrument;
+
 use super::resilience::{
     Backoff, BreakerConfig, BreakerState, CircuitBreaker, ConcurrencyLimit, EjectionConfig,
     EndpointSet, EndpointStatus, RetryBudget,
 };
-use crate::config::BackendSettings;
+use crate::{config::BackendSettings, telemetry::metrics::Metrics};
 
 /// Whether a call may be repeated safely (reads) or not (writes are never retried).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +74,7 @@ pub(crate) struct BackendPolicy<E> {
     retries: u32,
     timeout: Duration,
     pub(crate) required: bool,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// What `/readyz` and metrics report about one backend.
@@ -92,7 +95,12 @@ pub struct BackendStatus {
 }
 
 impl<E: Clone + Send + Sync + 'static> BackendPolicy<E> {
-    pub(crate) fn new(name: &str, s: &BackendSettings, endpoints: Vec<(String, E)>) -> Self {
+    pub(crate) fn new(
+        name: &str,
+        s: &BackendSettings,
+        endpoints: Vec<(String, E)>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
         let b = &s.breaker;
         let breaker = b.enabled.then(|| {
             CircuitBreaker::new(BreakerConfig {
@@ -133,6 +141,7 @@ impl<E: Clone + Send + Sync + 'static> BackendPolicy<E> {
             retries: s.retries,
             timeout: s.timeout,
             required: s.required,
+            metrics,
         }
     }
 
@@ -150,6 +159,10 @@ impl<E: Clone + Send + Sync + 'static> BackendPolicy<E> {
         if kind == CallKind::Read {
             self.budget.record_request();
         }
+        let _in_flight = self
+            .metrics
+            .as_ref()
+            .map(|m| m.upstream_in_flight(&self.name));
         let mut attempt = 0u32;
         // The endpoint the last attempt failed on: a retry goes elsewhere when it can.
         let mut failed_on: Option<String> = None;
@@ -169,15 +182,34 @@ impl<E: Clone + Send + Sync + 'static> BackendPolicy<E> {
                 .await
                 .map_err(|_| Failure::Overloaded)?;
             let endpoint = self.pick_avoiding(failed_on.as_deref())?;
-            let outcome = match tokio::time::timeout(
-                per_try,
-                op(endpoint.payload().clone(), per_try),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(Failure::Timeout),
+            let span = tracing::info_span!(
+                "upstream.call",
+                otel.name = %format!("{} call", self.name),
+                backend = %self.name,
+                endpoint = %endpoint.label(),
+                attempt = attempt + 1,
+                outcome = tracing::field::Empty,
+                duration_ms = tracing::field::Empty,
+            );
+            let started = Instant::now();
+            // The attempt is created inside its span so the `traceparent` it sends names this span.
+            let attempt_fut = span.in_scope(|| op(endpoint.payload().clone(), per_try));
+            let outcome =
+                match tokio::time::timeout(per_try, attempt_fut.instrument(span.clone())).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Failure::Timeout),
+                };
+            let label = match &outcome {
+                Ok(_) => "ok",
+                Err(Failure::Timeout) => "timeout",
+                Err(Failure::Rejected(_)) => "rejected",
+                Err(_) => "error",
             };
+            span.record("outcome", label);
+            span.record("duration_ms", started.elapsed().as_secs_f64() * 1000.0);
+            if let Some(m) = &self.metrics {
+                m.upstream_attempt(&self.name, endpoint.label(), label, started.elapsed());
+            }
             let failure = match outcome {
                 Ok(v) => {
                     endpoint.success();

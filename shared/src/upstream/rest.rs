@@ -12,7 +12,11 @@ use super::{
     CallContext, UpstreamInitError, discovery,
     policy::{BackendPolicy, CallKind, Failure},
 };
-use crate::config::BackendSettings;
+use crate::{
+    config::BackendSettings,
+    telemetry::metrics::Metrics,
+    telemetry::trace::{REQUEST_ID, TRACEPARENT, TRACESTATE},
+};
 
 /// The header carrying the verified user id to backends.
 pub(crate) const USER_ID_HEADER: &str = "x-user-id";
@@ -48,6 +52,7 @@ impl RestBackend {
     pub(crate) fn new(
         name: &str,
         s: &BackendSettings,
+        metrics: Option<Arc<Metrics>>,
     ) -> Result<(Self, Vec<tokio::task::JoinHandle<()>>), UpstreamInitError> {
         let mut endpoints = Vec::new();
         for url in s.endpoint_urls() {
@@ -68,7 +73,7 @@ impl RestBackend {
             .build()?;
         let backend = Self {
             client,
-            policy: BackendPolicy::new(name, s, endpoints),
+            policy: BackendPolicy::new(name, s, endpoints, metrics),
         };
         let tasks = discovery::start_rest(&backend.policy, &backend.client, s);
         Ok((backend, tasks))
@@ -88,6 +93,14 @@ impl RestBackend {
         }
         if let Some(user) = &cx.user {
             req = req.header(USER_ID_HEADER, user.as_str());
+        }
+        if let Some(t) = &cx.trace {
+            req = req
+                .header(TRACEPARENT, t.trace.outgoing())
+                .header(REQUEST_ID, t.request_id.as_ref());
+            if let Some(state) = &t.trace.tracestate {
+                req = req.header(TRACESTATE, state.as_str());
+            }
         }
         req
     }

@@ -1,0 +1,47 @@
+//! `GET /metrics`: Prometheus text exposition. Values owned elsewhere (cache counters, breaker
+//! states, endpoint counts) are read into the registry at scrape time, so the hot paths that own
+//! them never touch the registry.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+
+use super::AppState;
+use crate::telemetry::metrics::CONTENT_TYPE;
+
+pub(super) async fn serve(State(app): State<Arc<AppState>>) -> Response {
+    let Some(metrics) = &app.metrics else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    for b in app.upstream.status() {
+        let state = match b.breaker {
+            "open" => 1,
+            "half_open" => 2,
+            _ => 0,
+        };
+        metrics.set_breaker_state(&b.name, state);
+        metrics.set_endpoints(&b.name, b.usable_endpoints, b.endpoints.len());
+    }
+    for (kind, s) in app.cache.stats().snapshot() {
+        metrics.set_cache(
+            kind,
+            s.hits,
+            s.misses,
+            s.stale,
+            s.coalesced,
+            s.evictions,
+            s.bytes,
+        );
+    }
+    match metrics.render() {
+        Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot render metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}

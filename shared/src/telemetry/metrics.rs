@@ -1,0 +1,928 @@
+//! Prometheus metrics of one BFF instance: the registry, every `bff_*` metric family, the
+//! bounding of label values, and the text exposition served on `/metrics`.
+//!
+//! Each [`Metrics`] owns its own [`Registry`] (never the process-global default one) because
+//! several BFFs run in one test process and must not share counters. Every series carries a
+//! constant `client` label (`web` | `mobile`).
+//!
+//! Label cardinality is bounded here, not by callers: GraphQL operation names are client-
+//! controlled, so only well-formed names are admitted and at most `max_operation_names` of them
+//! (first come) ever get their own series; endpoint labels are capped per backend because DNS
+//! can grow them; HTTP methods, statuses, operation types and outcomes are mapped onto small
+//! closed sets. Everything that does not fit lands in a catch-all value (`other`, `invalid`,
+//! `unknown`).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::{Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Content-Type of [`Metrics::render`]'s output (Prometheus text exposition format 0.0.4).
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Operation label for requests without an operation name (or an empty one).
+pub const OPERATION_ANONYMOUS: &str = "anonymous";
+/// Operation label for names that are not GraphQL-ish identifiers of at most 64 characters.
+pub const OPERATION_INVALID: &str = "invalid";
+/// Catch-all label value once a cap is reached or a value is outside its closed set.
+pub const LABEL_OTHER: &str = "other";
+/// Most distinct endpoint labels kept per backend; later endpoints are counted as `other`.
+pub const MAX_ENDPOINTS_PER_BACKEND: usize = 32;
+
+/// Longest operation name that gets its own series (`^[A-Za-z_][A-Za-z0-9_]{0,63}$`).
+const MAX_OPERATION_NAME_LEN: usize = 64;
+
+/// Latency buckets (seconds) for every histogram: 1 ms up to 5 s, roughly 1-2.5-5 per decade,
+/// which covers cache hits through slow upstream fan-outs; slower still lands in `+Inf`.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+const HTTP_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+const OPERATION_TYPES: [&str; 3] = ["query", "mutation", "subscription"];
+const GRAPHQL_OUTCOMES: [&str; 3] = ["ok", "partial", "error"];
+const UPSTREAM_OUTCOMES: [&str; 4] = ["ok", "error", "timeout", "rejected"];
+
+/// Why metrics could not be set up or rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// A metric family could not be created or registered (bad name, duplicate family).
+    #[error("cannot register metric `{name}`: {source}")]
+    Register {
+        /// The family's name.
+        name: &'static str,
+        /// What the prometheus crate reported.
+        source: prometheus::Error,
+    },
+    /// The gathered families could not be encoded as text.
+    #[error("cannot encode metrics: {0}")]
+    Encode(prometheus::Error),
+}
+
+/// Keeps a gauge one higher for as long as it lives: `+1` when created, `-1` when dropped.
+#[must_use = "the in-flight gauge drops back as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct InFlightGuard {
+    gauge: IntGauge,
+}
+
+impl InFlightGuard {
+    fn new(gauge: IntGauge) -> Self {
+        gauge.inc();
+        Self { gauge }
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// The cache's own counters in the order of [`Metrics::set_cache`]'s arguments.
+const CACHE_COUNTERS: usize = 5;
+
+/// All metrics of one BFF instance. `Send + Sync`; share it by reference or `Arc`.
+pub struct Metrics {
+    client: &'static str,
+    registry: Registry,
+
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    http_in_flight: IntGauge,
+
+    graphql_operations: IntCounterVec,
+    graphql_duration: HistogramVec,
+
+    upstream_requests: IntCounterVec,
+    upstream_duration: HistogramVec,
+    upstream_in_flight: IntGaugeVec,
+    breaker_state: IntGaugeVec,
+    endpoints: IntGaugeVec,
+
+    /// hits, misses, stale, coalesced, evictions — same order as `cache_last_seen` entries.
+    cache_counters: [IntCounterVec; CACHE_COUNTERS],
+    cache_bytes: IntGaugeVec,
+    /// Last values observed from each cache kind's own counters, to turn them into increments.
+    /// A `Mutex` (not atomics) because two concurrent scrapes must not both add the same delta.
+    cache_last_seen: Mutex<HashMap<String, [u64; CACHE_COUNTERS]>>,
+
+    max_operation_names: usize,
+    /// Operation names that own a series. Read-locked on the hot path; write-locked only while
+    /// still below the cap and a new name shows up.
+    operation_names: RwLock<HashSet<Box<str>>>,
+    /// Endpoint labels admitted per backend, at most [`MAX_ENDPOINTS_PER_BACKEND`] each.
+    endpoint_names: RwLock<HashMap<Box<str>, HashSet<Box<str>>>>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics")
+            .field("client", &self.client)
+            .field("max_operation_names", &self.max_operation_names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Creates the registry and every metric family for one BFF. `client` (`"web"` |
+    /// `"mobile"`) becomes the constant `client` label; `max_operation_names` caps how many
+    /// distinct operation names ever get their own series.
+    pub fn new(client: &'static str, max_operation_names: usize) -> Result<Self, MetricsError> {
+        let f = Factory {
+            registry: Registry::new(),
+            client,
+        };
+
+        let http_requests = f.counter(
+            "bff_http_requests_total",
+            "HTTP requests finished by the BFF, by matched route template, method and response status.",
+            &["route", "method", "status"],
+        )?;
+        let http_duration = f.histogram(
+            "bff_http_request_duration_seconds",
+            "Time from receiving an HTTP request to finishing its response, by matched route template.",
+            &["route"],
+        )?;
+        let http_in_flight = f.gauge(
+            "bff_http_requests_in_flight",
+            "HTTP requests currently being served by the BFF.",
+        )?;
+        let graphql_operations = f.counter(
+            "bff_graphql_operations_total",
+            "GraphQL operations executed, by operation name (bounded: anonymous, invalid, other), type and outcome (ok, partial = data with errors, error = no data).",
+            &["operation", "type", "outcome"],
+        )?;
+        let graphql_duration = f.histogram(
+            "bff_graphql_operation_duration_seconds",
+            "Time to execute one GraphQL operation, by operation name (bounded) and type.",
+            &["operation", "type"],
+        )?;
+        let upstream_requests = f.counter(
+            "bff_upstream_requests_total",
+            "Attempts to call a backend (each retry counts), by backend, endpoint (at most 32 per backend, then other) and outcome (ok, error, timeout, rejected by breaker or limiter).",
+            &["backend", "endpoint", "outcome"],
+        )?;
+        let upstream_duration = f.histogram(
+            "bff_upstream_request_duration_seconds",
+            "Time of one attempt to call a backend, by backend and outcome.",
+            &["backend", "outcome"],
+        )?;
+        let upstream_in_flight = f.gauge_vec(
+            "bff_upstream_in_flight",
+            "Calls to a backend currently in flight.",
+            &["backend"],
+        )?;
+        let breaker_state = f.gauge_vec(
+            "bff_upstream_breaker_state",
+            "Circuit breaker state per backend: 0 closed (calls flow), 1 open (calls rejected), 2 half-open (probing).",
+            &["backend"],
+        )?;
+        let endpoints = f.gauge_vec(
+            "bff_upstream_endpoints",
+            "Endpoints known per backend: state=total is all resolved endpoints, state=usable those currently eligible for calls.",
+            &["backend", "state"],
+        )?;
+        let cache_counters = [
+            f.counter(
+                "bff_cache_hits_total",
+                "Cache lookups answered from a fresh cached entry, by cache kind.",
+                &["kind"],
+            )?,
+            f.counter(
+                "bff_cache_misses_total",
+                "Cache lookups that found no usable entry and went to the backend, by cache kind.",
+                &["kind"],
+            )?,
+            f.counter(
+                "bff_cache_stale_total",
+                "Cache lookups answered from a stale entry (served while refreshing or while the backend failed), by cache kind.",
+                &["kind"],
+            )?,
+            f.counter(
+                "bff_cache_coalesced_total",
+                "Cache misses that waited for an identical in-flight backend call instead of making their own, by cache kind.",
+                &["kind"],
+            )?,
+            f.counter(
+                "bff_cache_evictions_total",
+                "Entries removed from the cache to respect its size or age limits, by cache kind.",
+                &["kind"],
+            )?,
+        ];
+        let cache_bytes = f.gauge_vec(
+            "bff_cache_bytes",
+            "Approximate bytes currently held by the cache, by cache kind.",
+            &["kind"],
+        )?;
+
+        Ok(Self {
+            client,
+            registry: f.registry,
+            http_requests,
+            http_duration,
+            http_in_flight,
+            graphql_operations,
+            graphql_duration,
+            upstream_requests,
+            upstream_duration,
+            upstream_in_flight,
+            breaker_state,
+            endpoints,
+            cache_counters,
+            cache_bytes,
+            cache_last_seen: Mutex::new(HashMap::new()),
+            max_operation_names,
+            operation_names: RwLock::new(HashSet::new()),
+            endpoint_names: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// Records one finished HTTP request. `route` is the matched route template
+    /// (`"/graphql"`, `"/healthz"`, `"/readyz"`, `"/metrics"`, `"/graphiql/assets"`, a
+    /// pass-through prefix, or `"other"` for unmatched) — never a raw path. Methods outside
+    /// the standard nine are counted as `OTHER`, statuses outside 100..=999 as `other`.
+    pub fn http_request(&self, route: &str, method: &str, status: u16, duration: Duration) {
+        let method = if HTTP_METHODS.contains(&method) {
+            method
+        } else {
+            "OTHER"
+        };
+        let mut digits = [0u8; 3];
+        let status = status_label(status, &mut digits);
+        self.http_requests
+            .with_label_values(&[route, method, status])
+            .inc();
+        self.http_duration
+            .with_label_values(&[route])
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Counts one HTTP request as in flight until the returned guard is dropped.
+    pub fn http_in_flight(&self) -> InFlightGuard {
+        InFlightGuard::new(self.http_in_flight.clone())
+    }
+
+    /// Records one GraphQL operation. `operation` is the client's operationName (`None` =
+    /// anonymous), bounded as the module doc says; `kind` is `query` | `mutation` |
+    /// `subscription` (anything else: `unknown`); `outcome` is `ok` | `partial` (data with
+    /// errors) | `error` (request error, no data) (anything else: `other`).
+    pub fn graphql_operation(
+        &self,
+        operation: Option<&str>,
+        kind: &str,
+        outcome: &str,
+        duration: Duration,
+    ) {
+        let operation = self.operation_label(operation);
+        let kind = one_of(kind, &OPERATION_TYPES, "unknown");
+        let outcome = one_of(outcome, &GRAPHQL_OUTCOMES, LABEL_OTHER);
+        self.graphql_operations
+            .with_label_values(&[operation, kind, outcome])
+            .inc();
+        self.graphql_duration
+            .with_label_values(&[operation, kind])
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Records one attempt to call a backend. `outcome` is `ok` | `error` | `timeout` |
+    /// `rejected` (anything else: `other`); `endpoint` gets its own series only among the
+    /// first [`MAX_ENDPOINTS_PER_BACKEND`] endpoints seen for `backend`.
+    pub fn upstream_attempt(
+        &self,
+        backend: &str,
+        endpoint: &str,
+        outcome: &str,
+        duration: Duration,
+    ) {
+        let endpoint = self.endpoint_label(backend, endpoint);
+        let outcome = one_of(outcome, &UPSTREAM_OUTCOMES, LABEL_OTHER);
+        self.upstream_requests
+            .with_label_values(&[backend, endpoint, outcome])
+            .inc();
+        self.upstream_duration
+            .with_label_values(&[backend, outcome])
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Counts one call to `backend` as in flight until the returned guard is dropped.
+    pub fn upstream_in_flight(&self, backend: &str) -> InFlightGuard {
+        InFlightGuard::new(self.upstream_in_flight.with_label_values(&[backend]))
+    }
+
+    /// Sets the breaker state of `backend` (0 closed, 1 open, 2 half-open). Read from the
+    /// breaker right before rendering.
+    pub fn set_breaker_state(&self, backend: &str, state: u8) {
+        self.breaker_state
+            .with_label_values(&[backend])
+            .set(i64::from(state));
+    }
+
+    /// Sets how many endpoints `backend` has in total and how many are usable. Read from the
+    /// endpoint set right before rendering.
+    pub fn set_endpoints(&self, backend: &str, usable: usize, total: usize) {
+        self.endpoints
+            .with_label_values(&[backend, "usable"])
+            .set(saturating_i64(usable));
+        self.endpoints
+            .with_label_values(&[backend, "total"])
+            .set(saturating_i64(total));
+    }
+
+    /// Mirrors one cache's own cumulative counters (and its current size) into the exposition,
+    /// right before rendering.
+    ///
+    /// The counters only ever grow: each call adds what the cache counted since the previous
+    /// call. If an observed value is *lower* than last time, the cache's counters were reset
+    /// (the cache was rebuilt), so the whole new value counts as new events — the exported
+    /// counter still never decreases, and `rate()` stays right across the reset. `bytes` is a
+    /// gauge and is simply set.
+    #[allow(clippy::too_many_arguments)] // the contract mirrors the cache's counter set 1:1
+    pub fn set_cache(
+        &self,
+        kind: &str,
+        hits: u64,
+        misses: u64,
+        stale: u64,
+        coalesced: u64,
+        evictions: u64,
+        bytes: u64,
+    ) {
+        let observed = [hits, misses, stale, coalesced, evictions];
+        {
+            // Poisoning only means another scrape panicked mid-update; the map stays usable.
+            let mut last_seen = self
+                .cache_last_seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let last = match last_seen.get_mut(kind) {
+                Some(last) => last,
+                None => last_seen
+                    .entry(kind.to_owned())
+                    .or_insert([0; CACHE_COUNTERS]),
+            };
+            for ((counter, &now), previous) in self
+                .cache_counters
+                .iter()
+                .zip(&observed)
+                .zip(last.iter_mut())
+            {
+                let delta = if now >= *previous {
+                    now - *previous
+                } else {
+                    now
+                };
+                // Called even with 0 so each series exists (at 0) from the first scrape on.
+                counter.with_label_values(&[kind]).inc_by(delta);
+                *previous = now;
+            }
+        }
+        self.cache_bytes
+            .with_label_values(&[kind])
+            .set(saturating_i64(bytes));
+    }
+
+    /// Renders every family in the Prometheus text exposition format (see [`CONTENT_TYPE`]).
+    pub fn render(&self) -> Result<String, MetricsError> {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .map_err(MetricsError::Encode)
+    }
+
+    /// The label value for a client-supplied operation name.
+    fn operation_label<'a>(&self, operation: Option<&'a str>) -> &'a str {
+        let name = match operation {
+            None | Some("") => return OPERATION_ANONYMOUS,
+            Some(name) if !is_valid_operation_name(name) => return OPERATION_INVALID,
+            // A client naming its operation like a catch-all shares that series; it must not
+            // take one of the admission slots.
+            Some(name @ (OPERATION_ANONYMOUS | OPERATION_INVALID | LABEL_OTHER)) => return name,
+            Some(name) => name,
+        };
+        {
+            let admitted = self
+                .operation_names
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            if admitted.contains(name) {
+                return name;
+            }
+            // Once full, new names never need the write lock.
+            if admitted.len() >= self.max_operation_names {
+                return LABEL_OTHER;
+            }
+        }
+        let mut admitted = self
+            .operation_names
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Re-check: another thread may have admitted this name or filled the set meanwhile.
+        if admitted.contains(name) {
+            name
+        } else if admitted.len() < self.max_operation_names {
+            admitted.insert(name.into());
+            name
+        } else {
+            LABEL_OTHER
+        }
+    }
+
+    /// The label value for an endpoint of `backend`.
+    fn endpoint_label<'a>(&self, backend: &str, endpoint: &'a str) -> &'a str {
+        {
+            let seen = self
+                .endpoint_names
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(endpoints) = seen.get(backend) {
+                if endpoints.contains(endpoint) {
+                    return endpoint;
+                }
+                if endpoints.len() >= MAX_ENDPOINTS_PER_BACKEND {
+                    return LABEL_OTHER;
+                }
+            }
+        }
+        let mut seen = self
+            .endpoint_names
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let endpoints = match seen.get_mut(backend) {
+            Some(endpoints) => endpoints,
+            None => seen.entry(backend.into()).or_default(),
+        };
+        if endpoints.contains(endpoint) {
+            endpoint
+        } else if endpoints.len() < MAX_ENDPOINTS_PER_BACKEND {
+            endpoints.insert(endpoint.into());
+            endpoint
+        } else {
+            LABEL_OTHER
+        }
+    }
+}
+
+/// Creates metric families carrying the `client` const label and registers them.
+struct Factory {
+    registry: Registry,
+    client: &'static str,
+}
+
+impl Factory {
+    fn opts(&self, name: &str, help: &str) -> Opts {
+        Opts::new(name, help).const_label("client", self.client)
+    }
+
+    fn register<C>(
+        &self,
+        name: &'static str,
+        made: prometheus::Result<C>,
+    ) -> Result<C, MetricsError>
+    where
+        C: prometheus::core::Collector + Clone + 'static,
+    {
+        let register_error = |source| MetricsError::Register { name, source };
+        let collector = made.map_err(register_error)?;
+        self.registry
+            .register(Box::new(collector.clone()))
+            .map_err(register_error)?;
+        Ok(collector)
+    }
+
+    fn counter(
+        &self,
+        name: &'static str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntCounterVec, MetricsError> {
+        self.register(name, IntCounterVec::new(self.opts(name, help), labels))
+    }
+
+    fn gauge(&self, name: &'static str, help: &str) -> Result<IntGauge, MetricsError> {
+        self.register(name, IntGauge::with_opts(self.opts(name, help)))
+    }
+
+    fn gauge_vec(
+        &self,
+        name: &'static str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntGaugeVec, MetricsError> {
+        self.register(name, IntGaugeVec::new(self.opts(name, help), labels))
+    }
+
+    fn histogram(
+        &self,
+        name: &'static str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<HistogramVec, MetricsError> {
+        let opts = HistogramOpts::from(self.opts(name, help)).buckets(LATENCY_BUCKETS.to_vec());
+        self.register(name, HistogramVec::new(opts, labels))
+    }
+}
+
+/// `^[A-Za-z_][A-Za-z0-9_]{0,63}$` without a regex engine on the hot path.
+fn is_valid_operation_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    match bytes.split_first() {
+        Some((first, rest)) => {
+            bytes.len() <= MAX_OPERATION_NAME_LEN
+                && (first.is_ascii_alphabetic() || *first == b'_')
+                && rest.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+        }
+        None => false,
+    }
+}
+
+/// `value` if it is one of `allowed`, else `fallback` — keeps caller typos from minting series.
+fn one_of<'a>(value: &'a str, allowed: &[&str], fallback: &'static str) -> &'a str {
+    if allowed.contains(&value) {
+        value
+    } else {
+        fallback
+    }
+}
+
+/// Three-digit status as a label without allocating; anything else is `other`.
+fn status_label(status: u16, digits: &mut [u8; 3]) -> &str {
+    if !(100..=999).contains(&status) {
+        return LABEL_OTHER;
+    }
+    // Each digit is < 10, so the narrowing cannot lose anything.
+    digits[0] = b'0' + (status / 100) as u8;
+    digits[1] = b'0' + (status / 10 % 10) as u8;
+    digits[2] = b'0' + (status % 10) as u8;
+    std::str::from_utf8(digits).unwrap_or(LABEL_OTHER)
+}
+
+fn saturating_i64<T: TryInto<i64>>(value: T) -> i64 {
+    value.try_into().unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// The value of the sample whose line starts with exactly `series` (name plus labels).
+    fn sample(rendered: &str, series: &str) -> Option<f64> {
+        rendered.lines().find_map(|line| {
+            let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+            value.parse().ok()
+        })
+    }
+
+    /// Every family recorded at least once — also what the promtool check renders.
+    fn populated() -> Metrics {
+        let m = Metrics::new("web", 100).unwrap();
+        m.http_request("/graphql", "POST", 200, 3 * MS);
+        let _http = m.http_in_flight();
+        m.graphql_operation(Some("GetUser"), "query", "ok", 2 * MS);
+        m.upstream_attempt("users", "10.0.0.1:50051", "ok", MS);
+        let _upstream = m.upstream_in_flight("users");
+        m.set_breaker_state("users", 1);
+        m.set_endpoints("users", 2, 3);
+        m.set_cache("response", 10, 4, 1, 2, 3, 4096);
+        m
+    }
+
+    const FAMILIES: [(&str, &str); 16] = [
+        ("bff_http_requests_total", "counter"),
+        ("bff_http_request_duration_seconds", "histogram"),
+        ("bff_http_requests_in_flight", "gauge"),
+        ("bff_graphql_operations_total", "counter"),
+        ("bff_graphql_operation_duration_seconds", "histogram"),
+        ("bff_upstream_requests_total", "counter"),
+        ("bff_upstream_request_duration_seconds", "histogram"),
+        ("bff_upstream_in_flight", "gauge"),
+        ("bff_upstream_breaker_state", "gauge"),
+        ("bff_upstream_endpoints", "gauge"),
+        ("bff_cache_hits_total", "counter"),
+        ("bff_cache_misses_total", "counter"),
+        ("bff_cache_stale_total", "counter"),
+        ("bff_cache_coalesced_total", "counter"),
+        ("bff_cache_evictions_total", "counter"),
+        ("bff_cache_bytes", "gauge"),
+    ];
+
+    #[test]
+    fn render_has_every_family_with_help_type_and_values() {
+        let m = populated();
+        let out = m.render().unwrap();
+        for (name, kind) in FAMILIES {
+            assert!(
+                out.contains(&format!("# HELP {name} ")),
+                "no HELP for {name}:\n{out}"
+            );
+            assert!(
+                out.contains(&format!("# TYPE {name} {kind}\n")),
+                "no TYPE {kind} for {name}:\n{out}"
+            );
+        }
+        let expected = [
+            (
+                r#"bff_http_requests_total{client="web",method="POST",route="/graphql",status="200"}"#,
+                1.0,
+            ),
+            (
+                r#"bff_http_request_duration_seconds_count{client="web",route="/graphql"}"#,
+                1.0,
+            ),
+            (
+                r#"bff_graphql_operations_total{client="web",operation="GetUser",outcome="ok",type="query"}"#,
+                1.0,
+            ),
+            (
+                r#"bff_upstream_requests_total{backend="users",client="web",endpoint="10.0.0.1:50051",outcome="ok"}"#,
+                1.0,
+            ),
+            (
+                r#"bff_upstream_request_duration_seconds_count{backend="users",client="web",outcome="ok"}"#,
+                1.0,
+            ),
+            (
+                r#"bff_upstream_breaker_state{backend="users",client="web"}"#,
+                1.0,
+            ),
+            (
+                r#"bff_upstream_endpoints{backend="users",client="web",state="usable"}"#,
+                2.0,
+            ),
+            (
+                r#"bff_upstream_endpoints{backend="users",client="web",state="total"}"#,
+                3.0,
+            ),
+            (
+                r#"bff_cache_hits_total{client="web",kind="response"}"#,
+                10.0,
+            ),
+            (
+                r#"bff_cache_misses_total{client="web",kind="response"}"#,
+                4.0,
+            ),
+            (
+                r#"bff_cache_stale_total{client="web",kind="response"}"#,
+                1.0,
+            ),
+            (
+                r#"bff_cache_coalesced_total{client="web",kind="response"}"#,
+                2.0,
+            ),
+            (
+                r#"bff_cache_evictions_total{client="web",kind="response"}"#,
+                3.0,
+            ),
+            (r#"bff_cache_bytes{client="web",kind="response"}"#, 4096.0),
+            // The guards in `populated` are dropped by now.
+            (r#"bff_http_requests_in_flight{client="web"}"#, 0.0),
+            (
+                r#"bff_upstream_in_flight{backend="users",client="web"}"#,
+                0.0,
+            ),
+        ];
+        for (series, value) in expected {
+            assert_eq!(sample(&out, series), Some(value), "{series}:\n{out}");
+        }
+    }
+
+    #[test]
+    fn operation_names_are_bounded() {
+        let m = Metrics::new("web", 2).unwrap();
+        let record = |name: Option<&str>| m.graphql_operation(name, "query", "ok", MS);
+        let long_ok = format!("A{}", "b".repeat(63)); // 64 characters: still valid
+        let too_long = format!("A{}", "b".repeat(64)); // 65 characters
+        record(Some("GetUser")); // admitted 1/2
+        record(None);
+        record(Some(""));
+        record(Some("bad-name"));
+        record(Some("1abc"));
+        record(Some(&too_long));
+        record(Some("Ünicode"));
+        record(Some("other")); // a catch-all name takes no slot
+        record(Some("ListOrders")); // admitted 2/2
+        record(Some("Third")); // cap reached
+        record(Some(&long_ok)); // valid but cap reached
+        record(Some("GetUser")); // admitted names keep their series
+        record(Some("ListOrders"));
+
+        let out = m.render().unwrap();
+        let count = |op: &str| {
+            sample(
+                &out,
+                &format!(
+                    r#"bff_graphql_operations_total{{client="web",operation="{op}",outcome="ok",type="query"}}"#
+                ),
+            )
+        };
+        assert_eq!(count("GetUser"), Some(2.0), "{out}");
+        assert_eq!(count("ListOrders"), Some(2.0), "{out}");
+        assert_eq!(count("anonymous"), Some(2.0), "{out}");
+        assert_eq!(count("invalid"), Some(4.0), "{out}");
+        assert_eq!(count("other"), Some(3.0), "{out}");
+        for leaked in ["Third", "bad-name", "1abc", long_ok.as_str(), "Ünicode"] {
+            assert!(
+                !out.contains(&format!("operation=\"{leaked}\"")),
+                "{leaked} leaked:\n{out}"
+            );
+        }
+        // The histogram uses the same bounded label.
+        assert_eq!(
+            sample(
+                &out,
+                r#"bff_graphql_operation_duration_seconds_count{client="web",operation="other",type="query"}"#
+            ),
+            Some(3.0)
+        );
+    }
+
+    #[test]
+    fn closed_label_sets_fall_back() {
+        let m = Metrics::new("mobile", 10).unwrap();
+        m.http_request("other", "BREW", 1000, MS);
+        m.graphql_operation(Some("Q"), "fragment", "weird", MS);
+        m.upstream_attempt("users", "e1", "exploded", MS);
+        let out = m.render().unwrap();
+        for series in [
+            r#"bff_http_requests_total{client="mobile",method="OTHER",route="other",status="other"}"#,
+            r#"bff_graphql_operations_total{client="mobile",operation="Q",outcome="other",type="unknown"}"#,
+            r#"bff_upstream_requests_total{backend="users",client="mobile",endpoint="e1",outcome="other"}"#,
+        ] {
+            assert_eq!(sample(&out, series), Some(1.0), "{series}:\n{out}");
+        }
+    }
+
+    #[test]
+    fn endpoint_labels_are_capped_per_backend() {
+        let m = Metrics::new("web", 10).unwrap();
+        for i in 0..40 {
+            m.upstream_attempt("users", &format!("10.0.0.{i}:1"), "ok", MS);
+        }
+        m.upstream_attempt("users", "10.0.0.0:1", "ok", MS); // admitted: keeps its series
+        m.upstream_attempt("orders", "10.0.1.0:1", "ok", MS); // its own budget
+        let out = m.render().unwrap();
+        let series = |backend: &str, endpoint: &str| {
+            format!(
+                r#"bff_upstream_requests_total{{backend="{backend}",client="web",endpoint="{endpoint}",outcome="ok"}}"#
+            )
+        };
+        assert_eq!(sample(&out, &series("users", "10.0.0.0:1")), Some(2.0));
+        assert_eq!(sample(&out, &series("users", "10.0.0.31:1")), Some(1.0));
+        assert_eq!(sample(&out, &series("users", "10.0.0.32:1")), None);
+        assert_eq!(sample(&out, &series("users", "other")), Some(8.0));
+        assert_eq!(sample(&out, &series("orders", "10.0.1.0:1")), Some(1.0));
+        let users = out
+            .lines()
+            .filter(|l| l.starts_with(r#"bff_upstream_requests_total{backend="users""#))
+            .count();
+        assert_eq!(users, MAX_ENDPOINTS_PER_BACKEND + 1);
+    }
+
+    #[test]
+    fn instances_do_not_share_counts() {
+        let a = Metrics::new("web", 10).unwrap();
+        let b = Metrics::new("web", 1).unwrap();
+        a.http_request("/graphql", "POST", 200, MS);
+        a.http_request("/graphql", "POST", 200, MS);
+        b.http_request("/graphql", "POST", 200, MS);
+        b.graphql_operation(Some("OnlyInB"), "query", "ok", MS);
+        a.graphql_operation(Some("OnlyInA"), "query", "ok", MS); // b's full admission set is not a's
+        let series =
+            r#"bff_http_requests_total{client="web",method="POST",route="/graphql",status="200"}"#;
+        let (out_a, out_b) = (a.render().unwrap(), b.render().unwrap());
+        assert_eq!(sample(&out_a, series), Some(2.0));
+        assert_eq!(sample(&out_b, series), Some(1.0));
+        assert!(out_a.contains(r#"operation="OnlyInA""#) && !out_a.contains("OnlyInB"));
+        assert!(out_b.contains(r#"operation="OnlyInB""#) && !out_b.contains("OnlyInA"));
+    }
+
+    #[test]
+    fn cache_counters_are_monotonic() {
+        let m = Metrics::new("web", 10).unwrap();
+        let hits = r#"bff_cache_hits_total{client="web",kind="response"}"#;
+        let misses = r#"bff_cache_misses_total{client="web",kind="response"}"#;
+        let bytes = r#"bff_cache_bytes{client="web",kind="response"}"#;
+        let read = |series: &str| sample(&m.render().unwrap(), series);
+
+        m.set_cache("response", 10, 0, 0, 0, 0, 100);
+        assert_eq!(read(hits), Some(10.0));
+        assert_eq!(
+            read(misses),
+            Some(0.0),
+            "zero counters are exported from the start"
+        );
+        m.set_cache("response", 15, 1, 0, 0, 0, 100);
+        assert_eq!(read(hits), Some(15.0));
+        m.set_cache("response", 15, 1, 0, 0, 0, 100); // unchanged: no double counting
+        assert_eq!(read(hits), Some(15.0));
+        assert_eq!(read(misses), Some(1.0));
+        // The cache was rebuilt and its counters restarted at 0 (now 3): never decrease,
+        // count the 3 new hits.
+        m.set_cache("response", 3, 0, 0, 0, 0, 50);
+        assert_eq!(read(hits), Some(18.0));
+        assert_eq!(read(misses), Some(1.0));
+        m.set_cache("response", 5, 0, 0, 0, 0, 50);
+        assert_eq!(read(hits), Some(20.0));
+        // Bytes is a gauge: it follows the observed value down.
+        assert_eq!(read(bytes), Some(50.0));
+        // Kinds are tracked separately.
+        m.set_cache("entity", 7, 0, 0, 0, 0, 0);
+        assert_eq!(
+            read(r#"bff_cache_hits_total{client="web",kind="entity"}"#),
+            Some(7.0)
+        );
+        assert_eq!(read(hits), Some(20.0));
+    }
+
+    #[test]
+    fn histograms_use_the_latency_buckets() {
+        let m = Metrics::new("web", 10).unwrap();
+        m.http_request("/graphql", "POST", 200, 3 * MS);
+        m.http_request("/graphql", "POST", 200, Duration::from_secs(7));
+        m.graphql_operation(None, "query", "ok", 3 * MS);
+        m.upstream_attempt("users", "e", "ok", 3 * MS);
+        let out = m.render().unwrap();
+        let http = |le: &str| {
+            sample(
+                &out,
+                &format!(
+                    r#"bff_http_request_duration_seconds_bucket{{client="web",route="/graphql",le="{le}"}}"#
+                ),
+            )
+        };
+        assert_eq!(http("0.001"), Some(0.0));
+        assert_eq!(http("0.0025"), Some(0.0));
+        assert_eq!(http("0.005"), Some(1.0));
+        assert_eq!(http("5"), Some(1.0));
+        assert_eq!(http("+Inf"), Some(2.0));
+        assert_eq!(
+            sample(
+                &out,
+                r#"bff_http_request_duration_seconds_sum{client="web",route="/graphql"}"#
+            ),
+            Some(7.003)
+        );
+        for family in [
+            "bff_http_request_duration_seconds",
+            "bff_graphql_operation_duration_seconds",
+            "bff_upstream_request_duration_seconds",
+        ] {
+            let bounds: Vec<f64> = out
+                .lines()
+                .filter(|l| l.starts_with(&format!("{family}_bucket{{")))
+                .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next()?.parse().ok())
+                .collect();
+            let mut expected = LATENCY_BUCKETS.to_vec();
+            expected.push(f64::INFINITY); // `le="+Inf"`
+            assert_eq!(bounds, expected, "{family}");
+        }
+    }
+
+    #[test]
+    fn in_flight_guards_return_to_zero() {
+        let m = Metrics::new("web", 10).unwrap();
+        let http = r#"bff_http_requests_in_flight{client="web"}"#;
+        let users = r#"bff_upstream_in_flight{backend="users",client="web"}"#;
+        let read = |series: &str| sample(&m.render().unwrap(), series);
+        assert_eq!(read(http), Some(0.0), "exported before any request");
+        let a = m.http_in_flight();
+        let b = m.http_in_flight();
+        let u = m.upstream_in_flight("users");
+        assert_eq!(read(http), Some(2.0));
+        assert_eq!(read(users), Some(1.0));
+        drop(a);
+        assert_eq!(read(http), Some(1.0));
+        drop((b, u));
+        assert_eq!(read(http), Some(0.0));
+        assert_eq!(read(users), Some(0.0));
+    }
+
+    #[test]
+    fn operation_name_pattern() {
+        for ok in ["a", "_", "GetUser", "get_user_2", &"x".repeat(64)] {
+            assert!(is_valid_operation_name(ok), "{ok}");
+        }
+        for bad in ["", "1a", "a-b", "a b", "a.b", "é", &"x".repeat(65)] {
+            assert!(!is_valid_operation_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn status_labels() {
+        let mut digits = [0u8; 3];
+        assert_eq!(status_label(200, &mut digits), "200");
+        assert_eq!(status_label(503, &mut digits), "503");
+        assert_eq!(status_label(101, &mut digits), "101");
+        assert_eq!(status_label(99, &mut digits), "other");
+        assert_eq!(status_label(1000, &mut digits), "other");
+    }
+}
