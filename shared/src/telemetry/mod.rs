@@ -82,7 +82,13 @@ pub fn init(
     let otel_layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("bff"));
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
     let installed = match log.format {
-        LogFormat::Text => registry.with(fmt::layer().with_target(false)).try_init(),
+        // Colour only for a terminal: escape codes in a log file or collector are noise.
+        LogFormat::Text => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            registry
+                .with(fmt::layer().with_target(false).with_ansi(ansi))
+                .try_init()
+        }
         LogFormat::Json => registry
             .with(fmt::layer().json().flatten_event(true))
             .try_init(),
