@@ -552,3 +552,54 @@ async fn shutdown_finishes_every_request_in_flight() {
             .is_connect()
     );
 }
+
+#[tokio::test]
+async fn a_host_name_endpoint_is_re_resolved_into_one_endpoint_per_address() {
+    let app = spawn_app_with(web(), |s| {
+        s.cache.enabled = false;
+        s.backends.top10.url = s.backends.top10.url.replace("127.0.0.1", "localhost");
+        s.backends.top10.dns_refresh = Duration::from_millis(50);
+    })
+    .await;
+    // Bounded wait for the first resolution (it runs at start).
+    let mut labels = Vec::new();
+    for _ in 0..100 {
+        let ready: Value = app
+            .http
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        labels = ready["backends"]["top10"]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["label"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        if labels.iter().any(|l| l.contains("127.0.0.1")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        labels.iter().any(|l| l.starts_with("http://127.0.0.1:")),
+        "{labels:?}"
+    );
+    assert!(
+        labels.iter().all(|l| !l.contains("localhost")),
+        "{labels:?}"
+    );
+    // Traffic flows through the resolved endpoints (a Host header keeps the original name).
+    for _ in 0..5 {
+        let body = app.homepage("kind", None).await;
+        assert_eq!(kinds(&body), ["TOP_10", "NEW_RELEASES"], "{body}");
+    }
+    let h = app.control().stats().get(Backend::Top10).last_headers;
+    assert!(
+        h.get("host").is_some_and(|v| v.starts_with("localhost:")),
+        "{h:?}"
+    );
+}

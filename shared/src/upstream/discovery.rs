@@ -3,7 +3,7 @@
 //! health checks (HTTP path or `grpc.health.v1`). Both run as background tasks the `Upstream`
 //! aborts when it is dropped.
 
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
 use reqwest::header::HeaderValue;
 use tokio::task::JoinHandle;
@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use super::{
     grpc,
     policy::BackendPolicy,
-    resilience::{grpc_probe, http_probe, resolve, spawn_health_checks},
+    resilience::{grpc_probe, http_probe, spawn_dns_refresh, spawn_health_checks},
     rest::RestEndpoint,
 };
 use crate::config::BackendSettings;
@@ -45,49 +45,6 @@ fn authority(url: &reqwest::Url) -> String {
     }
 }
 
-/// Resolves now and then every `interval`, replacing the endpoint list when addresses change.
-fn spawn_dns<E, F>(
-    policy: &BackendPolicy<E>,
-    host: String,
-    port: u16,
-    interval: Duration,
-    make: F,
-) -> JoinHandle<()>
-where
-    E: Clone + Send + Sync + 'static,
-    F: Fn(SocketAddr) -> Option<(String, E)> + Send + Sync + 'static,
-{
-    let set = policy.endpoints.clone();
-    let name = policy.name.clone();
-    tokio::spawn(async move {
-        let mut last: Vec<SocketAddr> = Vec::new();
-        let mut failing = false;
-        loop {
-            match resolve(&format!("{host}:{port}")).await {
-                Ok(addrs) if !addrs.is_empty() => {
-                    failing = false;
-                    if addrs != last {
-                        let list: Vec<(String, E)> =
-                            addrs.iter().filter_map(|a| make(*a)).collect();
-                        if !list.is_empty() {
-                            tracing::info!(backend = %name, endpoints = list.len(), "endpoints re-resolved");
-                            set.replace(list);
-                            last = addrs;
-                        }
-                    }
-                }
-                other => {
-                    if !failing {
-                        tracing::warn!(backend = %name, %host, result = ?other.map(|a| a.len()), "DNS re-resolution failed; keeping the previous endpoints");
-                        failing = true;
-                    }
-                }
-            }
-            tokio::time::sleep(interval).await;
-        }
-    })
-}
-
 pub(super) fn start_rest(
     policy: &BackendPolicy<RestEndpoint>,
     client: &reqwest::Client,
@@ -99,17 +56,24 @@ pub(super) fn start_rest(
     let mut tasks = Vec::new();
     if let Some((url, host, port)) = dns_target(s) {
         let host_header = HeaderValue::from_str(&authority(&url)).ok();
-        tasks.push(spawn_dns(policy, host, port, s.dns_refresh, move |addr| {
-            let u = with_addr(&url, addr)?;
-            let base: std::sync::Arc<str> = std::sync::Arc::from(u.as_str().trim_end_matches('/'));
-            Some((
-                base.to_string(),
-                RestEndpoint {
-                    base,
-                    host: host_header.clone(),
-                },
-            ))
-        }));
+        tasks.push(spawn_dns_refresh(
+            policy.endpoints.clone(),
+            host,
+            port,
+            s.dns_refresh,
+            move |addr| {
+                let u = with_addr(&url, addr)?;
+                let base: std::sync::Arc<str> =
+                    std::sync::Arc::from(u.as_str().trim_end_matches('/'));
+                Some((
+                    base.to_string(),
+                    RestEndpoint {
+                        base,
+                        host: host_header.clone(),
+                    },
+                ))
+            },
+        ));
     }
     let hc = &s.health_check;
     if hc.enabled {
@@ -144,12 +108,18 @@ pub(super) fn start_grpc(
     if let Some((url, host, port)) = dns_target(s) {
         let settings = s.clone();
         let origin = format!("{}://{}", url.scheme(), authority(&url));
-        tasks.push(spawn_dns(policy, host, port, s.dns_refresh, move |addr| {
-            let u = with_addr(&url, addr)?;
-            let label = u.as_str().trim_end_matches('/').to_owned();
-            let ch = grpc::channel(&label, Some(&origin), &settings).ok()?;
-            Some((label, ch))
-        }));
+        tasks.push(spawn_dns_refresh(
+            policy.endpoints.clone(),
+            host,
+            port,
+            s.dns_refresh,
+            move |addr| {
+                let u = with_addr(&url, addr)?;
+                let label = u.as_str().trim_end_matches('/').to_owned();
+                let ch = grpc::channel(&label, Some(&origin), &settings).ok()?;
+                Some((label, ch))
+            },
+        ));
     }
     let hc = &s.health_check;
     if hc.enabled {

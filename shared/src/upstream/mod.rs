@@ -266,7 +266,7 @@ impl Upstream {
         query: &[(&str, &str)],
     ) -> Result<Option<T>, BackendError> {
         self.rest(b)?
-            .get_json(cx, path, query)
+            .json(cx, reqwest::Method::GET, path, query)
             .await
             .map_err(|f| err(b, f))
     }
@@ -340,7 +340,7 @@ impl Upstream {
         };
         let answer: Option<rest::MyListChange> = self
             .rest(b)?
-            .send_json(cx, method, &path)
+            .json(cx, method, &path, &[])
             .await
             .map_err(|f| err(b, f))?;
         Ok(answer.map(|a| a.added.or(a.removed).unwrap_or(false)))

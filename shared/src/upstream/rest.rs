@@ -105,46 +105,27 @@ impl RestBackend {
         req
     }
 
-    pub(super) async fn get_json<T: DeserializeOwned>(
-        &self,
-        cx: &CallContext,
-        path: &str,
-        query: &[(&str, &str)],
-    ) -> Result<Option<T>, Failure> {
-        self.policy
-            .call(CallKind::Read, cx.deadline, |ep, _| {
-                let req = self
-                    .request(&ep, cx, reqwest::Method::GET, path)
-                    .query(query);
-                async move {
-                    decode(
-                        req.header(reqwest::header::ACCEPT, "application/json")
-                            .send()
-                            .await,
-                    )
-                    .await
-                }
-            })
-            .await
-    }
-
-    pub(super) async fn send_json<T: DeserializeOwned>(
+    /// A JSON call: reads are `GET` with `query` and may be retried; writes (`PUT`, `DELETE`…)
+    /// are sent once.
+    pub(super) async fn json<T: DeserializeOwned>(
         &self,
         cx: &CallContext,
         method: reqwest::Method,
         path: &str,
+        query: &[(&str, &str)],
     ) -> Result<Option<T>, Failure> {
+        let kind = if method == reqwest::Method::GET {
+            CallKind::Read
+        } else {
+            CallKind::Write
+        };
         self.policy
-            .call(CallKind::Write, cx.deadline, |ep, _| {
-                let req = self.request(&ep, cx, method.clone(), path);
-                async move {
-                    decode(
-                        req.header(reqwest::header::ACCEPT, "application/json")
-                            .send()
-                            .await,
-                    )
-                    .await
-                }
+            .call(kind, cx.deadline, |ep, _| {
+                let req = self
+                    .request(&ep, cx, method.clone(), path)
+                    .query(query)
+                    .header(reqwest::header::ACCEPT, "application/json");
+                async move { decode(req.send().await).await }
             })
             .await
     }

@@ -555,8 +555,8 @@ where
     false
 }
 
-/// Re-resolves `host` every `interval` (first after one interval: the set is assumed built from
-/// a fresh resolution) and calls [`EndpointSet::replace`] when the address set changed. `make`
+/// Resolves `host` now and then every `interval`, calling [`EndpointSet::replace`] when the
+/// address set changed (the set may start with the unresolved name as its one endpoint). `make`
 /// turns an address into `(label, payload)`, or `None` to skip it. Abort the handle to stop.
 pub fn spawn_dns_refresh<E, F>(
     set: Arc<EndpointSet<E>>,
@@ -572,10 +572,7 @@ where
     tokio::spawn(async move {
         let target = host_port(&host, port);
         let mut state = DnsState::default();
-        let mut ticker = tokio::time::interval_at(
-            tokio::time::Instant::now() + interval,
-            interval.max(Duration::from_millis(1)),
-        );
+        let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(1)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
