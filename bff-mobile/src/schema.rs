@@ -68,7 +68,7 @@ impl CardFields {
         // 342 px is a typical phone card poster.
         #[graphql(default = 342)] width: i32,
         #[graphql(default = 1.0)] dpr: f64,
-    ) -> async_graphql::Result<Option<Image>> {
+    ) -> async_graphql::Result<Option<Image<'_>>> {
         if !(1..=4096).contains(&width) || !(0.5..=4.0).contains(&dpr) {
             return Err(ErrorCode::BadUserInput.error("width must be 1-4096 and dpr 0.5-4"));
         }

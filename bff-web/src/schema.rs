@@ -76,16 +76,17 @@ impl RichFields {
     }
 
     /// Artwork at every width.
-    async fn images(&self) -> TitleImages {
-        TitleImages(self.0.clone())
+    async fn images(&self) -> TitleImages<'_> {
+        TitleImages(&self.0)
     }
 }
 
 /// Artwork of a title, each kind at every available width (narrowest first), for `srcset`.
-pub struct TitleImages(Arc<domain::Title>);
+/// Borrows the title, so listing an image copies no URL.
+pub struct TitleImages<'a>(&'a domain::Title);
 
-impl TitleImages {
-    fn of(&self, kind: ImageKind) -> Vec<Image> {
+impl<'a> TitleImages<'a> {
+    fn of(&self, kind: ImageKind) -> Vec<Image<'a>> {
         self.0
             .images_of(kind)
             .into_iter()
@@ -95,19 +96,19 @@ impl TitleImages {
 }
 
 #[Object]
-impl TitleImages {
+impl<'a> TitleImages<'a> {
     /// Portrait 2:3 posters.
-    async fn poster(&self) -> Vec<Image> {
+    async fn poster(&self) -> Vec<Image<'a>> {
         self.of(ImageKind::Poster)
     }
 
     /// Landscape 16:9 backdrops.
-    async fn backdrop(&self) -> Vec<Image> {
+    async fn backdrop(&self) -> Vec<Image<'a>> {
         self.of(ImageKind::Backdrop)
     }
 
     /// Wide hero banners.
-    async fn hero(&self) -> Vec<Image> {
+    async fn hero(&self) -> Vec<Image<'a>> {
         self.of(ImageKind::Hero)
     }
 }
