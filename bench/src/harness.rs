@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Context, Result};
-use bff_fixtures::{Backend, Control, FaultPatch, FixtureOptions, Fixtures};
+use bff_fixtures::{Backend, BackendServer, Control, FaultPatch, FixtureOptions, Fixtures};
 use shared::{
     Application, StartOptions,
     auth::TokenSigner,
@@ -15,7 +15,7 @@ use shared::{
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 
-use crate::scenario::Bff;
+use crate::scenario::{Bff, ENDPOINTS, Fault};
 
 /// The HS256 secret every benchmark BFF trusts.
 const SECRET: &str = "bench-secret-0123456789abcdef";
@@ -30,17 +30,67 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) struct Env {
     fixtures: Fixtures,
     signer: TokenSigner,
+    /// `metrics.enabled` of every BFF (`--telemetry`); a scenario's `adjust` may override it.
+    metrics: bool,
 }
 
 impl Env {
-    pub(crate) async fn start() -> Result<Self> {
+    pub(crate) async fn start(metrics: bool) -> Result<Self> {
         let fixtures = Fixtures::start(FixtureOptions::default())
             .await
             .context("start fixture backends")?;
         Ok(Self {
             fixtures,
             signer: TokenSigner::new(SECRET.as_bytes(), None, None),
+            metrics,
         })
+    }
+
+    /// Injects `fault` on the shared fixtures (on top of [`Env::set_latency`]); endpoint faults
+    /// are set up by [`Env::endpoint_instances`] instead.
+    pub(crate) fn inject(&self, fault: Fault) {
+        let (b, patch) = match fault {
+            Fault::None | Fault::EndpointDown(_) => return,
+            Fault::Stall(b) => (
+                b,
+                FaultPatch {
+                    stall: Some(true),
+                    ..Default::default()
+                },
+            ),
+            Fault::Errors(b, rate) => (
+                b,
+                FaultPatch {
+                    error_rate: Some(rate),
+                    ..Default::default()
+                },
+            ),
+        };
+        self.control().set_fault(fixture_backend(b), patch);
+    }
+
+    /// For [`Fault::EndpointDown`]: [`ENDPOINTS`] separate instances of the backend over the
+    /// shared data set, the first already stopped (its port refuses connections). `None` for
+    /// other faults.
+    pub(crate) async fn endpoint_instances(
+        &self,
+        fault: Fault,
+    ) -> Result<Option<Vec<BackendServer>>> {
+        let Fault::EndpointDown(b) = fault else {
+            return Ok(None);
+        };
+        let mut instances = bff_fixtures::start_instances(
+            fixture_backend(b),
+            ENDPOINTS,
+            &FixtureOptions::default(),
+            self.fixtures.dataset(),
+        )
+        .await
+        .context("start endpoint instances")?;
+        if let Some(first) = instances.first_mut() {
+            first.stop().await;
+        }
+        Ok(Some(instances))
     }
 
     pub(crate) fn control(&self) -> Control {
@@ -74,13 +124,14 @@ impl Env {
     pub(crate) async fn spawn_bff(
         &self,
         bff: Bff,
-        adjust: fn(&mut Settings),
+        adjust: impl FnOnce(&mut Settings),
     ) -> Result<RunningBff> {
         let surface = bff.surface();
         let mut settings = Settings::defaults(&(surface.defaults)());
         settings.listen = "127.0.0.1:0".parse()?;
         settings.backends = BackendsSettings::at(|b| self.fixtures.url(fixture_backend(b)));
         settings.auth.hs256_secret = Some(Secret::new(SECRET));
+        settings.metrics.enabled = self.metrics;
         adjust(&mut settings);
         let app = Application::build(settings, &surface, StartOptions::default())
             .await
@@ -111,6 +162,10 @@ pub(crate) struct RunningBff {
 impl RunningBff {
     pub(crate) fn graphql_url(&self) -> String {
         format!("http://{}/graphql", self.addr)
+    }
+
+    pub(crate) fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.addr)
     }
 
     /// The BFF's fragment-cache counters, per kind in [`FragmentKind::ALL`] order.

@@ -37,6 +37,10 @@ pub(crate) struct Outcome {
     pub(crate) latencies_us: Vec<u64>,
     /// Of those, how many failed (transport error, non-200, or GraphQL `errors`).
     pub(crate) errors: u64,
+    /// Of those, transport errors and non-200 responses.
+    pub(crate) http_errors: u64,
+    /// Of those, 200 responses whose body carries GraphQL `errors` (partial data).
+    pub(crate) graphql_errors: u64,
     /// Response body bytes as received (compressed when `Accept-Encoding` was sent).
     pub(crate) body_bytes: u64,
     /// The window's actual length (≈ `Plan::duration`).
@@ -53,7 +57,10 @@ impl Outcome {
 
 /// One request's result.
 pub(crate) struct Response {
+    /// 200 without GraphQL errors.
     pub(crate) ok: bool,
+    /// A 200 came back (whatever its body says).
+    pub(crate) http_ok: bool,
     pub(crate) bytes: u64,
     /// For a failure: status or transport error, and the start of the body.
     pub(crate) error: Option<String>,
@@ -76,6 +83,7 @@ pub(crate) async fn send(client: &reqwest::Client, plan: &Plan, i: usize) -> Res
     }
     let failed = |error: String| Response {
         ok: false,
+        http_ok: false,
         bytes: 0,
         error: Some(error),
     };
@@ -92,9 +100,11 @@ pub(crate) async fn send(client: &reqwest::Client, plan: &Plan, i: usize) -> Res
         Err(e) => return failed(format!("{status}, body: {e}")),
     };
     // A compressed body cannot be searched cheaply; it is judged by status alone.
-    let ok = status == StatusCode::OK && (compressed || !has_graphql_errors(&body));
+    let http_ok = status == StatusCode::OK;
+    let ok = http_ok && (compressed || !has_graphql_errors(&body));
     Response {
         ok,
+        http_ok,
         bytes: body.len() as u64,
         // Only failures pay for the copy.
         error: (!ok).then(|| {
@@ -144,6 +154,7 @@ pub(crate) async fn prime(client: &reqwest::Client, plan: &Arc<Plan>) -> Result<
 struct Tally {
     latencies_us: Vec<u64>,
     errors: u64,
+    http_errors: u64,
     body_bytes: u64,
     first_error: Option<String>,
 }
@@ -183,6 +194,9 @@ pub(crate) async fn drive<S>(
                         u64::try_from(done.duration_since(sent).as_micros()).unwrap_or(u64::MAX);
                     tally.latencies_us.push(us);
                     tally.body_bytes += resp.bytes;
+                    if !resp.http_ok {
+                        tally.http_errors += 1;
+                    }
                     if !resp.ok {
                         tally.errors += 1;
                         if tally.first_error.is_none() {
@@ -221,9 +235,11 @@ pub(crate) async fn drive<S>(
         };
         outcome.latencies_us.extend(tally.latencies_us);
         outcome.errors += tally.errors;
+        outcome.http_errors += tally.http_errors;
         outcome.body_bytes += tally.body_bytes;
         outcome.first_error = outcome.first_error.or(tally.first_error);
     }
+    outcome.graphql_errors = outcome.errors - outcome.http_errors;
     outcome.latencies_us.sort_unstable();
     Ok((outcome, before, after))
 }

@@ -5,15 +5,20 @@
 //!
 //! ```text
 //! cargo run --release -p bff-bench -- [--scenario NAME|GROUP ...] [--duration 10s]
-//!     [--concurrency N] [--warmup 2s] [--runs 3] [--list]
+//!     [--concurrency N] [--warmup 2s] [--runs 3] [--telemetry off|on] [--list]
 //! ```
 //!
-//! `-s cache` runs the fragment-cache matrix, `-s issue3` the first homepage figures.
+//! `-s cache` runs the fragment-cache matrix, `-s issue3` the first homepage figures, `-s faults`
+//! the resilience scenarios. `--telemetry on` installs the BFF's tracing stack (log filter `info`,
+//! OpenTelemetry layer with a local provider, text log lines formatted into a sink) and keeps
+//! metrics on; `off` (default) has no subscriber and `metrics.enabled = false`. The subscriber is
+//! global, so on/off are compared across processes (`bench/overhead.sh`).
 
 mod harness;
 mod load;
 mod payload;
 mod procfs;
+mod prom;
 mod report;
 mod scenario;
 mod stats;
@@ -22,15 +27,24 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use reqwest::header::HeaderValue;
 
 use crate::{
     harness::Env,
     load::Plan,
     report::{Columns, ScenarioResult, Snapshot},
-    scenario::{Kind, LoadSpec, Scenario},
+    scenario::{ENDPOINTS, Fault, Kind, LoadSpec, Scenario},
 };
+
+/// `--telemetry`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Telemetry {
+    /// No tracing subscriber, `metrics.enabled = false`.
+    Off,
+    /// The BFF's tracing stack with log lines formatted into a sink, metrics on.
+    On,
+}
 
 /// Load benchmark of the BFFs against in-process fixture backends.
 #[derive(Debug, Parser)]
@@ -52,10 +66,42 @@ struct Cli {
     /// Runs per scenario; columns report the median.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// `on`: the BFF binaries' tracing stack (filter `info`, OpenTelemetry layer with a local
+    /// provider, text log lines written to a sink) and metrics on; `off`: neither.
+    #[arg(long, value_enum, default_value_t = Telemetry::Off)]
+    telemetry: Telemetry,
     /// List the scenarios and exit.
     #[arg(long)]
     list: bool,
 }
+
+/// Installs the same global subscriber as `shared::telemetry::init` with `log.level = "info"`,
+/// text format and no OTLP export — except that log lines are formatted into `io::sink` rather
+/// than stdout, so their cost is paid without flooding the terminal. The returned provider must
+/// live as long as the benchmark.
+fn install_telemetry() -> Result<impl Sized> {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::{EnvFilter, prelude::*};
+
+    let provider = shared::telemetry::otel::local_provider("bff-bench");
+    shared::telemetry::otel::install_propagator();
+    tracing_subscriber::registry()
+        .with(EnvFilter::new("info"))
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bff")))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_writer(std::io::sink),
+        )
+        .try_init()
+        .context("install the tracing subscriber")?;
+    Ok(provider)
+}
+
+// The same allocator as the `bff-web`/`bff-mobile` binaries, so the in-process BFF costs what it
+// costs in production.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
@@ -80,7 +126,12 @@ async fn main() -> Result<()> {
     );
     let selected = select(&catalogue, &cli.scenarios)?;
 
-    let env = Env::start().await?;
+    let _telemetry = match cli.telemetry {
+        Telemetry::On => Some(install_telemetry()?),
+        Telemetry::Off => None,
+    };
+    eprintln!("telemetry {:?}", cli.telemetry);
+    let env = Env::start(cli.telemetry == Telemetry::On).await?;
     let mut results = Vec::new();
     let mut payload_table = None;
     for s in selected {
@@ -103,6 +154,12 @@ async fn main() -> Result<()> {
     );
     if !results.is_empty() {
         print!("{}", report::render_table(&results));
+        if let Some(faults) = report::render_fault_table(&results) {
+            println!(
+                "\nresilience (HTTP err = non-200 or transport error; GraphQL err = 200 with `errors`, some rows missing):\n"
+            );
+            print!("{faults}");
+        }
         if let Some(cache) = report::render_cache_table(&results) {
             println!(
                 "\nfragment cache, measurement window only (hit % = (hits + stale) / lookups):\n"
@@ -113,6 +170,11 @@ async fn main() -> Result<()> {
         for r in &results {
             for v in r.verdicts() {
                 println!("{v}");
+            }
+        }
+        for r in &results {
+            for n in &r.notes {
+                println!("{}: {n}", r.name);
             }
         }
         for t in &scenario::RATIO_TARGETS {
@@ -175,9 +237,21 @@ async fn run_load(env: &Env, s: &Scenario, spec: &LoadSpec, cli: &Cli) -> Result
         .map(|u| Ok(HeaderValue::try_from(format!("Bearer {}", env.token(u)?))?))
         .collect::<Result<Vec<_>>>()?;
     let mut runs = Vec::with_capacity(cli.runs);
+    let mut notes = Vec::new();
     for run in 1..=cli.runs {
         env.set_latency(spec.latency);
-        let bff = env.spawn_bff(spec.bff, spec.adjust).await?;
+        let instances = env.endpoint_instances(spec.fault).await?;
+        let instances = instances.unwrap_or_default();
+        let endpoint_urls: Vec<String> = instances.iter().map(|i| i.url()).collect();
+        let (adjust, fault) = (spec.adjust, spec.fault);
+        let bff = env
+            .spawn_bff(spec.bff, move |settings| {
+                adjust(settings);
+                if let Fault::EndpointDown(b) = fault {
+                    settings.backends.get_mut(b).endpoints = endpoint_urls;
+                }
+            })
+            .await?;
         let client = reqwest::Client::builder()
             .timeout(load::REQUEST_TIMEOUT)
             .pool_max_idle_per_host(concurrency)
@@ -192,14 +266,22 @@ async fn run_load(env: &Env, s: &Scenario, spec: &LoadSpec, cli: &Cli) -> Result
             duration: cli.duration,
         });
         // One request up front: a misconfigured scenario should fail loudly, not report a
-        // beautiful rps of instant errors.
+        // beautiful rps of instant errors. Faults are injected only after it, except a dead
+        // endpoint, which is there from the start: there only a 200 is required.
         let first = load::send(&client, &plan, 0).await;
-        if !first.ok {
+        let valid = if matches!(spec.fault, Fault::EndpointDown(_)) {
+            first.http_ok
+        } else {
+            first.ok
+        };
+        if !valid {
             bail!(
-                "{}: the first request failed; is the scenario valid?",
-                s.name
+                "{}: the first request failed ({}); is the scenario valid?",
+                s.name,
+                first.error.unwrap_or_default()
             );
         }
+        env.inject(spec.fault);
         if spec.prime {
             let started = std::time::Instant::now();
             load::prime(&client, &plan)
@@ -213,25 +295,43 @@ async fn run_load(env: &Env, s: &Scenario, spec: &LoadSpec, cli: &Cli) -> Result
             );
         }
         let control = env.control();
+        let endpoint_controls: Vec<_> = instances.iter().map(|i| i.control()).collect();
         let probe = || -> Result<Snapshot> {
+            let endpoint_calls: [u64; ENDPOINTS] = std::array::from_fn(|i| {
+                endpoint_controls
+                    .get(i)
+                    .map_or(0, |c| c.stats().total_calls())
+            });
             Ok(Snapshot {
                 cpu_us: procfs::cpu_time_us()?,
-                upstream_calls: control.stats().total_calls(),
+                upstream_calls: control.stats().total_calls() + endpoint_calls.iter().sum::<u64>(),
+                endpoint_calls,
                 cache: bff.cache_counters(),
             })
         };
         let (outcome, before, after) = load::drive(&client, plan, probe).await?;
+        if let Fault::EndpointDown(b) = spec.fault {
+            let note = endpoint_attempts(&client, &bff.metrics_url(), b.name(), &instances)
+                .await
+                .with_context(|| format!("{}: read the BFF's /metrics", s.name))?;
+            notes.push(format!("run {run}: {note}"));
+        }
         drop(client);
         bff.stop().await?;
+        for mut i in instances {
+            i.stop().await;
+        }
         let columns = Columns::from_run(&outcome, before?, after?, procfs::peak_rss_kib()?);
         eprintln!(
-            "[{}] run {run}/{}: {:.0} rps, p50 {:.1} ms, p99 {:.1} ms, {} errors, {:.2} upstream/req, cache hit {:.1}%",
+            "[{}] run {run}/{}: {:.0} rps, p50 {:.1} ms, p99 {:.1} ms, {} errors (HTTP {:.2}%, GraphQL {:.2}%), {:.2} upstream/req, cache hit {:.1}%",
             s.name,
             cli.runs,
             columns.rps,
             columns.p50_ms,
             columns.p99_ms,
             columns.errors,
+            columns.http_err_pct,
+            columns.graphql_err_pct,
             columns.upstream_per_req,
             columns.cache.hit_pct
         );
@@ -246,5 +346,52 @@ async fn run_load(env: &Env, s: &Scenario, spec: &LoadSpec, cli: &Cli) -> Result
         concurrency,
         runs,
         targets: spec.targets.clone(),
+        fault: spec.fault,
+        notes,
     })
+}
+
+/// The BFF's attempts on each endpoint of `backend` since it started (first request, warmup
+/// and window), by outcome, from its `/metrics`: e.g. `dead 127.0.0.1:41001: error 12; live …`.
+async fn endpoint_attempts(
+    client: &reqwest::Client,
+    metrics_url: &str,
+    backend: &str,
+    instances: &[bff_fixtures::BackendServer],
+) -> Result<String> {
+    let resp = client.get(metrics_url).send().await?;
+    ensure!(resp.status().is_success(), "status {}", resp.status());
+    let text = resp.text().await?;
+    let sums = prom::sum_by(
+        &text,
+        "bff_upstream_requests_total",
+        ("backend", backend),
+        &["endpoint", "outcome"],
+    );
+    let parts: Vec<String> = instances
+        .iter()
+        .enumerate()
+        .map(|(i, inst)| {
+            let addr = inst.addr().to_string();
+            let by_outcome: Vec<String> = sums
+                .iter()
+                .filter(|(k, _)| k.first().is_some_and(|label| label.contains(&addr)))
+                .map(|(k, n)| format!("{} {n:.0}", k.get(1).map_or("?", String::as_str)))
+                .collect();
+            let state = if i == 0 { "stopped" } else { "live" };
+            let counts = if by_outcome.is_empty() {
+                "no attempts".to_owned()
+            } else {
+                by_outcome.join(", ")
+            };
+            format!("{state} {addr}: {counts}")
+        })
+        .collect();
+    if sums.is_empty() {
+        bail!("no bff_upstream_requests_total samples for backend {backend}");
+    }
+    Ok(format!(
+        "BFF attempts on {backend} (whole run): {}",
+        parts.join("; ")
+    ))
 }

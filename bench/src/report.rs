@@ -7,7 +7,7 @@ use shared::cache::{FragmentKind, stats::KindSnapshot};
 
 use crate::{
     load::Outcome,
-    scenario::{Bound, Metric, RatioTarget, Target},
+    scenario::{Bound, ENDPOINTS, Fault, Metric, RatioTarget, Target},
     stats::{median, percentile},
 };
 
@@ -19,8 +19,10 @@ const KINDS: usize = FragmentKind::ALL.len();
 pub(crate) struct Snapshot {
     /// Process utime + stime, µs.
     pub(crate) cpu_us: u64,
-    /// Calls received by all fixture backends.
+    /// Calls received by all fixture backends (separate endpoint instances included).
     pub(crate) upstream_calls: u64,
+    /// Calls received by each separate endpoint instance ([`Fault::EndpointDown`]; else 0).
+    pub(crate) endpoint_calls: [u64; ENDPOINTS],
     /// The BFF's fragment-cache counters, per kind in [`FragmentKind::ALL`] order.
     pub(crate) cache: [KindSnapshot; KINDS],
 }
@@ -107,7 +109,14 @@ pub(crate) struct Columns {
     pub(crate) p90_ms: f64,
     pub(crate) p99_ms: f64,
     pub(crate) errors: f64,
+    pub(crate) http_errors: f64,
+    /// Non-200 + transport errors / requests, %.
+    pub(crate) http_err_pct: f64,
+    /// 200s with GraphQL `errors` / requests, %.
+    pub(crate) graphql_err_pct: f64,
     pub(crate) upstream_per_req: f64,
+    /// Calls each separate endpoint instance served, per request.
+    pub(crate) endpoint_per_req: [f64; ENDPOINTS],
     pub(crate) bytes_per_req: f64,
     pub(crate) cpu_us_per_req: f64,
     pub(crate) peak_rss_mib: f64,
@@ -139,7 +148,13 @@ impl Columns {
             p90_ms: ms(90.0),
             p99_ms: ms(99.0),
             errors: outcome.errors as f64,
+            http_errors: outcome.http_errors as f64,
+            http_err_pct: 100.0 * per_req(outcome.http_errors),
+            graphql_err_pct: 100.0 * per_req(outcome.graphql_errors),
             upstream_per_req: per_req(after.upstream_calls.saturating_sub(before.upstream_calls)),
+            endpoint_per_req: std::array::from_fn(|i| {
+                per_req(after.endpoint_calls[i].saturating_sub(before.endpoint_calls[i]))
+            }),
             bytes_per_req: per_req(outcome.body_bytes),
             cpu_us_per_req: per_req(after.cpu_us.saturating_sub(before.cpu_us)),
             peak_rss_mib: peak_rss_kib as f64 / 1024.0,
@@ -158,7 +173,18 @@ impl Columns {
             p90_ms: m(|c| c.p90_ms),
             p99_ms: m(|c| c.p99_ms),
             errors: m(|c| c.errors),
+            http_errors: m(|c| c.http_errors),
+            http_err_pct: m(|c| c.http_err_pct),
+            graphql_err_pct: m(|c| c.graphql_err_pct),
             upstream_per_req: m(|c| c.upstream_per_req),
+            endpoint_per_req: std::array::from_fn(|i| {
+                median(
+                    &runs
+                        .iter()
+                        .map(|c| c.endpoint_per_req[i])
+                        .collect::<Vec<_>>(),
+                )
+            }),
             bytes_per_req: m(|c| c.bytes_per_req),
             cpu_us_per_req: m(|c| c.cpu_us_per_req),
             peak_rss_mib: m(|c| c.peak_rss_mib),
@@ -169,8 +195,11 @@ impl Columns {
     pub(crate) fn metric(&self, metric: Metric) -> f64 {
         match metric {
             Metric::P50 => self.p50_ms,
+            Metric::P99 => self.p99_ms,
             Metric::Rps => self.rps,
             Metric::UpstreamPerReq => self.upstream_per_req,
+            Metric::HttpErrors => self.http_errors,
+            Metric::Errors => self.errors,
         }
     }
 }
@@ -211,6 +240,9 @@ pub(crate) struct ScenarioResult {
     pub(crate) concurrency: usize,
     pub(crate) runs: Vec<Columns>,
     pub(crate) targets: Vec<Target>,
+    pub(crate) fault: Fault,
+    /// Per-run remarks printed under the tables (e.g. the BFF's attempts per endpoint).
+    pub(crate) notes: Vec<String>,
 }
 
 impl ScenarioResult {
@@ -245,14 +277,15 @@ pub(crate) fn ratio_verdict(results: &[ScenarioResult], t: &RatioTarget) -> Opti
     let (of, over) = (find(t.of)?, find(t.over)?);
     let (a, b) = (of.metric(t.metric), over.metric(t.metric));
     let ratio = a / b;
+    let digits = if t.metric == Metric::Rps { 0 } else { 2 };
     Some(format!(
-        "{} / {}: {} {a:.0} / {b:.0} = {ratio:.2}×, target {} ({}) → {}",
+        "{} / {}: {} {a:.digits$} / {b:.digits$} = {ratio:.2}×, target {} ({}) → {}",
         t.of,
         t.over,
         t.metric.label(),
-        bound_text(Bound::AtLeast(t.at_least), "×"),
+        bound_text(t.bound, "×"),
         t.why,
-        judge(ratio, Bound::AtLeast(t.at_least), "×")
+        judge(ratio, t.bound, "×")
     ))
 }
 
@@ -294,6 +327,49 @@ pub(crate) fn render_table(results: &[ScenarioResult]) -> String {
         );
     }
     out
+}
+
+/// The resilience columns of the fault scenarios (`None` when none ran): latency, errors split
+/// into HTTP-level (the client got no homepage) and GraphQL-level (a 200 with some rows missing),
+/// backend calls per request and, for a multi-endpoint backend, per endpoint instance.
+pub(crate) fn render_fault_table(results: &[ScenarioResult]) -> Option<String> {
+    let faulty: Vec<_> = results
+        .iter()
+        .filter(|r| r.fault != Fault::None || r.name.ends_with("-nofault"))
+        .collect();
+    if faulty.is_empty() {
+        return None;
+    }
+    let mut out = String::new();
+    out.push_str("| scenario | rps | p50 ms | p99 ms | HTTP err % | GraphQL err % | upstream calls/req | served per endpoint /req | p99 of each run |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---|---|\n");
+    for r in faulty {
+        let m = r.median();
+        let endpoints = if matches!(r.fault, Fault::EndpointDown(_)) {
+            m.endpoint_per_req
+                .iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        } else {
+            "–".to_owned()
+        };
+        let p99s: Vec<String> = r.runs.iter().map(|c| format!("{:.0}", c.p99_ms)).collect();
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            r.name,
+            m.rps,
+            m.p50_ms,
+            m.p99_ms,
+            m.http_err_pct,
+            m.graphql_err_pct,
+            m.upstream_per_req,
+            endpoints,
+            p99s.join(" / ")
+        );
+    }
+    Some(out)
 }
 
 /// The cache counters of the scenarios whose BFF looked anything up (medians over the runs,
@@ -341,6 +417,8 @@ pub(crate) fn render_cache_table(results: &[ScenarioResult]) -> Option<String> {
 mod tests {
     use std::time::Duration;
 
+    use shared::upstream::BackendId;
+
     use super::*;
 
     fn snapshot(cpu_us: u64, upstream_calls: u64, title: (u64, u64, u64)) -> Snapshot {
@@ -354,6 +432,7 @@ mod tests {
         Snapshot {
             cpu_us,
             upstream_calls,
+            endpoint_calls: [0; ENDPOINTS],
             cache,
         }
     }
@@ -363,6 +442,8 @@ mod tests {
         let outcome = Outcome {
             latencies_us: (1..=100).map(|i| i * 1000).collect(),
             errors: 2,
+            http_errors: 1,
+            graphql_errors: 1,
             body_bytes: 100 * 500,
             window: Duration::from_secs(10),
             first_error: None,
@@ -376,6 +457,8 @@ mod tests {
         assert_eq!(c.rps, 10.0);
         assert_eq!((c.p50_ms, c.p90_ms, c.p99_ms), (50.0, 90.0, 99.0));
         assert_eq!(c.upstream_per_req, 7.0);
+        assert_eq!((c.http_err_pct, c.graphql_err_pct), (1.0, 1.0));
+        assert_eq!(c.endpoint_per_req, [0.0; ENDPOINTS]);
         assert_eq!(c.bytes_per_req, 500.0);
         assert_eq!(c.cpu_us_per_req, 2000.0);
         assert_eq!(c.peak_rss_mib, 2.0);
@@ -403,7 +486,11 @@ mod tests {
             p90_ms: 0.0,
             p99_ms: 0.0,
             errors: 0.0,
+            http_errors: 0.0,
+            http_err_pct: 0.0,
+            graphql_err_pct: 0.0,
             upstream_per_req: 0.0,
+            endpoint_per_req: [f64::NAN; ENDPOINTS],
             bytes_per_req: 0.0,
             cpu_us_per_req: 0.0,
             peak_rss_mib: 0.0,
@@ -422,10 +509,39 @@ mod tests {
                 bound: Bound::AtMost(105.0),
                 why: "w",
             }],
+            fault: Fault::None,
+            notes: Vec::new(),
         };
         let v = r.verdicts().join("\n");
         assert!(v.contains("MISSED by 5.00 ms"), "{v}");
         assert!(render_cache_table(&[r]).is_none());
+    }
+
+    #[test]
+    fn fault_table_lists_fault_scenarios_only() {
+        let result = |name: &str, fault: Fault| ScenarioResult {
+            name: name.into(),
+            concurrency: 16,
+            runs: vec![Columns {
+                endpoint_per_req: [0.0, 1.0],
+                http_err_pct: 0.0,
+                graphql_err_pct: 12.5,
+                ..run(3.0, 100.0)
+            }],
+            targets: Vec::new(),
+            fault,
+            notes: Vec::new(),
+        };
+        assert!(render_fault_table(&[result("web-off-1u-0ms", Fault::None)]).is_none());
+        let table = render_fault_table(&[
+            result("web-off-1u-0ms", Fault::None),
+            result("web-nofault", Fault::None),
+            result("web-endpoint-down", Fault::EndpointDown(BackendId::Top10)),
+        ])
+        .unwrap_or_default();
+        assert!(!table.contains("web-off-1u-0ms"), "{table}");
+        assert!(table.contains("| web-nofault | 100 | 3.0 |"), "{table}");
+        assert!(table.contains("| 12.50 | 0.00 | 0.00 / 1.00 |"), "{table}");
     }
 
     #[test]
@@ -435,12 +551,14 @@ mod tests {
             concurrency: 1,
             runs: vec![run(1.0, rps)],
             targets: Vec::new(),
+            fault: Fault::None,
+            notes: Vec::new(),
         };
         let t = RatioTarget {
             of: "a",
             over: "b",
             metric: Metric::Rps,
-            at_least: 3.0,
+            bound: Bound::AtLeast(3.0),
             why: "w",
         };
         let results = [result("a", 250.0), result("b", 100.0)];

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use shared::{Surface, cache::FragmentKind, config::Settings};
+use shared::{Surface, cache::FragmentKind, config::Settings, upstream::BackendId};
 
 /// The web homepage with every title field the web surface has (same as `tests/api/helpers.rs`).
 pub(crate) const WEB_FULL: &str = "{ homepage(region: \"US\") { region hero { id name } rows { kind heading items { rank reason progress { positionSeconds durationSeconds fraction } title { id name synopsis year maturityRating runtimeMinutes genres cast images { poster { url width height } backdrop { url width height } hero { url width height } } } } } } }";
@@ -42,24 +42,32 @@ impl Bff {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Metric {
     P50,
+    P99,
     Rps,
     UpstreamPerReq,
+    /// Non-200 responses and transport errors (a count over the window).
+    HttpErrors,
+    /// Every failed request: HTTP errors plus 200s carrying GraphQL `errors` (a count).
+    Errors,
 }
 
 impl Metric {
     pub(crate) fn label(self) -> &'static str {
         match self {
             Metric::P50 => "p50",
+            Metric::P99 => "p99",
             Metric::Rps => "rps",
             Metric::UpstreamPerReq => "upstream calls/req",
+            Metric::HttpErrors => "HTTP errors",
+            Metric::Errors => "client-visible errors (HTTP + GraphQL)",
         }
     }
 
     /// Unit printed after a value ("" for a plain count).
     pub(crate) fn unit(self) -> &'static str {
         match self {
-            Metric::P50 => " ms",
-            Metric::Rps | Metric::UpstreamPerReq => "",
+            Metric::P50 | Metric::P99 => " ms",
+            Metric::Rps | Metric::UpstreamPerReq | Metric::HttpErrors | Metric::Errors => "",
         }
     }
 }
@@ -80,13 +88,13 @@ pub(crate) struct Target {
     pub(crate) why: &'static str,
 }
 
-/// A lower bound on `metric(of) / metric(over)`, two scenarios of the same invocation.
+/// A bound on `metric(of) / metric(over)`, two scenarios of the same invocation.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RatioTarget {
     pub(crate) of: &'static str,
     pub(crate) over: &'static str,
     pub(crate) metric: Metric,
-    pub(crate) at_least: f64,
+    pub(crate) bound: Bound,
     pub(crate) why: &'static str,
 }
 
@@ -125,6 +133,23 @@ impl Cache {
     }
 }
 
+/// A backend fault injected for the whole run (after the first, healthy, request).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Fault {
+    /// Every backend healthy.
+    None,
+    /// The backend accepts calls and never answers.
+    Stall(BackendId),
+    /// The backend fails this share of calls (REST 503 / gRPC UNAVAILABLE).
+    Errors(BackendId, f64),
+    /// The backend runs as [`ENDPOINTS`] separate instances listed in `endpoints`; the first is
+    /// stopped before the BFF starts (connection refused), the others are healthy.
+    EndpointDown(BackendId),
+}
+
+/// Instances started for [`Fault::EndpointDown`].
+pub(crate) const ENDPOINTS: usize = 2;
+
 /// A closed-loop load test.
 #[derive(Debug, Clone)]
 pub(crate) struct LoadSpec {
@@ -143,6 +168,8 @@ pub(crate) struct LoadSpec {
     pub(crate) adjust: fn(&mut Settings),
     /// Send one request per user (16 at a time) before the warmup, to fill the cache.
     pub(crate) prime: bool,
+    /// Injected after the first request of each run, for the warmup and the window.
+    pub(crate) fault: Fault,
     pub(crate) targets: Vec<Target>,
 }
 
@@ -165,7 +192,7 @@ pub(crate) struct Scenario {
 }
 
 /// Named sets of scenarios for `-s`, with what they are for.
-pub(crate) const GROUPS: [(&str, &str); 2] = [
+pub(crate) const GROUPS: [(&str, &str); 3] = [
     (
         "issue3",
         "the first homepage figures: *-latency50, *-rps (cache off), engine, payload",
@@ -174,11 +201,16 @@ pub(crate) const GROUPS: [(&str, &str); 2] = [
         "cache",
         "fragment-cache matrix: {web|mobile}-{off|warm}-{1u|200u}-{0ms|50ms}, *-titleswarm-200u-50ms, engine",
     ),
+    (
+        "faults",
+        "issue 5, cache off, 200 users, concurrency 16: {web|mobile}-{nofault|stall-top10|stall-recommendations|stall-catalog|errors50-top10|endpoint-down}",
+    ),
 ];
 
 const ISSUE3: &[&str] = &["issue3"];
 const CACHE: &[&str] = &["cache"];
 const BOTH: &[&str] = &["issue3", "cache"];
+const FAULTS: &[&str] = &["faults"];
 
 /// `["u1", …, "u{n}"]`: fixture users (u1…u200 exist).
 pub(crate) fn users(n: usize) -> Vec<String> {
@@ -230,13 +262,29 @@ const ONE_ROUND_TARGET: Target = Target {
 };
 
 /// Cross-scenario targets, checked when both scenarios ran in the same invocation.
-pub(crate) const RATIO_TARGETS: [RatioTarget; 1] = [RatioTarget {
-    of: "web-warm-1u-0ms",
-    over: "web-off-1u-0ms",
-    metric: Metric::Rps,
-    at_least: 3.0,
-    why: "issue 4 (d): a warm cache at least triples web throughput",
-}];
+pub(crate) const RATIO_TARGETS: [RatioTarget; 3] = [
+    RatioTarget {
+        of: "web-warm-1u-0ms",
+        over: "web-off-1u-0ms",
+        metric: Metric::Rps,
+        bound: Bound::AtLeast(3.0),
+        why: "issue 4 (d): a warm cache at least triples web throughput",
+    },
+    RatioTarget {
+        of: "web-errors50-top10",
+        over: "web-nofault",
+        metric: Metric::UpstreamPerReq,
+        bound: Bound::AtMost(1.2),
+        why: "issue 5: retries are budgeted, a failing backend is not hammered",
+    },
+    RatioTarget {
+        of: "mobile-errors50-top10",
+        over: "mobile-nofault",
+        metric: Metric::UpstreamPerReq,
+        bound: Bound::AtMost(1.2),
+        why: "issue 5: retries are budgeted, a failing backend is not hammered",
+    },
+];
 
 fn load(bff: Bff, query: &'static str, latency_ms: u64, concurrency: usize) -> LoadSpec {
     LoadSpec {
@@ -248,8 +296,97 @@ fn load(bff: Bff, query: &'static str, latency_ms: u64, concurrency: usize) -> L
         accept_encoding: None,
         adjust: unchanged,
         prime: false,
+        fault: Fault::None,
         targets: Vec::new(),
     }
+}
+
+/// Users of the fault scenarios: u1..u200 rotated, so no two concurrent requests share a user.
+const FAULT_USERS: usize = 200;
+
+/// Clients of the fault scenarios.
+const FAULT_CONCURRENCY: usize = 16;
+
+/// Slack on top of the request budget for the p99 target: answering, serialising, the client.
+const BUDGET_SLACK_MS: f64 = 10.0;
+
+/// One issue-5 scenario: `{bff}-{what}`, cache off so every read reaches its backend, every
+/// backend at 0 ms plus whatever `fault` adds, everything else at the surface's defaults (the
+/// per-backend timeout of 500 ms, 2 budgeted retries, breaker, the request budget).
+fn fault_scenario(bff: Bff, fault: Fault) -> Scenario {
+    let query = match bff {
+        Bff::Web => WEB_FULL,
+        Bff::Mobile => MOBILE_FULL,
+    };
+    let budget_ms = Settings::defaults(&(bff.surface().defaults)())
+        .server
+        .request_budget
+        .as_secs_f64()
+        * 1000.0;
+    let budget_target = Target {
+        metric: Metric::P99,
+        bound: Bound::AtMost(budget_ms + BUDGET_SLACK_MS),
+        why: "issue 5: request budget + 10 ms",
+    };
+    let no_http_errors = Target {
+        metric: Metric::HttpErrors,
+        bound: Bound::AtMost(0.0),
+        why: "issue 5: a backend fault degrades rows, never the response",
+    };
+    let (what, how, targets, adjust): (String, String, Vec<Target>, fn(&mut Settings)) = match fault
+    {
+        Fault::None => (
+            "nofault".into(),
+            "every backend healthy (baseline for calls/req)".into(),
+            Vec::new(),
+            cache_off,
+        ),
+        Fault::Stall(b) => (
+            format!("stall-{}", b.name()),
+            format!("{} stalled (accepts, never answers)", b.name()),
+            vec![budget_target, no_http_errors],
+            cache_off,
+        ),
+        Fault::Errors(b, rate) => (
+            format!("errors{:.0}-{}", rate * 100.0, b.name()),
+            format!("{} fails {:.0}% of calls", b.name(), rate * 100.0),
+            vec![no_http_errors],
+            cache_off,
+        ),
+        Fault::EndpointDown(b) => (
+            "endpoint-down".into(),
+            format!(
+                "{} on {ENDPOINTS} endpoints, the first stopped (connection refused); metrics on for the per-endpoint attempt counter",
+                b.name()
+            ),
+            vec![Target {
+                metric: Metric::Errors,
+                bound: Bound::AtMost(0.0),
+                why: "issue 5: one dead endpoint of two is invisible to clients",
+            }],
+            cache_off_metrics_on,
+        ),
+    };
+    Scenario {
+        name: format!("{}-{what}", bff.name()),
+        about: format!(
+            "{} full homepage, u1..u{FAULT_USERS} rotated, cache off, backends +0 ms, {how}, concurrency {FAULT_CONCURRENCY}",
+            bff.name()
+        ),
+        groups: FAULTS,
+        kind: Kind::Load(LoadSpec {
+            users: users(FAULT_USERS),
+            adjust,
+            fault,
+            targets,
+            ..load(bff, query, 0, FAULT_CONCURRENCY)
+        }),
+    }
+}
+
+fn cache_off_metrics_on(s: &mut Settings) {
+    cache_off(s);
+    s.metrics.enabled = true;
 }
 
 /// One cell of the issue-4 matrix: `{bff}-{cache}-{n}u-{latency}ms`. 50 ms scenarios run 8
@@ -356,6 +493,18 @@ pub(crate) fn catalogue() -> Vec<Scenario> {
         BOTH,
         load(Bff::Web, TYPENAME, 0, 32),
     ));
+    for bff in [Bff::Web, Bff::Mobile] {
+        for fault in [
+            Fault::None,
+            Fault::Stall(BackendId::Top10),
+            Fault::Stall(BackendId::Recommendations),
+            Fault::Stall(BackendId::Catalog),
+            Fault::Errors(BackendId::Top10, 0.5),
+            Fault::EndpointDown(BackendId::Top10),
+        ] {
+            all.push(fault_scenario(bff, fault));
+        }
+    }
     all.push(Scenario {
         name: "payload".into(),
         about: "one web and one mobile homepage (u1): bytes plain / gzip / br / zstd, mobile ≤ 25% of web".into(),
@@ -410,8 +559,47 @@ mod tests {
         ] {
             assert!(in_cache.contains(&name), "{name} missing");
         }
+    }
+
+    #[test]
+    fn ratio_targets_name_scenarios_of_one_group() {
+        let cat = catalogue();
         for r in RATIO_TARGETS {
-            assert!(in_cache.contains(&r.of) && in_cache.contains(&r.over));
+            let groups = |name: &str| {
+                cat.iter()
+                    .find(|s| s.name == name)
+                    .map(|s| s.groups)
+                    .unwrap_or_default()
+            };
+            assert!(!groups(r.of).is_empty(), "{} missing", r.of);
+            assert_eq!(groups(r.of), groups(r.over), "{} / {}", r.of, r.over);
+        }
+    }
+
+    #[test]
+    fn fault_scenarios_reach_the_backends() {
+        let faults: Vec<_> = catalogue()
+            .into_iter()
+            .filter(|s| s.groups == FAULTS)
+            .collect();
+        assert_eq!(faults.len(), 12);
+        for name in [
+            "web-stall-top10",
+            "mobile-stall-catalog",
+            "web-errors50-top10",
+            "mobile-endpoint-down",
+        ] {
+            assert!(faults.iter().any(|s| s.name == name), "{name} missing");
+        }
+        for s in faults {
+            let Kind::Load(spec) = &s.kind else {
+                panic!("{} is not a load scenario", s.name);
+            };
+            let mut settings = Settings::defaults(&(spec.bff.surface().defaults)());
+            (spec.adjust)(&mut settings);
+            assert!(!settings.cache.enabled, "{} has the cache on", s.name);
+            assert_eq!(spec.users.len(), 200);
+            assert!(spec.latency.is_zero());
         }
     }
 
