@@ -191,6 +191,29 @@ impl FragmentCache {
         }
     }
 
+    /// Counts a value served from the cache at `age` as a hit or a stale hit and says how fresh it was.
+    fn served(&self, kind: FragmentKind, age: Duration) -> FragmentUse {
+        let ttl = self.ttl(kind);
+        let stats = self.inner.stats.kind(kind);
+        if age < ttl {
+            stats.hit();
+            FragmentUse {
+                kind,
+                freshness: Freshness::Fresh,
+                age,
+                fresh_for: ttl - age,
+            }
+        } else {
+            stats.stale();
+            FragmentUse {
+                kind,
+                freshness: Freshness::Stale,
+                age,
+                fresh_for: Duration::ZERO,
+            }
+        }
+    }
+
     /// The fragment at `key`, from the cache when fresh enough, else from `load`. Concurrent misses
     /// on one key share one load. A fragment past its TTL but within `max_stale` is returned at once
     /// and refreshed in the background (one refresh at a time); if that refresh fails the stale
@@ -227,23 +250,10 @@ impl FragmentCache {
         if let Some(found) = self.lookup(k).await {
             let age = found.age();
             if let Some(value) = T::from_fragment(&found.fragment) {
-                let stats = self.inner.stats.kind(kind);
-                if age < ttl {
-                    stats.hit();
-                    log.record(FragmentUse {
-                        kind,
-                        freshness: Freshness::Fresh,
-                        age,
-                        fresh_for: ttl - age,
-                    });
-                } else {
-                    stats.stale();
-                    log.record(FragmentUse {
-                        kind,
-                        freshness: Freshness::Stale,
-                        age,
-                        fresh_for: Duration::ZERO,
-                    });
+                let used = self.served(kind, age);
+                let stale = used.freshness == Freshness::Stale;
+                log.record(used);
+                if stale {
                     self.refresh_in_background(key, make);
                 }
                 return Ok(value);
@@ -401,24 +411,10 @@ impl FragmentCache {
                 .and_then(|s| Some((s.age(), <Title as Cacheable>::from_fragment(&s.fragment)?)))
             {
                 Some((age, title)) => {
-                    let u = if age < ttl {
-                        stats.hit();
-                        FragmentUse {
-                            kind,
-                            freshness: Freshness::Fresh,
-                            age,
-                            fresh_for: ttl - age,
-                        }
-                    } else {
-                        stats.stale();
+                    let u = self.served(kind, age);
+                    if u.freshness == Freshness::Stale {
                         stale.push(id.clone());
-                        FragmentUse {
-                            kind,
-                            freshness: Freshness::Stale,
-                            age,
-                            fresh_for: Duration::ZERO,
-                        }
-                    };
+                    }
                     // One entry per request for titles: the least fresh one decides.
                     if oldest.as_ref().is_none_or(|o| {
                         u.fresh_for < o.fresh_for || (u.fresh_for == o.fresh_for && u.age > o.age)
