@@ -21,7 +21,7 @@ use std::{
     collections::HashMap,
     future::Future,
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use tracing::Instrument;
@@ -568,11 +568,6 @@ fn mismatch(kind: FragmentKind) -> BackendError {
         backend: kind.backend(),
         reason: "cached fragment has an unexpected type".into(),
     }
-}
-
-/// `SystemTime` now, for entries that may travel to a shared tier (Instants do not cross processes).
-pub(crate) fn wall_now() -> SystemTime {
-    SystemTime::now()
 }
 
 impl FragmentKind {

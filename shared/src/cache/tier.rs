@@ -28,7 +28,8 @@ impl Stored {
     pub fn now(fragment: Fragment) -> Self {
         Self {
             fragment,
-            stored_at: super::wall_now(),
+            // Wall-clock, not `Instant`: an age must mean the same in every process sharing a tier.
+            stored_at: SystemTime::now(),
         }
     }
 

@@ -9,6 +9,7 @@ use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
 use serde_json::json;
 
 use super::AppState;
+use crate::upstream::resilience::BreakerState;
 
 /// How long a readiness probe waits for one TCP connect.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
@@ -34,7 +35,8 @@ pub(super) async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoRespons
     let mut ready = true;
     let mut backends = serde_json::Map::new();
     for (b, reachable) in statuses.iter().zip(reachable) {
-        let usable = b.usable_endpoints > 0 && reachable > 0 && b.breaker != "open";
+        let usable =
+            b.usable_endpoints > 0 && reachable > 0 && b.breaker != Some(BreakerState::Open);
         if b.required && !usable {
             ready = false;
         }
@@ -45,7 +47,7 @@ pub(super) async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoRespons
                 "reachable": reachable > 0,
                 "reachableEndpoints": reachable,
                 "usableEndpoints": b.usable_endpoints,
-                "breaker": b.breaker,
+                "breaker": b.breaker.map_or("disabled", BreakerState::as_str),
                 "inFlight": b.in_flight,
                 "endpoints": b.endpoints,
             }),

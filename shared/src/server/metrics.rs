@@ -18,12 +18,8 @@ pub(super) async fn serve(State(app): State<Arc<AppState>>) -> Response {
         return StatusCode::NOT_FOUND.into_response();
     };
     for b in app.upstream.status() {
-        let state = match b.breaker {
-            "open" => 1,
-            "half_open" => 2,
-            _ => 0,
-        };
-        metrics.set_breaker_state(&b.name, state);
+        // No breaker counts as closed: calls are never refused.
+        metrics.set_breaker_state(&b.name, b.breaker.map_or(0, |s| s.as_gauge()));
         metrics.set_endpoints(&b.name, b.usable_endpoints, b.endpoints.len());
     }
     for (kind, s) in app.cache.stats().snapshot() {

@@ -111,26 +111,6 @@ pub struct CallContext {
     pub trace: Option<Arc<crate::telemetry::RequestTrace>>,
 }
 
-impl CallContext {
-    /// A call on behalf of `user` within `deadline`, in the current request's trace.
-    pub fn for_user(user: &UserId, deadline: Option<Instant>) -> Self {
-        Self {
-            user: Some(user.clone()),
-            deadline,
-            trace: crate::telemetry::current(),
-        }
-    }
-
-    /// An anonymous call (shared fragments) within `deadline`, in the current request's trace.
-    pub fn anonymous(deadline: Option<Instant>) -> Self {
-        Self {
-            user: None,
-            deadline,
-            trace: crate::telemetry::current(),
-        }
-    }
-}
-
 /// Why the upstream layer could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamInitError {

@@ -78,12 +78,12 @@ pub(crate) struct BackendPolicy<E> {
 }
 
 /// What `/readyz` and metrics report about one backend.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct BackendStatus {
     /// Backend name.
     pub name: String,
-    /// `closed`, `open` or `half_open` (`disabled` without a breaker).
-    pub breaker: &'static str,
+    /// The breaker's state; `None` when the backend has no breaker.
+    pub breaker: Option<BreakerState>,
     /// Endpoints not ejected and not failing health checks.
     pub usable_endpoints: usize,
     /// Every endpoint's state.
@@ -274,14 +274,7 @@ impl<E: Clone + Send + Sync + 'static> BackendPolicy<E> {
     pub(crate) fn status(&self) -> BackendStatus {
         BackendStatus {
             name: self.name.clone(),
-            breaker: self
-                .breaker
-                .as_ref()
-                .map_or("disabled", |b| match b.state() {
-                    BreakerState::Closed => "closed",
-                    BreakerState::Open => "open",
-                    BreakerState::HalfOpen => "half_open",
-                }),
+            breaker: self.breaker.as_ref().map(CircuitBreaker::state),
             usable_endpoints: self.endpoints.usable_count(),
             endpoints: self.endpoints.snapshot(),
             in_flight: self.limit.in_flight(),
