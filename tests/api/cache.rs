@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use bff_fixtures::{Backend, FaultPatch};
+use bff_fixtures::Backend;
 use futures::future::join_all;
 use serde_json::{Value, json};
 use shared::cache::FragmentKind;
@@ -33,13 +33,7 @@ async fn fifty_concurrent_cold_homepages_for_one_user_call_each_backend_once() {
     let app = spawn_app(web()).await;
     // Latency keeps the first loads in flight while the other 49 requests arrive.
     for b in Backend::ALL {
-        app.fault(
-            b,
-            FaultPatch {
-                latency: Some(Duration::from_millis(50)),
-                ..FaultPatch::default()
-            },
-        );
+        app.fault(b, latency(50));
     }
     let token = app.token("u1");
     let bodies =
@@ -91,13 +85,7 @@ async fn stale_top10_is_served_at_once_refreshed_once_and_reported() {
     app.homepage("kind", None).await;
     tokio::time::sleep(Duration::from_millis(250)).await;
     // The refresh is slow; every request meanwhile is answered from the stale entry.
-    app.fault(
-        Backend::Top10,
-        FaultPatch {
-            latency: Some(Duration::from_millis(300)),
-            ..FaultPatch::default()
-        },
-    );
+    app.fault(Backend::Top10, latency(300));
     for _ in 0..5 {
         let (status, body) = app
             .post_graphql(
@@ -141,13 +129,7 @@ async fn a_down_backend_is_covered_by_stale_data_within_max_stale() {
     let warm = app
         .homepage("kind items { title { id } }", Some(&token))
         .await;
-    app.fault(
-        Backend::Recommendations,
-        FaultPatch {
-            error_rate: Some(1.0),
-            ..FaultPatch::default()
-        },
-    );
+    app.fault(Backend::Recommendations, error_rate(1.0));
     tokio::time::sleep(Duration::from_millis(150)).await;
     for _ in 0..3 {
         let (status, body) = app

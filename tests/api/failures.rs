@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use bff_fixtures::{Backend, FaultPatch};
+use bff_fixtures::Backend;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -15,17 +15,6 @@ const ALL_ROWS: [&str; 5] = [
     "MY_LIST",
     "NEW_RELEASES",
 ];
-
-fn row_kind(b: Backend) -> Option<&'static str> {
-    match b {
-        Backend::ContinueWatching => Some("CONTINUE_WATCHING"),
-        Backend::Recommendations => Some("RECOMMENDED"),
-        Backend::Top10 => Some("TOP_10"),
-        Backend::MyList => Some("MY_LIST"),
-        Backend::NewReleases => Some("NEW_RELEASES"),
-        Backend::Profile | Backend::Catalog => None,
-    }
-}
 
 async fn homepage_with(app: &TestApp) -> Value {
     let token = app.token("u1");
@@ -46,13 +35,7 @@ async fn each_backend_failing_in_turn_leaves_the_other_rows_intact() {
     let app = spawn_app_with(web(), |s| s.cache.enabled = false).await;
     for b in Backend::ALL {
         app.control().reset();
-        app.fault(
-            b,
-            FaultPatch {
-                error_rate: Some(1.0),
-                ..FaultPatch::default()
-            },
-        );
+        app.fault(b, error_rate(1.0));
         let body = homepage_with(&app).await;
         let rows = body["data"]["homepage"]["rows"].as_array().unwrap().clone();
         match (b, row_kind(b)) {
@@ -103,13 +86,7 @@ async fn a_stalled_backend_times_out_as_backend_timeout_and_the_rest_arrive() {
         s.backends.top10.timeout = Duration::from_millis(150)
     })
     .await;
-    app.fault(
-        Backend::Top10,
-        FaultPatch {
-            stall: Some(true),
-            ..FaultPatch::default()
-        },
-    );
+    app.fault(Backend::Top10, stalled());
     let body = homepage_with(&app).await;
     let errs = errors(&body);
     assert_eq!(errs.len(), 1, "{body}");
@@ -134,13 +111,7 @@ async fn a_stalled_grpc_backend_times_out_too() {
         s.backends.recommendations.timeout = Duration::from_millis(150)
     })
     .await;
-    app.fault(
-        Backend::Recommendations,
-        FaultPatch {
-            stall: Some(true),
-            ..FaultPatch::default()
-        },
-    );
+    app.fault(Backend::Recommendations, stalled());
     let body = homepage_with(&app).await;
     assert_eq!(codes(&body), ["BACKEND_TIMEOUT"]);
     assert_eq!(errors(&body)[0]["extensions"]["backend"], "recommendations");
@@ -156,13 +127,7 @@ async fn a_stalled_grpc_backend_times_out_too() {
 #[tokio::test]
 async fn a_backend_that_is_down_is_backend_unavailable() {
     let app = spawn_app(web()).await;
-    app.fault(
-        Backend::MyList,
-        FaultPatch {
-            down: Some(true),
-            ..FaultPatch::default()
-        },
-    );
+    app.fault(Backend::MyList, down());
     let body = homepage_with(&app).await;
     assert_eq!(codes(&body), ["BACKEND_UNAVAILABLE"]);
     assert_eq!(errors(&body)[0]["extensions"]["backend"], "my_list");

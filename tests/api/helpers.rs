@@ -85,7 +85,63 @@ pub async fn spawn_app_with(surface: Surface, adjust: impl FnOnce(&mut Settings)
     }
 }
 
+/// A fault patch adding `ms` of latency.
+pub fn latency(ms: u64) -> FaultPatch {
+    FaultPatch {
+        latency: Some(std::time::Duration::from_millis(ms)),
+        ..FaultPatch::default()
+    }
+}
+
+/// A fault patch failing this share of calls.
+pub fn error_rate(rate: f64) -> FaultPatch {
+    FaultPatch {
+        error_rate: Some(rate),
+        ..FaultPatch::default()
+    }
+}
+
+/// A fault patch that accepts calls and never answers.
+pub fn stalled() -> FaultPatch {
+    FaultPatch {
+        stall: Some(true),
+        ..FaultPatch::default()
+    }
+}
+
+/// A fault patch answering every call with 503 / UNAVAILABLE at once.
+pub fn down() -> FaultPatch {
+    FaultPatch {
+        down: Some(true),
+        ..FaultPatch::default()
+    }
+}
+
+/// The homepage row a backend feeds, if any.
+pub fn row_kind(b: Backend) -> Option<&'static str> {
+    match b {
+        Backend::ContinueWatching => Some("CONTINUE_WATCHING"),
+        Backend::Recommendations => Some("RECOMMENDED"),
+        Backend::Top10 => Some("TOP_10"),
+        Backend::MyList => Some("MY_LIST"),
+        Backend::NewReleases => Some("NEW_RELEASES"),
+        Backend::Profile | Backend::Catalog => None,
+    }
+}
+
 impl TestApp {
+    /// `GET /readyz` as JSON, whatever its status.
+    pub async fn readyz(&self) -> Value {
+        self.http
+            .get(self.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

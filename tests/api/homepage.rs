@@ -1,9 +1,9 @@
 //! The parallel homepage: contents equal the fixture data, exact upstream call counts, row calls
 //! overlap, one catalog call with the union of ids.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::collections::BTreeSet;
 
-use bff_fixtures::{Backend, FaultPatch};
+use bff_fixtures::Backend;
 use serde_json::json;
 
 use crate::helpers::*;
@@ -179,13 +179,7 @@ async fn row_sources_are_called_concurrently_and_the_catalog_after_them() {
     let app = spawn_app(web()).await;
     // Latency makes every call long enough that sequential calls could not overlap.
     for b in Backend::ALL {
-        app.fault(
-            b,
-            FaultPatch {
-                latency: Some(Duration::from_millis(40)),
-                ..FaultPatch::default()
-            },
-        );
+        app.fault(b, latency(40));
     }
     let token = app.token("u2");
     app.homepage("kind", Some(&token)).await;

@@ -71,13 +71,7 @@ async fn an_unknown_title_is_bad_user_input_and_a_failed_write_is_not_retried() 
         .await;
     assert_eq!(codes(&body), ["BAD_USER_INPUT"]);
     app.control().reset();
-    app.fault(
-        Backend::MyList,
-        bff_fixtures::FaultPatch {
-            error_rate: Some(1.0),
-            ..Default::default()
-        },
-    );
+    app.fault(Backend::MyList, error_rate(1.0));
     let (_, body) = app
         .post_graphql(ADD, json!({ "id": "t5" }), Some(&token))
         .await;

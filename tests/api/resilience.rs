@@ -11,7 +11,7 @@ use std::{
 use bff_fixtures::{Backend, BackendServer, FaultPatch, FixtureOptions, start_instances};
 use futures::future::join_all;
 use serde_json::{Value, json};
-use shared::{config::Settings, upstream::BackendId};
+use shared::{config::Settings, demo::fixture_backend, upstream::BackendId};
 
 use crate::helpers::*;
 
@@ -31,21 +31,6 @@ fn tight(s: &mut Settings) {
     s.server.request_budget = BUDGET;
     for b in BackendId::ALL {
         s.backends.get_mut(b).timeout = Duration::from_millis(250);
-    }
-}
-
-fn fixture_backend(b: BackendId) -> Backend {
-    shared::demo::fixture_backend(b)
-}
-
-fn row_of(b: BackendId) -> Option<&'static str> {
-    match b {
-        BackendId::ContinueWatching => Some("CONTINUE_WATCHING"),
-        BackendId::Recommendations => Some("RECOMMENDED"),
-        BackendId::Top10 => Some("TOP_10"),
-        BackendId::MyList => Some("MY_LIST"),
-        BackendId::NewReleases => Some("NEW_RELEASES"),
-        BackendId::Profile | BackendId::Catalog => None,
     }
 }
 
@@ -71,7 +56,7 @@ fn assert_contained(b: BackendId, code: &str, body: &Value) {
         assert_eq!(e["extensions"]["backend"], b.name(), "{b}: {body}");
     }
     let rows = body["data"]["homepage"]["rows"].as_array().unwrap();
-    match (b, row_of(b)) {
+    match (b, row_kind(fixture_backend(b))) {
         (BackendId::Catalog, _) => assert!(rows.iter().all(Value::is_null), "{body}"),
         (BackendId::Profile, _) => assert_eq!(kinds(body), ROWS),
         (_, Some(kind)) => {
@@ -95,20 +80,8 @@ fn assert_contained(b: BackendId, code: &str, body: &Value) {
 async fn every_backend_failing_every_way_is_contained_within_the_budget() {
     for b in BackendId::ALL {
         for (fault, code) in [
-            (
-                FaultPatch {
-                    error_rate: Some(1.0),
-                    ..FaultPatch::default()
-                },
-                "BACKEND_UNAVAILABLE",
-            ),
-            (
-                FaultPatch {
-                    stall: Some(true),
-                    ..FaultPatch::default()
-                },
-                "BACKEND_TIMEOUT",
-            ),
+            (error_rate(1.0), "BACKEND_UNAVAILABLE"),
+            (stalled(), "BACKEND_TIMEOUT"),
         ] {
             let app = spawn_app_with(web(), tight).await;
             app.fault(fixture_backend(b), fault);
@@ -150,13 +123,7 @@ async fn retries_ride_out_half_the_calls_failing_within_the_retry_budget() {
         s.backends.top10.retries = 2;
     })
     .await;
-    app.fault(
-        Backend::Top10,
-        FaultPatch {
-            error_rate: Some(0.5),
-            ..FaultPatch::default()
-        },
-    );
+    app.fault(Backend::Top10, error_rate(0.5));
     let requests = 300u64;
     let mut ok_rows = 0u64;
     for _ in 0..requests {
@@ -199,27 +166,13 @@ async fn the_breaker_opens_fails_fast_and_a_probe_closes_it() {
         t.breaker.half_open_probes = 1;
     })
     .await;
-    app.fault(
-        Backend::Top10,
-        FaultPatch {
-            error_rate: Some(1.0),
-            ..FaultPatch::default()
-        },
-    );
+    app.fault(Backend::Top10, error_rate(1.0));
     for _ in 0..5 {
         app.homepage("kind", None).await;
     }
     let calls = app.control().stats().get(Backend::Top10).calls;
     assert_eq!(calls, 5);
-    let ready: Value = app
-        .http
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = app.readyz().await;
     assert_eq!(ready["backends"]["top10"]["breaker"], "open", "{ready}");
     // Open: no call reaches the backend, the row fails fast with a coded error.
     for _ in 0..5 {
@@ -233,27 +186,13 @@ async fn the_breaker_opens_fails_fast_and_a_probe_closes_it() {
         "open breaker must not call"
     );
     // The backend recovers; after open_for a probe goes through and successes close the breaker.
-    app.fault(
-        Backend::Top10,
-        FaultPatch {
-            error_rate: Some(0.0),
-            ..FaultPatch::default()
-        },
-    );
+    app.fault(Backend::Top10, error_rate(0.0));
     tokio::time::sleep(Duration::from_millis(350)).await;
     for _ in 0..2 {
         let body = app.homepage("kind", None).await;
         assert!(body.get("errors").is_none(), "{body}");
     }
-    let ready: Value = app
-        .http
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = app.readyz().await;
     assert_eq!(ready["backends"]["top10"]["breaker"], "closed", "{ready}");
     assert_eq!(app.control().stats().get(Backend::Top10).calls, calls + 2);
 }
@@ -286,15 +225,7 @@ async fn a_refused_endpoint_is_routed_around_without_client_errors() {
         40,
         "every call ends on the live endpoint"
     );
-    let ready: Value = app
-        .http
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = app.readyz().await;
     let eps = ready["backends"]["top10"]["endpoints"]
         .as_array()
         .unwrap()
@@ -308,13 +239,7 @@ async fn a_refused_endpoint_is_routed_around_without_client_errors() {
 #[tokio::test]
 async fn least_outstanding_favours_the_faster_endpoint() {
     let (servers, _) = two_top10_endpoints().await;
-    servers[0].control().set_fault(
-        Backend::Top10,
-        FaultPatch {
-            latency: Some(Duration::from_millis(60)),
-            ..FaultPatch::default()
-        },
-    );
+    servers[0].control().set_fault(Backend::Top10, latency(60));
     let urls: Vec<String> = servers.iter().map(BackendServer::url).collect();
     let app = spawn_app_with(web(), |s| {
         s.cache.enabled = false;
@@ -432,13 +357,7 @@ async fn pass_through_routes_proxy_strip_hop_headers_and_set_identity() {
         .unwrap();
     assert_eq!(big.status(), 413);
     // Upstream failures become clean 503 / 504 / 502 answers.
-    fx.control().set_fault(
-        Backend::Top10,
-        FaultPatch {
-            error_rate: Some(1.0),
-            ..FaultPatch::default()
-        },
-    );
+    fx.control().set_fault(Backend::Top10, error_rate(1.0));
     let r = app
         .http
         .get(app.url("/api/charts/GB"))
@@ -491,13 +410,7 @@ async fn shutdown_finishes_every_request_in_flight() {
     let fixtures = bff_fixtures::Fixtures::start(FixtureOptions::default())
         .await
         .unwrap();
-    fixtures.control().set_fault(
-        Backend::Top10,
-        FaultPatch {
-            latency: Some(Duration::from_millis(200)),
-            ..FaultPatch::default()
-        },
-    );
+    fixtures.control().set_fault(Backend::Top10, latency(200));
     let mut settings = Settings::defaults(&(web().defaults)());
     settings.listen = "127.0.0.1:0".parse().unwrap();
     settings.backends =
@@ -564,15 +477,7 @@ async fn a_host_name_endpoint_is_re_resolved_into_one_endpoint_per_address() {
     // Bounded wait for the first resolution (it runs at start).
     let mut labels = Vec::new();
     for _ in 0..100 {
-        let ready: Value = app
-            .http
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let ready: Value = app.readyz().await;
         labels = ready["backends"]["top10"]["endpoints"]
             .as_array()
             .unwrap()
