@@ -7,7 +7,7 @@ use shared::{
     compose::Homepage as Composed,
     domain::{self, ImageKind},
     graphql::{
-        TitleView,
+        Inline, TitleView,
         types::{HomepageRows, HomepageView, Image, TitleBasics},
     },
     profile::ClientProfile,
@@ -32,8 +32,8 @@ pub struct Hero(Option<Arc<domain::Title>>);
 #[Object]
 impl Hero {
     /// The title to feature in the banner: the viewer's best pick, else the region's number one.
-    async fn hero(&self) -> Option<Title> {
-        self.0.clone().map(Title::of)
+    async fn hero(&self) -> Option<Inline<Title>> {
+        self.0.clone().map(|t| Inline(Title::of(t)))
     }
 }
 
@@ -76,8 +76,8 @@ impl RichFields {
     }
 
     /// Artwork at every width.
-    async fn images(&self) -> TitleImages<'_> {
-        TitleImages(&self.0)
+    async fn images(&self) -> Inline<TitleImages<'_>> {
+        Inline(TitleImages(&self.0))
     }
 }
 
@@ -86,11 +86,11 @@ impl RichFields {
 pub struct TitleImages<'a>(&'a domain::Title);
 
 impl<'a> TitleImages<'a> {
-    fn of(&self, kind: ImageKind) -> Vec<Image<'a>> {
+    fn of(&self, kind: ImageKind) -> Vec<Inline<Image<'a>>> {
         self.0
             .images_of(kind)
             .into_iter()
-            .map(Image::from)
+            .map(|i| Inline(Image::from(i)))
             .collect()
     }
 }
@@ -98,17 +98,17 @@ impl<'a> TitleImages<'a> {
 #[Object]
 impl<'a> TitleImages<'a> {
     /// Portrait 2:3 posters.
-    async fn poster(&self) -> Vec<Image<'a>> {
+    async fn poster(&self) -> Vec<Inline<Image<'a>>> {
         self.of(ImageKind::Poster)
     }
 
     /// Landscape 16:9 backdrops.
-    async fn backdrop(&self) -> Vec<Image<'a>> {
+    async fn backdrop(&self) -> Vec<Inline<Image<'a>>> {
         self.of(ImageKind::Backdrop)
     }
 
     /// Wide hero banners.
-    async fn hero(&self) -> Vec<Image<'a>> {
+    async fn hero(&self) -> Vec<Inline<Image<'a>>> {
         self.of(ImageKind::Hero)
     }
 }

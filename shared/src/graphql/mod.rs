@@ -8,12 +8,15 @@
 
 pub(crate) mod errors;
 pub(crate) mod http;
+mod inline;
 pub mod types;
 
 use std::sync::Arc;
 
+pub use inline::Inline;
+
 use async_graphql::{
-    ObjectType, OutputType, Schema, SchemaBuilder, SubscriptionType,
+    ContainerType, ObjectType, Schema, SchemaBuilder, SubscriptionType,
     futures_util::future::BoxFuture,
 };
 
@@ -26,8 +29,9 @@ use crate::{
     profile::ClientProfile,
 };
 
-/// How a binary's title type is made from a catalog title and its client profile.
-pub trait TitleView: OutputType + Send + Sync + 'static {
+/// How a binary's title type is made from a catalog title and its client profile. Titles are
+/// resolved [`Inline`]: a title type's fields must not wait on I/O.
+pub trait TitleView: ContainerType + Send + Sync + 'static {
     /// The client's view of `title`.
     fn view(title: Arc<Title>, profile: &Arc<ClientProfile>) -> Self;
 }

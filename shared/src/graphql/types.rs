@@ -8,7 +8,7 @@ use async_graphql::{Context, ID, Object, OutputType, SimpleObject};
 
 use crate::domain::Title;
 
-use super::{TitleView, composer, request, require_viewer};
+use super::{Inline, TitleView, composer, request, require_viewer};
 use crate::{
     compose::{HomeRow, Homepage, RowItem as ComposedItem},
     domain::{Profile, Region},
@@ -38,14 +38,16 @@ impl<'a, T: TitleView> Row<'a, T> {
     }
 
     /// The row's titles in display order, already cut to this client's row length.
-    async fn items(&self) -> Vec<RowItem<'a, T>> {
+    async fn items(&self) -> Vec<Inline<RowItem<'a, T>>> {
         self.row
             .items
             .iter()
-            .map(|item| RowItem {
-                item,
-                profile: self.profile,
-                _title: PhantomData,
+            .map(|item| {
+                Inline(RowItem {
+                    item,
+                    profile: self.profile,
+                    _title: PhantomData,
+                })
             })
             .collect()
     }
@@ -62,20 +64,22 @@ pub struct RowItem<'a, T> {
 #[Object(name = "RowItem")]
 impl<'a, T: TitleView> RowItem<'a, T> {
     /// The title.
-    async fn title(&self) -> T {
-        T::view(self.item.title.clone(), self.profile)
+    async fn title(&self) -> Inline<T> {
+        Inline(T::view(self.item.title.clone(), self.profile))
     }
 
     /// CONTINUE_WATCHING rows: how far the viewer got. Null in other rows.
-    async fn progress(&self) -> Option<Progress> {
-        self.item.progress.map(|p| Progress {
-            position_seconds: p.position_seconds,
-            duration_seconds: p.duration_seconds,
-            fraction: if p.duration_seconds == 0 {
-                0.0
-            } else {
-                (f64::from(p.position_seconds) / f64::from(p.duration_seconds)).clamp(0.0, 1.0)
-            },
+    async fn progress(&self) -> Option<Inline<Progress>> {
+        self.item.progress.map(|p| {
+            Inline(Progress {
+                position_seconds: p.position_seconds,
+                duration_seconds: p.duration_seconds,
+                fraction: if p.duration_seconds == 0 {
+                    0.0
+                } else {
+                    (f64::from(p.position_seconds) / f64::from(p.duration_seconds)).clamp(0.0, 1.0)
+                },
+            })
         })
     }
 
@@ -170,17 +174,17 @@ pub struct Progress {
 fn rows<'a, T: TitleView>(
     homepage: &'a Homepage,
     profile: &'a Arc<ClientProfile>,
-) -> Vec<Option<Result<Row<'a, T>, async_graphql::Error>>> {
+) -> Vec<Option<Result<Inline<Row<'a, T>>, async_graphql::Error>>> {
     homepage
         .rows
         .iter()
         .map(|r| {
             Some(match r {
-                Ok(row) => Ok(Row {
+                Ok(row) => Ok(Inline(Row {
                     row,
                     profile,
                     _title: PhantomData,
-                }),
+                })),
                 Err(e) => Err(backend_error(e)),
             })
         })
@@ -282,7 +286,7 @@ impl<T: TitleView> HomepageRows<T> {
     /// Rows in display order, each cut to this client's row length. Empty rows are left out; a
     /// row whose service failed is null, with an error (code BACKEND_UNAVAILABLE or
     /// BACKEND_TIMEOUT, `backend` naming the service) at its index.
-    async fn rows(&self) -> Vec<Option<async_graphql::Result<Row<'_, T>>>> {
+    async fn rows(&self) -> Vec<Option<async_graphql::Result<Inline<Row<'_, T>>>>> {
         rows(&self.home, &self.profile)
     }
 }
@@ -319,14 +323,14 @@ impl<T: TitleView, H: HomepageView> RootQuery<T, H> {
     }
 
     /// One title by id, or null when no such title exists.
-    async fn title(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<T>> {
+    async fn title(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Inline<T>>> {
         let id = title_id_arg(&id)?;
         let composer = composer(ctx)?;
         let title = composer
             .title(id, request(ctx)?)
             .await
             .map_err(|e| backend_error(&e))?;
-        Ok(title.map(|t| T::view(t, composer.profile())))
+        Ok(title.map(|t| Inline(T::view(t, composer.profile()))))
     }
 
     /// The signed-in user. Requires a valid bearer token (UNAUTHENTICATED otherwise); null when the

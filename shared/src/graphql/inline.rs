@@ -1,0 +1,328 @@
+//! [`Inline`]: resolves an in-memory object's selected fields one after another on the calling
+//! task, instead of as a set of boxed futures polled concurrently.
+//!
+//! async-graphql resolves every object through a `FuturesUnordered`: one heap-allocated task per
+//! selected field, an atomic waker per poll, and a drain loop. That concurrency is what a field
+//! doing I/O needs, and what a field that merely reads a struct pays for without using it. A web
+//! homepage has ~100 titles with 54 image renditions each, so ~6,000 objects and ~20,000 fields;
+//! under the stock path, task bookkeeping was the largest item of the BFF's CPU profile.
+//!
+//! Wrap a value in `Inline` only when **none of its fields waits on I/O** (titles, images, row
+//! items: data the composer already fetched). Its fields would run one after another, so a field
+//! that awaited a backend would serialise with its siblings. The GraphQL type is the wrapped
+//! type's own: same name, fields, docs and SDL.
+//!
+//! Results are those of the stock resolver: fields in query order, fragments expanded by type
+//! condition, equal response keys merged, a field error recorded at its path with the field left
+//! out. What this path leaves out is async-graphql's per-field extension hooks and custom
+//! directives: [`super::build_schema`] registers neither, and a schema with custom directives falls
+//! back to the stock resolver here. A test compares both paths on the full homepage query.
+
+use std::borrow::Cow;
+
+use async_graphql::{
+    ContainerType, ContextSelectionSet, Name, OutputType, Positioned, ServerError, ServerResult,
+    Value,
+    indexmap::IndexMap,
+    parser::types::{Field, Selection, SelectionSet},
+    registry::Registry,
+    resolver_utils::resolve_container,
+};
+
+/// A GraphQL object whose fields are resolved sequentially, without a task per field (see the
+/// module docs for when that is right).
+pub struct Inline<T>(pub T);
+
+impl<T: ContainerType> OutputType for Inline<T> {
+    fn type_name() -> Cow<'static, str> {
+        T::type_name()
+    }
+
+    fn qualified_type_name() -> String {
+        T::qualified_type_name()
+    }
+
+    fn introspection_type_name(&self) -> Cow<'static, str> {
+        self.0.introspection_type_name()
+    }
+
+    fn create_type_info(registry: &mut Registry) -> String {
+        T::create_type_info(registry)
+    }
+
+    async fn resolve(
+        &self,
+        ctx: &ContextSelectionSet<'_>,
+        _field: &Positioned<Field>,
+    ) -> ServerResult<Value> {
+        if !ctx.schema_env.custom_directives.is_empty() {
+            return resolve_container(ctx, &self.0).await;
+        }
+        resolve_inline(ctx, &self.0).await
+    }
+}
+
+async fn resolve_inline<'a, T: ContainerType>(
+    ctx: &ContextSelectionSet<'a>,
+    root: &'a T,
+) -> ServerResult<Value> {
+    let mut fields = Vec::with_capacity(ctx.item.node.items.len());
+    collect_fields(ctx, root, &ctx.item.node, &mut fields)?;
+    let mut object = IndexMap::with_capacity(fields.len());
+    for field in fields {
+        let key = field.node.response_key().node.clone();
+        if field.node.name.node == "__typename" {
+            let name = root.introspection_type_name().into_owned();
+            insert_value(&mut object, key, Value::String(name));
+            continue;
+        }
+        let ctx_field = ctx.with_field(field);
+        // As the stock resolver: an error is recorded (the field's own resolver has already put
+        // its path on it) and the field left out.
+        match root.resolve_field(&ctx_field).await {
+            Ok(value) => insert_value(&mut object, key, value.unwrap_or_default()),
+            Err(e) => ctx.add_error(e),
+        }
+    }
+    Ok(if object.is_empty() {
+        Value::Null
+    } else {
+        Value::Object(object)
+    })
+}
+
+/// The fields `set` selects on `root`, with fragments whose type condition applies expanded in
+/// place (query order kept).
+fn collect_fields<'a, T: ContainerType>(
+    ctx: &ContextSelectionSet<'a>,
+    root: &T,
+    set: &'a SelectionSet,
+    out: &mut Vec<&'a Positioned<Field>>,
+) -> ServerResult<()> {
+    for selection in &set.items {
+        match &selection.node {
+            Selection::Field(field) => out.push(field),
+            Selection::FragmentSpread(spread) => {
+                let name = &spread.node.fragment_name.node;
+                let fragment = ctx.query_env.fragments.get(name).ok_or_else(|| {
+                    ServerError::new(format!(r#"Unknown fragment "{name}"."#), Some(spread.pos))
+                })?;
+                let on = fragment.node.type_condition.node.on.node.as_str();
+                if applies(ctx, root, Some(on)) {
+                    collect_fields(ctx, root, &fragment.node.selection_set.node, out)?;
+                }
+            }
+            Selection::InlineFragment(fragment) => {
+                let on = fragment
+                    .node
+                    .type_condition
+                    .as_ref()
+                    .map(|c| c.node.on.node.as_str());
+                if applies(ctx, root, on) {
+                    collect_fields(ctx, root, &fragment.node.selection_set.node, out)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a fragment with type condition `on` applies to `root`: no condition, the object's own
+/// type, or an interface it implements.
+fn applies<T: ContainerType>(ctx: &ContextSelectionSet<'_>, root: &T, on: Option<&str>) -> bool {
+    let Some(on) = on else {
+        return true;
+    };
+    let name = root.introspection_type_name();
+    name == on
+        || T::type_name() == on
+        || ctx
+            .schema_env
+            .registry
+            .implements
+            .get(name.as_ref())
+            .is_some_and(|interfaces| interfaces.contains(on))
+}
+
+/// Adds `value` under `key`, merging it into an object already there (the same response key
+/// selected twice, e.g. once directly and once through a fragment), as the stock resolver does.
+fn insert_value(target: &mut IndexMap<Name, Value>, key: Name, value: Value) {
+    let Some(previous) = target.get_mut(&key) else {
+        target.insert(key, value);
+        return;
+    };
+    match (previous, value) {
+        (Value::Object(into), Value::Object(from)) => {
+            for (k, v) in from {
+                insert_value(into, k, v);
+            }
+        }
+        (Value::List(into), Value::List(from)) => {
+            for (into, from) in into.iter_mut().zip(from) {
+                if let (Value::Object(into), Value::Object(from)) = (into, from) {
+                    for (k, v) in from {
+                        insert_value(into, k, v);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use async_graphql::{
+        CustomDirective, Directive, EmptyMutation, EmptySubscription, Object, Schema, SimpleObject,
+        Variables,
+    };
+    use serde_json::{Value as Json, json};
+
+    use super::Inline;
+
+    #[derive(SimpleObject)]
+    struct Leaf {
+        url: String,
+        width: u32,
+    }
+
+    struct Card(u32);
+
+    #[Object]
+    impl Card {
+        async fn name(&self) -> String {
+            format!("card {}", self.0)
+        }
+
+        async fn leaves(&self) -> Vec<Inline<Leaf>> {
+            (1..=3)
+                .map(|w| {
+                    Inline(Leaf {
+                        url: format!("https://img/{}/{w}", self.0),
+                        width: w * 100,
+                    })
+                })
+                .collect()
+        }
+
+        async fn first(&self) -> Option<Inline<Leaf>> {
+            (self.0 != 2).then(|| {
+                Inline(Leaf {
+                    url: format!("https://img/{}/first", self.0),
+                    width: 1,
+                })
+            })
+        }
+
+        /// A nullable field that fails: null plus an error at its path.
+        async fn fails(&self) -> async_graphql::Result<Option<i32>> {
+            Err("no such thing".into())
+        }
+
+        /// A non-null field that fails for card 3.
+        async fn strict(&self) -> async_graphql::Result<i32> {
+            if self.0 == 3 {
+                Err("strict failed".into())
+            } else {
+                Ok(7)
+            }
+        }
+    }
+
+    struct Query;
+
+    #[Object]
+    impl Query {
+        async fn cards(&self) -> Vec<Option<Inline<Card>>> {
+            (1..=3).map(|i| Some(Inline(Card(i)))).collect()
+        }
+    }
+
+    struct Noop;
+    impl CustomDirective for Noop {}
+
+    /// Registering any custom directive sends `Inline` down the stock resolver.
+    #[Directive(location = "Field")]
+    fn noop() -> impl CustomDirective {
+        Noop
+    }
+
+    async fn run(stock: bool, query: &str, variables: Json) -> Json {
+        let builder = Schema::build(Query, EmptyMutation, EmptySubscription);
+        let schema = if stock {
+            builder.directive(noop)
+        } else {
+            builder
+        }
+        .finish();
+        let request = async_graphql::Request::new(query).variables(Variables::from_json(variables));
+        let mut out = serde_json::to_value(schema.execute(request).await).unwrap();
+        // Both resolvers record errors as fields finish; compare them as a set.
+        if let Some(Json::Array(errors)) = out.get_mut("errors") {
+            errors.sort_by_key(ToString::to_string);
+        }
+        out
+    }
+
+    const QUERY: &str = r#"
+        query($big: Boolean!) {
+          cards {
+            __typename
+            name
+            ... on Card { leaves { url } }
+            leaves { width ...L }
+            alias: first { url }
+            first { __typename }
+            ...C
+            hidden: name @skip(if: true)
+            shown: name @include(if: $big)
+            fails
+          }
+          strictCards: cards { name strict }
+        }
+        fragment L on Leaf { url w2: width }
+        fragment C on Card { name first { width } }
+    "#;
+
+    #[tokio::test]
+    async fn answers_exactly_as_the_stock_resolver() {
+        for big in [true, false] {
+            let vars = json!({ "big": big });
+            let inline = run(false, QUERY, vars.clone()).await;
+            let stock = run(true, QUERY, vars).await;
+            assert_eq!(inline, stock, "big = {big}");
+        }
+    }
+
+    #[tokio::test]
+    async fn merges_fragments_and_reports_errors_at_their_paths() {
+        let out = run(false, QUERY, json!({ "big": true })).await;
+        let card1 = &out["data"]["cards"][0];
+        assert_eq!(card1["__typename"], "Card");
+        assert_eq!(card1["shown"], "card 1");
+        assert!(card1.get("hidden").is_none());
+        assert_eq!(
+            card1["leaves"][1],
+            json!({ "url": "https://img/1/2", "width": 200, "w2": 200 })
+        );
+        assert_eq!(card1["first"], json!({ "__typename": "Leaf", "width": 1 }));
+        assert_eq!(card1["alias"], json!({ "url": "https://img/1/first" }));
+        assert_eq!(out["data"]["cards"][1]["first"], Json::Null);
+        assert_eq!(card1["fails"], Json::Null);
+        // Card 3's non-null `strict` failed. Like the stock resolver (the first test), the field
+        // is left out with its error rather than nulling the card; the other cards arrive.
+        assert_eq!(out["data"]["strictCards"][2], json!({ "name": "card 3" }));
+        assert_eq!(out["data"]["strictCards"][0]["strict"], 7);
+        let paths: Vec<&Json> = out["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["path"])
+            .collect();
+        assert!(paths.contains(&&json!(["cards", 0, "fails"])));
+        assert!(paths.contains(&&json!(["strictCards", 2, "strict"])));
+        assert_eq!(paths.len(), 4, "{out}");
+    }
+}
