@@ -14,6 +14,7 @@
 //! metrics on; `off` (default) has no subscriber and `metrics.enabled = false`. The subscriber is
 //! global, so on/off are compared across processes (`bench/overhead.sh`).
 
+mod critical;
 mod harness;
 mod load;
 mod payload;
@@ -134,11 +135,16 @@ async fn main() -> Result<()> {
     let env = Env::start(cli.telemetry == Telemetry::On).await?;
     let mut results = Vec::new();
     let mut payload_table = None;
+    let mut critical_table = None;
     for s in selected {
         match &s.kind {
             Kind::Load(spec) => {
                 let result = run_load(&env, s, spec, &cli).await?;
                 results.push(result);
+            }
+            Kind::CriticalPath => {
+                let measured = critical::measure(&env, cli.runs, cli.duration).await?;
+                critical_table = Some(critical::render(&measured));
             }
             Kind::Payload => {
                 eprintln!("[{}] one request per surface and encoding", s.name);
@@ -182,6 +188,11 @@ async fn main() -> Result<()> {
                 println!("{v}");
             }
         }
+    }
+    if let Some(table) = critical_table {
+        println!(
+            "\ncritical path (one client, backends +50 ms, cache off; row round and catalog from the fixtures' spans):\n\n{table}"
+        );
     }
     if let Some(table) = payload_table {
         println!("\npayload (user u1, one request each):\n\n{table}");

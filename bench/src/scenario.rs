@@ -179,6 +179,8 @@ pub(crate) enum Kind {
     Load(LoadSpec),
     /// One request per surface and encoding: response sizes, not speed.
     Payload,
+    /// One client, backends +50 ms: each homepage split into backend rounds and the BFF's own time.
+    CriticalPath,
 }
 
 /// One named benchmark.
@@ -195,7 +197,7 @@ pub(crate) struct Scenario {
 pub(crate) const GROUPS: [(&str, &str); 3] = [
     (
         "issue3",
-        "the first homepage figures: *-latency50, *-rps (cache off), engine, payload",
+        "the first homepage figures: *-latency50, critical-path, *-rps (cache off), engine, payload",
     ),
     (
         "cache",
@@ -510,6 +512,12 @@ pub(crate) fn catalogue() -> Vec<Scenario> {
         about: "one web and one mobile homepage (u1): bytes plain / gzip / br / zstd, mobile ≤ 25% of web".into(),
         groups: ISSUE3,
         kind: Kind::Payload,
+    });
+    all.push(Scenario {
+        name: "critical-path".into(),
+        about: "web and mobile homepages (u1) one at a time, backends +50 ms, cache off: p50 and the BFF's own time beside the two backend rounds (fixture spans)".into(),
+        groups: ISSUE3,
+        kind: Kind::CriticalPath,
     });
     all
 }

@@ -7,7 +7,7 @@ use shared::{
     compose::Homepage as Composed,
     domain::{self, ImageKind},
     graphql::{
-        Inline, TitleView,
+        Inline, InlineList, TitleView,
         types::{HomepageRows, HomepageView, Image, TitleBasics},
     },
     profile::ClientProfile,
@@ -66,13 +66,13 @@ impl RichFields {
     }
 
     /// Genres, most relevant first.
-    async fn genres(&self) -> &[String] {
-        &self.0.genres
+    async fn genres(&self) -> InlineList<&str> {
+        strings(&self.0.genres)
     }
 
     /// Cast in billing order.
-    async fn cast(&self) -> &[String] {
-        &self.0.cast
+    async fn cast(&self) -> InlineList<&str> {
+        strings(&self.0.cast)
     }
 
     /// Artwork at every width.
@@ -81,34 +81,41 @@ impl RichFields {
     }
 }
 
+/// A list of strings borrowed from the title.
+fn strings(list: &[String]) -> InlineList<&str> {
+    InlineList(list.iter().map(String::as_str).collect())
+}
+
 /// Artwork of a title, each kind at every available width (narrowest first), for `srcset`.
 /// Borrows the title, so listing an image copies no URL.
 pub struct TitleImages<'a>(&'a domain::Title);
 
 impl<'a> TitleImages<'a> {
-    fn of(&self, kind: ImageKind) -> Vec<Inline<Image<'a>>> {
-        self.0
-            .images_of(kind)
-            .into_iter()
-            .map(|i| Inline(Image::from(i)))
-            .collect()
+    fn of(&self, kind: ImageKind) -> InlineList<Inline<Image<'a>>> {
+        InlineList(
+            self.0
+                .images_of(kind)
+                .into_iter()
+                .map(|i| Inline(Image::from(i)))
+                .collect(),
+        )
     }
 }
 
 #[Object]
 impl<'a> TitleImages<'a> {
     /// Portrait 2:3 posters.
-    async fn poster(&self) -> Vec<Inline<Image<'a>>> {
+    async fn poster(&self) -> InlineList<Inline<Image<'a>>> {
         self.of(ImageKind::Poster)
     }
 
     /// Landscape 16:9 backdrops.
-    async fn backdrop(&self) -> Vec<Inline<Image<'a>>> {
+    async fn backdrop(&self) -> InlineList<Inline<Image<'a>>> {
         self.of(ImageKind::Backdrop)
     }
 
     /// Wide hero banners.
-    async fn hero(&self) -> Vec<Inline<Image<'a>>> {
+    async fn hero(&self) -> InlineList<Inline<Image<'a>>> {
         self.of(ImageKind::Hero)
     }
 }

@@ -1,5 +1,5 @@
-//! [`Inline`]: resolves an in-memory object's selected fields one after another on the calling
-//! task, instead of as a set of boxed futures polled concurrently.
+//! [`Inline`] and [`InlineList`]: resolve an in-memory object's selected fields, or a list's items,
+//! one after another on the calling task, instead of as a set of futures polled concurrently.
 //!
 //! async-graphql resolves every object through a `FuturesUnordered`: one heap-allocated task per
 //! selected field, an atomic waker per poll, and a drain loop. That concurrency is what a field
@@ -7,10 +7,12 @@
 //! homepage has ~100 titles with 54 image renditions each, so ~6,000 objects and ~20,000 fields;
 //! under the stock path, task bookkeeping was the largest item of the BFF's CPU profile.
 //!
-//! Wrap a value in `Inline` only when **none of its fields waits on I/O** (titles, images, row
+//! Lists get the same treatment: the stock resolver builds a future per item and joins them.
+//!
+//! Wrap a value in `Inline` (a list in `InlineList`) only when **none of its fields waits on I/O** (titles, images, row
 //! items: data the composer already fetched). Its fields would run one after another, so a field
 //! that awaited a backend would serialise with its siblings. The GraphQL type is the wrapped
-//! type's own: same name, fields, docs and SDL.
+//! type's own: same name, fields, docs and SDL (`InlineList<T>` is `[T!]!`, as `Vec<T>`).
 //!
 //! Results are those of the stock resolver: fields in query order, fragments expanded by type
 //! condition, equal response keys merged, a field error recorded at its path with the field left
@@ -23,7 +25,7 @@ use std::borrow::Cow;
 use async_graphql::{
     ContainerType, ContextSelectionSet, Name, OutputType, Positioned, ServerError, ServerResult,
     Value,
-    indexmap::IndexMap,
+    indexmap::{IndexMap, map::Entry},
     parser::types::{Field, Selection, SelectionSet},
     registry::Registry,
     resolver_utils::resolve_container,
@@ -59,6 +61,41 @@ impl<T: ContainerType> OutputType for Inline<T> {
             return resolve_container(ctx, &self.0).await;
         }
         resolve_inline(ctx, &self.0).await
+    }
+}
+
+/// A list whose items are resolved one after another, without a future per item (see the module
+/// docs for when that is right). Same GraphQL type as `Vec<T>`.
+pub struct InlineList<T>(pub Vec<T>);
+
+impl<T: OutputType> OutputType for InlineList<T> {
+    fn type_name() -> Cow<'static, str> {
+        Vec::<T>::type_name()
+    }
+
+    fn qualified_type_name() -> String {
+        Vec::<T>::qualified_type_name()
+    }
+
+    fn create_type_info(registry: &mut Registry) -> String {
+        Vec::<T>::create_type_info(registry)
+    }
+
+    async fn resolve(
+        &self,
+        ctx: &ContextSelectionSet<'_>,
+        field: &Positioned<Field>,
+    ) -> ServerResult<Value> {
+        let mut items = Vec::with_capacity(self.0.len());
+        for (idx, item) in self.0.iter().enumerate() {
+            let ctx_idx = ctx.with_index(idx);
+            let value = item
+                .resolve(&ctx_idx, field)
+                .await
+                .map_err(|e| ctx_idx.set_error_path(e))?;
+            items.push(value);
+        }
+        Ok(Value::List(items))
     }
 }
 
@@ -147,9 +184,13 @@ fn applies<T: ContainerType>(ctx: &ContextSelectionSet<'_>, root: &T, on: Option
 /// Adds `value` under `key`, merging it into an object already there (the same response key
 /// selected twice, e.g. once directly and once through a fragment), as the stock resolver does.
 fn insert_value(target: &mut IndexMap<Name, Value>, key: Name, value: Value) {
-    let Some(previous) = target.get_mut(&key) else {
-        target.insert(key, value);
-        return;
+    // One hash per field: almost every key is new.
+    let previous = match target.entry(key) {
+        Entry::Vacant(slot) => {
+            slot.insert(value);
+            return;
+        }
+        Entry::Occupied(slot) => slot.into_mut(),
     };
     match (previous, value) {
         (Value::Object(into), Value::Object(from)) => {
@@ -180,7 +221,7 @@ mod tests {
     };
     use serde_json::{Value as Json, json};
 
-    use super::Inline;
+    use super::{Inline, InlineList};
 
     #[derive(SimpleObject)]
     struct Leaf {
@@ -196,15 +237,29 @@ mod tests {
             format!("card {}", self.0)
         }
 
-        async fn leaves(&self) -> Vec<Inline<Leaf>> {
-            (1..=3)
-                .map(|w| {
-                    Inline(Leaf {
-                        url: format!("https://img/{}/{w}", self.0),
-                        width: w * 100,
+        async fn leaves(&self) -> InlineList<Inline<Leaf>> {
+            InlineList(
+                (1..=3)
+                    .map(|w| {
+                        Inline(Leaf {
+                            url: format!("https://img/{}/{w}", self.0),
+                            width: w * 100,
+                        })
                     })
-                })
-                .collect()
+                    .collect(),
+            )
+        }
+
+        async fn tags(&self) -> InlineList<&str> {
+            InlineList(vec!["a", "b"])
+        }
+
+        /// A list whose second item has a failing field.
+        async fn broken_list(&self) -> Option<InlineList<Inline<Broken>>> {
+            Some(InlineList(vec![
+                Inline(Broken(false)),
+                Inline(Broken(true)),
+            ]))
         }
 
         async fn first(&self) -> Option<Inline<Leaf>> {
@@ -227,6 +282,19 @@ mod tests {
                 Err("strict failed".into())
             } else {
                 Ok(7)
+            }
+        }
+    }
+
+    struct Broken(bool);
+
+    #[Object]
+    impl Broken {
+        async fn ok(&self) -> async_graphql::Result<i32> {
+            if self.0 {
+                Err("broken item".into())
+            } else {
+                Ok(1)
             }
         }
     }
@@ -279,6 +347,8 @@ mod tests {
             hidden: name @skip(if: true)
             shown: name @include(if: $big)
             fails
+            tags
+            brokenList { ok }
           }
           strictCards: cards { name strict }
         }
@@ -323,6 +393,10 @@ mod tests {
             .collect();
         assert!(paths.contains(&&json!(["cards", 0, "fails"])));
         assert!(paths.contains(&&json!(["strictCards", 2, "strict"])));
-        assert_eq!(paths.len(), 4, "{out}");
+        assert_eq!(card1["tags"], json!(["a", "b"]));
+        assert!(paths.contains(&&json!(["cards", 0, "brokenList", 1, "ok"])));
+        // The failed item's only field is left out, so the item is null; its sibling arrives.
+        assert_eq!(card1["brokenList"], json!([{ "ok": 1 }, null]));
+        assert_eq!(paths.len(), 7, "{out}");
     }
 }

@@ -13,7 +13,7 @@ pub mod types;
 
 use std::sync::Arc;
 
-pub use inline::Inline;
+pub use inline::{Inline, InlineList};
 
 use async_graphql::{
     ContainerType, ObjectType, Schema, SchemaBuilder, SubscriptionType,

@@ -8,7 +8,7 @@ use async_graphql::{Context, ID, Object, OutputType, SimpleObject};
 
 use crate::domain::Title;
 
-use super::{Inline, TitleView, composer, request, require_viewer};
+use super::{Inline, InlineList, TitleView, composer, request, require_viewer};
 use crate::{
     compose::{HomeRow, Homepage, RowItem as ComposedItem},
     domain::{Profile, Region},
@@ -38,18 +38,20 @@ impl<'a, T: TitleView> Row<'a, T> {
     }
 
     /// The row's titles in display order, already cut to this client's row length.
-    async fn items(&self) -> Vec<Inline<RowItem<'a, T>>> {
-        self.row
-            .items
-            .iter()
-            .map(|item| {
-                Inline(RowItem {
-                    item,
-                    profile: self.profile,
-                    _title: PhantomData,
+    async fn items(&self) -> InlineList<Inline<RowItem<'a, T>>> {
+        InlineList(
+            self.row
+                .items
+                .iter()
+                .map(|item| {
+                    Inline(RowItem {
+                        item,
+                        profile: self.profile,
+                        _title: PhantomData,
+                    })
                 })
-            })
-            .collect()
+                .collect(),
+        )
     }
 }
 
