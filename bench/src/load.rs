@@ -114,10 +114,11 @@ pub(crate) async fn send(client: &reqwest::Client, plan: &Plan, i: usize) -> Res
     }
 }
 
-/// Whether a JSON GraphQL response carries a top-level-or-nested `"errors":` key. A byte scan
-/// rather than a parse, so checking costs the load generator next to nothing.
+/// Whether a JSON GraphQL response carries a top-level-or-nested `"errors":` key. A SIMD substring
+/// search rather than a parse: the load generator shares the BFF's cores, and a byte-by-byte
+/// window scan of a 210 KB web homepage was ~11% of all instructions in a callgrind profile.
 pub(crate) fn has_graphql_errors(body: &[u8]) -> bool {
-    body.windows(9).any(|w| w == b"\"errors\":")
+    memchr::memmem::find(body, b"\"errors\":").is_some()
 }
 
 /// Requests in flight while priming a cache.

@@ -334,9 +334,10 @@ async fn run_load(env: &Env, s: &Scenario, spec: &LoadSpec, cli: &Cli) -> Result
         }
         let columns = Columns::from_run(&outcome, before?, after?, procfs::peak_rss_kib()?);
         eprintln!(
-            "[{}] run {run}/{}: {:.0} rps, p50 {:.1} ms, p99 {:.1} ms, {} errors (HTTP {:.2}%, GraphQL {:.2}%), {:.2} upstream/req, cache hit {:.1}%",
+            "[{}] run {run}/{}: {:.0} requests, {:.0} rps, p50 {:.1} ms, p99 {:.1} ms, {} errors (HTTP {:.2}%, GraphQL {:.2}%), {:.2} upstream/req, cache hit {:.1}%",
             s.name,
             cli.runs,
+            columns.requests,
             columns.rps,
             columns.p50_ms,
             columns.p99_ms,

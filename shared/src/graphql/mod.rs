@@ -9,6 +9,7 @@
 pub(crate) mod errors;
 pub(crate) mod http;
 mod inline;
+mod json;
 pub mod types;
 
 use std::sync::Arc;
