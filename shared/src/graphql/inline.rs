@@ -103,9 +103,22 @@ async fn resolve_inline<'a, T: ContainerType>(
     ctx: &ContextSelectionSet<'a>,
     root: &'a T,
 ) -> ServerResult<Value> {
-    let mut fields = Vec::with_capacity(ctx.item.node.items.len());
-    collect_fields(ctx, root, &ctx.item.node, &mut fields)?;
-    let mut object = IndexMap::with_capacity(fields.len());
+    let items = &ctx.item.node.items;
+    // Fragments need expanding into a list first; a plain field list (nearly every object of a
+    // homepage) is walked as it is, without that allocation.
+    let direct = items.iter().all(|s| matches!(s.node, Selection::Field(_)));
+    let mut expanded = Vec::new();
+    if !direct {
+        collect_fields(ctx, root, &ctx.item.node, &mut expanded)?;
+    }
+    let fields = items
+        .iter()
+        .filter_map(|s| match &s.node {
+            Selection::Field(field) if direct => Some(field),
+            _ => None,
+        })
+        .chain(expanded.iter().copied());
+    let mut object = IndexMap::with_capacity(if direct { items.len() } else { expanded.len() });
     for field in fields {
         let key = field.node.response_key().node.clone();
         if field.node.name.node == "__typename" {
