@@ -86,25 +86,44 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     out.reserve(bytes.len() + 2);
     out.push(b'"');
     let mut start = 0; // first byte not yet copied
-    let mut i = 0;
-    while i < bytes.len() {
-        // Test eight bytes at once; a short tail is padded with spaces, which need no escape.
-        let n = (bytes.len() - i).min(8);
-        let mut word = [b' '; 8];
-        word[..n].copy_from_slice(&bytes[i..i + n]);
-        if needs_escape(u64::from_le_bytes(word)) {
-            for (j, &b) in bytes.iter().enumerate().skip(i).take(n) {
-                if let Some(escape) = escape_of(b) {
-                    out.extend_from_slice(&bytes[start..j]);
-                    push_escape(out, escape, b);
-                    start = j + 1;
-                }
-            }
+    // Whole words through fixed-size loads (no copy call per word); a short tail is padded with
+    // spaces, which need no escape.
+    let words = bytes.chunks_exact(8);
+    let tail = words.remainder();
+    for (k, word) in words.enumerate() {
+        let clean = <[u8; 8]>::try_from(word).is_ok_and(|w| !needs_escape(u64::from_le_bytes(w)));
+        if !clean {
+            escape_range(out, bytes, k * 8..k * 8 + 8, &mut start);
         }
-        i += n;
+    }
+    if !tail.is_empty() {
+        let mut word = [b' '; 8];
+        for (d, s) in word.iter_mut().zip(tail) {
+            *d = *s;
+        }
+        if needs_escape(u64::from_le_bytes(word)) {
+            escape_range(
+                out,
+                bytes,
+                bytes.len() - tail.len()..bytes.len(),
+                &mut start,
+            );
+        }
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+/// Escapes what needs it in `bytes[range]`, copying the clean run since `start` before each escape.
+fn escape_range(out: &mut Vec<u8>, bytes: &[u8], range: std::ops::Range<usize>, start: &mut usize) {
+    for j in range {
+        let b = bytes[j];
+        if let Some(escape) = escape_of(b) {
+            out.extend_from_slice(&bytes[*start..j]);
+            push_escape(out, escape, b);
+            *start = j + 1;
+        }
+    }
 }
 
 fn push_escape(out: &mut Vec<u8>, escape: Escape, b: u8) {
@@ -163,17 +182,20 @@ mod tests {
 
     #[test]
     fn every_ascii_byte_at_every_word_offset_is_escaped_as_serde_json_does() {
+        // With and without a suffix: the byte lands in whole words and in the padded tail.
         for b in 0u8..=0x7f {
-            for offset in 0..10 {
-                let mut s = "x".repeat(offset);
-                s.push(char::from(b));
-                s.push_str("tail-of-the-string");
-                let v = Value::String(s.clone());
-                assert_eq!(
-                    ours(&v),
-                    serde_json::to_string(&s).unwrap(),
-                    "byte {b:#x} at {offset}"
-                );
+            for offset in 0..18 {
+                for suffix in ["", "tail-of-the-string"] {
+                    let mut s = "x".repeat(offset);
+                    s.push(char::from(b));
+                    s.push_str(suffix);
+                    let v = Value::String(s.clone());
+                    assert_eq!(
+                        ours(&v),
+                        serde_json::to_string(&s).unwrap(),
+                        "byte {b:#x} at {offset}, suffix {suffix:?}"
+                    );
+                }
             }
         }
     }
