@@ -458,9 +458,10 @@ fn operation_of(
 /// `serde_json` round trip.
 fn response_bytes(response: &async_graphql::Response) -> serde_json::Result<Vec<u8>> {
     // Sized like the last answer: a client's homepages are alike, and growing a 210 KB buffer by
-    // doubling from 4 KB copied ~250 KB per request. Only a hint; it never limits anything.
+    // doubling from 4 KB copied ~250 KB per request. Only a hint, capped so a burst of small
+    // answers after a huge one cannot reserve much, and the excess is given back below.
     static LAST_LEN: AtomicUsize = AtomicUsize::new(4096);
-    let mut out = Vec::with_capacity(LAST_LEN.load(Ordering::Relaxed).clamp(4096, 4 << 20));
+    let mut out = Vec::with_capacity(LAST_LEN.load(Ordering::Relaxed).clamp(4096, 1 << 20));
     out.extend_from_slice(b"{\"data\":");
     super::json::write_value(&mut out, &response.data);
     if !response.errors.is_empty() {
@@ -473,6 +474,10 @@ fn response_bytes(response: &async_graphql::Response) -> serde_json::Result<Vec<
     }
     out.push(b'}');
     LAST_LEN.store(out.len() + out.len() / 16, Ordering::Relaxed);
+    // The body lives until the client has read it: do not hold a big hint's unused tail that long.
+    if out.capacity() > 2 * out.len() + 4096 {
+        out.shrink_to_fit();
+    }
     Ok(out)
 }
 

@@ -18,7 +18,8 @@
 //! condition, equal response keys merged, a field error recorded at its path with the field left
 //! out. What this path leaves out is async-graphql's per-field extension hooks and custom
 //! directives: [`super::build_schema`] registers neither, and a schema with custom directives falls
-//! back to the stock resolver here. A test compares both paths on the full homepage query.
+//! back to the stock resolver here. The tests compare both paths on a query with fragments,
+//! aliases, merged keys, `@skip`/`@include`, `__typename` and failing fields.
 
 use std::borrow::Cow;
 
