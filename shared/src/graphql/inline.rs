@@ -18,7 +18,7 @@
 //! condition, equal response keys merged, a field error recorded at its path with the field left
 //! out. What this path leaves out is async-graphql's per-field extension hooks and custom
 //! directives: [`super::build_schema`] registers neither, and a schema with custom directives falls
-//! back to the stock resolver here. The tests compare both paths on a query with fragments,
+//! back to the stock resolvers here. The tests compare both paths on a query with fragments,
 //! aliases, merged keys, `@skip`/`@include`, `__typename` and failing fields.
 
 use std::borrow::Cow;
@@ -29,7 +29,7 @@ use async_graphql::{
     indexmap::{IndexMap, map::Entry},
     parser::types::{Field, Selection, SelectionSet},
     registry::Registry,
-    resolver_utils::resolve_container,
+    resolver_utils::{resolve_container, resolve_list},
 };
 
 /// A GraphQL object whose fields are resolved sequentially, without a task per field (see the
@@ -87,6 +87,9 @@ impl<T: OutputType> OutputType for InlineList<T> {
         ctx: &ContextSelectionSet<'_>,
         field: &Positioned<Field>,
     ) -> ServerResult<Value> {
+        if !ctx.schema_env.custom_directives.is_empty() {
+            return resolve_list(ctx, field, &self.0, Some(self.0.len())).await;
+        }
         let mut items = Vec::with_capacity(self.0.len());
         for (idx, item) in self.0.iter().enumerate() {
             let ctx_idx = ctx.with_index(idx);
@@ -325,7 +328,7 @@ mod tests {
     struct Noop;
     impl CustomDirective for Noop {}
 
-    /// Registering any custom directive sends `Inline` down the stock resolver.
+    /// Registering any custom directive sends `Inline` and `InlineList` down the stock resolvers.
     #[Directive(location = "Field")]
     fn noop() -> impl CustomDirective {
         Noop
