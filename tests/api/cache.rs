@@ -87,14 +87,7 @@ async fn stale_top10_is_served_at_once_refreshed_once_and_reported() {
     // The refresh is slow; every request meanwhile is answered from the stale entry.
     app.fault(Backend::Top10, latency(300));
     for _ in 0..5 {
-        let (status, body) = app
-            .post_graphql(
-                "{ homepage(region: \"US\") { rows { kind } } }",
-                json!({}),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200);
+        let body = app.homepage("kind", None).await;
         assert_eq!(kinds(&body), ["TOP_10", "NEW_RELEASES"]);
         let stale = &body["extensions"]["cache"]["stale"];
         assert_eq!(stale[0]["fragment"], "top10", "{body}");
@@ -132,14 +125,9 @@ async fn a_down_backend_is_covered_by_stale_data_within_max_stale() {
     app.fault(Backend::Recommendations, error_rate(1.0));
     tokio::time::sleep(Duration::from_millis(150)).await;
     for _ in 0..3 {
-        let (status, body) = app
-            .post_graphql(
-                "{ homepage(region: \"US\") { rows { kind items { title { id } } } } }",
-                json!({}),
-                Some(&token),
-            )
+        let body = app
+            .homepage("kind items { title { id } }", Some(&token))
             .await;
-        assert_eq!(status, 200);
         assert!(body.get("errors").is_none(), "{body}");
         assert_eq!(
             ids(row(&body, "RECOMMENDED")),

@@ -18,15 +18,8 @@ const ALL_ROWS: [&str; 5] = [
 
 async fn homepage_with(app: &TestApp) -> Value {
     let token = app.token("u1");
-    let (status, body) = app
-        .post_graphql(
-            "{ homepage(region: \"US\") { rows { kind heading items { title { id } } } } }",
-            json!({}),
-            Some(&token),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body
+    app.homepage("kind heading items { title { id } }", Some(&token))
+        .await
 }
 
 #[tokio::test]

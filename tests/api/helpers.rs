@@ -142,6 +142,11 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The status of `GET path`.
+    pub async fn status_of(&self, path: &str) -> StatusCode {
+        self.http.get(self.url(path)).send().await.unwrap().status()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

@@ -193,8 +193,7 @@ async fn responses_are_compressed_when_the_client_accepts_it() {
 #[tokio::test]
 async fn health_and_readiness() {
     let app = spawn_app(web()).await;
-    let r = app.http.get(app.url("/healthz")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(app.status_of("/healthz").await, 200);
     let r = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();

@@ -77,6 +77,18 @@ impl Backend {
             })
         }
     }
+
+    /// One read of `key` through `cache`, loading `n` entries from this backend on a miss.
+    async fn read(
+        &self,
+        cache: &FragmentCache,
+        key: &FragmentKey,
+        n: u32,
+    ) -> Result<Arc<Vec<Top10Entry>>, BackendError> {
+        cache
+            .get_or_load(key, &CacheLog::default(), self.load(n))
+            .await
+    }
 }
 
 #[tokio::test]
@@ -119,10 +131,7 @@ async fn stale_entries_are_served_at_once_and_refreshed_once() {
     let cache = FragmentCache::new(settings(Duration::from_millis(50), Duration::from_secs(60)));
     let backend = Backend::default();
     let key = FragmentKey::top10(&region());
-    cache
-        .get_or_load(&key, &CacheLog::default(), backend.load(3))
-        .await
-        .unwrap();
+    backend.read(&cache, &key, 3).await.unwrap();
     tokio::time::sleep(Duration::from_millis(60)).await;
     backend.gated.store(true, Ordering::SeqCst);
     for _ in 0..5 {
@@ -176,10 +185,7 @@ async fn a_failing_backend_is_covered_by_the_stale_entry_until_max_stale() {
     ));
     let backend = Backend::default();
     let key = FragmentKey::top10(&region());
-    cache
-        .get_or_load(&key, &CacheLog::default(), backend.load(3))
-        .await
-        .unwrap();
+    backend.read(&cache, &key, 3).await.unwrap();
     backend.fail.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(30)).await;
     for _ in 0..3 {
@@ -197,12 +203,7 @@ async fn a_failing_backend_is_covered_by_the_stale_entry_until_max_stale() {
     }
     // Past TTL + max_stale the entry is gone and the error shows.
     tokio::time::sleep(Duration::from_millis(320)).await;
-    assert!(
-        cache
-            .get_or_load(&key, &CacheLog::default(), backend.load(9))
-            .await
-            .is_err()
-    );
+    assert!(backend.read(&cache, &key, 9).await.is_err());
 }
 
 #[tokio::test]
@@ -211,21 +212,9 @@ async fn errors_are_not_cached() {
     let backend = Backend::default();
     backend.fail.store(true, Ordering::SeqCst);
     let key = FragmentKey::top10(&region());
-    assert!(
-        cache
-            .get_or_load(&key, &CacheLog::default(), backend.load(3))
-            .await
-            .is_err()
-    );
+    assert!(backend.read(&cache, &key, 3).await.is_err());
     backend.fail.store(false, Ordering::SeqCst);
-    assert_eq!(
-        cache
-            .get_or_load(&key, &CacheLog::default(), backend.load(3))
-            .await
-            .unwrap()
-            .len(),
-        3
-    );
+    assert_eq!(backend.read(&cache, &key, 3).await.unwrap().len(), 3);
     assert_eq!(backend.calls(), 2);
 }
 
@@ -247,14 +236,7 @@ async fn invalidation_beats_a_load_that_started_before_the_write() {
     backend.gate.notify_waiters();
     assert_eq!(early.await.unwrap().unwrap().len(), 1);
     // The pre-write answer was not stored: the next read loads again.
-    assert_eq!(
-        cache
-            .get_or_load(&key, &CacheLog::default(), backend.load(2))
-            .await
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(backend.read(&cache, &key, 2).await.unwrap().len(), 2);
     assert_eq!(backend.calls(), 2);
 }
 

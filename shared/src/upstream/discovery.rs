@@ -63,15 +63,7 @@ pub(super) fn start_rest(
             s.dns_refresh,
             move |addr| {
                 let u = with_addr(&url, addr)?;
-                let base: std::sync::Arc<str> =
-                    std::sync::Arc::from(u.as_str().trim_end_matches('/'));
-                Some((
-                    base.to_string(),
-                    RestEndpoint {
-                        base,
-                        host: host_header.clone(),
-                    },
-                ))
+                Some(RestEndpoint::keyed(&u, host_header.clone()))
             },
         ));
     }

@@ -42,6 +42,14 @@ pub(crate) struct RestEndpoint {
     pub(crate) host: Option<HeaderValue>,
 }
 
+impl RestEndpoint {
+    /// The endpoint at `url` (trailing `/` dropped), keyed by its base as the balancer names it.
+    pub(crate) fn keyed(url: &reqwest::Url, host: Option<HeaderValue>) -> (String, Self) {
+        let base: Arc<str> = Arc::from(url.as_str().trim_end_matches('/'));
+        (base.to_string(), Self { base, host })
+    }
+}
+
 /// One REST backend: its client and policy.
 pub(crate) struct RestBackend {
     client: reqwest::Client,
@@ -61,8 +69,7 @@ impl RestBackend {
                 url: url.clone(),
                 reason: e.to_string(),
             })?;
-            let base: Arc<str> = Arc::from(parsed.as_str().trim_end_matches('/'));
-            endpoints.push((base.to_string(), RestEndpoint { base, host: None }));
+            endpoints.push(RestEndpoint::keyed(&parsed, None));
         }
         let client = reqwest::Client::builder()
             .connect_timeout(s.connect_timeout)
