@@ -244,15 +244,7 @@ async fn metrics_can_move_to_a_separate_admin_listener() {
         .unwrap();
     let app = spawn_app_with(web(), |s| s.metrics.listen = Some(admin)).await;
     app.homepage("kind", None).await;
-    assert_eq!(
-        app.http
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(app.status_of("/metrics").await, 404);
     let text = scrape(&app, &format!("http://{admin}/metrics")).await;
     assert!(text.contains("bff_http_requests_total"));
 }

@@ -362,29 +362,13 @@ async fn pass_through_routes_proxy_strip_hop_headers_and_set_identity() {
             ..FaultPatch::default()
         },
     );
-    assert_eq!(
-        app.http
-            .get(app.url("/api/charts/GB"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        504
-    );
+    assert_eq!(app.status_of("/api/charts/GB").await, 504);
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
     let app = spawn_app_with(web(), |s| with_route(s, format!("http://{closed}/top10"))).await;
-    assert_eq!(
-        app.http
-            .get(app.url("/api/charts/GB"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        502
-    );
+    assert_eq!(app.status_of("/api/charts/GB").await, 502);
 }
 
 #[tokio::test]

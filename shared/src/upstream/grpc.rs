@@ -60,15 +60,9 @@ impl GrpcBackend {
         s: &BackendSettings,
         metrics: Option<Arc<Metrics>>,
     ) -> Result<(Self, Vec<tokio::task::JoinHandle<()>>), UpstreamInitError> {
-        let mut endpoints = Vec::new();
-        for url in s.endpoint_urls() {
-            let ch = channel(&url, None, s).map_err(|reason| UpstreamInitError::Url {
-                backend: name.to_owned(),
-                url: url.clone(),
-                reason,
-            })?;
-            endpoints.push((url, ch));
-        }
+        let endpoints = super::configured_endpoints(name, s, |url| {
+            Ok((url.to_owned(), channel(url, None, s)?))
+        })?;
         let backend = Self {
             policy: BackendPolicy::new(name, s, endpoints, metrics),
         };

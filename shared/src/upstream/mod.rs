@@ -129,6 +129,25 @@ pub enum UpstreamInitError {
     Http(#[from] reqwest::Error),
 }
 
+/// One endpoint per configured URL of backend `name`, each keyed as the balancer names it; an
+/// unusable URL is an [`UpstreamInitError::Url`] naming the backend and the URL.
+fn configured_endpoints<E>(
+    name: &str,
+    s: &crate::config::BackendSettings,
+    make: impl Fn(&str) -> Result<(String, E), String>,
+) -> Result<Vec<(String, E)>, UpstreamInitError> {
+    s.endpoint_urls()
+        .into_iter()
+        .map(|url| {
+            make(&url).map_err(|reason| UpstreamInitError::Url {
+                backend: name.to_owned(),
+                url,
+                reason,
+            })
+        })
+        .collect()
+}
+
 /// Every backend client, each call wrapped by its backend's policy. Cheap to clone.
 #[derive(Clone)]
 pub struct Upstream {

@@ -62,15 +62,10 @@ impl RestBackend {
         s: &BackendSettings,
         metrics: Option<Arc<Metrics>>,
     ) -> Result<(Self, Vec<tokio::task::JoinHandle<()>>), UpstreamInitError> {
-        let mut endpoints = Vec::new();
-        for url in s.endpoint_urls() {
-            let parsed = reqwest::Url::parse(&url).map_err(|e| UpstreamInitError::Url {
-                backend: name.to_owned(),
-                url: url.clone(),
-                reason: e.to_string(),
-            })?;
-            endpoints.push(RestEndpoint::keyed(&parsed, None));
-        }
+        let endpoints = super::configured_endpoints(name, s, |url| {
+            let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+            Ok(RestEndpoint::keyed(&parsed, None))
+        })?;
         let client = reqwest::Client::builder()
             .connect_timeout(s.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
