@@ -190,8 +190,6 @@ impl Title {
 /// The result of hydrating ids against the catalog.
 #[derive(Debug, Clone, Default)]
 pub struct TitleBatch {
-    /// Titles that exist, by id.
+    /// Titles that exist, by id; an id the catalog does not know is simply absent.
     pub titles: std::collections::HashMap<String, Arc<Title>>,
-    /// Ids the catalog does not know.
-    pub missing: Vec<String>,
 }

@@ -857,10 +857,12 @@ impl Settings {
                     "collides with a built-in endpoint".into(),
                 ));
             }
-            let grpc = matches!(r.backend.as_str(), "catalog" | "recommendations");
-            let known = self.backends.extra.contains_key(&r.backend)
-                || r.backend.parse::<BackendId>().is_ok();
-            if grpc || !known {
+            // A built-in backend is REST when it has a REST path; an `extra` one always is.
+            let rest = match r.backend.parse::<BackendId>() {
+                Ok(b) => b.rest_path().is_some(),
+                Err(_) => self.backends.extra.contains_key(&r.backend),
+            };
+            if !rest {
                 return Err(invalid(
                     &format!("{key}.backend"),
                     format!("`{}` is not a configured REST backend", r.backend),

@@ -158,7 +158,7 @@ async fn proxy(app: &AppState, route: &Route, req: Request) -> Response {
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
     headers.remove(header::AUTHORIZATION);
-    headers.remove("x-user-id");
+    headers.remove(crate::upstream::rest::USER_ID_HEADER);
 
     // Only a bodiless idempotent request can be replayed; everything else gets one attempt.
     let replayable =

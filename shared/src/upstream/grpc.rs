@@ -77,7 +77,6 @@ impl GrpcBackend {
     ) -> Result<TitleBatch, Failure> {
         let mut out = TitleBatch {
             titles: HashMap::with_capacity(ids.len()),
-            missing: Vec::new(),
         };
         // Chunks run one after another: a homepage's union is far below one batch, so this only
         // matters for unusual callers and keeps the catalog from seeing a burst of big calls.
@@ -105,7 +104,6 @@ impl GrpcBackend {
                 let title = title_from_pb(t);
                 out.titles.insert(title.id.clone(), Arc::new(title));
             }
-            out.missing.extend(resp.missing_ids);
         }
         Ok(out)
     }

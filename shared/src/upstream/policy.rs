@@ -47,11 +47,10 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
+    /// Whether another attempt may succeed: exactly the failures that say the backend (or
+    /// endpoint) is unhealthy, not a rejection of the request itself.
     fn retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::Timeout | Self::Transport(_) | Self::Unavailable(_)
-        )
+        self.is_health_failure()
     }
 
     /// Whether this says the backend (or endpoint) is unhealthy.
