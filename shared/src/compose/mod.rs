@@ -118,10 +118,6 @@ pub struct RowItem {
     pub rank: Option<u32>,
     /// Recommended: why, for display.
     pub reason: Option<String>,
-    /// Recommended: relevance in `[0, 1]`.
-    pub score: Option<f64>,
-    /// My list: when it was added. New releases: when it was released. (RFC 3339)
-    pub timestamp: Option<String>,
 }
 
 /// Playback progress of a continue-watching item.
@@ -139,8 +135,6 @@ struct Entry {
     progress: Option<Progress>,
     rank: Option<u32>,
     reason: Option<String>,
-    score: Option<f64>,
-    timestamp: Option<String>,
 }
 
 impl Entry {
@@ -150,8 +144,6 @@ impl Entry {
             progress: None,
             rank: None,
             reason: None,
-            score: None,
-            timestamp: None,
         }
     }
 }
@@ -305,8 +297,6 @@ impl Composer {
                         progress: e.progress,
                         rank: e.rank,
                         reason: e.reason.clone(),
-                        score: e.score,
-                        timestamp: e.timestamp.clone(),
                     })
                 })
                 .take(limit)
@@ -372,12 +362,7 @@ impl Composer {
                             move || async move { up.new_releases(&cx, &region, limit).await },
                         )
                         .await?;
-                    rows.iter()
-                        .map(|n| Entry {
-                            timestamp: Some(n.released_at.clone()),
-                            ..Entry::id(n.title_id.clone())
-                        })
-                        .collect()
+                    rows.iter().map(|n| Entry::id(n.title_id.clone())).collect()
                 }
                 (RowKind::ContinueWatching, Some(user)) => {
                     let (up, cx) = (self.upstream.clone(), rq.call(Some(&user), deadline));
@@ -394,7 +379,6 @@ impl Composer {
                                 position_seconds: c.position_seconds,
                                 duration_seconds: c.duration_seconds,
                             }),
-                            timestamp: Some(c.updated_at.clone()),
                             ..Entry::id(c.title_id.clone())
                         })
                         .collect()
@@ -403,10 +387,7 @@ impl Composer {
                     .my_list_of(&user, rq, deadline)
                     .await?
                     .iter()
-                    .map(|m| Entry {
-                        timestamp: Some(m.added_at.clone()),
-                        ..Entry::id(m.title_id.clone())
-                    })
+                    .map(|m| Entry::id(m.title_id.clone()))
                     .collect(),
                 (RowKind::Recommended, Some(user)) => {
                     let (up, cx) = (self.upstream.clone(), rq.call(Some(&user), deadline));
@@ -419,7 +400,6 @@ impl Composer {
                         .await?;
                     rows.iter()
                         .map(|r| Entry {
-                            score: Some(r.score),
                             reason: Some(r.reason.clone()),
                             ..Entry::id(r.title_id.clone())
                         })
