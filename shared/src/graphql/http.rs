@@ -183,7 +183,7 @@ pub(crate) async fn get(
         .is_none_or(|q| !q.split('&').any(|p| p.starts_with("query=")));
     if no_query
         && wants_html(&headers)
-        && let Some(page) = app.graphiql_page()
+        && let Some(page) = app.graphiql_page.clone()
     {
         return ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response();
     }

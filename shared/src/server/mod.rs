@@ -21,6 +21,7 @@ use std::{
 };
 
 use axum::{Router, routing::get};
+use bytes::Bytes;
 use tokio::net::TcpListener;
 use tower_http::compression::CompressionLayer;
 
@@ -91,23 +92,12 @@ pub(crate) struct AppState {
     pub(crate) auth: Authenticator,
     pub(crate) schema: Arc<dyn GraphqlExecutor>,
     pub(crate) upstream: Upstream,
-    graphiql: Option<graphiql::GraphiqlAssets>,
-    graphiql_headers: Option<String>,
+    /// The GraphiQL page when enabled, rendered once: nothing in it changes while serving.
+    pub(crate) graphiql_page: Option<Bytes>,
     ready: AtomicBool,
 }
 
 impl AppState {
-    /// The GraphiQL page, when enabled.
-    pub(crate) fn graphiql_page(&self) -> Option<String> {
-        let assets = self.graphiql.as_ref()?;
-        Some(assets.page(
-            "/graphql",
-            "/graphql/ws",
-            self.graphiql_headers.as_deref(),
-            None,
-        ))
-    }
-
     pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }
@@ -171,8 +161,14 @@ impl Application {
             schema,
             upstream,
             cache: cache.clone(),
-            graphiql_headers: opts.graphiql_headers,
-            graphiql: graphiql.clone(),
+            graphiql_page: graphiql.as_ref().map(|assets| {
+                Bytes::from(assets.page(
+                    "/graphql",
+                    "/graphql/ws",
+                    opts.graphiql_headers.as_deref(),
+                    None,
+                ))
+            }),
             ready: AtomicBool::new(true),
             settings,
         });
