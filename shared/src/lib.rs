@@ -24,6 +24,7 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod error;
+mod escape;
 pub mod graphql;
 pub mod profile;
 pub mod server;

@@ -150,18 +150,9 @@ impl FragmentKey {
     }
 }
 
+/// Key parts never contain the `:` that separates them.
 fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-            out.push(c);
-        } else {
-            for b in c.to_string().bytes() {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        }
-    }
-    out
+    crate::escape::percent_encode(s, b"")
 }
 
 #[cfg(test)]

@@ -414,13 +414,5 @@ impl Upstream {
 
 /// Percent-encodes one path segment so ids can never change the path.
 fn enc(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::escape::percent_encode(segment, b"~")
 }
