@@ -79,6 +79,18 @@ impl Authenticator {
         Self { key, validation }
     }
 
+    /// The request's `Authorization` header, checked as [`Authenticator::authenticate`] does.
+    pub fn authenticate_headers(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<Option<Viewer>, AuthError> {
+        self.authenticate(
+            headers
+                .get(http::header::AUTHORIZATION)
+                .map(http::HeaderValue::as_bytes),
+        )
+    }
+
     /// `Ok(None)` for no header (anonymous), `Ok(Some)` for a valid token, `Err` otherwise.
     pub fn authenticate(&self, header: Option<&[u8]>) -> Result<Option<Viewer>, AuthError> {
         let Some(raw) = header else { return Ok(None) };

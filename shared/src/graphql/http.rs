@@ -283,11 +283,7 @@ async fn serve(
     mode: Mode,
     map: Map<String, Json>,
 ) -> Response {
-    let viewer = match app.auth.authenticate(
-        headers
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes),
-    ) {
+    let viewer = match app.auth.authenticate_headers(headers) {
         Ok(v) => v,
         Err(e) => {
             let mut resp = reject(

@@ -11,7 +11,7 @@ use axum::{
     Router,
     body::Body,
     extract::{Request, State},
-    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header},
+    http::{HeaderMap, HeaderName, Method, StatusCode, header},
     response::{IntoResponse, Response},
     routing::any,
 };
@@ -109,11 +109,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 async fn proxy(app: &AppState, route: &Route, req: Request) -> Response {
-    let viewer = match app.auth.authenticate(
-        req.headers()
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes),
-    ) {
+    let viewer = match app.auth.authenticate_headers(req.headers()) {
         Ok(v) => v,
         Err(e) => {
             return error(
