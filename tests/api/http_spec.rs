@@ -172,6 +172,46 @@ async fn too_deep_queries_are_query_too_complex() {
     assert_eq!(s, 200);
 }
 
+/// The document cache hands each request its own copy: `@skip`/`@include` are applied to the
+/// document with each request's variables, and validation still runs on a cached document.
+#[tokio::test]
+async fn repeated_operations_are_answered_per_request_from_the_document_cache() {
+    let app = spawn_app(web()).await;
+    let q = "query Q($full: Boolean!) { homepage(region: \"US\") { region rows { kind heading @include(if: $full) } } }";
+    let mut answers = Vec::new();
+    for full in [true, false, true, false] {
+        let (s, body) = app.post_graphql(q, json!({ "full": full }), None).await;
+        assert_eq!(s, 200, "{body}");
+        let rows = body["data"]["homepage"]["rows"].as_array().unwrap().clone();
+        assert!(!rows.is_empty(), "{body}");
+        assert!(
+            rows.iter().all(|r| r.get("heading").is_some() == full),
+            "full={full}: {body}"
+        );
+        answers.push(rows);
+    }
+    assert_eq!(answers[0], answers[2]);
+    assert_eq!(answers[1], answers[3]);
+
+    // A cached document with variables of the wrong type is still rejected by validation.
+    let (s, body) = app.post_graphql(q, json!({ "full": "yes" }), None).await;
+    assert_eq!(s, 400, "{body}");
+    let errors = codes(&body);
+    assert!(
+        !errors.is_empty()
+            && errors
+                .iter()
+                .all(|c| c == "BAD_USER_INPUT" || c == "GRAPHQL_VALIDATION_FAILED"),
+        "{body}"
+    );
+    // So is a malformed query, every time (only documents that parse are kept).
+    for _ in 0..2 {
+        let (s, body) = app.post_graphql("{ homepage {", json!({}), None).await;
+        assert_eq!(s, 400, "{body}");
+        assert_eq!(codes(&body), ["GRAPHQL_PARSE_FAILED"]);
+    }
+}
+
 #[tokio::test]
 async fn responses_are_compressed_when_the_client_accepts_it() {
     let app = spawn_app(web()).await;

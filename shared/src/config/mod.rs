@@ -81,7 +81,7 @@ impl Default for ServerSettings {
     }
 }
 
-/// GraphQL engine limits, enforced before execution.
+/// GraphQL engine limits, enforced before execution, and the document cache.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GraphqlSettings {
@@ -91,6 +91,9 @@ pub struct GraphqlSettings {
     pub max_complexity: usize,
     /// Whether introspection queries are answered.
     pub introspection: bool,
+    /// Approximate bytes of parsed documents kept for repeated operations
+    /// (`graphql.document_cache_bytes`); 0 parses every request afresh.
+    pub document_cache_bytes: u64,
 }
 
 impl Default for GraphqlSettings {
@@ -99,6 +102,7 @@ impl Default for GraphqlSettings {
             max_depth: 12,
             max_complexity: 2_000,
             introspection: true,
+            document_cache_bytes: 16 * 1024 * 1024,
         }
     }
 }

@@ -312,8 +312,12 @@ async fn serve(
     if let Some(vars) = p.variables {
         request = request.variables(async_graphql::Variables::from_json(Json::Object(vars)));
     }
-    let operation = match request.parsed_query() {
-        Ok(doc) => operation_of(&doc.operations, p.operation_name.as_deref()),
+    let operation = match app.schema.parse(&request.query) {
+        Ok(doc) => {
+            let operation = operation_of(&doc.operations, p.operation_name.as_deref());
+            request.set_parsed_query(doc);
+            operation
+        }
         Err(e) => {
             let status = if mode == Mode::GraphqlResponse {
                 StatusCode::BAD_REQUEST

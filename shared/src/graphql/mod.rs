@@ -6,6 +6,7 @@
 //! items, the viewer, `title(id)` and the my-list mutations come from here, so the two surfaces
 //! cannot drift apart where they are meant to be the same.
 
+mod documents;
 pub(crate) mod errors;
 pub(crate) mod http;
 mod inline;
@@ -17,10 +18,11 @@ use std::sync::Arc;
 pub use inline::{Inline, InlineList};
 
 use async_graphql::{
-    ContainerType, ObjectType, Schema, SchemaBuilder, SubscriptionType,
-    futures_util::future::BoxFuture,
+    ContainerType, ObjectType, Schema, SchemaBuilder, ServerResult, SubscriptionType,
+    futures_util::future::BoxFuture, parser::types::ExecutableDocument,
 };
 
+use self::documents::DocumentCache;
 use crate::{
     auth::Viewer,
     compose::{Composer, RequestContext},
@@ -59,29 +61,45 @@ pub fn composer<'a>(ctx: &async_graphql::Context<'a>) -> async_graphql::Result<&
 
 /// A schema behind a trait object, so the server runs either binary's schema.
 pub trait GraphqlExecutor: Send + Sync + 'static {
+    /// Parses `query`, from the document cache when it was parsed before.
+    fn parse(&self, query: &str) -> ServerResult<ExecutableDocument>;
     /// Executes one request.
     fn execute(&self, request: async_graphql::Request) -> BoxFuture<'_, async_graphql::Response>;
     /// The schema as SDL.
     fn sdl(&self) -> String;
 }
 
-impl<Q, M, S> GraphqlExecutor for Schema<Q, M, S>
+/// A schema and its document cache.
+struct Executor<Q, M, S> {
+    schema: Schema<Q, M, S>,
+    documents: Option<DocumentCache>,
+}
+
+impl<Q, M, S> GraphqlExecutor for Executor<Q, M, S>
 where
     Q: ObjectType + 'static,
     M: ObjectType + 'static,
     S: SubscriptionType + 'static,
 {
+    fn parse(&self, query: &str) -> ServerResult<ExecutableDocument> {
+        match &self.documents {
+            Some(cache) => cache.parse(query),
+            None => Ok(async_graphql::parser::parse_query(query)?),
+        }
+    }
+
     fn execute(&self, request: async_graphql::Request) -> BoxFuture<'_, async_graphql::Response> {
-        Box::pin(Schema::execute(self, request))
+        Box::pin(self.schema.execute(request))
     }
 
     fn sdl(&self) -> String {
-        Schema::sdl(self)
+        self.schema.sdl()
     }
 }
 
 /// The schema of a surface: the shared root query over the binary's title and homepage types, the
-/// my-list mutations, this deployment's limits and the composer as schema data.
+/// my-list mutations, this deployment's limits and the composer as schema data, with a document
+/// cache.
 pub fn build_schema<T: TitleView, H: types::HomepageView>(
     composer: Composer,
     limits: &GraphqlSettings,
@@ -94,7 +112,10 @@ pub fn build_schema<T: TitleView, H: types::HomepageView>(
         composer,
         limits,
     );
-    Arc::new(schema.finish())
+    Arc::new(Executor {
+        schema: schema.finish(),
+        documents: DocumentCache::new(limits.document_cache_bytes),
+    })
 }
 
 fn schema_builder<Q, M, S>(
