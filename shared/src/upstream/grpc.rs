@@ -6,7 +6,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use bff_schema::{
-    catalog::v1::{self as pb_catalog, catalog_client::CatalogClient},
+    catalog::v1 as pb_catalog,
     recommendations::v1::{self as pb_recs, recommendations_client::RecommendationsClient},
 };
 use tonic::{Code, metadata::MetadataValue, transport::Channel};
@@ -15,10 +15,11 @@ use super::{
     CallContext, UpstreamInitError, discovery,
     policy::{BackendPolicy, CallKind, Failure},
     rest::USER_ID_HEADER,
+    titles_codec::TitlesCodec,
 };
 use crate::{
     config::BackendSettings,
-    domain::{Image, ImageKind, Recommendation, Title, TitleBatch, UserId},
+    domain::{Recommendation, Title, TitleBatch, UserId},
     telemetry::metrics::Metrics,
     telemetry::trace::{REQUEST_ID, TRACEPARENT, TRACESTATE},
 };
@@ -81,7 +82,7 @@ impl GrpcBackend {
         // Chunks run one after another: a homepage's union is far below one batch, so this only
         // matters for unusual callers and keeps the catalog from seeing a burst of big calls.
         for chunk in ids.chunks(MAX_BATCH) {
-            let resp = self
+            let titles = self
                 .policy
                 .call(CallKind::Read, cx.deadline, |ch, timeout| {
                     let req = request(
@@ -91,17 +92,11 @@ impl GrpcBackend {
                         },
                         timeout,
                     );
-                    async move {
-                        CatalogClient::new(ch)
-                            .batch_get_titles(req)
-                            .await
-                            .map_err(|s| status(&s))
-                    }
+                    async move { batch_get_titles(ch, req).await.map_err(|s| status(&s)) }
                 })
                 .await?
                 .into_inner();
-            for t in resp.titles {
-                let title = title_from_pb(t);
+            for title in titles {
                 out.titles.insert(title.id.clone(), Arc::new(title));
             }
         }
@@ -148,6 +143,29 @@ impl GrpcBackend {
     }
 }
 
+/// `catalog.v1.Catalog/BatchGetTitles`, as the generated client sends it, with the answer decoded
+/// by [`TitlesCodec`] straight into domain titles.
+async fn batch_get_titles(
+    ch: Channel,
+    req: tonic::Request<pb_catalog::BatchGetTitlesRequest>,
+) -> Result<tonic::Response<Vec<Title>>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {e}")))?;
+    let mut req = req;
+    req.extensions_mut().insert(tonic::GrpcMethod::new(
+        "catalog.v1.Catalog",
+        "BatchGetTitles",
+    ));
+    grpc.unary(
+        req,
+        http::uri::PathAndQuery::from_static("/catalog.v1.Catalog/BatchGetTitles"),
+        TitlesCodec,
+    )
+    .await
+}
+
 fn request<T>(cx: &CallContext, msg: T, timeout: Duration) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     req.set_timeout(timeout);
@@ -182,37 +200,5 @@ fn status(s: &tonic::Status) -> Failure {
         | Code::Internal
         | Code::Unknown => Failure::Unavailable(detail),
         _ => Failure::Rejected(detail),
-    }
-}
-
-fn title_from_pb(t: pb_catalog::Title) -> Title {
-    let images = t
-        .images
-        .into_iter()
-        .filter_map(|i| {
-            let kind = match pb_catalog::ImageKind::try_from(i.kind).ok()? {
-                pb_catalog::ImageKind::Poster => ImageKind::Poster,
-                pb_catalog::ImageKind::Backdrop => ImageKind::Backdrop,
-                pb_catalog::ImageKind::Hero => ImageKind::Hero,
-                pb_catalog::ImageKind::Unspecified => return None,
-            };
-            Some(Image {
-                kind,
-                width: u32::try_from(i.width).unwrap_or(0),
-                height: u32::try_from(i.height).unwrap_or(0),
-                url: i.url,
-            })
-        })
-        .collect();
-    Title {
-        id: t.id,
-        name: t.name,
-        synopsis: t.synopsis,
-        year: t.year,
-        maturity_rating: t.maturity_rating,
-        runtime_minutes: u32::try_from(t.runtime_minutes).unwrap_or(0),
-        genres: t.genres,
-        cast: t.cast,
-        images,
     }
 }

@@ -11,6 +11,7 @@ mod grpc;
 pub(crate) mod policy;
 pub mod resilience;
 pub(crate) mod rest;
+mod titles_codec;
 
 use std::{collections::HashMap, fmt, str::FromStr, sync::Arc, time::Instant};
 
