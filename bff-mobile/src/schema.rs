@@ -8,7 +8,7 @@ use shared::{
     domain::{self, ImageKind},
     error::ErrorCode,
     graphql::{
-        Inline, TitleView,
+        Scalars, TitleView,
         types::{HomepageRows, HomepageView, Image, TitleBasics},
     },
     profile::{ClientProfile, nearest_image},
@@ -68,12 +68,12 @@ impl CardFields {
         // 342 px is a typical phone card poster.
         #[graphql(default = 342)] width: i32,
         #[graphql(default = 1.0)] dpr: f64,
-    ) -> async_graphql::Result<Option<Inline<Image<'_>>>> {
+    ) -> async_graphql::Result<Option<Scalars<Image<'_>>>> {
         if !(1..=4096).contains(&width) || !(0.5..=4.0).contains(&dpr) {
             return Err(ErrorCode::BadUserInput.error("width must be 1-4096 and dpr 0.5-4"));
         }
         // Bounded above, so the product fits comfortably and rounds to a whole pixel count.
         let target = (f64::from(width) * dpr).round() as u32;
-        Ok(nearest_image(&self.title, ImageKind::Poster, target).map(|i| Inline(Image::from(i))))
+        Ok(nearest_image(&self.title, ImageKind::Poster, target).map(|i| Scalars(Image::from(i))))
     }
 }

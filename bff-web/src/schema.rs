@@ -7,7 +7,7 @@ use shared::{
     compose::Homepage as Composed,
     domain::{self, ImageKind},
     graphql::{
-        Inline, InlineList, TitleView,
+        Inline, InlineList, Scalars, TitleView,
         types::{HomepageRows, HomepageView, Image, TitleBasics},
     },
     profile::ClientProfile,
@@ -91,12 +91,12 @@ fn strings(list: &[String]) -> InlineList<&str> {
 pub struct TitleImages<'a>(&'a domain::Title);
 
 impl<'a> TitleImages<'a> {
-    fn of(&self, kind: ImageKind) -> InlineList<Inline<Image<'a>>> {
+    fn of(&self, kind: ImageKind) -> InlineList<Scalars<Image<'a>>> {
         InlineList(
             self.0
                 .images_of(kind)
                 .into_iter()
-                .map(|i| Inline(Image::from(i)))
+                .map(|i| Scalars(Image::from(i)))
                 .collect(),
         )
     }
@@ -105,17 +105,17 @@ impl<'a> TitleImages<'a> {
 #[Object]
 impl<'a> TitleImages<'a> {
     /// Portrait 2:3 posters.
-    async fn poster(&self) -> InlineList<Inline<Image<'a>>> {
+    async fn poster(&self) -> InlineList<Scalars<Image<'a>>> {
         self.of(ImageKind::Poster)
     }
 
     /// Landscape 16:9 backdrops.
-    async fn backdrop(&self) -> InlineList<Inline<Image<'a>>> {
+    async fn backdrop(&self) -> InlineList<Scalars<Image<'a>>> {
         self.of(ImageKind::Backdrop)
     }
 
     /// Wide hero banners.
-    async fn hero(&self) -> InlineList<Inline<Image<'a>>> {
+    async fn hero(&self) -> InlineList<Scalars<Image<'a>>> {
         self.of(ImageKind::Hero)
     }
 }

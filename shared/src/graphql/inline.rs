@@ -1,5 +1,7 @@
 //! [`Inline`] and [`InlineList`]: resolve an in-memory object's selected fields, or a list's items,
 //! one after another on the calling task, instead of as a set of futures polled concurrently.
+//! [`Scalars`] goes one step further for objects made only of scalar fields (image renditions,
+//! playback progress): it asks the object for each selected field's value directly.
 //!
 //! async-graphql resolves every object through a `FuturesUnordered`: one heap-allocated task per
 //! selected field, an atomic waker per poll, and a drain loop. That concurrency is what a field
@@ -36,6 +38,20 @@ use async_graphql::{
 /// module docs for when that is right).
 pub struct Inline<T>(pub T);
 
+/// An object whose fields are scalars read from memory, without arguments: their values can be
+/// made directly, without a field context, a resolver future and an `OutputType` call each. A web
+/// homepage has ~1,800 image renditions of three such fields.
+pub trait ScalarFields: ContainerType {
+    /// The value of field `name` as its resolver would give it; `None` for a field this method
+    /// does not cover, which then goes through the type's resolver as usual (so a field added to
+    /// the type later is still answered, only without the shortcut).
+    fn scalar_field(&self, name: &str) -> Option<Value>;
+}
+
+/// [`Inline`] for a [`ScalarFields`] object: the same GraphQL type and answers, with each field's
+/// value taken from [`ScalarFields::scalar_field`].
+pub struct Scalars<T>(pub T);
+
 impl<T: ContainerType> OutputType for Inline<T> {
     fn type_name() -> Cow<'static, str> {
         T::type_name()
@@ -61,7 +77,36 @@ impl<T: ContainerType> OutputType for Inline<T> {
         if !ctx.schema_env.custom_directives.is_empty() {
             return resolve_container(ctx, &self.0).await;
         }
-        resolve_inline(ctx, &self.0).await
+        resolve_inline(ctx, &self.0, None).await
+    }
+}
+
+impl<T: ScalarFields> OutputType for Scalars<T> {
+    fn type_name() -> Cow<'static, str> {
+        T::type_name()
+    }
+
+    fn qualified_type_name() -> String {
+        T::qualified_type_name()
+    }
+
+    fn introspection_type_name(&self) -> Cow<'static, str> {
+        self.0.introspection_type_name()
+    }
+
+    fn create_type_info(registry: &mut Registry) -> String {
+        T::create_type_info(registry)
+    }
+
+    async fn resolve(
+        &self,
+        ctx: &ContextSelectionSet<'_>,
+        _field: &Positioned<Field>,
+    ) -> ServerResult<Value> {
+        if !ctx.schema_env.custom_directives.is_empty() {
+            return resolve_container(ctx, &self.0).await;
+        }
+        resolve_inline(ctx, &self.0, Some(T::scalar_field)).await
     }
 }
 
@@ -103,9 +148,13 @@ impl<T: OutputType> OutputType for InlineList<T> {
     }
 }
 
+/// A field's value straight from the object, when it can give it (see [`ScalarFields`]).
+type ScalarOf<T> = fn(&T, &str) -> Option<Value>;
+
 async fn resolve_inline<'a, T: ContainerType>(
     ctx: &ContextSelectionSet<'a>,
     root: &'a T,
+    scalar: Option<ScalarOf<T>>,
 ) -> ServerResult<Value> {
     let items = &ctx.item.node.items;
     // Fragments need expanding into a list first; a plain field list (nearly every object of a
@@ -128,6 +177,10 @@ async fn resolve_inline<'a, T: ContainerType>(
         if field.node.name.node == "__typename" {
             let name = root.introspection_type_name().into_owned();
             insert_value(&mut object, key, Value::String(name));
+            continue;
+        }
+        if let Some(value) = scalar.and_then(|f| f(root, field.node.name.node.as_str())) {
+            insert_value(&mut object, key, value);
             continue;
         }
         let ctx_field = ctx.with_field(field);
@@ -238,12 +291,28 @@ mod tests {
     };
     use serde_json::{Value as Json, json};
 
-    use super::{Inline, InlineList};
+    use super::{Inline, InlineList, ScalarFields, Scalars};
 
     #[derive(SimpleObject)]
     struct Leaf {
         url: String,
         width: u32,
+    }
+
+    /// Covers `url` only: `width` goes through the resolver, as a field added later would.
+    impl ScalarFields for Leaf {
+        fn scalar_field(&self, name: &str) -> Option<async_graphql::Value> {
+            (name == "url").then(|| async_graphql::Value::String(self.url.clone()))
+        }
+    }
+
+    fn leaves_of(card: u32) -> Vec<Leaf> {
+        (1..=3)
+            .map(|w| Leaf {
+                url: format!("https://img/{card}/{w}"),
+                width: w * 100,
+            })
+            .collect()
     }
 
     struct Card(u32);
@@ -255,16 +324,12 @@ mod tests {
         }
 
         async fn leaves(&self) -> InlineList<Inline<Leaf>> {
-            InlineList(
-                (1..=3)
-                    .map(|w| {
-                        Inline(Leaf {
-                            url: format!("https://img/{}/{w}", self.0),
-                            width: w * 100,
-                        })
-                    })
-                    .collect(),
-            )
+            InlineList(leaves_of(self.0).into_iter().map(Inline).collect())
+        }
+
+        /// The same leaves through `Scalars`.
+        async fn scalar_leaves(&self) -> InlineList<Scalars<Leaf>> {
+            InlineList(leaves_of(self.0).into_iter().map(Scalars).collect())
         }
 
         async fn tags(&self) -> InlineList<&str> {
@@ -381,6 +446,25 @@ mod tests {
             let stock = run(true, QUERY, vars).await;
             assert_eq!(inline, stock, "big = {big}");
         }
+    }
+
+    #[tokio::test]
+    async fn scalars_answer_as_inline_objects_and_the_stock_resolver() {
+        let query = |field: &str| {
+            format!(
+                "{{ cards {{ items: {field} {{ __typename url u2: url width ...L ... on Leaf {{ url width }} }} }} }} \
+                 fragment L on Leaf {{ w2: width url }}"
+            )
+        };
+        let inline = run(false, &query("leaves"), json!({})).await;
+        assert_eq!(
+            inline["data"]["cards"][0]["items"][1],
+            json!({ "__typename": "Leaf", "url": "https://img/1/2", "u2": "https://img/1/2", "width": 200, "w2": 200 })
+        );
+        let scalars = run(false, &query("scalarLeaves"), json!({})).await;
+        assert_eq!(scalars, inline);
+        let stock = run(true, &query("scalarLeaves"), json!({})).await;
+        assert_eq!(stock, inline);
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ pub mod types;
 
 use std::sync::Arc;
 
-pub use inline::{Inline, InlineList};
+pub use inline::{Inline, InlineList, ScalarFields, Scalars};
 
 use async_graphql::{
     ContainerType, ObjectType, Schema, SchemaBuilder, ServerResult, SubscriptionType,
