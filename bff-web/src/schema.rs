@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use async_graphql::{MergedObject, Object};
+use async_graphql::{MergedObject, Object, ServerResult};
 use shared::{
     compose::Homepage as Composed,
     domain::{self, ImageKind},
     graphql::{
-        Inline, InlineList, Scalars, TitleView,
+        FieldOut, Inline, InlineList, RenderFields, Rendered, Scalars, TitleView,
         types::{HomepageRows, HomepageView, Image, TitleBasics},
     },
     profile::ClientProfile,
@@ -32,8 +32,8 @@ pub struct Hero(Option<Arc<domain::Title>>);
 #[Object]
 impl Hero {
     /// The title to feature in the banner: the viewer's best pick, else the region's number one.
-    async fn hero(&self) -> Option<Inline<Title>> {
-        self.0.clone().map(|t| Inline(Title::of(t)))
+    async fn hero(&self) -> Option<Rendered<Title>> {
+        self.0.clone().map(|t| Rendered(Title::of(t)))
     }
 }
 
@@ -52,6 +52,12 @@ impl Title {
 impl TitleView for Title {
     fn view(title: Arc<domain::Title>, _profile: &Arc<ClientProfile>) -> Self {
         Self::of(title)
+    }
+}
+
+impl RenderFields for Title {
+    fn render_field(&self, f: &mut FieldOut<'_, '_>) -> ServerResult<bool> {
+        Ok(self.0.render_field(f)? || self.1.render_field(f)?)
     }
 }
 
@@ -81,6 +87,20 @@ impl RichFields {
     }
 }
 
+impl RenderFields for RichFields {
+    fn render_field(&self, f: &mut FieldOut<'_, '_>) -> ServerResult<bool> {
+        let t = &self.0;
+        match f.name() {
+            "synopsis" => f.str(&t.synopsis),
+            "genres" => f.strs(&t.genres),
+            "cast" => f.strs(&t.cast),
+            "images" => f.object(&TitleImages(t)),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
 /// A list of strings borrowed from the title.
 fn strings(list: &[String]) -> InlineList<&str> {
     InlineList(list.iter().map(String::as_str).collect())
@@ -102,6 +122,19 @@ impl<'a> TitleImages<'a> {
     }
 }
 
+impl RenderFields for TitleImages<'_> {
+    fn render_field(&self, f: &mut FieldOut<'_, '_>) -> ServerResult<bool> {
+        let kind = match f.name() {
+            "poster" => ImageKind::Poster,
+            "backdrop" => ImageKind::Backdrop,
+            "hero" => ImageKind::Hero,
+            _ => return Ok(false),
+        };
+        f.objects(self.0.images_of(kind).into_iter().map(Image::from));
+        Ok(true)
+    }
+}
+
 #[Object]
 impl<'a> TitleImages<'a> {
     /// Portrait 2:3 posters.
@@ -117,5 +150,125 @@ impl<'a> TitleImages<'a> {
     /// Wide hero banners.
     async fn hero(&self) -> InlineList<Scalars<Image<'a>>> {
         self.of(ImageKind::Hero)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use async_graphql::{EmptyMutation, EmptySubscription, Object, Request, Schema};
+    use serde_json::{Value as Json, json};
+    use shared::{
+        domain::{self, Image, ImageKind},
+        graphql::{RenderJson, Rendered, TitleView, response_json},
+    };
+
+    use super::Title;
+
+    /// Every web title field, and every field of the types under it.
+    const QUERY: &str = "{ title { __typename id name synopsis year maturityRating runtimeMinutes genres cast \
+        images { __typename poster { url width height } backdrop { url width height } hero { url width height } } } }";
+
+    fn sample() -> Arc<domain::Title> {
+        let mut images = Vec::new();
+        // Out of order on purpose: the surface lists each kind narrowest first.
+        for width in [780, 160, 342] {
+            for kind in [ImageKind::Hero, ImageKind::Poster, ImageKind::Backdrop] {
+                images.push(Image {
+                    kind,
+                    width,
+                    height: width * 3 / 2,
+                    url: format!("https://img.example/t7/{kind:?}/w{width}.jpg"),
+                });
+            }
+        }
+        Arc::new(domain::Title {
+            id: "t7".into(),
+            name: "The \"Quoted\" Café".into(),
+            synopsis: "Line one.\nLine two — with a tab\tand a backslash \\.".into(),
+            year: 1999,
+            maturity_rating: "PG-13".into(),
+            runtime_minutes: 121,
+            genres: vec![
+                "Drama".into(),
+                "Thriller".into(),
+                "Comedy".into(),
+                "Crime".into(),
+            ],
+            cast: vec!["Ana Ruiz".into(), "Bo Chen".into()],
+            images,
+        })
+    }
+
+    struct Query(Arc<domain::Title>);
+
+    #[Object]
+    impl Query {
+        async fn title(&self) -> Rendered<Title> {
+            let profile = Arc::new(crate::defaults().profile);
+            Rendered(Title::view(self.0.clone(), &profile))
+        }
+    }
+
+    async fn run(query: &str, render: Option<&RenderJson>) -> Json {
+        let schema = Schema::new(Query(sample()), EmptyMutation, EmptySubscription);
+        let mut request = Request::new(query);
+        if let Some(r) = render {
+            request = request.data(r.clone());
+        }
+        serde_json::from_slice(&response_json(&schema.execute(request).await).unwrap()).unwrap()
+    }
+
+    /// The rendered web title is the value tree's, byte for byte, and no field of it needs its
+    /// resolver (so a field added to `Title` without a `render_field` arm fails here).
+    #[tokio::test]
+    async fn every_title_field_renders_as_its_resolver_answers() {
+        let render = RenderJson::default();
+        let rendered = run(QUERY, Some(&render)).await;
+        assert_eq!(rendered, run(QUERY, None).await);
+        assert_eq!(render.fallbacks(), 0);
+        let title = &rendered["data"]["title"];
+        assert_eq!(title["genres"].as_array().unwrap().len(), 4);
+        assert_eq!(
+            title["images"]["poster"],
+            json!([
+                { "url": "https://img.example/t7/Poster/w160.jpg", "width": 160, "height": 240 },
+                { "url": "https://img.example/t7/Poster/w342.jpg", "width": 342, "height": 513 },
+                { "url": "https://img.example/t7/Poster/w780.jpg", "width": 780, "height": 1170 },
+            ])
+        );
+
+        // QUERY selects every field there is.
+        let fields = |ty: &str| {
+            let q = format!("{{ __type(name: \"{ty}\") {{ fields {{ name }} }} }}");
+            async move {
+                let out = run(&q, None).await;
+                out["data"]["__type"]["fields"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|f| f["name"].as_str().unwrap().to_owned())
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            fields("Title").await,
+            [
+                "id",
+                "name",
+                "year",
+                "maturityRating",
+                "runtimeMinutes",
+                "synopsis",
+                "genres",
+                "cast",
+                "images"
+            ]
+        );
+        assert_eq!(fields("TitleImages").await, ["poster", "backdrop", "hero"]);
+        assert_eq!(fields("Image").await, ["url", "width", "height"]);
     }
 }

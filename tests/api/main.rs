@@ -12,5 +12,6 @@ mod http_spec;
 mod mobile;
 mod mutations;
 mod observability;
+mod rendering;
 mod resilience;
 mod schema_files;

@@ -94,6 +94,9 @@ pub struct GraphqlSettings {
     /// Approximate bytes of parsed documents kept for repeated operations
     /// (`graphql.document_cache_bytes`); 0 parses every request afresh.
     pub document_cache_bytes: u64,
+    /// Write row items and titles straight to JSON instead of through the engine's value tree
+    /// (`graphql.direct_json`); the answers are the same, `false` is for comparing the two.
+    pub direct_json: bool,
 }
 
 impl Default for GraphqlSettings {
@@ -103,6 +106,7 @@ impl Default for GraphqlSettings {
             max_complexity: 2_000,
             introspection: true,
             document_cache_bytes: 16 * 1024 * 1024,
+            direct_json: true,
         }
     }
 }

@@ -312,11 +312,14 @@ async fn serve(
     if let Some(vars) = p.variables {
         request = request.variables(async_graphql::Variables::from_json(Json::Object(vars)));
     }
-    let operation = match app.schema.parse(&request.query) {
+    let (operation, renderable) = match app.schema.parse(&request.query) {
         Ok(doc) => {
             let operation = operation_of(&doc.operations, p.operation_name.as_deref());
+            // See `render`: the engine's root merge cannot take rendered values twice.
+            let renderable = app.settings.graphql.direct_json
+                && super::render::root_renderable(&doc, p.operation_name.as_deref());
             request.set_parsed_query(doc);
-            operation
+            (operation, renderable)
         }
         Err(e) => {
             let status = if mode == Mode::GraphqlResponse {
@@ -345,7 +348,10 @@ async fn serve(
         viewer,
         app.settings.server.request_budget,
     ));
-    let request = request.data(rq.clone());
+    let mut request = request.data(rq.clone());
+    if renderable {
+        request = request.data(super::render::RenderJson::default());
+    }
     let cache_log = &rq.cache_log;
     let op_type = match operation {
         Some(OperationType::Query) => "query",
@@ -456,7 +462,7 @@ fn operation_of(
 /// by [`super::json`]. `data` keeps the engine's order, which is the query's selection order, as
 /// the GraphQL spec asks of response maps; errors and extensions are small and keep the plain
 /// `serde_json` round trip.
-fn response_bytes(response: &async_graphql::Response) -> serde_json::Result<Vec<u8>> {
+pub(crate) fn response_bytes(response: &async_graphql::Response) -> serde_json::Result<Vec<u8>> {
     // Sized like the last answer: a client's homepages are alike, and growing a 210 KB buffer by
     // doubling from 4 KB copied ~250 KB per request. Only a hint, capped so a burst of small
     // answers after a huge one cannot reserve much, and the excess is given back below.

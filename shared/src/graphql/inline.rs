@@ -34,6 +34,8 @@ use async_graphql::{
     resolver_utils::{resolve_container, resolve_list},
 };
 
+use super::render;
+
 /// A GraphQL object whose fields are resolved sequentially, without a task per field (see the
 /// module docs for when that is right).
 pub struct Inline<T>(pub T);
@@ -74,10 +76,7 @@ impl<T: ContainerType> OutputType for Inline<T> {
         ctx: &ContextSelectionSet<'_>,
         _field: &Positioned<Field>,
     ) -> ServerResult<Value> {
-        if !ctx.schema_env.custom_directives.is_empty() {
-            return resolve_container(ctx, &self.0).await;
-        }
-        resolve_inline(ctx, &self.0, None).await
+        resolve_object(ctx, &self.0).await
     }
 }
 
@@ -151,6 +150,17 @@ impl<T: OutputType> OutputType for InlineList<T> {
 /// A field's value straight from the object, when it can give it (see [`ScalarFields`]).
 type ScalarOf<T> = fn(&T, &str) -> Option<Value>;
 
+/// `root` resolved as [`Inline`] resolves it.
+pub(super) async fn resolve_object<T: ContainerType>(
+    ctx: &ContextSelectionSet<'_>,
+    root: &T,
+) -> ServerResult<Value> {
+    if !ctx.schema_env.custom_directives.is_empty() {
+        return resolve_container(ctx, root).await;
+    }
+    resolve_inline(ctx, root, None).await
+}
+
 async fn resolve_inline<'a, T: ContainerType>(
     ctx: &ContextSelectionSet<'a>,
     root: &'a T,
@@ -200,7 +210,7 @@ async fn resolve_inline<'a, T: ContainerType>(
 
 /// The fields `set` selects on `root`, with fragments whose type condition applies expanded in
 /// place (query order kept).
-fn collect_fields<'a, T: ContainerType>(
+pub(super) fn collect_fields<'a, T: ContainerType + ?Sized>(
     ctx: &ContextSelectionSet<'a>,
     root: &T,
     set: &'a SelectionSet,
@@ -236,7 +246,11 @@ fn collect_fields<'a, T: ContainerType>(
 
 /// Whether a fragment with type condition `on` applies to `root`: no condition, the object's own
 /// type, or an interface it implements.
-fn applies<T: ContainerType>(ctx: &ContextSelectionSet<'_>, root: &T, on: Option<&str>) -> bool {
+fn applies<T: ContainerType + ?Sized>(
+    ctx: &ContextSelectionSet<'_>,
+    root: &T,
+    on: Option<&str>,
+) -> bool {
     let Some(on) = on else {
         return true;
     };
@@ -255,14 +269,22 @@ fn applies<T: ContainerType>(ctx: &ContextSelectionSet<'_>, root: &T, on: Option
 /// selected twice, e.g. once directly and once through a fragment), as the stock resolver does.
 fn insert_value(target: &mut IndexMap<Name, Value>, key: Name, value: Value) {
     // One hash per field: almost every key is new.
-    let previous = match target.entry(key) {
+    match target.entry(key) {
         Entry::Vacant(slot) => {
             slot.insert(value);
-            return;
         }
-        Entry::Occupied(slot) => slot.into_mut(),
-    };
-    match (previous, value) {
+        Entry::Occupied(slot) => merge(slot.into_mut(), value),
+    }
+}
+
+/// Merges a second selection's value of one response key into the first's: objects field by
+/// field, lists item by item (object items only), anything else keeps the first value, as the
+/// stock resolver does. Rendered JSON ([`super::render`]) is read back into a tree first.
+pub(super) fn merge(into: &mut Value, from: Value) {
+    if render::raw_bytes(into).is_some() {
+        *into = render::expand(std::mem::take(into));
+    }
+    match (into, render::expand(from)) {
         (Value::Object(into), Value::Object(from)) => {
             for (k, v) in from {
                 insert_value(into, k, v);
@@ -270,7 +292,10 @@ fn insert_value(target: &mut IndexMap<Name, Value>, key: Name, value: Value) {
         }
         (Value::List(into), Value::List(from)) => {
             for (into, from) in into.iter_mut().zip(from) {
-                if let (Value::Object(into), Value::Object(from)) = (into, from) {
+                if render::raw_bytes(into).is_some() {
+                    *into = render::expand(std::mem::take(into));
+                }
+                if let (Value::Object(into), Value::Object(from)) = (into, render::expand(from)) {
                     for (k, v) in from {
                         insert_value(into, k, v);
                     }

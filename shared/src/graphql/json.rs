@@ -21,16 +21,7 @@ pub(crate) fn write_value(out: &mut Vec<u8>, value: &Value) {
         Value::Boolean(false) => out.extend_from_slice(b"false"),
         // Integers (every width and height) through itoa, as serde_json does, without the
         // `fmt` machinery; floats through `Number`'s Display, which is serde_json's own.
-        Value::Number(n) => {
-            if let Some(u) = n.as_u64() {
-                out.extend_from_slice(itoa::Buffer::new().format(u).as_bytes());
-            } else if let Some(i) = n.as_i64() {
-                out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes());
-            } else {
-                // Writing to a Vec cannot fail.
-                let _ = write!(out, "{n}");
-            }
-        }
+        Value::Number(n) => write_number(out, n),
         Value::String(s) => write_str(out, s),
         Value::Enum(name) => write_str(out, name),
         Value::Binary(bytes) => {
@@ -53,6 +44,10 @@ pub(crate) fn write_value(out: &mut Vec<u8>, value: &Value) {
             }
             out.push(b']');
         }
+        Value::Object(_) if let Some(json) = super::render::raw_bytes(value) => {
+            // Already written by a rendered object.
+            out.extend_from_slice(json);
+        }
         Value::Object(map) => {
             out.push(b'{');
             for (i, (key, item)) in map.iter().enumerate() {
@@ -65,6 +60,19 @@ pub(crate) fn write_value(out: &mut Vec<u8>, value: &Value) {
             }
             out.push(b'}');
         }
+    }
+}
+
+/// Appends a number as `serde_json` prints it: integers through itoa, floats through `Number`'s
+/// Display (serde_json's own).
+pub(super) fn write_number(out: &mut Vec<u8>, n: &serde_json::Number) {
+    if let Some(u) = n.as_u64() {
+        out.extend_from_slice(itoa::Buffer::new().format(u).as_bytes());
+    } else if let Some(i) = n.as_i64() {
+        out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes());
+    } else {
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "{n}");
     }
 }
 
@@ -81,7 +89,7 @@ fn needs_escape(w: u64) -> bool {
 }
 
 /// Appends `s` as a JSON string, escaped exactly as `serde_json` escapes it.
-fn write_str(out: &mut Vec<u8>, s: &str) {
+pub(super) fn write_str(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');

@@ -11,14 +11,22 @@ pub(crate) mod errors;
 pub(crate) mod http;
 mod inline;
 mod json;
+mod render;
 pub mod types;
 
 use std::sync::Arc;
 
 pub use inline::{Inline, InlineList, ScalarFields, Scalars};
+pub use render::{FieldOut, RenderFields, RenderJson, Rendered, RenderedList};
+
+/// A GraphQL response as the HTTP handler writes it (`data`, then `errors` and `extensions` when
+/// present), including values [`Rendered`] wrote: `serde_json` cannot print those.
+pub fn response_json(response: &async_graphql::Response) -> serde_json::Result<Vec<u8>> {
+    http::response_bytes(response)
+}
 
 use async_graphql::{
-    ContainerType, ObjectType, Schema, SchemaBuilder, ServerResult, SubscriptionType,
+    ObjectType, Schema, SchemaBuilder, ServerResult, SubscriptionType,
     futures_util::future::BoxFuture, parser::types::ExecutableDocument,
 };
 
@@ -33,8 +41,8 @@ use crate::{
 };
 
 /// How a binary's title type is made from a catalog title and its client profile. Titles are
-/// resolved [`Inline`]: a title type's fields must not wait on I/O.
-pub trait TitleView: ContainerType + Send + Sync + 'static {
+/// [`Rendered`] (or resolved [`Inline`]): a title type's fields must not wait on I/O.
+pub trait TitleView: RenderFields + Send + Sync + 'static {
     /// The client's view of `title`.
     fn view(title: Arc<Title>, profile: &Arc<ClientProfile>) -> Self;
 }

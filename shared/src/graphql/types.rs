@@ -4,11 +4,14 @@
 
 use std::{marker::PhantomData, sync::Arc};
 
-use async_graphql::{Context, ID, Object, OutputType, SimpleObject, Value};
+use async_graphql::{ContainerType, Context, ID, Object, ServerResult, SimpleObject, Value};
 
 use crate::domain::Title;
 
-use super::{Inline, InlineList, ScalarFields, TitleView, composer, request, require_viewer};
+use super::{
+    FieldOut, Inline, RenderFields, Rendered, RenderedList, ScalarFields, TitleView, composer,
+    request, require_viewer,
+};
 use crate::{
     compose::{HomeRow, Homepage, RowItem as ComposedItem},
     domain::{Profile, Region},
@@ -38,17 +41,15 @@ impl<'a, T: TitleView> Row<'a, T> {
     }
 
     /// The row's titles in display order, already cut to this client's row length.
-    async fn items(&self) -> InlineList<Inline<RowItem<'a, T>>> {
-        InlineList(
+    async fn items(&self) -> RenderedList<RowItem<'a, T>> {
+        RenderedList(
             self.row
                 .items
                 .iter()
-                .map(|item| {
-                    Inline(RowItem {
-                        item,
-                        profile: self.profile,
-                        _title: PhantomData,
-                    })
+                .map(|item| RowItem {
+                    item,
+                    profile: self.profile,
+                    _title: PhantomData,
                 })
                 .collect(),
         )
@@ -62,27 +63,35 @@ pub struct RowItem<'a, T> {
     _title: PhantomData<fn() -> T>,
 }
 
+impl<T: TitleView> RowItem<'_, T> {
+    fn title_view(&self) -> T {
+        T::view(self.item.title.clone(), self.profile)
+    }
+
+    fn progress_view(&self) -> Option<Progress> {
+        self.item.progress.map(|p| Progress {
+            position_seconds: p.position_seconds,
+            duration_seconds: p.duration_seconds,
+            fraction: if p.duration_seconds == 0 {
+                0.0
+            } else {
+                (f64::from(p.position_seconds) / f64::from(p.duration_seconds)).clamp(0.0, 1.0)
+            },
+        })
+    }
+}
+
 /// A title in a row, with what the row knows about it.
 #[Object(name = "RowItem")]
 impl<'a, T: TitleView> RowItem<'a, T> {
     /// The title.
     async fn title(&self) -> Inline<T> {
-        Inline(T::view(self.item.title.clone(), self.profile))
+        Inline(self.title_view())
     }
 
     /// CONTINUE_WATCHING rows: how far the viewer got. Null in other rows.
     async fn progress(&self) -> Option<Inline<Progress>> {
-        self.item.progress.map(|p| {
-            Inline(Progress {
-                position_seconds: p.position_seconds,
-                duration_seconds: p.duration_seconds,
-                fraction: if p.duration_seconds == 0 {
-                    0.0
-                } else {
-                    (f64::from(p.position_seconds) / f64::from(p.duration_seconds)).clamp(0.0, 1.0)
-                },
-            })
-        })
+        self.progress_view().map(Inline)
     }
 
     /// TOP_10 rows: the rank, 1 to 10. Null in other rows.
@@ -93,6 +102,19 @@ impl<'a, T: TitleView> RowItem<'a, T> {
     /// RECOMMENDED rows: why the title is suggested, ready to display. Null in other rows.
     async fn reason(&self) -> Option<&str> {
         self.item.reason.as_deref()
+    }
+}
+
+impl<T: TitleView> RenderFields for RowItem<'_, T> {
+    fn render_field(&self, f: &mut FieldOut<'_, '_>) -> ServerResult<bool> {
+        match f.name() {
+            "title" => f.object(&self.title_view()),
+            "progress" => f.opt_object(self.progress_view().as_ref()),
+            "rank" => f.opt_int(self.item.rank),
+            "reason" => f.opt_str(self.item.reason.as_deref()),
+            _ => return Ok(false),
+        }
+        Ok(true)
     }
 }
 
@@ -136,6 +158,21 @@ impl TitleBasics {
     }
 }
 
+impl RenderFields for TitleBasics {
+    fn render_field(&self, f: &mut FieldOut<'_, '_>) -> ServerResult<bool> {
+        let t = &self.0;
+        match f.name() {
+            "id" => f.str(&t.id),
+            "name" => f.str(&t.name),
+            "year" => f.int(t.year),
+            "maturityRating" => f.str(&t.maturity_rating),
+            "runtimeMinutes" => f.int(t.runtime_minutes),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
 // Borrows the URL from the catalog title: a web homepage lists ~1,500 renditions, and copying
 // each URL into an owned wrapper first cost allocations for nothing. (Not a doc comment: this
 // type's doc comment is its SDL description.)
@@ -162,6 +199,18 @@ impl ScalarFields for Image<'_> {
     }
 }
 
+impl RenderFields for Image<'_> {
+    fn render_field(&self, f: &mut FieldOut<'_, '_>) -> ServerResult<bool> {
+        match f.name() {
+            "url" => f.str(self.url),
+            "width" => f.int(self.width),
+            "height" => f.int(self.height),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
 impl<'a> From<&'a crate::domain::Image> for Image<'a> {
     fn from(i: &'a crate::domain::Image) -> Self {
         Self {
@@ -181,6 +230,18 @@ pub struct Progress {
     pub duration_seconds: u32,
     /// Watched share between 0 and 1.
     pub fraction: f64,
+}
+
+impl RenderFields for Progress {
+    fn render_field(&self, f: &mut FieldOut<'_, '_>) -> ServerResult<bool> {
+        match f.name() {
+            "positionSeconds" => f.int(self.position_seconds),
+            "durationSeconds" => f.int(self.duration_seconds),
+            "fraction" => f.float(self.fraction),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
 }
 
 /// The rows of a composed homepage as GraphQL values: a failed row is an error at its own index
@@ -261,8 +322,9 @@ impl From<Profile> for ViewerProfile {
     }
 }
 
-/// How a binary's homepage object is made from a composed homepage.
-pub trait HomepageView: OutputType + Send + Sync + 'static {
+/// How a binary's homepage object is made from a composed homepage. Resolved [`Inline`], so that
+/// a field selected twice merges its rendered rows correctly (see [`super::render`]).
+pub trait HomepageView: ContainerType + Send + Sync + 'static {
     /// Whether the composer should pick a hero title for this surface.
     const WANTS_HERO: bool;
     /// The surface's homepage object.
@@ -325,7 +387,7 @@ impl<T: TitleView, H: HomepageView> RootQuery<T, H> {
         &self,
         ctx: &Context<'_>,
         region: Option<String>,
-    ) -> async_graphql::Result<H> {
+    ) -> async_graphql::Result<Inline<H>> {
         let region = region_arg(region)?;
         let composer = composer(ctx)?;
         let req = crate::compose::HomepageRequest {
@@ -333,18 +395,18 @@ impl<T: TitleView, H: HomepageView> RootQuery<T, H> {
             want_hero: H::WANTS_HERO,
         };
         let home = composer.homepage(request(ctx)?, &req).await;
-        Ok(H::view(home, composer.profile()))
+        Ok(Inline(H::view(home, composer.profile())))
     }
 
     /// One title by id, or null when no such title exists.
-    async fn title(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Inline<T>>> {
+    async fn title(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Rendered<T>>> {
         let id = title_id_arg(&id)?;
         let composer = composer(ctx)?;
         let title = composer
             .title(id, request(ctx)?)
             .await
             .map_err(|e| backend_error(&e))?;
-        Ok(title.map(|t| Inline(T::view(t, composer.profile()))))
+        Ok(title.map(|t| Rendered(T::view(t, composer.profile()))))
     }
 
     /// The signed-in user. Requires a valid bearer token (UNAUTHENTICATED otherwise); null when the
