@@ -55,7 +55,14 @@ async fn body(app: &TestApp, query: &str, variables: Value, token: Option<&str>)
     }
     let resp = req.send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    resp.bytes().await.unwrap().to_vec()
+    // Rendered answers go out in pieces; the client still learns the length up front.
+    let length = resp.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse::<usize>();
+    let bytes = resp.bytes().await.unwrap().to_vec();
+    assert_eq!(length, Ok(bytes.len()));
+    bytes
 }
 
 async fn same_bytes(surface: fn() -> Surface, queries: &[(&str, Value)]) {

@@ -3,14 +3,17 @@
 //! body limits, GET/POST parameter parsing, the GET-is-read-only rule, bearer authentication of
 //! the request, and the status code of every answer. Execution is the schema's business.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicUsize, Ordering},
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use async_graphql::parser::types::{DocumentOperations, OperationType};
 use axum::{
-    body::{Body, Bytes},
+    body::{Body, Bytes, HttpBody},
     extract::{RawQuery, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
@@ -18,7 +21,10 @@ use axum::{
 use serde_json::{Map, Value as Json};
 use tracing::Instrument;
 
-use super::errors::{Outcome, classify, error_body, stamp_trace_id};
+use super::{
+    errors::{Outcome, classify, error_body, stamp_trace_id},
+    json::Chunks,
+};
 use crate::{
     cache::{CacheLog, Freshness},
     compose::RequestContext,
@@ -392,8 +398,16 @@ async fn serve(
         method == Method::GET && response.errors.is_empty(),
         cache_log,
     );
-    let mut resp = match response_bytes(&response) {
-        Ok(bytes) => respond_bytes(status, mode, bytes),
+    let mut resp = match response_pieces(&response) {
+        Ok(pieces) => (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(mode.content_type()),
+            )],
+            Pieces::body(pieces),
+        )
+            .into_response(),
         Err(_) => respond(
             status,
             mode,
@@ -457,34 +471,85 @@ fn operation_of(
     }
 }
 
-/// The JSON body of an executed request, written straight from the engine's value tree (building,
-/// printing and dropping a second tree cost about a third of a warm web homepage's instructions)
-/// by [`super::json`]. `data` keeps the engine's order, which is the query's selection order, as
-/// the GraphQL spec asks of response maps; errors and extensions are small and keep the plain
-/// `serde_json` round trip.
-pub(crate) fn response_bytes(response: &async_graphql::Response) -> serde_json::Result<Vec<u8>> {
-    // Sized like the last answer: a client's homepages are alike, and growing a 210 KB buffer by
-    // doubling from 4 KB copied ~250 KB per request. Only a hint, capped so a burst of small
-    // answers after a huge one cannot reserve much, and the excess is given back below.
-    static LAST_LEN: AtomicUsize = AtomicUsize::new(4096);
-    let mut out = Vec::with_capacity(LAST_LEN.load(Ordering::Relaxed).clamp(4096, 1 << 20));
-    out.extend_from_slice(b"{\"data\":");
+/// The JSON body of an executed request, in pieces: written straight from the engine's value tree
+/// (building, printing and dropping a second tree cost about a third of a warm web homepage's
+/// instructions) by [`super::json`], with rendered rows and titles ([`super::render`]) passed on
+/// as they are rather than copied. `data` keeps the engine's order, which is the query's selection
+/// order, as the GraphQL spec asks of response maps; errors and extensions are small and keep the
+/// plain `serde_json` round trip.
+fn response_pieces(response: &async_graphql::Response) -> serde_json::Result<Vec<Bytes>> {
+    use super::json::JsonOut as _;
+    // Sized like the last answer's own bytes: a client's homepages are alike, and growing a
+    // 210 KB value-tree answer by doubling from 4 KB copied ~250 KB per request. Only a hint,
+    // capped so a burst of small answers after a huge one cannot reserve much.
+    static LAST_OWN: AtomicUsize = AtomicUsize::new(4096);
+    let mut out = Chunks::with_capacity(LAST_OWN.load(Ordering::Relaxed).clamp(4096, 1 << 20));
+    out.buf().extend_from_slice(b"{\"data\":");
     super::json::write_value(&mut out, &response.data);
     if !response.errors.is_empty() {
-        out.extend_from_slice(b",\"errors\":");
-        serde_json::to_writer(&mut out, &serde_json::to_value(&response.errors)?)?;
+        out.buf().extend_from_slice(b",\"errors\":");
+        serde_json::to_writer(out.buf(), &serde_json::to_value(&response.errors)?)?;
     }
     if !response.extensions.is_empty() {
-        out.extend_from_slice(b",\"extensions\":");
-        serde_json::to_writer(&mut out, &serde_json::to_value(&response.extensions)?)?;
+        out.buf().extend_from_slice(b",\"extensions\":");
+        serde_json::to_writer(out.buf(), &serde_json::to_value(&response.extensions)?)?;
     }
-    out.push(b'}');
-    LAST_LEN.store(out.len() + out.len() / 16, Ordering::Relaxed);
-    // The body lives until the client has read it: do not hold a big hint's unused tail that long.
-    if out.capacity() > 2 * out.len() + 4096 {
-        out.shrink_to_fit();
+    out.buf().push(b'}');
+    let own = out.own_len();
+    LAST_OWN.store(own + own / 16, Ordering::Relaxed);
+    Ok(out.finish())
+}
+
+/// The JSON body of an executed request in one buffer (see [`response_pieces`]).
+pub(crate) fn response_bytes(response: &async_graphql::Response) -> serde_json::Result<Vec<u8>> {
+    Ok(response_pieces(response)?.concat())
+}
+
+/// A response body of JSON pieces with its exact length, so the client still gets a
+/// `Content-Length` (and hyper writes the pieces with one vectored write).
+struct Pieces {
+    pieces: VecDeque<Bytes>,
+    left: u64,
+}
+
+impl Pieces {
+    fn body(pieces: Vec<Bytes>) -> Body {
+        match <[Bytes; 1]>::try_from(pieces) {
+            Ok([one]) => Body::from(one),
+            Err(pieces) => {
+                let left = pieces.iter().map(|p| p.len() as u64).sum();
+                Body::new(Self {
+                    pieces: pieces.into(),
+                    left,
+                })
+            }
+        }
     }
-    Ok(out)
+}
+
+impl HttpBody for Pieces {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let piece = this.pieces.pop_front().map(|piece| {
+            this.left -= piece.len() as u64;
+            Ok(http_body::Frame::data(piece))
+        });
+        std::task::Poll::Ready(piece)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
 }
 
 #[cfg(test)]
@@ -544,5 +609,42 @@ mod tests {
                 assert!(pos("data") < pos("errors") && pos("errors") < pos("extensions"));
             }
         }
+    }
+
+    /// Rendered values reach the body as the very bytes they were written to (no copy), between
+    /// pieces written here, and the body announces the exact total length.
+    #[tokio::test]
+    async fn rendered_values_go_out_as_shared_pieces_with_an_exact_length() {
+        use http_body_util::BodyExt as _;
+
+        let row = br#"[{"title":{"id":"t1"}},{"title":{"id":"t2"}}]"#.to_vec();
+        let marker = super::super::render::raw(row.clone());
+        let shared = super::super::render::raw_json(&marker).unwrap().clone();
+        let data = Value::Object(
+            [
+                (Name::new("kind"), Value::from("TOP_10")),
+                (Name::new("items"), marker),
+                (Name::new("n"), Value::from(2)),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        let pieces = response_pieces(&async_graphql::Response::new(data)).unwrap();
+        assert_eq!(pieces.len(), 3);
+        assert_eq!(
+            pieces[1].as_ptr(),
+            shared.as_ptr(),
+            "the rendered row was copied"
+        );
+        let expected = format!(
+            r#"{{"data":{{"kind":"TOP_10","items":{},"n":2}}}}"#,
+            String::from_utf8(row).unwrap()
+        );
+        assert_eq!(pieces.concat(), expected.as_bytes());
+
+        let body = Pieces::body(pieces);
+        assert_eq!(body.size_hint().exact(), Some(expected.len() as u64));
+        let collected = body.collect().await.unwrap().to_bytes();
+        assert_eq!(collected, expected.as_bytes());
     }
 }

@@ -281,7 +281,7 @@ fn insert_value(target: &mut IndexMap<Name, Value>, key: Name, value: Value) {
 /// field, lists item by item (object items only), anything else keeps the first value, as the
 /// stock resolver does. Rendered JSON ([`super::render`]) is read back into a tree first.
 pub(super) fn merge(into: &mut Value, from: Value) {
-    if render::raw_bytes(into).is_some() {
+    if render::raw_json(into).is_some() {
         *into = render::expand(std::mem::take(into));
     }
     match (into, render::expand(from)) {
@@ -292,7 +292,7 @@ pub(super) fn merge(into: &mut Value, from: Value) {
         }
         (Value::List(into), Value::List(from)) => {
             for (into, from) in into.iter_mut().zip(from) {
-                if render::raw_bytes(into).is_some() {
+                if render::raw_json(into).is_some() {
                     *into = render::expand(std::mem::take(into));
                 }
                 if let (Value::Object(into), Value::Object(from)) = (into, render::expand(from)) {

@@ -11,20 +11,98 @@
 use std::io::Write as _;
 
 use async_graphql::Value;
+use bytes::Bytes;
+
+/// Where JSON goes: one growing buffer, or [`Chunks`], which keeps rendered values (already
+/// JSON, see [`super::render`]) as shared pieces instead of copying them.
+pub(crate) trait JsonOut {
+    /// The buffer plain values are written to.
+    fn buf(&mut self) -> &mut Vec<u8>;
+    /// Appends already-written JSON.
+    fn raw(&mut self, json: &Bytes);
+}
+
+impl JsonOut for Vec<u8> {
+    fn buf(&mut self) -> &mut Vec<u8> {
+        self
+    }
+
+    fn raw(&mut self, json: &Bytes) {
+        self.extend_from_slice(json);
+    }
+}
+
+/// A JSON document as a list of pieces: what was written here, and rendered values as they are
+/// (a web homepage's ~210 KB is almost all rendered rows: no copy, no second big buffer).
+#[derive(Debug, Default)]
+pub(crate) struct Chunks {
+    done: Vec<Bytes>,
+    current: Vec<u8>,
+    /// Bytes written here rather than shared.
+    own: usize,
+}
+
+impl Chunks {
+    /// Chunks whose first own piece starts with room for `capacity` bytes.
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        Self {
+            current: Vec::with_capacity(capacity),
+            ..Self::default()
+        }
+    }
+
+    /// Bytes written here rather than shared from rendered values.
+    pub(crate) fn own_len(&self) -> usize {
+        self.own + self.current.len()
+    }
+
+    /// The pieces in order.
+    pub(crate) fn finish(mut self) -> Vec<Bytes> {
+        self.seal(0);
+        self.done
+    }
+
+    /// Moves the current piece to `done`, starting a new one of `capacity`.
+    fn seal(&mut self, capacity: usize) {
+        if !self.current.is_empty() {
+            self.own += self.current.len();
+            let mut piece = std::mem::replace(&mut self.current, Vec::with_capacity(capacity));
+            // A piece lives until the client has read it: do not hold a big hint's unused tail.
+            if piece.capacity() > 2 * piece.len() + 4096 {
+                piece.shrink_to_fit();
+            }
+            self.done.push(Bytes::from(piece));
+        }
+    }
+}
+
+impl JsonOut for Chunks {
+    fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.current
+    }
+
+    fn raw(&mut self, json: &Bytes) {
+        // What follows a rendered value is a few keys and brackets up to the next one.
+        self.seal(256);
+        self.done.push(json.clone());
+    }
+}
 
 /// Appends `value` as JSON: objects in their own (selection) order, numbers as `serde_json`
-/// prints them, binary as an array of byte values (what `serde_json` does with bytes).
-pub(crate) fn write_value(out: &mut Vec<u8>, value: &Value) {
+/// prints them, binary as an array of byte values (what `serde_json` does with bytes), rendered
+/// values verbatim.
+pub(crate) fn write_value<O: JsonOut + ?Sized>(out: &mut O, value: &Value) {
     match value {
-        Value::Null => out.extend_from_slice(b"null"),
-        Value::Boolean(true) => out.extend_from_slice(b"true"),
-        Value::Boolean(false) => out.extend_from_slice(b"false"),
+        Value::Null => out.buf().extend_from_slice(b"null"),
+        Value::Boolean(true) => out.buf().extend_from_slice(b"true"),
+        Value::Boolean(false) => out.buf().extend_from_slice(b"false"),
         // Integers (every width and height) through itoa, as serde_json does, without the
         // `fmt` machinery; floats through `Number`'s Display, which is serde_json's own.
-        Value::Number(n) => write_number(out, n),
-        Value::String(s) => write_str(out, s),
-        Value::Enum(name) => write_str(out, name),
+        Value::Number(n) => write_number(out.buf(), n),
+        Value::String(s) => write_str(out.buf(), s),
+        Value::Enum(name) => write_str(out.buf(), name),
         Value::Binary(bytes) => {
+            let out = out.buf();
             out.push(b'[');
             for (i, b) in bytes.iter().enumerate() {
                 if i > 0 {
@@ -35,30 +113,27 @@ pub(crate) fn write_value(out: &mut Vec<u8>, value: &Value) {
             out.push(b']');
         }
         Value::List(items) => {
-            out.push(b'[');
+            out.buf().push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    out.buf().push(b',');
                 }
                 write_value(out, item);
             }
-            out.push(b']');
+            out.buf().push(b']');
         }
-        Value::Object(_) if let Some(json) = super::render::raw_bytes(value) => {
-            // Already written by a rendered object.
-            out.extend_from_slice(json);
-        }
+        Value::Object(_) if let Some(json) = super::render::raw_json(value) => out.raw(json),
         Value::Object(map) => {
-            out.push(b'{');
+            out.buf().push(b'{');
             for (i, (key, item)) in map.iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    out.buf().push(b',');
                 }
-                write_str(out, key);
-                out.push(b':');
+                write_str(out.buf(), key);
+                out.buf().push(b':');
                 write_value(out, item);
             }
-            out.push(b'}');
+            out.buf().push(b'}');
         }
     }
 }

@@ -29,7 +29,7 @@
 //! exactly as [`super::Inline`] and [`super::InlineList`].
 
 use std::{
-    borrow::Cow,
+    borrow::{Borrow, Cow},
     collections::HashSet,
     sync::{
         Arc,
@@ -44,6 +44,7 @@ use async_graphql::{
     parser::types::{DocumentOperations, ExecutableDocument, Field, Selection, SelectionSet},
     registry::Registry,
 };
+use bytes::Bytes;
 use futures::FutureExt;
 
 use super::{inline, json};
@@ -68,14 +69,14 @@ impl RenderJson {
 const RAW_KEY: &str = "\0json";
 
 /// A value holding already-written JSON.
-fn raw(bytes: Vec<u8>) -> Value {
+pub(super) fn raw(bytes: Vec<u8>) -> Value {
     let mut map = IndexMap::with_capacity(1);
     map.insert(Name::new(RAW_KEY), Value::Binary(bytes.into()));
     Value::Object(map)
 }
 
-/// The JSON bytes of a rendered marker; `None` for any other value.
-pub(crate) fn raw_bytes(value: &Value) -> Option<&[u8]> {
+/// The JSON of a rendered marker; `None` for any other value.
+pub(crate) fn raw_json(value: &Value) -> Option<&Bytes> {
     match value {
         Value::Object(map) if map.len() == 1 => match map.get_index(0) {
             Some((key, Value::Binary(bytes))) if key.as_str() == RAW_KEY => Some(bytes),
@@ -88,7 +89,7 @@ pub(crate) fn raw_bytes(value: &Value) -> Option<&[u8]> {
 /// A rendered marker as an ordinary value tree, for merging with another selection of the same
 /// response key; any other value unchanged.
 pub(crate) fn expand(value: Value) -> Value {
-    match raw_bytes(&value).map(serde_json::from_slice::<Value>) {
+    match raw_json(&value).map(|json| serde_json::from_slice::<Value>(json)) {
         Some(Ok(tree)) => tree,
         Some(Err(e)) => {
             // Our own writer produced these bytes; keep the marker rather than lose the field.
@@ -273,15 +274,60 @@ impl<'a> FieldOut<'_, 'a> {
         let ctx = self
             .ctx
             .with_selection_set(&self.group[0].node.selection_set);
-        self.out.push(b'[');
-        for (i, item) in items.into_iter().enumerate() {
-            if i > 0 {
-                self.out.push(b',');
-            }
-            write_object(&ctx.with_index(i), &item, self.group, self.out);
-        }
-        self.out.push(b']');
+        write_list::<U, U>(&ctx, items, self.group, self.out);
     }
+}
+
+/// Which fields an object of one type writes for one selection: worked out once per object, or
+/// once for all items of a list (they share type and selection).
+enum Plan<'a> {
+    /// Nearly every object: one selection of distinct plain fields, walked as it is.
+    Plain(&'a SelectionSet),
+    /// Fragments or repeated keys: the collected fields by response key.
+    Collected(Vec<Group<'a>>),
+    /// The selection could not be collected (its error is recorded): no fields.
+    Failed,
+}
+
+impl<'a> Plan<'a> {
+    fn of<T: ContainerType + ?Sized>(
+        ctx: &ContextSelectionSet<'a>,
+        root: &T,
+        group: &[&'a Positioned<Field>],
+    ) -> Self {
+        if let Some(set) = plain_fields(group) {
+            return Plan::Plain(set);
+        }
+        match collect(ctx, root, group) {
+            Ok(groups) => Plan::Collected(groups),
+            Err(e) => {
+                ctx.add_error(e);
+                Plan::Failed
+            }
+        }
+    }
+}
+
+/// Writes `items` as a list, every item with the selections `group` (one plan for all of them:
+/// they share their type).
+fn write_list<U: RenderFields, B: Borrow<U>>(
+    ctx: &ContextSelectionSet<'_>,
+    items: impl IntoIterator<Item = B>,
+    group: &[&Positioned<Field>],
+    out: &mut Vec<u8>,
+) {
+    out.push(b'[');
+    let mut plan = None;
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let item = item.borrow();
+        let ctx_item = ctx.with_index(i);
+        let plan = plan.get_or_insert_with(|| Plan::of(ctx, item, group));
+        write_planned(&ctx_item, item, plan, out);
+    }
+    out.push(b']');
 }
 
 /// Writes `root` as the value of the field selections `group` (one response key, usually one
@@ -292,25 +338,33 @@ fn write_object<T: RenderFields + ?Sized>(
     group: &[&Positioned<Field>],
     out: &mut Vec<u8>,
 ) {
+    let plan = Plan::of(ctx, root, group);
+    write_planned(ctx, root, &plan, out);
+}
+
+/// Writes `root` per `plan`.
+fn write_planned<T: RenderFields + ?Sized>(
+    ctx: &ContextSelectionSet<'_>,
+    root: &T,
+    plan: &Plan<'_>,
+    out: &mut Vec<u8>,
+) {
     out.push(b'{');
     let open = out.len();
-    match plain_fields(group) {
-        // Nearly every object: one selection of distinct plain fields, walked as it is.
-        Some(set) => {
+    match plan {
+        Plan::Plain(set) => {
             for selection in &set.items {
                 if let Selection::Field(field) = &selection.node {
                     write_field(ctx, root, &[field], open, out);
                 }
             }
         }
-        None => match collect(ctx, root, group) {
-            Ok(groups) => {
-                for (_, fields) in &groups {
-                    write_field(ctx, root, fields, open, out);
-                }
+        Plan::Collected(groups) => {
+            for (_, fields) in groups {
+                write_field(ctx, root, fields, open, out);
             }
-            Err(e) => ctx.add_error(e),
-        },
+        }
+        Plan::Failed => {}
     }
     if out.len() == open {
         // No field written: null, as the value-tree path answers an empty object.
@@ -538,19 +592,7 @@ impl<T: RenderFields> OutputType for RenderedList<T> {
         }
         static LAST: AtomicUsize = AtomicUsize::new(0);
         let mut out = Vec::with_capacity(hint(&LAST));
-        out.push(b'[');
-        for (idx, item) in self.0.iter().enumerate() {
-            if idx > 0 {
-                out.push(b',');
-            }
-            write_object(
-                &ctx.with_index(idx),
-                item,
-                std::slice::from_ref(&field),
-                &mut out,
-            );
-        }
-        out.push(b']');
+        write_list::<T, &T>(ctx, &self.0, std::slice::from_ref(&field), &mut out);
         LAST.store(out.len(), Ordering::Relaxed);
         Ok(raw(out))
     }
