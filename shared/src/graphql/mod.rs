@@ -5,6 +5,10 @@
 //! A binary brings its own title type (implementing [`TitleView`]) and its homepage object; rows,
 //! items, the viewer, `title(id)` and the my-list mutations come from here, so the two surfaces
 //! cannot drift apart where they are meant to be the same.
+//!
+//! Row items and titles are written straight to JSON as they resolve ([`Rendered`],
+//! [`RenderedList`]); other in-memory objects resolve [`Inline`]; the response is printed by a
+//! writer of our own.
 
 mod documents;
 pub(crate) mod errors;
@@ -18,12 +22,6 @@ use std::sync::Arc;
 
 pub use inline::{Inline, InlineList, ScalarFields, Scalars};
 pub use render::{FieldOut, RenderFields, RenderJson, Rendered, RenderedList};
-
-/// A GraphQL response as the HTTP handler writes it (`data`, then `errors` and `extensions` when
-/// present), including values [`Rendered`] wrote: `serde_json` cannot print those.
-pub fn response_json(response: &async_graphql::Response) -> serde_json::Result<Vec<u8>> {
-    http::response_bytes(response)
-}
 
 use async_graphql::{
     ObjectType, Schema, SchemaBuilder, ServerResult, SubscriptionType,
@@ -39,6 +37,12 @@ use crate::{
     error::ErrorCode,
     profile::ClientProfile,
 };
+
+/// A GraphQL response as the HTTP handler writes it (`data`, then `errors` and `extensions` when
+/// present), including values [`Rendered`] wrote: `serde_json` cannot print those.
+pub fn response_json(response: &async_graphql::Response) -> serde_json::Result<Vec<u8>> {
+    http::response_bytes(response)
+}
 
 /// How a binary's title type is made from a catalog title and its client profile. Titles are
 /// [`Rendered`] (or resolved [`Inline`]): a title type's fields must not wait on I/O.
