@@ -223,18 +223,7 @@ mod tests {
             .iter()
             .map(|f| f["name"].as_str().unwrap())
             .collect();
-        assert_eq!(
-            names,
-            [
-                "id",
-                "name",
-                "year",
-                "maturityRating",
-                "runtimeMinutes",
-                "synopsis",
-                "genres",
-                "image"
-            ]
-        );
+        let all = "id name year maturityRating runtimeMinutes synopsis genres image";
+        assert_eq!(names, all.split(' ').collect::<Vec<_>>());
     }
 }

@@ -36,6 +36,47 @@ use async_graphql::{
 
 use super::render;
 
+/// The `OutputType` items of a wrapper `W<T>(T)` that is the object type `T` itself: same name,
+/// fields, docs and SDL.
+macro_rules! same_object_type {
+    () => {
+        fn type_name() -> Cow<'static, str> {
+            T::type_name()
+        }
+
+        fn qualified_type_name() -> String {
+            T::qualified_type_name()
+        }
+
+        fn introspection_type_name(&self) -> Cow<'static, str> {
+            self.0.introspection_type_name()
+        }
+
+        fn create_type_info(registry: &mut Registry) -> String {
+            T::create_type_info(registry)
+        }
+    };
+}
+
+/// The `OutputType` items of a wrapper `W<T>(Vec<T>)` that is the list type `[T!]!` itself.
+macro_rules! same_list_type {
+    () => {
+        fn type_name() -> Cow<'static, str> {
+            Vec::<T>::type_name()
+        }
+
+        fn qualified_type_name() -> String {
+            Vec::<T>::qualified_type_name()
+        }
+
+        fn create_type_info(registry: &mut Registry) -> String {
+            Vec::<T>::create_type_info(registry)
+        }
+    };
+}
+
+pub(super) use {same_list_type, same_object_type};
+
 /// A GraphQL object whose fields are resolved sequentially, without a task per field (see the
 /// module docs for when that is right).
 pub struct Inline<T>(pub T);
@@ -55,21 +96,7 @@ pub trait ScalarFields: ContainerType {
 pub struct Scalars<T>(pub T);
 
 impl<T: ContainerType> OutputType for Inline<T> {
-    fn type_name() -> Cow<'static, str> {
-        T::type_name()
-    }
-
-    fn qualified_type_name() -> String {
-        T::qualified_type_name()
-    }
-
-    fn introspection_type_name(&self) -> Cow<'static, str> {
-        self.0.introspection_type_name()
-    }
-
-    fn create_type_info(registry: &mut Registry) -> String {
-        T::create_type_info(registry)
-    }
+    same_object_type!();
 
     async fn resolve(
         &self,
@@ -81,21 +108,7 @@ impl<T: ContainerType> OutputType for Inline<T> {
 }
 
 impl<T: ScalarFields> OutputType for Scalars<T> {
-    fn type_name() -> Cow<'static, str> {
-        T::type_name()
-    }
-
-    fn qualified_type_name() -> String {
-        T::qualified_type_name()
-    }
-
-    fn introspection_type_name(&self) -> Cow<'static, str> {
-        self.0.introspection_type_name()
-    }
-
-    fn create_type_info(registry: &mut Registry) -> String {
-        T::create_type_info(registry)
-    }
+    same_object_type!();
 
     async fn resolve(
         &self,
@@ -114,17 +127,7 @@ impl<T: ScalarFields> OutputType for Scalars<T> {
 pub struct InlineList<T>(pub Vec<T>);
 
 impl<T: OutputType> OutputType for InlineList<T> {
-    fn type_name() -> Cow<'static, str> {
-        Vec::<T>::type_name()
-    }
-
-    fn qualified_type_name() -> String {
-        Vec::<T>::qualified_type_name()
-    }
-
-    fn create_type_info(registry: &mut Registry) -> String {
-        Vec::<T>::create_type_info(registry)
-    }
+    same_list_type!();
 
     async fn resolve(
         &self,

@@ -512,9 +512,13 @@ fn resolve_field<T: ContainerType + ?Sized>(
     }
 }
 
-/// Size hint for the next rendered buffer: the last one's length, bounded.
-fn hint(last: &AtomicUsize) -> usize {
-    last.load(Ordering::Relaxed).clamp(256, 256 * 1024)
+/// What `write` renders, as a marker value; its buffer starts at the length `last` remembers
+/// (bounded), which is then updated: a surface's rows are alike.
+fn rendered(last: &AtomicUsize, write: impl FnOnce(&mut Vec<u8>)) -> Value {
+    let mut out = Vec::with_capacity(last.load(Ordering::Relaxed).clamp(256, 256 * 1024));
+    write(&mut out);
+    last.store(out.len(), Ordering::Relaxed);
+    raw(out)
 }
 
 /// An object written straight to JSON when the request renders, else resolved as
@@ -522,21 +526,7 @@ fn hint(last: &AtomicUsize) -> usize {
 pub struct Rendered<T>(pub T);
 
 impl<T: RenderFields> OutputType for Rendered<T> {
-    fn type_name() -> Cow<'static, str> {
-        T::type_name()
-    }
-
-    fn qualified_type_name() -> String {
-        T::qualified_type_name()
-    }
-
-    fn introspection_type_name(&self) -> Cow<'static, str> {
-        self.0.introspection_type_name()
-    }
-
-    fn create_type_info(registry: &mut Registry) -> String {
-        T::create_type_info(registry)
-    }
+    inline::same_object_type!();
 
     async fn resolve(
         &self,
@@ -549,10 +539,9 @@ impl<T: RenderFields> OutputType for Rendered<T> {
             return Box::pin(inline::resolve_object(ctx, &self.0)).await;
         }
         static LAST: AtomicUsize = AtomicUsize::new(0);
-        let mut out = Vec::with_capacity(hint(&LAST));
-        write_object(ctx, &self.0, std::slice::from_ref(&field), &mut out);
-        LAST.store(out.len(), Ordering::Relaxed);
-        Ok(raw(out))
+        Ok(rendered(&LAST, |out| {
+            write_object(ctx, &self.0, std::slice::from_ref(&field), out);
+        }))
     }
 }
 
@@ -561,17 +550,7 @@ impl<T: RenderFields> OutputType for Rendered<T> {
 pub struct RenderedList<T>(pub Vec<T>);
 
 impl<T: RenderFields> OutputType for RenderedList<T> {
-    fn type_name() -> Cow<'static, str> {
-        Vec::<T>::type_name()
-    }
-
-    fn qualified_type_name() -> String {
-        Vec::<T>::qualified_type_name()
-    }
-
-    fn create_type_info(registry: &mut Registry) -> String {
-        Vec::<T>::create_type_info(registry)
-    }
+    inline::same_list_type!();
 
     async fn resolve(
         &self,
@@ -591,10 +570,9 @@ impl<T: RenderFields> OutputType for RenderedList<T> {
             return Ok(Value::List(items));
         }
         static LAST: AtomicUsize = AtomicUsize::new(0);
-        let mut out = Vec::with_capacity(hint(&LAST));
-        write_list::<T, &T>(ctx, &self.0, std::slice::from_ref(&field), &mut out);
-        LAST.store(out.len(), Ordering::Relaxed);
-        Ok(raw(out))
+        Ok(rendered(&LAST, |out| {
+            write_list::<T, &T>(ctx, &self.0, std::slice::from_ref(&field), out);
+        }))
     }
 }
 
