@@ -57,6 +57,30 @@ async fn fifty_concurrent_cold_homepages_for_one_user_call_each_backend_once() {
     assert!(s.coalesced >= 1, "{s:?}");
 }
 
+/// A warm homepage is answered from the cache at once; the viewer's profile, cached too, still
+/// names the personal headings (it used to lose the race against rows that were ready first).
+#[tokio::test]
+async fn a_warm_homepage_keeps_the_viewers_headings() {
+    let app = spawn_app(web()).await;
+    let token = app.token("u1");
+    let name = app.data().profile("u1").unwrap().name.clone();
+    let first_name = name.split_whitespace().next().unwrap();
+    for round in 0..3 {
+        let body = app.homepage("kind heading", Some(&token)).await;
+        assert_eq!(
+            row(&body, "CONTINUE_WATCHING")["heading"],
+            format!("Continue Watching for {first_name}"),
+            "round {round}"
+        );
+        assert_eq!(
+            row(&body, "RECOMMENDED")["heading"],
+            format!("Top Picks for {first_name}")
+        );
+    }
+    // Rounds 2 and 3 came from the cache.
+    assert_eq!(app.control().stats().get(Backend::Profile).calls, 1);
+}
+
 #[tokio::test]
 async fn a_second_user_only_hydrates_titles_the_cache_lacks() {
     let app = spawn_app(web()).await;

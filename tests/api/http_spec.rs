@@ -212,21 +212,61 @@ async fn repeated_operations_are_answered_per_request_from_the_document_cache() 
     }
 }
 
+/// Compressed answers decode to exactly the uncompressed one (which goes out in pieces).
 #[tokio::test]
 async fn responses_are_compressed_when_the_client_accepts_it() {
+    use std::io::Read as _;
+
     let app = spawn_app(web()).await;
-    for enc in ["gzip", "br", "zstd"] {
-        let resp = app
-            .http
+    let token = app.token("u1");
+    let fetch = |enc: &'static str| {
+        app.http
             .post(app.url("/graphql"))
             .header("content-type", "application/json")
             .header("accept-encoding", enc)
+            .bearer_auth(&token)
             .json(&json!({ "query": WEB_FULL }))
             .send()
-            .await
-            .unwrap();
+    };
+    let plain = fetch("identity").await.unwrap();
+    assert!(plain.headers().get("content-encoding").is_none());
+    let plain = plain.bytes().await.unwrap();
+    assert!(plain.len() > 100_000, "{}", plain.len());
+    for enc in ["gzip", "br", "zstd"] {
+        let resp = fetch(enc).await.unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers().get("content-encoding").unwrap(), enc);
+        let packed = resp.bytes().await.unwrap();
+        assert!(packed.len() < plain.len() / 4, "{enc}: {}", packed.len());
+        let mut unpacked = Vec::new();
+        match enc {
+            "gzip" => flate2::read::GzDecoder::new(&packed[..])
+                .read_to_end(&mut unpacked)
+                .map(drop),
+            "br" => brotli_decompressor::Decompressor::new(&packed[..], 4096)
+                .read_to_end(&mut unpacked)
+                .map(drop),
+            _ => zstd::stream::read::Decoder::new(&packed[..])
+                .and_then(|mut d| d.read_to_end(&mut unpacked))
+                .map(drop),
+        }
+        .unwrap();
+        if unpacked != plain {
+            let at = unpacked
+                .iter()
+                .zip(plain.iter())
+                .take_while(|(a, b)| a == b)
+                .count();
+            panic!(
+                "{enc} decodes to another answer: {} vs {} bytes, apart at {at}: {:?} / {:?}",
+                unpacked.len(),
+                plain.len(),
+                String::from_utf8_lossy(
+                    &unpacked[at.saturating_sub(80)..(at + 80).min(unpacked.len())]
+                ),
+                String::from_utf8_lossy(&plain[at.saturating_sub(80)..(at + 80).min(plain.len())])
+            );
+        }
     }
 }
 

@@ -263,7 +263,11 @@ impl Composer {
         };
         let ((sources, region, titles), user_profile) =
             match futures::future::select(Box::pin(work), user_profile).await {
-                futures::future::Either::Left((done, _)) => (done, None),
+                // Rows first; a profile that is ready by now (a cache hit, or an answer that came
+                // with the rows) still names the headings: only one still on its way is dropped.
+                futures::future::Either::Left((done, profile)) => {
+                    (done, profile.now_or_never().and_then(|p| p.ok().flatten()))
+                }
                 futures::future::Either::Right((profile, work)) => {
                     (work.await, profile.ok().flatten())
                 }
