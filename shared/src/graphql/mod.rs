@@ -44,6 +44,15 @@ pub fn response_json(response: &async_graphql::Response) -> serde_json::Result<V
     http::response_bytes(response)
 }
 
+/// The `path` of every error of a response (test support for the resolver modules).
+#[cfg(test)]
+fn error_paths(response: &serde_json::Value) -> Vec<&serde_json::Value> {
+    response["errors"]
+        .as_array()
+        .map(|errors| errors.iter().map(|e| &e["path"]).collect())
+        .unwrap_or_default()
+}
+
 /// How a binary's title type is made from a catalog title and its client profile. Titles are
 /// [`Rendered`] (or resolved [`Inline`]): a title type's fields must not wait on I/O.
 pub trait TitleView: RenderFields + Send + Sync + 'static {

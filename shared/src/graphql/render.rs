@@ -860,12 +860,7 @@ mod tests {
                 { "ratio": 0.381_638_418_079_096_04, "url": "https://img/3/2?q=\"x\"" },
             ] })
         );
-        let paths: Vec<&Json> = out["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| &e["path"])
-            .collect();
+        let paths = crate::graphql::error_paths(&out);
         assert!(paths.contains(&&json!(["cards", 1, "fails"])));
         assert!(paths.contains(&&json!(["cards", 2, "bad"])));
         assert!(paths.contains(&&json!(["cards", 0, "leaves", 1, "broken"])));
