@@ -96,17 +96,17 @@ fn negotiate(headers: &HeaderMap) -> Option<Mode> {
 
 fn respond(status: StatusCode, mode: Mode, body: &Json) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
-    respond_bytes(status, mode, bytes)
+    respond_body(status, mode, bytes)
 }
 
-fn respond_bytes(status: StatusCode, mode: Mode, bytes: Vec<u8>) -> Response {
+fn respond_body(status: StatusCode, mode: Mode, body: impl Into<Body>) -> Response {
     (
         status,
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static(mode.content_type()),
         )],
-        bytes,
+        body.into(),
     )
         .into_response()
 }
@@ -399,15 +399,7 @@ async fn serve(
         cache_log,
     );
     let mut resp = match response_pieces(&response) {
-        Ok(pieces) => (
-            status,
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(mode.content_type()),
-            )],
-            Pieces::body(pieces),
-        )
-            .into_response(),
+        Ok(pieces) => respond_body(status, mode, Pieces::body(pieces)),
         Err(_) => respond(
             status,
             mode,
