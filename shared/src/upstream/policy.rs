@@ -247,27 +247,17 @@ impl<E: Clone + Send + Sync + 'static> BackendPolicy<E> {
         }
     }
 
-    /// An endpoint, preferring one other than `avoid` (a few tries: picking is random or rotating,
-    /// and a set with one usable endpoint has no alternative to offer).
+    /// An endpoint, never `avoid` (the one the last attempt failed on) while another usable one
+    /// exists.
     fn pick_avoiding(
         &self,
         avoid: Option<&str>,
     ) -> Result<super::resilience::EndpointGuard<E>, Failure> {
-        let mut tries = if avoid.is_some() && self.endpoints.len() > 1 {
-            4
-        } else {
-            1
-        };
-        loop {
-            let guard = self
-                .endpoints
-                .pick()
-                .ok_or_else(|| Failure::Transport("no endpoints".into()))?;
-            tries -= 1;
-            if tries == 0 || Some(guard.label()) != avoid {
-                return Ok(guard);
-            }
+        match avoid {
+            Some(label) => self.endpoints.pick_avoiding(label),
+            None => self.endpoints.pick(),
         }
+        .ok_or_else(|| Failure::Transport("no endpoints".into()))
     }
 
     pub(crate) fn status(&self) -> BackendStatus {

@@ -257,6 +257,33 @@ impl<E: Clone + Send + Sync> EndpointSet<E> {
         Some(self.guard(chosen))
     }
 
+    /// [`Self::pick`] for a retry: never the endpoint labelled `avoid` (the one the last attempt
+    /// failed on) while another usable endpoint exists; with none, the same as `pick`.
+    pub fn pick_avoiding(&self, avoid: &str) -> Option<EndpointGuard<E>> {
+        self.pick_avoiding_at(avoid, Instant::now())
+    }
+
+    /// [`Self::pick_avoiding`] at a given instant (tests).
+    pub fn pick_avoiding_at(&self, avoid: &str, now: Instant) -> Option<EndpointGuard<E>> {
+        let nanos = self.inner.nanos(now);
+        let other = {
+            let list = read(&self.inner.list);
+            // Retries only: a short list copied, so the strategy picks among the others exactly
+            // as it picks among all.
+            let others: Vec<Arc<Endpoint<E>>> =
+                list.iter().filter(|e| e.label != avoid).cloned().collect();
+            let usable = match self.inner.strategy {
+                Strategy::RoundRobin => self.round_robin(&others, nanos),
+                Strategy::LeastOutstanding => least_outstanding(&others, nanos),
+            };
+            usable.map(|i| Arc::clone(&others[i]))
+        };
+        match other {
+            Some(ep) => Some(self.guard(ep)),
+            None => self.pick_at(now),
+        }
+    }
+
     fn guard(&self, ep: Arc<Endpoint<E>>) -> EndpointGuard<E> {
         ep.outstanding.fetch_add(1, Ordering::Relaxed);
         EndpointGuard {
@@ -376,8 +403,8 @@ impl<E: Clone + Send + Sync> fmt::Debug for EndpointSet<E> {
 
 fn least_outstanding<E>(list: &[Arc<Endpoint<E>>], now: u64) -> Option<usize> {
     let n = list.len();
-    if n == 1 {
-        return list[0].usable(now).then_some(0);
+    if n <= 1 {
+        return list.first().and_then(|e| e.usable(now).then_some(0));
     }
     let mut rng = rand::rng();
     let a = rng.random_range(0..n);
@@ -747,6 +774,38 @@ mod tests {
         let loads: Vec<_> = s.snapshot().iter().map(|e| e.outstanding).collect();
         assert!(loads.iter().all(|&n| (7..=13).contains(&n)), "{loads:?}");
         drop(held);
+    }
+
+    /// A retry never lands on the endpoint that just failed while another is usable (picking at
+    /// random, a 1-in-16 miss with two endpoints used to let both retries of a call hit it), and
+    /// gets it when it is the only choice.
+    #[test]
+    fn a_retry_avoids_the_failed_endpoint_whenever_it_can() {
+        let t0 = Instant::now();
+        for strategy in [Strategy::LeastOutstanding, Strategy::RoundRobin] {
+            for labels in [&["a", "b"][..], &["a", "b", "c"][..]] {
+                let s = set(strategy, labels);
+                let mut seen = HashMap::new();
+                for _ in 0..300 {
+                    let g = s.pick_avoiding_at("a", t0).unwrap();
+                    *seen.entry(g.label().to_owned()).or_insert(0) += 1;
+                }
+                assert_eq!(seen.get("a"), None, "{strategy:?} {labels:?}: {seen:?}");
+                assert_eq!(seen.len(), labels.len() - 1, "{strategy:?}: {seen:?}");
+            }
+            // The only other endpoint ejected: the failed one is all there is.
+            let s = set(strategy, &["a", "b"]);
+            assert!(fail(&s, "b", 5, t0));
+            assert_eq!(s.pick_avoiding_at("a", t0).unwrap().label(), "a");
+            assert_eq!(
+                set(strategy, &["a"])
+                    .pick_avoiding_at("a", t0)
+                    .unwrap()
+                    .label(),
+                "a"
+            );
+            assert!(set(strategy, &[]).pick_avoiding_at("a", t0).is_none());
+        }
     }
 
     #[test]
