@@ -18,8 +18,30 @@ use shared::{
 
 /// The mobile binary as the shared core runs it.
 pub fn surface() -> Surface {
-    Surface::new::<schema::Title, schema::Homepage>("bff-mobile", defaults)
+    Surface::new::<schema::Title, schema::Homepage>(
+        ("bff-mobile", env!("CARGO_PKG_VERSION")),
+        defaults,
+        EXAMPLE_QUERY,
+    )
 }
+
+/// The mobile homepage query GraphiQL opens with (compact cards, one poster for a 171-pt slot on
+/// a 2x screen); the README's mobile example is the same query on one line (a test compares
+/// them).
+pub const EXAMPLE_QUERY: &str = r#"{
+  homepage {
+    rows {
+      kind
+      heading
+      items {
+        rank
+        progress { fraction }
+        title { id name synopsis genres image(width: 171, dpr: 2) { url width } }
+      }
+    }
+  }
+}
+"#;
 
 /// Mobile defaults: 127.0.0.1:4001, four rows of 10, synopsis ≤ 140 characters, ≤ 3 genres,
 /// 600 ms request budget (mobile networks leave less time for the server).

@@ -6,7 +6,6 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    shared::run(bff_mobile::surface()).await?;
-    Ok(())
+async fn main() -> std::process::ExitCode {
+    shared::run(bff_mobile::surface()).await
 }

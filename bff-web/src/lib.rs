@@ -18,8 +18,31 @@ use shared::{
 
 /// The web binary as the shared core runs it.
 pub fn surface() -> Surface {
-    Surface::new::<schema::Title, schema::Homepage>("bff-web", defaults)
+    Surface::new::<schema::Title, schema::Homepage>(
+        ("bff-web", env!("CARGO_PKG_VERSION")),
+        defaults,
+        EXAMPLE_QUERY,
+    )
 }
+
+/// The web homepage query GraphiQL opens with; the README's web example is the same query on
+/// one line (a test compares them).
+pub const EXAMPLE_QUERY: &str = r#"{
+  homepage(region: "US") {
+    hero { name images { hero { url width } } }
+    rows {
+      kind
+      heading
+      items {
+        rank
+        reason
+        progress { fraction }
+        title { id name synopsis cast genres images { poster { url width } } }
+      }
+    }
+  }
+}
+"#;
 
 /// Web defaults: 127.0.0.1:4000, every row, 20 items, untrimmed titles, 800 ms request budget.
 pub fn defaults() -> BinaryDefaults {

@@ -1,9 +1,11 @@
-//! The command line every BFF binary shares: `--config`, `--listen`, `--demo`, `--print-schema`.
-//! A binary's `main` is one call to [`run`] with its [`Surface`].
+//! The command line every BFF binary shares: `--config`, `--listen`, `--demo`, `--print-schema`,
+//! `--version`. A binary's `main` is one call to [`run`] with its [`Surface`], which also owns how
+//! a failure is reported: one plain message (no backtrace, no repeated cause) and exit code 2 for
+//! bad configuration or flags, 1 for anything else.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 use crate::{
     compose::Composer,
@@ -15,13 +17,13 @@ use crate::{
 
 /// Command-line flags.
 #[derive(Debug, Parser)]
-#[command(version, about = "GraphQL Backend-for-Frontend")]
+#[command(about = "GraphQL Backend-for-Frontend")]
 pub struct Cli {
     /// TOML config file; every key can be overridden by `BFF_…` env vars (`BFF_BACKENDS__TOP10__URL`).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Listen address (overrides `listen`).
-    #[arg(long, value_name = "ADDR")]
+    /// Listen address, IP:PORT, e.g. 127.0.0.1:4000 (overrides `listen`).
+    #[arg(long, value_name = "IP:PORT", value_parser = listen_addr)]
     pub listen: Option<SocketAddr>,
     /// Start the fixture backends in-process and print a demo token.
     #[arg(long)]
@@ -29,6 +31,27 @@ pub struct Cli {
     /// Print the GraphQL schema (SDL) and exit.
     #[arg(long)]
     pub print_schema: bool,
+}
+
+/// `--listen`'s value: an IP and a port. A bare port is the common mistake, so the message says
+/// what is expected rather than only that it failed.
+fn listen_addr(raw: &str) -> Result<SocketAddr, String> {
+    raw.parse().map_err(|_| {
+        let example = if raw.parse::<u16>().is_ok() {
+            format!("127.0.0.1:{raw} (this machine only) or 0.0.0.0:{raw} (every interface)")
+        } else {
+            "127.0.0.1:4000".to_owned()
+        };
+        format!("expected an address as IP:PORT, e.g. {example}")
+    })
+}
+
+/// The binary's command line: the shared flags under the binary's own name and version.
+pub fn command(surface: &Surface) -> clap::Command {
+    Cli::command()
+        .name(surface.name)
+        .bin_name(surface.name)
+        .version(surface.version)
 }
 
 /// Why a binary could not run.
@@ -61,11 +84,48 @@ pub fn sdl(surface: &Surface) -> Result<String, RunError> {
     Ok((surface.schema)(composer, &settings.graphql).sdl())
 }
 
-/// Parses flags, loads settings and runs the server until Ctrl-C or SIGTERM.
-pub async fn run(surface: Surface) -> Result<(), RunError> {
-    let cli = Cli::parse();
+/// Parses flags, loads settings and runs the server until Ctrl-C or SIGTERM; a failure is printed
+/// once, plainly, and becomes the exit code (2: configuration or flags, 1: anything else).
+pub async fn run(surface: Surface) -> ExitCode {
+    // clap prints its own usage errors and exits 2; `--help`/`--version` exit 0.
+    let cli = match command(&surface)
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match serve(&surface, cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}: {}", surface.name, report(&e));
+            match e {
+                RunError::Config(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+/// An error and its causes in one line, each cause once: a cause whose text its parent already
+/// printed is skipped.
+pub fn report(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(cause) = cur {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = cause.source();
+    }
+    out
+}
+
+async fn serve(surface: &Surface, cli: Cli) -> Result<(), RunError> {
     if cli.print_schema {
-        print!("{}", sdl(&surface)?);
+        print!("{}", sdl(surface)?);
         return Ok(());
     }
     let opts = LoadOptions {
@@ -73,8 +133,12 @@ pub async fn run(surface: Surface) -> Result<(), RunError> {
         listen: cli.listen,
         env: std::env::vars().collect(),
     };
-    let mut settings = Settings::load(&(surface.defaults)(), &opts)?;
+    let (mut settings, warnings) = Settings::load_reporting(&(surface.defaults)(), &opts)?;
     let telemetry = crate::telemetry::init(&settings.log, &settings.telemetry.otlp, surface.name)?;
+    // Found before logging could record them; logged now, so they are seen.
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
 
     let demo = if cli.demo {
         Some(demo::start(&mut settings).await?)
@@ -84,12 +148,15 @@ pub async fn run(surface: Surface) -> Result<(), RunError> {
     let graphiql_headers = demo
         .as_ref()
         .map(|d| serde_json::json!({ "Authorization": format!("Bearer {}", d.token) }).to_string());
-    let app = Application::build(settings, &surface, StartOptions { graphiql_headers }).await?;
+    let app = Application::build(settings, surface, StartOptions { graphiql_headers }).await?;
     let addr = app.local_addr().map_err(ServerError::Serve)?;
 
     println!("{} listening on http://{addr}", surface.name);
     println!("  GraphQL   POST/GET http://{addr}/graphql  (GraphiQL: open it in a browser)");
     println!("  health    http://{addr}/healthz   readiness http://{addr}/readyz");
+    if let Some(admin) = app.admin_addr() {
+        println!("  admin     http://{admin}/readyz (backend detail)  http://{admin}/metrics");
+    }
     if let Some(d) = &demo {
         println!(
             "  fixtures  REST http://{}  gRPC http://{}",
@@ -126,4 +193,39 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { () = ctrl_c => {}, () = term => {} }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A cause its parent already printed is not printed again ("Caused by" never repeats).
+    #[test]
+    fn a_report_names_each_cause_once() {
+        let bind = ServerError::Bind {
+            addr: SocketAddr::from(([127, 0, 0, 1], 4000)),
+            source: std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use"),
+        };
+        let text = report(&RunError::Server(bind));
+        assert_eq!(
+            text,
+            "cannot listen on 127.0.0.1:4000: Address already in use"
+        );
+    }
+
+    #[test]
+    fn listen_wants_an_address_and_says_so_for_a_bare_port() {
+        assert_eq!(
+            listen_addr("0.0.0.0:4000"),
+            Ok(SocketAddr::from(([0, 0, 0, 0], 4000)))
+        );
+        let err = listen_addr("4000").unwrap_err();
+        assert!(
+            err.contains("127.0.0.1:4000") && err.contains("0.0.0.0:4000"),
+            "{err}"
+        );
+        assert!(listen_addr("localhost").unwrap_err().contains("IP:PORT"));
+    }
 }

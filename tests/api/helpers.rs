@@ -21,6 +21,9 @@ pub const SECRET: &str = "test-secret-0123456789abcdef";
 /// A running BFF plus its fixtures.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The admin listener (readiness detail, metrics): every test BFF has one unless the test
+    /// turns it off.
+    pub admin: Option<SocketAddr>,
     pub http: reqwest::Client,
     pub fixtures: Fixtures,
     pub signer: TokenSigner,
@@ -55,10 +58,12 @@ pub async fn spawn_app_with(surface: Surface, adjust: impl FnOnce(&mut Settings)
         .expect("fixtures start");
     let mut settings = Settings::defaults(&(surface.defaults)());
     settings.listen = "127.0.0.1:0".parse().unwrap();
+    settings.admin.listen = Some("127.0.0.1:0".parse().unwrap());
     settings.backends = BackendsSettings::at(|b| fixtures.url(fixture_backend(b)));
     settings.auth.hs256_secret = Some(Secret::new(SECRET));
     // Debug builds on a busy CI machine can be slow; only tests about deadlines use a tight budget.
     settings.server.request_budget = std::time::Duration::from_secs(5);
+    settings.graphql.timeout = std::time::Duration::from_secs(10);
     for b in shared::upstream::BackendId::ALL {
         settings.backends.get_mut(b).timeout = std::time::Duration::from_secs(2);
     }
@@ -67,6 +72,7 @@ pub async fn spawn_app_with(surface: Surface, adjust: impl FnOnce(&mut Settings)
         .await
         .expect("bff builds");
     let addr = app.local_addr().unwrap();
+    let admin = app.admin_addr();
     let cache = app.fragment_cache();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async move {
@@ -77,6 +83,7 @@ pub async fn spawn_app_with(surface: Surface, adjust: impl FnOnce(&mut Settings)
     let http = reqwest::Client::builder().build().unwrap();
     TestApp {
         addr,
+        admin,
         http,
         fixtures,
         signer,
@@ -130,10 +137,10 @@ pub fn row_kind(b: Backend) -> Option<&'static str> {
 }
 
 impl TestApp {
-    /// `GET /readyz` as JSON, whatever its status.
+    /// The admin listener's `GET /readyz` (every backend's state) as JSON, whatever its status.
     pub async fn readyz(&self) -> Value {
         self.http
-            .get(self.url("/readyz"))
+            .get(self.admin_url("/readyz"))
             .send()
             .await
             .unwrap()
@@ -149,6 +156,12 @@ impl TestApp {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// A URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        let admin = self.admin.expect("this test BFF has no admin listener");
+        format!("http://{admin}{path}")
     }
 
     pub fn control(&self) -> Control {

@@ -276,7 +276,8 @@ async fn health_and_readiness() {
     assert_eq!(app.status_of("/healthz").await, 200);
     let r = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "ready");
+    let body = app.readyz().await;
     assert_eq!(body["backends"]["catalog"]["reachable"], true);
 }
 

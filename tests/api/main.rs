@@ -6,6 +6,7 @@
 mod auth;
 mod cache;
 mod failures;
+mod first_minutes;
 mod helpers;
 mod homepage;
 mod http_spec;

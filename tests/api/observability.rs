@@ -157,7 +157,7 @@ async fn metrics_cover_http_graphql_upstream_breakers_and_cache() {
     }
     app.post_graphql("{ title(id: \"t1\") { id } }", json!({}), None)
         .await;
-    let text = scrape(&app, &app.url("/metrics")).await;
+    let text = scrape(&app, &app.admin_url("/metrics")).await;
     for family in [
         "bff_http_requests_total",
         "bff_http_request_duration_seconds",
@@ -223,7 +223,7 @@ async fn operation_name_labels_are_bounded() {
             .await
             .unwrap();
     }
-    let text = scrape(&app, &app.url("/metrics")).await;
+    let text = scrape(&app, &app.admin_url("/metrics")).await;
     let ops: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("bff_graphql_operations_total{"))
@@ -237,14 +237,37 @@ async fn operation_name_labels_are_bounded() {
 }
 
 #[tokio::test]
-async fn metrics_can_move_to_a_separate_admin_listener() {
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let app = spawn_app_with(web(), |s| s.metrics.listen = Some(admin)).await;
+async fn the_admin_listener_takes_metrics_and_readiness_detail_off_the_public_one() {
+    let app = spawn_app(web()).await;
     app.homepage("kind", None).await;
     assert_eq!(app.status_of("/metrics").await, 404);
-    let text = scrape(&app, &format!("http://{admin}/metrics")).await;
+    let text = scrape(&app, &app.admin_url("/metrics")).await;
     assert!(text.contains("bff_http_requests_total"));
+    // Public readiness: a status and one word; the detail is the admin listener's.
+    let public = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(public.status(), 200);
+    assert_eq!(public.text().await.unwrap(), "ready");
+    let detail = app.readyz().await;
+    assert_eq!(detail["status"], "ready");
+    assert_eq!(
+        detail["backends"]["catalog"]["breaker"], "closed",
+        "{detail}"
+    );
+    assert!(
+        detail["backends"]["top10"]["endpoints"]
+            .as_array()
+            .is_some()
+    );
+
+    // Without an admin listener, metrics stay on the public port and readiness detail is
+    // served nowhere.
+    let app = spawn_app_with(web(), |s| s.admin.listen = None).await;
+    app.homepage("kind", None).await;
+    let text = scrape(&app, &app.url("/metrics")).await;
+    assert!(text.contains("bff_upstream_requests_total"));
+    let public = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(public.status(), 200);
+    let body = public.text().await.unwrap();
+    assert_eq!(body, "ready");
+    assert!(!body.contains("127.0.0.1"));
 }

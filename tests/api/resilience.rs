@@ -271,6 +271,9 @@ async fn readyz_is_503_while_the_catalog_has_no_usable_endpoint() {
     .await;
     let r = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 503);
+    assert_eq!(r.text().await.unwrap(), "unready");
+    let r = app.http.get(app.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["backends"]["catalog"]["reachable"], false);
     assert_eq!(app.status_of("/healthz").await, 200);

@@ -43,6 +43,8 @@ pub struct Settings {
     pub profile: ClientProfile,
     /// Logging.
     pub log: LogSettings,
+    /// The admin listener (readiness detail, metrics).
+    pub admin: AdminSettings,
     /// Prometheus metrics.
     pub metrics: MetricsSettings,
     /// Trace export.
@@ -81,14 +83,25 @@ impl Default for ServerSettings {
     }
 }
 
-/// GraphQL engine limits, enforced before execution, and the document cache.
+/// GraphQL limits (decided before execution, on the fragment-expanded operation; see
+/// `graphql::analysis`), answer limits, and the document cache.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GraphqlSettings {
-    /// Deepest selection nesting accepted.
+    /// Deepest data selection accepted (introspection has its own fixed limits).
     pub max_depth: usize,
-    /// Highest complexity score accepted (each field costs 1).
+    /// Most data fields one operation may select, fragments expanded (each field counts 1).
     pub max_complexity: usize,
+    /// Highest estimated cost accepted (`graphql.max_cost`): fields, backend calls and list sizes,
+    /// as the README's cost model describes.
+    pub max_cost: u64,
+    /// Largest answer body (`graphql.max_response_bytes`): a bigger one is replaced by a
+    /// `QUERY_TOO_COMPLEX` error, whatever the estimate said.
+    pub max_response_bytes: usize,
+    /// Longest one operation may run (`graphql.timeout`), whatever the estimate said; must be
+    /// longer than `server.request_budget`, which already bounds every backend call.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
     /// Whether introspection queries are answered.
     pub introspection: bool,
     /// Approximate bytes of parsed documents kept for repeated operations
@@ -104,6 +117,11 @@ impl Default for GraphqlSettings {
         Self {
             max_depth: 12,
             max_complexity: 2_000,
+            // A full web homepage (every field, 5 rows of 20) estimates ~11,000.
+            max_cost: 25_000,
+            // A full web homepage is ~210 KB.
+            max_response_bytes: 4 * 1024 * 1024,
+            timeout: Duration::from_secs(3),
             introspection: true,
             document_cache_bytes: 16 * 1024 * 1024,
             direct_json: true,
@@ -619,16 +637,23 @@ impl Default for LogSettings {
     }
 }
 
+/// The admin listener (`admin.*`): what operators see and the public internet must not.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Address of the admin listener (`admin.listen`): `/readyz` with every backend's state,
+    /// `/healthz`, and `/metrics` (which then leaves the public listener). Unset: no admin
+    /// listener; the public `/readyz` answers only its status either way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+}
+
 /// Prometheus metrics (`metrics.*`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSettings {
-    /// Serve `/metrics` at all.
+    /// Serve `/metrics` at all (on the admin listener when there is one, else the public one).
     pub enabled: bool,
-    /// Serve `/metrics` on this separate admin address instead of the public listener, so it is
-    /// not exposed to the internet.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub listen: Option<SocketAddr>,
     /// Most distinct GraphQL operation names given their own series; later names count as `other`.
     pub max_operation_names: usize,
 }
@@ -637,7 +662,6 @@ impl Default for MetricsSettings {
     fn default() -> Self {
         Self {
             enabled: true,
-            listen: None,
             max_operation_names: 100,
         }
     }
@@ -748,14 +772,30 @@ impl Settings {
             cache: CacheSettings::default(),
             profile: binary.profile.clone(),
             log: LogSettings::default(),
+            admin: AdminSettings::default(),
             metrics: MetricsSettings::default(),
             telemetry: TelemetrySettings::default(),
             routes: Vec::new(),
         }
     }
 
-    /// Loads defaults < file < env < flags and validates the result.
+    /// Loads defaults < file < env < flags and validates the result; warnings (e.g. an ignored
+    /// `BFF_` variable) are logged.
     pub fn load(binary: &BinaryDefaults, opts: &LoadOptions) -> Result<Self, ConfigError> {
+        let (settings, warnings) = Self::load_reporting(binary, opts)?;
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(settings)
+    }
+
+    /// [`Settings::load`], handing the warnings back instead of logging them: a binary loads its
+    /// settings before logging is set up (the settings say how to log), and logs them after.
+    pub fn load_reporting(
+        binary: &BinaryDefaults,
+        opts: &LoadOptions,
+    ) -> Result<(Self, Vec<String>), ConfigError> {
+        let mut warnings = Vec::new();
         let defaults = Self::defaults(binary);
         let mut tree = to_table(&defaults)?;
         let mut origins: BTreeMap<String, Origin> = BTreeMap::new();
@@ -785,7 +825,9 @@ impl Settings {
             let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
             let Some(first) = path.first() else { continue };
             if !tree.contains_key(first.as_str()) {
-                tracing::warn!(var = %name, "ignoring environment variable: `{first}` is not a config section");
+                warnings.push(format!(
+                    "ignoring environment variable {name}: `{first}` is not a config section"
+                ));
                 continue;
             }
             let value = coerce_env(&tree, &path, raw);
@@ -807,14 +849,21 @@ impl Settings {
         let settings: Settings = serde_path_to_error::deserialize(toml::Value::Table(tree))
             .map_err(|e| {
                 let key = e.path().to_string();
+                // toml appends "in `key`" on a line of its own; the key is named already.
+                let message = e.into_inner().to_string();
+                let message = message
+                    .lines()
+                    .filter(|l| !l.starts_with("in `"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 ConfigError::Invalid {
                     source_name: origin_of(&origins, &key),
                     key,
-                    message: e.into_inner().to_string(),
+                    message,
                 }
             })?;
         settings.validate(&origins)?;
-        Ok(settings)
+        Ok((settings, warnings))
     }
 
     fn validate(&self, origins: &BTreeMap<String, Origin>) -> Result<(), ConfigError> {
@@ -893,6 +942,15 @@ impl Settings {
         }
         if self.graphql.max_depth == 0 {
             return Err(invalid("graphql.max_depth", "must be > 0".into()));
+        }
+        if self.graphql.timeout <= self.server.request_budget {
+            return Err(invalid(
+                "graphql.timeout",
+                format!(
+                    "must be longer than server.request_budget ({})",
+                    humantime::format_duration(self.server.request_budget)
+                ),
+            ));
         }
         if matches!(&self.auth.hs256_secret, Some(s) if s.expose().len() < 16) {
             return Err(invalid(

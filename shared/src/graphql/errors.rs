@@ -28,31 +28,26 @@ fn set_code(e: &mut ServerError, code: ErrorCode) {
         .set("code", code.as_str());
 }
 
-/// Codes the uncoded errors of a response in place and says whether execution happened.
-pub(crate) fn classify(resp: &mut async_graphql::Response) -> Outcome {
+/// Codes the uncoded errors of a response in place and says whether execution happened. With
+/// `hide_suggestions` (introspection off), "Did you mean …" hints are cut from messages: they
+/// would name fields and arguments a client cannot otherwise discover.
+pub(crate) fn classify(resp: &mut async_graphql::Response, hide_suggestions: bool) -> Outcome {
     // The engine answers a request it refused to run with `data: null` and only path-less errors.
+    // Limits and variables were decided before it ran (`analysis`), so what it refuses is the
+    // document itself: validation.
     let refused = resp.data == Value::Null
         && !resp.errors.is_empty()
         && resp.errors.iter().all(|e| e.path.is_empty());
     for e in &mut resp.errors {
+        if hide_suggestions && let Some(at) = e.message.find(" Did you mean") {
+            e.message.truncate(at);
+        }
         if code_of(e).is_some() {
             continue;
         }
         let msg = e.message.as_str();
-        let code = if msg.contains("nested too deep")
-            || msg.contains("too complex")
-            || msg.contains("recursive depth")
-        {
-            ErrorCode::QueryTooComplex
-        } else if refused {
-            if msg.starts_with("Invalid value for")
-                || msg.starts_with("Variable")
-                || msg.contains("variable")
-            {
-                ErrorCode::BadUserInput
-            } else {
-                ErrorCode::GraphqlValidationFailed
-            }
+        let code = if refused {
+            ErrorCode::GraphqlValidationFailed
         } else if msg.starts_with("Invalid value for argument")
             || msg.starts_with("Failed to parse")
         {

@@ -22,6 +22,7 @@ use serde_json::{Map, Value as Json};
 use tracing::Instrument;
 
 use super::{
+    analysis::{Analysis, Refusal},
     errors::{Outcome, classify, error_body, stamp_trace_id},
     json::Chunks,
 };
@@ -99,13 +100,24 @@ fn respond(status: StatusCode, mode: Mode, body: &Json) -> Response {
     respond_body(status, mode, bytes)
 }
 
+/// What every GraphQL answer depends on besides its URL and body: the viewer (personalized
+/// rows), the media type asked for, and the encoding. A shared cache must key on all three, or it
+/// could hand a signed-in viewer the anonymous homepage or a JSON client the wrong content type.
+const VARY: &str = "authorization, accept, accept-encoding";
+
 fn respond_body(status: StatusCode, mode: Mode, body: impl Into<Body>) -> Response {
     (
         status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(mode.content_type()),
-        )],
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(mode.content_type()),
+            ),
+            (header::VARY, HeaderValue::from_static(VARY)),
+            // Executed answers replace it with their own policy ([`cache_control`]); refusals
+            // (some, like 405, are cacheable by default) are never stored.
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
         body.into(),
     )
         .into_response()
@@ -120,6 +132,7 @@ struct Params {
     query: String,
     operation_name: Option<String>,
     variables: Option<Map<String, Json>>,
+    extensions: Map<String, Json>,
 }
 
 /// Validates the parameter map of a POST body or GET query string.
@@ -139,14 +152,16 @@ fn params(mut raw: Map<String, Json>) -> Result<Params, &'static str> {
         Some(Json::Object(m)) => Some(m),
         Some(_) => return Err("`variables` must be an object"),
     };
-    match raw.remove("extensions") {
-        None | Some(Json::Null | Json::Object(_)) => {}
+    let extensions = match raw.remove("extensions") {
+        None | Some(Json::Null) => Map::new(),
+        Some(Json::Object(m)) => m,
         Some(_) => return Err("`extensions` must be an object"),
-    }
+    };
     Ok(Params {
         query,
         operation_name,
         variables,
+        extensions,
     })
 }
 
@@ -191,7 +206,16 @@ pub(crate) async fn get(
         && wants_html(&headers)
         && let Some(page) = app.graphiql_page.clone()
     {
-        return ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response();
+        // The page answers the same URL as JSON does, by `Accept`; it may hold a demo token.
+        return (
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::VARY, VARY),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            page,
+        )
+            .into_response();
     }
     let Some(mode) = negotiate(&headers) else {
         return not_acceptable();
@@ -310,32 +334,26 @@ async fn serve(
         Err(msg) => return reject(StatusCode::BAD_REQUEST, mode, ErrorCode::BadUserInput, msg),
     };
     let personalized = viewer.is_some();
+    // Request errors (the request never ran) are 4xx in graphql-response+json mode; legacy JSON
+    // clients get 200 for every well-formed request (GraphQL over HTTP).
+    let request_error = if mode == Mode::GraphqlResponse {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
 
-    let mut request = async_graphql::Request::new(p.query);
-    if let Some(name) = p.operation_name.clone() {
-        request = request.operation_name(name);
-    }
-    if let Some(vars) = p.variables {
-        request = request.variables(async_graphql::Variables::from_json(Json::Object(vars)));
-    }
-    let (operation, renderable) = match app.schema.parse(&request.query) {
-        Ok(doc) => {
-            let operation = operation_of(&doc.operations, p.operation_name.as_deref());
-            // See `render`: the engine's root merge cannot take rendered values twice.
-            let renderable = app.settings.graphql.direct_json
-                && super::render::root_renderable(&doc, p.operation_name.as_deref());
-            request.set_parsed_query(doc);
-            (operation, renderable)
-        }
+    let doc = match app.schema.parse(&p.query) {
+        Ok(doc) => doc,
         Err(e) => {
-            let status = if mode == Mode::GraphqlResponse {
-                StatusCode::BAD_REQUEST
-            } else {
-                StatusCode::OK
-            };
-            return reject(status, mode, ErrorCode::GraphqlParseFailed, &e.message);
+            return reject(
+                request_error,
+                mode,
+                ErrorCode::GraphqlParseFailed,
+                &e.message,
+            );
         }
     };
+    let operation = operation_of(&doc.operations, p.operation_name.as_deref());
     let op_name = operation.as_ref().and_then(|(_, n)| n.clone());
     let operation = operation.map(|(t, _)| t);
     if method == Method::GET && operation.is_some_and(|op| op != OperationType::Query) {
@@ -349,6 +367,40 @@ async fn serve(
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return resp;
     }
+    // Limits and variables are decided before the engine validates: its validation is costly
+    // on documents that expand far (see `analysis`).
+    let analysis =
+        match app
+            .schema
+            .preflight(&doc, p.operation_name.as_deref(), p.variables.as_ref())
+        {
+            Ok(a) => a,
+            Err(Refusal::TooComplex(msg)) => {
+                return reject(request_error, mode, ErrorCode::QueryTooComplex, &msg);
+            }
+            Err(Refusal::BadVariables(msg)) => {
+                return reject(request_error, mode, ErrorCode::BadUserInput, &msg);
+            }
+            Err(e @ Refusal::IntrospectionOff) => {
+                return reject(
+                    request_error,
+                    mode,
+                    ErrorCode::GraphqlValidationFailed,
+                    &e.to_string(),
+                );
+            }
+        };
+    // See `render`: the engine's root merge cannot take rendered values twice.
+    let renderable = app.settings.graphql.direct_json
+        && super::render::root_renderable(&doc, p.operation_name.as_deref());
+    let mut request = async_graphql::Request::new(p.query);
+    if let Some(name) = p.operation_name.clone() {
+        request = request.operation_name(name);
+    }
+    if let Some(vars) = p.variables {
+        request = request.variables(async_graphql::Variables::from_json(Json::Object(vars)));
+    }
+    request.set_parsed_query(doc);
 
     let rq = Arc::new(RequestContext::new(
         viewer,
@@ -376,8 +428,34 @@ async fn serve(
         outcome = tracing::field::Empty,
     );
     let started = std::time::Instant::now();
-    let mut response = app.schema.execute(request).instrument(span.clone()).await;
-    let outcome = classify(&mut response);
+    let limits = &app.settings.graphql;
+    // The estimate bounds the work; this bounds the time, whatever the estimate missed.
+    let executed = tokio::time::timeout(
+        limits.timeout,
+        app.schema.execute(request).instrument(span.clone()),
+    )
+    .await;
+    let Ok(mut response) = executed else {
+        span.record("outcome", "error");
+        if let Some(m) = &app.metrics {
+            m.graphql_operation(op_name, op_type, "error", started.elapsed());
+        }
+        tracing::warn!(parent: &span, timeout = ?limits.timeout, "operation cut off");
+        let msg = format!(
+            "the operation ran longer than {}",
+            humantime::format_duration(limits.timeout)
+        );
+        return reject(request_error, mode, ErrorCode::QueryTooComplex, &msg);
+    };
+    let outcome = classify(&mut response, !limits.introspection);
+    if outcome == Outcome::Executed
+        && response.data == async_graphql::Value::Null
+        && response.errors.is_empty()
+    {
+        // The engine answers a selection whose every field was skipped with null; the spec's
+        // answer is an empty object.
+        response.data = async_graphql::Value::Object(Default::default());
+    }
     let outcome_label = match outcome {
         Outcome::RequestError => "error",
         Outcome::Executed if response.errors.is_empty() => "ok",
@@ -389,9 +467,12 @@ async fn serve(
     }
     stamp_trace_id(&mut response);
     report_stale(&mut response, cache_log);
-    let status = match (outcome, mode) {
-        (Outcome::RequestError, Mode::GraphqlResponse) => StatusCode::BAD_REQUEST,
-        _ => StatusCode::OK,
+    if let Some(a) = analysis.filter(|_| p.extensions.get("cost") == Some(&Json::Bool(true))) {
+        report_cost(&mut response, &a, limits);
+    }
+    let status = match outcome {
+        Outcome::RequestError => request_error,
+        Outcome::Executed => StatusCode::OK,
     };
     let cache_control = cache_control(
         personalized,
@@ -399,6 +480,17 @@ async fn serve(
         cache_log,
     );
     let mut resp = match response_pieces(&response) {
+        Ok(pieces) if pieces.iter().map(Bytes::len).sum::<usize>() > limits.max_response_bytes => {
+            tracing::warn!(
+                limit = limits.max_response_bytes,
+                "answer over the size limit"
+            );
+            let msg = format!(
+                "the answer is larger than {} bytes; select less",
+                limits.max_response_bytes
+            );
+            reject(request_error, mode, ErrorCode::QueryTooComplex, &msg)
+        }
         Ok(pieces) => respond_body(status, mode, Pieces::body(pieces)),
         Err(_) => respond(
             status,
@@ -409,6 +501,25 @@ async fn serve(
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, cache_control);
     resp
+}
+
+/// `extensions.cost` when the request asked for it (`"extensions": {"cost": true}`): the estimate
+/// the operation was admitted with, and the limits it was held to.
+fn report_cost(
+    response: &mut async_graphql::Response,
+    a: &Analysis,
+    limits: &crate::config::GraphqlSettings,
+) {
+    let cost = serde_json::json!({
+        "estimated": a.cost,
+        "maxCost": limits.max_cost,
+        "fields": a.fields,
+        "depth": a.depth,
+        "maxDepth": limits.max_depth,
+    });
+    if let Ok(value) = async_graphql::Value::from_json(cost) {
+        response.extensions.insert("cost".to_owned(), value);
+    }
 }
 
 /// `extensions.cache.stale`: which fragments were served past their TTL and how old they were, so

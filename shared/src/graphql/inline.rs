@@ -185,7 +185,9 @@ async fn resolve_inline<'a, T: ContainerType>(
         })
         .chain(expanded.iter().copied());
     let mut object = IndexMap::with_capacity(if direct { items.len() } else { expanded.len() });
+    let mut selected = false;
     for field in fields {
+        selected = true;
         let key = field.node.response_key().node.clone();
         if field.node.name.node == "__typename" {
             let name = root.introspection_type_name().into_owned();
@@ -204,7 +206,9 @@ async fn resolve_inline<'a, T: ContainerType>(
             Err(e) => ctx.add_error(e),
         }
     }
-    Ok(if object.is_empty() {
+    // Every selected field failed: null, as the stock resolver answers. Nothing selected at all
+    // (every field skipped by `@skip`/`@include`): the spec's empty object.
+    Ok(if object.is_empty() && selected {
         Value::Null
     } else {
         Value::Object(object)

@@ -10,6 +10,7 @@
 //! [`RenderedList`]); other in-memory objects resolve [`Inline`]; the response is printed by a
 //! writer of our own.
 
+pub mod analysis;
 mod documents;
 pub(crate) mod errors;
 pub(crate) mod http;
@@ -28,7 +29,10 @@ use async_graphql::{
     futures_util::future::BoxFuture, parser::types::ExecutableDocument,
 };
 
-use self::documents::DocumentCache;
+use self::{
+    analysis::{Analysis, CostModel, Limits, Refusal, Shape},
+    documents::DocumentCache,
+};
 use crate::{
     auth::Viewer,
     compose::{Composer, RequestContext},
@@ -84,16 +88,29 @@ pub fn composer<'a>(ctx: &async_graphql::Context<'a>) -> async_graphql::Result<&
 pub trait GraphqlExecutor: Send + Sync + 'static {
     /// Parses `query`, from the document cache when it was parsed before.
     fn parse(&self, query: &str) -> ServerResult<ExecutableDocument>;
+    /// Depth, fields and cost of the operation `operation` of `doc` against this deployment's
+    /// limits, and its variables against their declared types: everything decided before the
+    /// engine's own (costlier) validation and execution. `Ok(None)` when no operation matches
+    /// (the engine then reports it).
+    fn preflight(
+        &self,
+        doc: &ExecutableDocument,
+        operation: Option<&str>,
+        variables: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<Option<Analysis>, Refusal>;
     /// Executes one request.
     fn execute(&self, request: async_graphql::Request) -> BoxFuture<'_, async_graphql::Response>;
     /// The schema as SDL.
     fn sdl(&self) -> String;
 }
 
-/// A schema and its document cache.
+/// A schema, its document cache and what the pre-execution analysis needs.
 struct Executor<Q, M, S> {
     schema: Schema<Q, M, S>,
     documents: Option<DocumentCache>,
+    shape: Shape,
+    model: CostModel,
+    limits: Limits,
 }
 
 impl<Q, M, S> GraphqlExecutor for Executor<Q, M, S>
@@ -107,6 +124,20 @@ where
             Some(cache) => cache.parse(query),
             None => Ok(async_graphql::parser::parse_query(query)?),
         }
+    }
+
+    fn preflight(
+        &self,
+        doc: &ExecutableDocument,
+        operation: Option<&str>,
+        variables: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<Option<Analysis>, Refusal> {
+        let Some(op) = analysis::operation(doc, operation) else {
+            return Ok(None);
+        };
+        let found = analysis::analyze(&self.shape, &self.model, doc, op, &self.limits)?;
+        analysis::check_variables(&self.shape, op, variables)?;
+        Ok(Some(found))
     }
 
     fn execute(&self, request: async_graphql::Request) -> BoxFuture<'_, async_graphql::Response> {
@@ -126,16 +157,28 @@ pub fn build_schema<T: TitleView, H: types::HomepageView>(
     limits: &GraphqlSettings,
 ) -> Arc<dyn GraphqlExecutor> {
     let query = types::RootQuery::<T, H>::default();
+    let profile = composer.profile().clone();
     let schema = schema_builder(
         query,
         types::MyListMutation,
         async_graphql::EmptySubscription,
         composer,
         limits,
-    );
+    )
+    .finish();
+    let shape = Shape::from_sdl(&schema.sdl());
+    let model = CostModel::for_profile(&profile, shape.mutation());
     Arc::new(Executor {
-        schema: schema.finish(),
+        schema,
         documents: DocumentCache::new(limits.document_cache_bytes),
+        shape,
+        model,
+        limits: Limits {
+            max_depth: u32::try_from(limits.max_depth).unwrap_or(u32::MAX),
+            max_fields: limits.max_complexity as u64,
+            max_cost: limits.max_cost,
+            introspection: limits.introspection,
+        },
     })
 }
 
@@ -151,13 +194,13 @@ where
     M: ObjectType + 'static,
     S: SubscriptionType + 'static,
 {
-    let builder = Schema::build(query, mutation, subscription)
-        .data(composer)
-        .limit_depth(limits.max_depth)
-        .limit_complexity(limits.max_complexity);
+    // Depth, field and cost limits are not the engine's: its counts run on the document as
+    // written and include introspection, so [`analysis`] decides them before validation.
+    let builder = Schema::build(query, mutation, subscription).data(composer);
     if limits.introspection {
         builder
     } else {
-        builder.disable_introspection()
+        // Without introspection, "Did you mean …" in validation errors would list field names.
+        builder.disable_introspection().disable_suggestions()
     }
 }

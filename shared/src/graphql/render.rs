@@ -17,8 +17,8 @@
 //! **Same answers as the engine.** Fields come in selection order with fragments expanded by type
 //! condition; a response key the query selects more than once is written once, its sub-selections
 //! merged (GraphQL's CollectFields); `__typename` is the object's type name; a field error is
-//! recorded at its path and the field left out; an object left without fields is `null`, as
-//! [`super::Inline`] does.
+//! recorded at its path and the field left out; an object whose every field failed is `null`, one
+//! whose every field was skipped `{}`, as [`super::Inline`] does.
 //!
 //! **Where it applies.** The rendered bytes travel up the engine's tree as one marker value (see
 //! [`raw`]), which [`super::json`] copies verbatim. Containers of ours merge markers correctly
@@ -351,23 +351,26 @@ fn write_planned<T: RenderFields + ?Sized>(
 ) {
     out.push(b'{');
     let open = out.len();
-    match plan {
+    let selected = match plan {
         Plan::Plain(set) => {
             for selection in &set.items {
                 if let Selection::Field(field) = &selection.node {
                     write_field(ctx, root, &[field], open, out);
                 }
             }
+            !set.items.is_empty()
         }
         Plan::Collected(groups) => {
             for (_, fields) in groups {
                 write_field(ctx, root, fields, open, out);
             }
+            !groups.is_empty()
         }
-        Plan::Failed => {}
-    }
-    if out.len() == open {
-        // No field written: null, as the value-tree path answers an empty object.
+        Plan::Failed => true,
+    };
+    if out.len() == open && selected {
+        // Every selected field failed: null, as the value-tree path answers. (Nothing selected
+        // at all, every field skipped, is the spec's empty object, `{}`.)
         out.truncate(open - 1);
         out.extend_from_slice(b"null");
     } else {

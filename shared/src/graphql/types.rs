@@ -437,7 +437,8 @@ pub struct MyListUpdate {
 #[derive(Default)]
 pub struct MyListMutation;
 
-#[Object]
+/// Changes the viewer makes.
+#[Object(name = "Mutation")]
 impl MyListMutation {
     /// Saves a title to the viewer's list. Idempotent; the next homepage shows it first in MY_LIST.
     /// Requires a signed-in viewer; an unknown title is BAD_USER_INPUT.

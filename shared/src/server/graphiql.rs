@@ -143,22 +143,15 @@ impl GraphiqlAssets {
         }
     }
 
-    /// Full HTML page. `endpoint` e.g. "/graphql"; `subscription_endpoint` e.g. "/graphql/ws" (the page turns a
-    /// path into `ws(s)://host/...` from `window.location`); `default_headers`: optional JSON object text
-    /// prefilled in the headers editor; `initial_query`: the query editor's content (else a short help comment).
-    /// Every caller-given string is embedded as JSON with `<` escaped, so none can close the `<script>`.
-    pub fn page(
-        &self,
-        endpoint: &str,
-        subscription_endpoint: &str,
-        default_headers: Option<&str>,
-        initial_query: Option<&str>,
-    ) -> String {
+    /// Full HTML page for `page` (see [`Page`]). Every caller-given string is embedded as JSON
+    /// with `<` escaped, so none can close the `<script>`.
+    pub fn page(&self, page: &Page<'_>) -> String {
         let config = serde_json::json!({
-            "endpoint": endpoint,
-            "subscriptionEndpoint": subscription_endpoint,
-            "defaultHeaders": default_headers,
-            "initialQuery": initial_query.unwrap_or(DEFAULT_QUERY),
+            "endpoint": page.endpoint,
+            "subscriptionEndpoint": page.subscription_endpoint,
+            "defaultHeaders": page.headers,
+            "initialQuery": page.initial_query(),
+            "introspection": page.introspection,
         });
         let config = script_safe_json(&config);
         let [react, react_dom, graphiql_js, graphiql_css] = &ASSETS;
@@ -198,6 +191,9 @@ impl GraphiqlAssets {
         fetcher,
         defaultQuery: config.initialQuery,
         defaultHeaders: config.defaultHeaders ?? undefined,
+        // null: the server answers no introspection, so GraphiQL must not ask (it would show
+        // "Error fetching schema"); the query editor's comment says why Docs are empty.
+        schema: config.introspection ? undefined : null,
         // Show the headers editor when the server prefilled it (e.g. a dev token).
         defaultEditorToolsVisibility: config.defaultHeaders ? 'headers' : undefined,
       }}),
@@ -224,13 +220,59 @@ impl GraphiqlAssets {
     }
 }
 
-/// Query editor content when the caller gives none.
-const DEFAULT_QUERY: &str = "# Welcome to the bff GraphiQL.
-#
-# Type a query here, e.g.  { __typename }  and run it with Ctrl-Enter (Cmd-Enter on macOS)
-# or the run button. Ctrl-Space autocompletes; the Docs button on the left browses the schema.
-# Request headers (e.g. Authorization) go in the Headers tab below.
-";
+/// What one GraphiQL page shows.
+#[derive(Debug, Clone, Copy)]
+pub struct Page<'a> {
+    /// GraphQL endpoint path, e.g. `/graphql`.
+    pub endpoint: &'a str,
+    /// Subscriptions path, e.g. `/graphql/ws` (the page turns it into `ws(s)://host/...`).
+    pub subscription_endpoint: &'a str,
+    /// JSON object text prefilled in the headers editor (the demo token), if any.
+    pub headers: Option<&'a str>,
+    /// The binary's name, e.g. `bff-web`, for the editor's opening comment.
+    pub binary: &'a str,
+    /// The runnable example the editor opens with (the binary's homepage query).
+    pub example_query: &'a str,
+    /// Whether the server answers introspection (the Docs explorer and autocompletion need it).
+    pub introspection: bool,
+}
+
+impl Page<'_> {
+    /// The query editor's content: a short comment on how to run it and where the schema and
+    /// docs are, then the example.
+    fn initial_query(&self) -> String {
+        // Short lines: the editor is narrow once the Docs explorer is open.
+        let mut text = format!(
+            "# {} GraphiQL: run the query with Ctrl-Enter or \u{25b6}.\n",
+            self.binary
+        );
+        if self.introspection {
+            text.push_str(
+                "# Schema and docs: Docs (book icon, top left).\n\
+                 # Ctrl-Space autocompletes.\n",
+            );
+        } else {
+            text.push_str(
+                "# Introspection is off on this server\n\
+                 # (graphql.introspection = false): no Docs explorer\n\
+                 # or autocompletion; the schema is in schema/.\n",
+            );
+        }
+        if self.headers.is_some() {
+            text.push_str(
+                "# Headers (below) hold the demo token for user u1;\n\
+                 # without it you get the public homepage.\n",
+            );
+        } else {
+            text.push_str(
+                "# Personalised rows need a token in Headers (below):\n\
+                 # {\"Authorization\": \"Bearer <token>\"}\n",
+            );
+        }
+        text.push_str(self.example_query);
+        text
+    }
+}
 
 /// One asset response, or 404 for a name outside the allow-list.
 fn serve(files: &HashMap<&'static str, (Bytes, &'static str)>, name: &str) -> Response {
@@ -305,7 +347,11 @@ mod tests {
         let assets = GraphiqlAssets::locate(Some(Path::new("/nonexistent/graphiql-test")));
         let headers = "{\"Authorization\":\"Bearer </script><script>alert(1)</script><!--\", \"x\": \"\u{2028}'\"}";
         let query = "{ a } </SCRIPT> </script >";
-        let page = assets.page("/graphql", "/graphql/ws", Some(headers), Some(query));
+        let page = assets.page(&Page {
+            headers: Some(headers),
+            example_query: query,
+            ..test_page()
+        });
         // Only the page's own four closing tags, none from the inputs.
         assert_eq!(page.matches("</script>").count(), 4, "{page}");
         assert!(!page.to_ascii_lowercase().contains("</script >"));
@@ -318,7 +364,7 @@ mod tests {
         // And the values arrive intact.
         let config = page_config(&page);
         assert_eq!(config["defaultHeaders"], headers);
-        assert_eq!(config["initialQuery"], query);
+        assert!(config["initialQuery"].as_str().unwrap().ends_with(query));
         assert_eq!(config["endpoint"], "/graphql");
         assert_eq!(config["subscriptionEndpoint"], "/graphql/ws");
     }
@@ -328,7 +374,7 @@ mod tests {
         let dir = fake_node_modules("page");
         let assets = GraphiqlAssets::locate(Some(&dir));
         assert!(assets.is_local());
-        let page = assets.page("/graphql", "/graphql/ws", None, None);
+        let page = assets.page(&test_page());
         assert!(page.contains("<title>bff GraphiQL</title>"));
         assert!(page.contains(r#"<script src="/graphiql/assets/graphiql.min.js"></script>"#));
         assert!(
@@ -337,15 +383,47 @@ mod tests {
         assert!(!page.contains("unpkg"));
         let config = page_config(&page);
         assert_eq!(config["defaultHeaders"], serde_json::Value::Null);
-        assert_eq!(config["initialQuery"], DEFAULT_QUERY);
+        assert_eq!(config["introspection"], true);
+        let query = config["initialQuery"].as_str().unwrap();
+        assert!(query.starts_with("# bff-test GraphiQL:"), "{query}");
+        assert!(query.contains("Docs (book icon"), "{query}");
+        assert!(query.contains("Bearer <token>"), "{query}");
+        assert!(query.ends_with("{ homepage { rows { kind } } }"), "{query}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn without_introspection_the_page_does_not_ask_for_the_schema_and_says_so() {
+        let assets = GraphiqlAssets::locate(Some(Path::new("/nonexistent/graphiql-test")));
+        let page = assets.page(&Page {
+            introspection: false,
+            headers: Some("{}"),
+            ..test_page()
+        });
+        let config = page_config(&page);
+        assert_eq!(config["introspection"], false);
+        assert!(page.contains("schema: config.introspection ? undefined : null"));
+        let query = config["initialQuery"].as_str().unwrap();
+        assert!(query.contains("Introspection is off"), "{query}");
+        assert!(query.contains("demo token"), "{query}");
+    }
+
+    fn test_page() -> Page<'static> {
+        Page {
+            endpoint: "/graphql",
+            subscription_endpoint: "/graphql/ws",
+            headers: None,
+            binary: "bff-test",
+            example_query: "{ homepage { rows { kind } } }",
+            introspection: true,
+        }
     }
 
     #[tokio::test]
     async fn missing_dir_falls_back_to_the_cdn() {
         let assets = GraphiqlAssets::locate(Some(Path::new("/nonexistent/graphiql-test")));
         assert!(!assets.is_local());
-        let page = assets.page("/graphql", "/graphql/ws", None, None);
+        let page = assets.page(&test_page());
         assert!(page.contains(
             r#"src="https://unpkg.com/graphiql@4.1.2/graphiql.min.js" integrity="sha384-"#
         ));

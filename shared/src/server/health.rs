@@ -1,43 +1,107 @@
 //! `/healthz` (the process is alive) and `/readyz` (it should get traffic). Readiness is false
 //! while shutting down, and while a required backend (the catalog: without it no title can be
 //! shown) has no usable endpoint — none reachable, all ejected or failing health checks, or its
-//! breaker open. Every backend's state is reported so an operator sees why.
+//! breaker open.
+//!
+//! The public listener's `/readyz` says only that (`200 ready`, `503 unready`/`draining`): the
+//! backends' endpoints, breaker states and in-flight counts are internal, and are served as JSON
+//! by the admin listener's `/readyz` (`admin.listen`). Reachability is a TCP connect to each
+//! endpoint, probed at most once per [`PROBE_TTL`] however often load balancers ask.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, time::Duration};
 
-use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
+use axum::{
+    Json,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
 use serde_json::json;
+// The tokio clock, so tests can run the TTL on paused time.
+use tokio::time::Instant;
 
 use super::AppState;
-use crate::upstream::resilience::BreakerState;
+use crate::upstream::{BackendStatus, resilience::BreakerState};
 
 /// How long a readiness probe waits for one TCP connect.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+/// How long one round of TCP probes answers every readiness request: probes come every few
+/// seconds from each load balancer, and each round opens a connection to every endpoint.
+pub(crate) const PROBE_TTL: Duration = Duration::from_secs(2);
 
-pub(super) async fn healthz() -> impl IntoResponse {
-    Json(json!({ "status": "ok" }))
+type Probe = Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+/// One round of probes: when it ran, and each endpoint's answer.
+type Round = (Instant, Arc<HashMap<String, bool>>);
+
+/// Which endpoints answer a TCP connect, probed at most once per [`PROBE_TTL`]; concurrent askers
+/// share one round.
+pub(crate) struct Reachability {
+    probe: Probe,
+    ttl: Duration,
+    last: tokio::sync::Mutex<Option<Round>>,
 }
 
-pub(super) async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoResponse {
-    if !app.is_ready() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "shutting_down" })),
-        );
+impl Reachability {
+    /// TCP connects with [`PROBE_TIMEOUT`], cached for [`PROBE_TTL`].
+    pub(crate) fn tcp() -> Self {
+        Self::with_probe(Arc::new(|url| Box::pin(tcp_reachable(url))), PROBE_TTL)
     }
+
+    fn with_probe(probe: Probe, ttl: Duration) -> Self {
+        Self {
+            probe,
+            ttl,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Reachability of every endpoint label in `labels` (URLs), from the last round while it is
+    /// fresh and covers them all.
+    async fn of(&self, labels: &[&str]) -> Arc<HashMap<String, bool>> {
+        // Held across the probes on purpose: a second asker waits for this round, not a new one.
+        let mut last = self.last.lock().await;
+        if let Some((at, known)) = &*last
+            && at.elapsed() < self.ttl
+            && labels.iter().all(|l| known.contains_key(*l))
+        {
+            return known.clone();
+        }
+        let results =
+            futures::future::join_all(labels.iter().map(|l| (self.probe)((*l).to_owned()))).await;
+        let known: Arc<HashMap<String, bool>> = Arc::new(
+            labels
+                .iter()
+                .map(|l| (*l).to_owned())
+                .zip(results)
+                .collect(),
+        );
+        *last = Some((Instant::now(), known.clone()));
+        known
+    }
+}
+
+/// The readiness of the instance and of every backend.
+struct Report {
+    ready: bool,
+    backends: serde_json::Map<String, serde_json::Value>,
+}
+
+async fn report(app: &AppState) -> Report {
     let statuses = app.upstream.status();
-    let probes = statuses.iter().map(|b| async move {
-        let reachable =
-            futures::future::join_all(b.endpoints.iter().map(|e| reachable(&e.label))).await;
-        reachable.into_iter().filter(|r| *r).count()
-    });
-    let reachable = futures::future::join_all(probes).await;
+    let labels: Vec<&str> = statuses
+        .iter()
+        .flat_map(|b| b.endpoints.iter().map(|e| e.label.as_str()))
+        .collect();
+    let reachable = app.reachability.of(&labels).await;
     let mut ready = true;
     let mut backends = serde_json::Map::new();
-    for (b, reachable) in statuses.iter().zip(reachable) {
-        let usable =
-            b.usable_endpoints > 0 && reachable > 0 && b.breaker != Some(BreakerState::Open);
-        if b.required && !usable {
+    for b in &statuses {
+        let reachable = b
+            .endpoints
+            .iter()
+            .filter(|e| reachable.get(&e.label).copied().unwrap_or(false))
+            .count();
+        if b.required && !usable(b, reachable) {
             ready = false;
         }
         backends.insert(
@@ -53,6 +117,47 @@ pub(super) async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoRespons
             }),
         );
     }
+    Report { ready, backends }
+}
+
+fn usable(b: &BackendStatus, reachable: usize) -> bool {
+    b.usable_endpoints > 0 && reachable > 0 && b.breaker != Some(BreakerState::Open)
+}
+
+pub(super) async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+/// The public `/readyz`: the status and one word, nothing about the backends.
+pub(super) async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    let (status, word) = if !app.is_ready() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if report(&app).await.ready {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unready")
+    };
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        word,
+    )
+        .into_response()
+}
+
+/// The admin listener's `/readyz`: the same status, with every backend's state.
+pub(super) async fn readyz_detail(State(app): State<Arc<AppState>>) -> Response {
+    if !app.is_ready() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "shutting_down" })),
+        )
+            .into_response();
+    }
+    let Report { ready, backends } = report(&app).await;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -62,10 +167,11 @@ pub(super) async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoRespons
         status,
         Json(json!({ "status": if ready { "ready" } else { "not_ready" }, "backends": backends })),
     )
+        .into_response()
 }
 
-async fn reachable(url: &str) -> bool {
-    let Ok(url) = reqwest::Url::parse(url) else {
+async fn tcp_reachable(url: String) -> bool {
+    let Ok(url) = reqwest::Url::parse(&url) else {
         return false;
     };
     let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
@@ -76,4 +182,57 @@ async fn reachable(url: &str) -> bool {
         tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect((host, port))).await,
         Ok(Ok(_))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// However often readiness is asked, each endpoint is probed once per TTL, concurrent askers
+    /// share one round, and a new endpoint is probed at once.
+    #[tokio::test(start_paused = true)]
+    async fn probes_run_once_per_ttl_however_often_readiness_is_asked() {
+        let probes = Arc::new(AtomicUsize::new(0));
+        let counted = probes.clone();
+        let reach = Reachability::with_probe(
+            Arc::new(move |url: String| {
+                let counted = counted.clone();
+                Box::pin(async move {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    !url.contains("down")
+                })
+            }),
+            PROBE_TTL,
+        );
+        let labels = ["http://a:1", "http://down:2"];
+        let answers = futures::future::join_all((0..20).map(|_| reach.of(&labels))).await;
+        assert_eq!(probes.load(Ordering::SeqCst), 2, "one round for 20 askers");
+        for a in &answers {
+            assert_eq!(a.get("http://a:1"), Some(&true));
+            assert_eq!(a.get("http://down:2"), Some(&false));
+        }
+        for _ in 0..10 {
+            reach.of(&labels).await;
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        assert_eq!(probes.load(Ordering::SeqCst), 2, "still within the TTL");
+        tokio::time::advance(PROBE_TTL).await;
+        reach.of(&labels).await;
+        assert_eq!(
+            probes.load(Ordering::SeqCst),
+            4,
+            "a new round after the TTL"
+        );
+        reach
+            .of(&["http://a:1", "http://down:2", "http://new:3"])
+            .await;
+        assert_eq!(
+            probes.load(Ordering::SeqCst),
+            7,
+            "an unknown endpoint is probed at once"
+        );
+    }
 }

@@ -40,22 +40,30 @@ use crate::{
 pub struct Surface {
     /// Binary name, e.g. `bff-web`.
     pub name: &'static str,
+    /// The binary's version (`--version`).
+    pub version: &'static str,
     /// Default listen address and client profile.
     pub defaults: fn() -> crate::config::BinaryDefaults,
     /// Builds this binary's schema over a composer, with the configured limits.
     pub schema: fn(Composer, &GraphqlSettings) -> Arc<dyn GraphqlExecutor>,
+    /// The query GraphiQL opens with: this client's homepage, as the README shows it.
+    pub example_query: &'static str,
 }
 
 impl Surface {
-    /// A surface over the binary's title and homepage types, with the shared root query.
+    /// A surface over the binary's title and homepage types, with the shared root query: the
+    /// binary's `(name, version)`, its defaults, and the example GraphiQL opens with.
     pub fn new<T: crate::graphql::TitleView, H: crate::graphql::types::HomepageView>(
-        name: &'static str,
+        (name, version): (&'static str, &'static str),
         defaults: fn() -> crate::config::BinaryDefaults,
+        example_query: &'static str,
     ) -> Self {
         Self {
             name,
+            version,
             defaults,
             schema: crate::graphql::build_schema::<T, H>,
+            example_query,
         }
     }
 }
@@ -94,6 +102,8 @@ pub(crate) struct AppState {
     pub(crate) upstream: Upstream,
     /// The GraphiQL page when enabled, rendered once: nothing in it changes while serving.
     pub(crate) graphiql_page: Option<Bytes>,
+    /// Which backend endpoints answer, probed at most once per TTL.
+    pub(crate) reachability: health::Reachability,
     ready: AtomicBool,
 }
 
@@ -162,13 +172,16 @@ impl Application {
             upstream,
             cache: cache.clone(),
             graphiql_page: graphiql.as_ref().map(|assets| {
-                Bytes::from(assets.page(
-                    "/graphql",
-                    "/graphql/ws",
-                    opts.graphiql_headers.as_deref(),
-                    None,
-                ))
+                Bytes::from(assets.page(&graphiql::Page {
+                    endpoint: "/graphql",
+                    subscription_endpoint: "/graphql/ws",
+                    headers: opts.graphiql_headers.as_deref(),
+                    binary: surface.name,
+                    example_query: surface.example_query,
+                    introspection: settings.graphql.introspection,
+                }))
             }),
+            reachability: health::Reachability::tcp(),
             ready: AtomicBool::new(true),
             settings,
         });
@@ -177,20 +190,31 @@ impl Application {
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))
             .with_state(state.clone());
+        // The admin listener: readiness detail, and metrics, which then leave the public port.
         let mut admin_listener = None;
-        if state.metrics.is_some() {
-            let metrics_router = Router::new()
+        let metrics_router = state.metrics.is_some().then(|| {
+            Router::new()
                 .route("/metrics", get(metrics::serve))
-                .with_state(state.clone());
-            match state.settings.metrics.listen {
-                // A separate admin listener: /metrics is not on the public port at all.
-                Some(addr) => {
-                    let l = TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| ServerError::Bind { addr, source })?;
-                    admin_listener = Some((l, metrics_router));
+                .with_state(state.clone())
+        });
+        match state.settings.admin.listen {
+            Some(addr) => {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Bind { addr, source })?;
+                let mut admin = Router::new()
+                    .route("/healthz", get(health::healthz))
+                    .route("/readyz", get(health::readyz_detail))
+                    .with_state(state.clone());
+                if let Some(m) = metrics_router {
+                    admin = admin.merge(m);
                 }
-                None => router = router.merge(metrics_router),
+                admin_listener = Some((l, admin));
+            }
+            None => {
+                if let Some(m) = metrics_router {
+                    router = router.merge(m);
+                }
             }
         }
         router = router.merge(proxy::router(&state, &state.settings.routes));
@@ -222,7 +246,7 @@ impl Application {
         self.listener.local_addr()
     }
 
-    /// The admin listener's address (`metrics.listen`), when configured.
+    /// The admin listener's address (`admin.listen`), when configured.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }

@@ -1,0 +1,581 @@
+//! What an operation will cost, decided before anything runs: depth, field count and estimated
+//! cost on the **fragment-expanded** selection (a spread counts as often as it expands), and
+//! whether the request's variables fit their declared types.
+//!
+//! It runs before the engine's own validation, which is quadratic or worse in the expanded size
+//! (overlapping-fields checks): an ~800-byte document of nested spreads used to keep a core busy
+//! for seconds and grow the process by hundreds of megabytes. Here each fragment is walked once
+//! and its result reused wherever it is spread (memoised per fragment), so the work is linear in
+//! the document's size however far it expands; numbers saturate instead of overflowing.
+//!
+//! **The cost model** (README "Limits and the cost model"): every selected field costs 1; a field
+//! that calls backends costs [`CALL_COST`] more per call it makes (`homepage` makes one per row
+//! plus the profile and the catalog round); a list of objects multiplies the cost of its
+//! sub-selection by its largest size (`rows` by the profile's rows, `items` by its items per
+//! row, any other list by [`DEFAULT_LIST_SIZE`]). Introspection (`__schema`, `__type`) is not data:
+//! it is bounded by its own fixed depth and field count, so GraphiQL's and graphql-js's standard
+//! introspection queries always pass while `graphql.max_depth` stays tight for data.
+//!
+//! Owns no execution and no error codes beyond saying which limit was hit; the HTTP handler turns
+//! a [`Refusal`] into `QUERY_TOO_COMPLEX` or `BAD_USER_INPUT`.
+
+use std::collections::{HashMap, HashSet};
+
+use async_graphql::parser::types::{
+    BaseType, DocumentOperations, ExecutableDocument, OperationDefinition, Selection, SelectionSet,
+    ServiceDocument, Type, TypeKind, TypeSystemDefinition,
+};
+use serde_json::{Map, Value as Json};
+
+use crate::profile::ClientProfile;
+
+/// Extra cost of one backend call a field makes: a call is worth about ten fields of work.
+pub const CALL_COST: u64 = 10;
+/// Items assumed for a list field with no declared bound (genres, cast, image renditions are all
+/// below it).
+pub const DEFAULT_LIST_SIZE: u64 = 10;
+/// Deepest introspection selection accepted: graphql-js's `getIntrospectionQuery()` reaches 13–14
+/// (its `TypeRef` fragment unwraps nine `ofType` levels); 20 leaves room for tools that go deeper.
+pub const INTROSPECTION_MAX_DEPTH: u32 = 20;
+/// Most introspection fields (fragments expanded) one operation may select: the standard query
+/// expands to about 150.
+pub const INTROSPECTION_MAX_FIELDS: u64 = 2_000;
+/// Deepest nesting of selections and spreads walked at all; deeper documents are refused rather
+/// than risk the stack (the parser already stops selection sets at 64, spreads add to it).
+const MAX_WALK_DEPTH: u32 = 256;
+
+/// The limits one operation is held to (`graphql.max_depth`, `.max_complexity`, `.max_cost`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Deepest data selection.
+    pub max_depth: u32,
+    /// Most data fields, fragments expanded.
+    pub max_fields: u64,
+    /// Highest estimated cost.
+    pub max_cost: u64,
+    /// Whether introspection (`__schema`, `__type`) may be selected at all.
+    pub introspection: bool,
+}
+
+/// What an operation will do, as estimated before it runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Analysis {
+    /// Estimated cost (see the module docs).
+    pub cost: u64,
+    /// Data fields selected, fragments expanded.
+    pub fields: u64,
+    /// Deepest data selection.
+    pub depth: u32,
+    /// Introspection fields selected, fragments expanded.
+    pub introspection_fields: u64,
+    /// Deepest introspection selection.
+    pub introspection_depth: u32,
+}
+
+/// Why an operation is refused before it runs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Over one of the limits (→ `QUERY_TOO_COMPLEX`).
+    #[error("{0}")]
+    TooComplex(String),
+    /// A variable is missing or has the wrong type (→ `BAD_USER_INPUT`).
+    #[error("{0}")]
+    BadVariables(String),
+    /// The operation asks for introspection, which this server does not answer
+    /// (→ `GRAPHQL_VALIDATION_FAILED`, rather than the engine's silent `null`).
+    #[error("introspection is disabled on this server")]
+    IntrospectionOff,
+}
+
+/// The schema as far as the analysis needs it: object fields' types, input types, root names.
+/// Built once from the schema's SDL, so nothing here depends on the engine's internals.
+#[derive(Debug, Default)]
+pub struct Shape {
+    query: String,
+    mutation: Option<String>,
+    subscription: Option<String>,
+    /// Object type → field → (named type, whether it is a list).
+    objects: HashMap<String, HashMap<String, (String, bool)>>,
+    inputs: HashMap<String, InputShape>,
+}
+
+#[derive(Debug)]
+enum InputShape {
+    Scalar,
+    Enum(HashSet<String>),
+    /// Fields: name, type, whether it has a default.
+    Object(Vec<(String, Type, bool)>),
+}
+
+fn unwrap_named(ty: &Type) -> (&str, bool) {
+    match &ty.base {
+        BaseType::Named(name) => (name.as_str(), false),
+        BaseType::List(inner) => (unwrap_named(inner).0, true),
+    }
+}
+
+impl Shape {
+    /// From the schema's SDL; an SDL that does not parse gives an empty shape (every field then
+    /// costs 1 and no variable type is known), never a failure to start.
+    pub fn from_sdl(sdl: &str) -> Self {
+        match async_graphql::parser::parse_schema(sdl) {
+            Ok(doc) => Self::from_document(&doc),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the schema's own SDL; cost estimates are rough");
+                Self {
+                    query: "Query".to_owned(),
+                    ..Self::default()
+                }
+            }
+        }
+    }
+
+    fn from_document(doc: &ServiceDocument) -> Self {
+        let mut shape = Self {
+            query: "Query".to_owned(),
+            mutation: Some("Mutation".to_owned()),
+            subscription: Some("Subscription".to_owned()),
+            ..Self::default()
+        };
+        for def in &doc.definitions {
+            match def {
+                TypeSystemDefinition::Schema(s) => {
+                    let s = &s.node;
+                    if let Some(q) = &s.query {
+                        shape.query = q.node.to_string();
+                    }
+                    shape.mutation = s.mutation.as_ref().map(|m| m.node.to_string());
+                    shape.subscription = s.subscription.as_ref().map(|m| m.node.to_string());
+                }
+                TypeSystemDefinition::Type(t) => {
+                    let name = t.node.name.node.to_string();
+                    match &t.node.kind {
+                        TypeKind::Object(o) => {
+                            let fields = o
+                                .fields
+                                .iter()
+                                .map(|f| {
+                                    let (ty, list) = unwrap_named(&f.node.ty.node);
+                                    (f.node.name.node.to_string(), (ty.to_owned(), list))
+                                })
+                                .collect();
+                            shape.objects.insert(name, fields);
+                        }
+                        TypeKind::Interface(o) => {
+                            let fields = o
+                                .fields
+                                .iter()
+                                .map(|f| {
+                                    let (ty, list) = unwrap_named(&f.node.ty.node);
+                                    (f.node.name.node.to_string(), (ty.to_owned(), list))
+                                })
+                                .collect();
+                            shape.objects.insert(name, fields);
+                        }
+                        TypeKind::Scalar => {
+                            shape.inputs.insert(name, InputShape::Scalar);
+                        }
+                        TypeKind::Enum(e) => {
+                            let values = e.values.iter().map(|v| v.node.value.node.to_string());
+                            shape
+                                .inputs
+                                .insert(name, InputShape::Enum(values.collect()));
+                        }
+                        TypeKind::InputObject(o) => {
+                            let fields = o.fields.iter().map(|f| {
+                                (
+                                    f.node.name.node.to_string(),
+                                    f.node.ty.node.clone(),
+                                    f.node.default_value.is_some(),
+                                )
+                            });
+                            shape
+                                .inputs
+                                .insert(name, InputShape::Object(fields.collect()));
+                        }
+                        TypeKind::Union(_) => {}
+                    }
+                }
+                TypeSystemDefinition::Directive(_) => {}
+            }
+        }
+        shape
+    }
+
+    /// The mutation root's type name, if the schema has mutations.
+    pub fn mutation(&self) -> Option<&str> {
+        self.mutation.as_deref()
+    }
+
+    fn field(&self, parent: Option<&str>, name: &str) -> Option<(&str, bool)> {
+        let (ty, list) = self.objects.get(parent?)?.get(name)?;
+        Some((ty.as_str(), *list))
+    }
+
+    fn is_object(&self, name: &str) -> bool {
+        self.objects.contains_key(name)
+    }
+}
+
+/// Weights of the fields that are not worth 1: backend calls and list sizes.
+#[derive(Debug, Default)]
+pub struct CostModel {
+    /// (type, field) → backend calls the field makes.
+    calls: HashMap<(String, String), u64>,
+    /// (type, field) → most items the list holds.
+    list_sizes: HashMap<(String, String), u64>,
+}
+
+impl CostModel {
+    /// The model of the shared surface for one client profile: the root fields' backend calls
+    /// and the homepage's list sizes. `mutation` is the schema's mutation type name.
+    pub fn for_profile(profile: &ClientProfile, mutation: Option<&str>) -> Self {
+        let mut model = Self::default();
+        let rows = profile.rows.len() as u64;
+        // One call per row source, the profile, and the catalog round that hydrates them all.
+        model.calls(("Query", "homepage"), rows + 2);
+        model.calls(("Query", "title"), 1);
+        model.calls(("Query", "viewer"), 1);
+        if let Some(m) = mutation {
+            for field in ["addToMyList", "removeFromMyList", "reportProgress"] {
+                model.calls((m, field), 1);
+            }
+        }
+        model.list_size(("Homepage", "rows"), rows);
+        model.list_size(("Row", "items"), profile.items_per_row as u64);
+        model
+    }
+
+    fn calls(&mut self, (ty, field): (&str, &str), n: u64) {
+        self.calls.insert((ty.to_owned(), field.to_owned()), n);
+    }
+
+    fn list_size(&mut self, (ty, field): (&str, &str), n: u64) {
+        self.list_sizes.insert((ty.to_owned(), field.to_owned()), n);
+    }
+
+    fn weights(&self, parent: Option<&str>, field: &str) -> (u64, u64) {
+        let Some(parent) = parent else {
+            return (0, DEFAULT_LIST_SIZE);
+        };
+        // A lookup key without allocating per field would need a borrowed tuple type; the
+        // analysis walks each fragment once, so this is not on a per-item path.
+        let key = (parent.to_owned(), field.to_owned());
+        (
+            self.calls.get(&key).copied().unwrap_or(0),
+            self.list_sizes
+                .get(&key)
+                .copied()
+                .unwrap_or(DEFAULT_LIST_SIZE),
+        )
+    }
+}
+
+/// The analysis of a selection's subtree.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sub {
+    cost: u64,
+    fields: u64,
+    height: u32,
+    intro_fields: u64,
+    intro_height: u32,
+}
+
+impl Sub {
+    fn add(&mut self, other: Sub) {
+        self.cost = self.cost.saturating_add(other.cost);
+        self.fields = self.fields.saturating_add(other.fields);
+        self.height = self.height.max(other.height);
+        self.intro_fields = self.intro_fields.saturating_add(other.intro_fields);
+        self.intro_height = self.intro_height.max(other.intro_height);
+    }
+}
+
+struct Walk<'a> {
+    shape: &'a Shape,
+    model: &'a CostModel,
+    doc: &'a ExecutableDocument,
+    /// Fragment (and whether it is walked inside introspection) → its subtree, walked once.
+    memo: HashMap<(&'a str, bool), Sub>,
+    active: HashSet<&'a str>,
+}
+
+impl<'a> Walk<'a> {
+    fn set(
+        &mut self,
+        set: &'a SelectionSet,
+        parent: Option<&'a str>,
+        intro: bool,
+        level: u32,
+    ) -> Result<Sub, Refusal> {
+        if level > MAX_WALK_DEPTH {
+            return Err(Refusal::TooComplex(format!(
+                "the operation nests selections and fragments more than {MAX_WALK_DEPTH} deep"
+            )));
+        }
+        let mut out = Sub::default();
+        for selection in &set.items {
+            match &selection.node {
+                Selection::Field(field) => {
+                    let name = field.node.name.node.as_str();
+                    let sub_set = &field.node.selection_set.node;
+                    if !intro && (name == "__schema" || name == "__type") {
+                        let inner = self.set(sub_set, None, true, level + 1)?;
+                        out.add(Sub {
+                            intro_fields: inner.intro_fields.saturating_add(1),
+                            intro_height: inner.intro_height.saturating_add(1),
+                            ..Sub::default()
+                        });
+                        continue;
+                    }
+                    let child_type = self.shape.field(parent, name);
+                    let inner = if sub_set.items.is_empty() {
+                        Sub::default()
+                    } else {
+                        self.set(sub_set, child_type.map(|(t, _)| t), intro, level + 1)?
+                    };
+                    if intro {
+                        out.add(Sub {
+                            intro_fields: inner.intro_fields.saturating_add(1),
+                            intro_height: inner.intro_height.saturating_add(1),
+                            ..Sub::default()
+                        });
+                        continue;
+                    }
+                    let (calls, list_size) = self.model.weights(parent, name);
+                    // Lists of scalars cost their field; lists of objects multiply what each
+                    // item selects. A field the schema does not know counts as one object.
+                    let multiplier = match child_type {
+                        Some((ty, true)) if self.shape.is_object(ty) => list_size,
+                        _ => 1,
+                    };
+                    out.add(Sub {
+                        cost: calls
+                            .saturating_mul(CALL_COST)
+                            .saturating_add(1)
+                            .saturating_add(inner.cost.saturating_mul(multiplier)),
+                        fields: inner.fields.saturating_add(1),
+                        height: inner.height.saturating_add(1),
+                        intro_fields: inner.intro_fields,
+                        intro_height: inner.intro_height,
+                    });
+                }
+                Selection::InlineFragment(fragment) => {
+                    let on = fragment
+                        .node
+                        .type_condition
+                        .as_ref()
+                        .map_or(parent, |c| Some(c.node.on.node.as_str()));
+                    let inner =
+                        self.set(&fragment.node.selection_set.node, on, intro, level + 1)?;
+                    out.add(inner);
+                }
+                Selection::FragmentSpread(spread) => {
+                    let name = spread.node.fragment_name.node.as_str();
+                    if let Some(done) = self.memo.get(&(name, intro)) {
+                        out.add(*done);
+                        continue;
+                    }
+                    // An unknown fragment is the validator's to report; it costs nothing here.
+                    let Some((key, fragment)) = self.doc.fragments.get_key_value(name) else {
+                        continue;
+                    };
+                    let key = key.as_str();
+                    if !self.active.insert(key) {
+                        // A cycle: validation refuses it; expanding it would never end.
+                        return Err(Refusal::TooComplex(format!(
+                            "fragment `{key}` spreads itself"
+                        )));
+                    }
+                    let on = Some(fragment.node.type_condition.node.on.node.as_str());
+                    let inner = self.set(&fragment.node.selection_set.node, on, intro, level + 1);
+                    self.active.remove(key);
+                    let inner = inner?;
+                    self.memo.insert((key, intro), inner);
+                    out.add(inner);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The operation of `doc` a request runs: the only one, or the one named. `None` when the name
+/// matches nothing or several operations leave it ambiguous (the engine reports that).
+pub fn operation<'d>(
+    doc: &'d ExecutableDocument,
+    name: Option<&str>,
+) -> Option<&'d OperationDefinition> {
+    match (&doc.operations, name) {
+        (DocumentOperations::Single(op), _) => Some(&op.node),
+        (DocumentOperations::Multiple(map), Some(name)) => map.get(name).map(|op| &op.node),
+        (DocumentOperations::Multiple(map), None) if map.len() == 1 => {
+            map.values().next().map(|op| &op.node)
+        }
+        (DocumentOperations::Multiple(_), None) => None,
+    }
+}
+
+/// Depth, field count and cost of `op`, refused when over `limits` or the fixed introspection
+/// limits.
+pub fn analyze(
+    shape: &Shape,
+    model: &CostModel,
+    doc: &ExecutableDocument,
+    op: &OperationDefinition,
+    limits: &Limits,
+) -> Result<Analysis, Refusal> {
+    use async_graphql::parser::types::OperationType;
+    let root = match op.ty {
+        OperationType::Query => Some(shape.query.as_str()),
+        OperationType::Mutation => shape.mutation.as_deref(),
+        OperationType::Subscription => shape.subscription.as_deref(),
+    };
+    let mut walk = Walk {
+        shape,
+        model,
+        doc,
+        memo: HashMap::new(),
+        active: HashSet::new(),
+    };
+    let sub = walk.set(&op.selection_set.node, root, false, 0)?;
+    let analysis = Analysis {
+        cost: sub.cost,
+        fields: sub.fields,
+        depth: sub.height,
+        introspection_fields: sub.intro_fields,
+        introspection_depth: sub.intro_height,
+    };
+    let too = |what: &str, n: u64, max: u64| {
+        Err(Refusal::TooComplex(format!(
+            "the operation {what} {n}; at most {max} is allowed"
+        )))
+    };
+    if analysis.depth > limits.max_depth {
+        return too(
+            "is nested",
+            u64::from(analysis.depth),
+            u64::from(limits.max_depth),
+        );
+    }
+    if analysis.fields > limits.max_fields {
+        return too("selects fields:", analysis.fields, limits.max_fields);
+    }
+    if analysis.cost > limits.max_cost {
+        return too("has an estimated cost of", analysis.cost, limits.max_cost);
+    }
+    if analysis.introspection_fields > 0 && !limits.introspection {
+        return Err(Refusal::IntrospectionOff);
+    }
+    if analysis.introspection_depth > INTROSPECTION_MAX_DEPTH {
+        return too(
+            "nests introspection",
+            u64::from(analysis.introspection_depth),
+            u64::from(INTROSPECTION_MAX_DEPTH),
+        );
+    }
+    if analysis.introspection_fields > INTROSPECTION_MAX_FIELDS {
+        return too(
+            "selects introspection fields:",
+            analysis.introspection_fields,
+            INTROSPECTION_MAX_FIELDS,
+        );
+    }
+    Ok(analysis)
+}
+
+/// Checks the request's variables against `op`'s declarations (GraphQL "CoerceVariableValues"):
+/// a required variable without a default must be given and not null; a given value must fit its
+/// type (built-in scalars, enums, input objects, lists; custom scalars are the engine's to
+/// parse). Unknown types are left to validation.
+pub fn check_variables(
+    shape: &Shape,
+    op: &OperationDefinition,
+    variables: Option<&Map<String, Json>>,
+) -> Result<(), Refusal> {
+    for def in &op.variable_definitions {
+        let def = &def.node;
+        let name = def.name.node.as_str();
+        let ty = &def.var_type.node;
+        match variables.and_then(|v| v.get(name)) {
+            None if def.default_value.is_some() || ty.nullable => {}
+            None => {
+                return Err(Refusal::BadVariables(format!(
+                    "variable `${name}` of type `{ty}` is required but was not provided"
+                )));
+            }
+            Some(value) => {
+                coerce(shape, value, ty, 0).map_err(|why| {
+                    Refusal::BadVariables(format!("variable `${name}` of type `{ty}`: {why}"))
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deepest nesting of a variable value checked; deeper values are refused (a JSON body is
+/// already bounded in size, this bounds the recursion).
+const MAX_VALUE_DEPTH: u32 = 32;
+
+fn coerce(shape: &Shape, value: &Json, ty: &Type, depth: u32) -> Result<(), String> {
+    if depth > MAX_VALUE_DEPTH {
+        return Err(format!("values nest deeper than {MAX_VALUE_DEPTH}"));
+    }
+    if value.is_null() {
+        return if ty.nullable {
+            Ok(())
+        } else {
+            Err("null is not allowed".into())
+        };
+    }
+    match &ty.base {
+        BaseType::List(item) => match value {
+            Json::Array(items) => items
+                .iter()
+                .try_for_each(|v| coerce(shape, v, item, depth + 1)),
+            // Input coercion accepts one value where a list is expected.
+            other => coerce(shape, other, item, depth + 1),
+        },
+        BaseType::Named(name) => coerce_named(shape, value, name.as_str(), depth),
+    }
+}
+
+fn coerce_named(shape: &Shape, value: &Json, name: &str, depth: u32) -> Result<(), String> {
+    let ok = match name {
+        "Int" => value.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
+        "Float" => value.is_number(),
+        "String" => value.is_string(),
+        "Boolean" => value.is_boolean(),
+        "ID" => value.is_string() || value.is_i64() || value.is_u64(),
+        _ => match shape.inputs.get(name) {
+            None | Some(InputShape::Scalar) => true,
+            Some(InputShape::Enum(values)) => value.as_str().is_some_and(|v| values.contains(v)),
+            Some(InputShape::Object(fields)) => {
+                let Json::Object(map) = value else {
+                    return Err(format!("expected an object for `{name}`"));
+                };
+                if let Some(unknown) = map.keys().find(|k| !fields.iter().any(|(f, ..)| f == *k)) {
+                    return Err(format!("`{name}` has no field `{unknown}`"));
+                }
+                for (field, ty, has_default) in fields {
+                    match map.get(field) {
+                        None if *has_default || ty.nullable => {}
+                        None => return Err(format!("`{name}.{field}` is required")),
+                        Some(v) => coerce(shape, v, ty, depth + 1)
+                            .map_err(|why| format!("`{name}.{field}`: {why}"))?,
+                    }
+                }
+                true
+            }
+        },
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{value} is not a valid `{name}`"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

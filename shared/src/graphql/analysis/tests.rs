@@ -1,0 +1,305 @@
+#![allow(clippy::unwrap_used)]
+
+use async_graphql::parser::parse_query;
+use serde_json::json;
+
+use super::*;
+use crate::profile::{ClientProfile, RowKind};
+
+/// A schema shaped like the web surface's, small enough to read.
+const SDL: &str = r#"
+type Query {
+  homepage(region: String): Homepage!
+  title(id: ID!): Title
+  viewer: Viewer
+}
+type Mutation { addToMyList(titleId: ID!): Update! }
+type Update { changed: Boolean! }
+type Viewer { id: ID! name: String! }
+type Homepage { region: String! rows: [Row]! hero: Title }
+type Row { kind: RowKind! heading: String! items: [RowItem!]! }
+type RowItem { rank: Int title: Title! }
+type Title { id: ID! name: String! genres: [String!]! images: Images! }
+type Images { poster: [Image!]! }
+type Image { url: String! width: Int! }
+enum RowKind { TOP_10 MY_LIST }
+input Filter { kinds: [RowKind!]! limit: Int = 5 region: String! }
+schema { query: Query mutation: Mutation }
+"#;
+
+fn model() -> (Shape, CostModel) {
+    let shape = Shape::from_sdl(SDL);
+    let profile = ClientProfile::new(vec![RowKind::Top10, RowKind::MyList], 20);
+    let model = CostModel::for_profile(&profile, shape.mutation());
+    (shape, model)
+}
+
+const LOOSE: Limits = Limits {
+    max_depth: 100,
+    max_fields: u64::MAX,
+    max_cost: u64::MAX,
+    introspection: true,
+};
+
+fn run(query: &str, limits: &Limits) -> Result<Analysis, Refusal> {
+    let (shape, model) = model();
+    let doc = parse_query(query).unwrap();
+    let op = operation(&doc, None).unwrap();
+    analyze(&shape, &model, &doc, op, limits)
+}
+
+#[test]
+fn cost_weights_backend_calls_and_list_sizes() {
+    // homepage: 1 + 10 × (2 rows + profile + catalog) = 41; rows: 1 + 2 × (kind 1 + items
+    // (1 + 20 × (rank 1 + title (1 + id 1 + genres 1))));
+    let a = run(
+        "{ homepage { rows { kind items { rank title { id genres } } } } }",
+        &LOOSE,
+    )
+    .unwrap();
+    let item = 1 + (1 + 1 + 1);
+    let row = 1 + (1 + 20 * item);
+    assert_eq!(a.cost, 41 + 1 + 2 * row);
+    assert_eq!(a.fields, 8);
+    assert_eq!(a.depth, 5);
+    // A list without a declared bound counts DEFAULT_LIST_SIZE items.
+    let a = run(
+        "{ title(id: \"t1\") { images { poster { url width } } } }",
+        &LOOSE,
+    )
+    .unwrap();
+    assert_eq!(a.cost, (1 + CALL_COST) + (1 + (1 + DEFAULT_LIST_SIZE * 2)));
+}
+
+#[test]
+fn spreads_count_as_often_as_they_expand() {
+    let direct = run(
+        "{ title(id: \"t1\") { id name } t2: title(id: \"t2\") { id name } }",
+        &LOOSE,
+    )
+    .unwrap();
+    let spread = run(
+        "{ title(id: \"t1\") { ...F } t2: title(id: \"t2\") { ...F } } fragment F on Title { id name }",
+        &LOOSE,
+    )
+    .unwrap();
+    assert_eq!(direct, spread);
+}
+
+/// Twenty levels of fragments each spreading the one below twice: 2^20 fields from ~1.4 KB. The
+/// estimate sees all of them, without walking them one by one.
+#[test]
+fn a_fragment_bomb_is_measured_in_full_and_cheaply() {
+    let mut doc = String::from("{ ...F19 } fragment F0 on Query { __typename }");
+    for i in 1..20 {
+        doc.push_str(&format!(
+            " fragment F{i} on Query {{ a{i}: __typename ...F{p} b{i}: __typename ...F{p} }}",
+            p = i - 1
+        ));
+    }
+    let started = std::time::Instant::now();
+    let a = run(&doc, &LOOSE).unwrap();
+    assert!(a.fields > 1 << 20, "{a:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(500),
+        "the walk itself must stay cheap: {:?}",
+        started.elapsed()
+    );
+    let refused = run(
+        &doc,
+        &Limits {
+            max_fields: 2_000,
+            ..LOOSE
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(refused, Refusal::TooComplex(m) if m.contains("2000")));
+}
+
+/// Seventy doublings: 2^70 fields and more cost than a u64 holds. The numbers saturate, so the
+/// operation is refused rather than wrapping around to a small cost.
+#[test]
+fn saturating_numbers_never_overflow() {
+    let mut doc = String::from("{ ...F69 } fragment F0 on Query { homepage { region } }");
+    for i in 1..70 {
+        doc.push_str(&format!(
+            " fragment F{i} on Query {{ ...F{p} x: homepage {{ region }} ...F{p} }}",
+            p = i - 1
+        ));
+    }
+    let a = run(&doc, &LOOSE).unwrap();
+    assert_eq!(a.fields, u64::MAX);
+    assert_eq!(a.cost, u64::MAX);
+    assert!(
+        run(
+            &doc,
+            &Limits {
+                max_cost: u64::MAX - 1,
+                ..LOOSE
+            }
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn fragment_cycles_are_refused_not_followed() {
+    let err = run(
+        "{ ...A } fragment A on Query { ...B } fragment B on Query { ...A }",
+        &LOOSE,
+    )
+    .unwrap_err();
+    assert!(matches!(err, Refusal::TooComplex(m) if m.contains("spreads itself")));
+}
+
+#[test]
+fn depth_limits_data_but_not_introspection() {
+    let tight = Limits {
+        max_depth: 5,
+        ..LOOSE
+    };
+    let intro = include_str!("../../../../tests/api/introspection.graphql");
+    let a = run(intro, &tight).unwrap();
+    assert_eq!(a.depth, 0);
+    assert!(
+        (13..=INTROSPECTION_MAX_DEPTH).contains(&a.introspection_depth),
+        "{a:?}"
+    );
+    assert!(a.introspection_fields < INTROSPECTION_MAX_FIELDS, "{a:?}");
+    let err = run(
+        "{ homepage { rows { items { title { images { poster { url } } } } } } }",
+        &tight,
+    )
+    .unwrap_err();
+    assert!(matches!(err, Refusal::TooComplex(m) if m.contains("nested 7")));
+    // Introspection has its own fixed bound.
+    let mut deep = String::from("name");
+    for _ in 0..25 {
+        deep = format!("ofType {{ {deep} }}");
+    }
+    let err = run(
+        &format!("{{ __type(name: \"Query\") {{ {deep} }} }}"),
+        &LOOSE,
+    )
+    .unwrap_err();
+    assert!(matches!(err, Refusal::TooComplex(m) if m.contains("introspection")));
+    // Off means off: refused with a reason, while `__typename` is no introspection.
+    let off = Limits {
+        introspection: false,
+        ..LOOSE
+    };
+    assert_eq!(run(intro, &off), Err(Refusal::IntrospectionOff));
+    assert!(run("{ __typename homepage { __typename } }", &off).is_ok());
+}
+
+#[test]
+fn cost_and_field_limits_refuse_with_the_numbers() {
+    let q = "{ a: homepage { rows { items { title { id } } } } b: homepage { rows { items { title { id } } } } }";
+    let one = run("{ homepage { rows { items { title { id } } } } }", &LOOSE).unwrap();
+    let two = run(q, &LOOSE).unwrap();
+    assert_eq!(two.cost, 2 * one.cost);
+    let err = run(
+        q,
+        &Limits {
+            max_cost: one.cost,
+            ..LOOSE
+        },
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        Refusal::TooComplex(format!(
+            "the operation has an estimated cost of {}; at most {} is allowed",
+            two.cost, one.cost
+        ))
+    );
+}
+
+#[test]
+fn mutations_cost_their_backend_call() {
+    let (shape, model) = model();
+    let doc = parse_query("mutation { addToMyList(titleId: \"t1\") { changed } }").unwrap();
+    let a = analyze(&shape, &model, &doc, operation(&doc, None).unwrap(), &LOOSE).unwrap();
+    assert_eq!(a.cost, 1 + CALL_COST + 1);
+}
+
+fn vars(query: &str, v: serde_json::Value) -> Result<(), Refusal> {
+    let (shape, _) = model();
+    let doc = parse_query(query).unwrap();
+    let op = operation(&doc, None).unwrap();
+    check_variables(&shape, op, v.as_object())
+}
+
+#[test]
+fn variables_are_checked_against_their_declared_types() {
+    let q = "query($id: ID!, $r: String, $n: Int = 3) { title(id: $id) { id } homepage(region: $r) { region } }";
+    assert!(vars(q, json!({ "id": "t1" })).is_ok());
+    assert!(vars(q, json!({ "id": 7, "r": null, "n": 4 })).is_ok());
+    for (bad, why) in [
+        (json!({}), "is required but was not provided"),
+        (json!({ "id": null }), "null is not allowed"),
+        (json!({ "id": 1.5 }), "not a valid `ID`"),
+        (json!({ "id": "t1", "r": 5 }), "not a valid `String`"),
+        (
+            json!({ "id": "t1", "n": 2_147_483_648_i64 }),
+            "not a valid `Int`",
+        ),
+        (json!({ "id": "t1", "n": "3" }), "not a valid `Int`"),
+    ] {
+        let err = vars(q, bad.clone()).unwrap_err();
+        assert!(
+            matches!(&err, Refusal::BadVariables(m) if m.contains(why)),
+            "{bad}: {err:?}"
+        );
+    }
+    // Enums, lists (one value stands for a list of one), input objects and their defaults.
+    let q = "query($f: Filter!) { __typename }";
+    assert!(vars(q, json!({ "f": { "kinds": ["TOP_10"], "region": "US" } })).is_ok());
+    assert!(vars(q, json!({ "f": { "kinds": "MY_LIST", "region": "US" } })).is_ok());
+    for (bad, why) in [
+        (
+            json!({ "f": { "kinds": ["NOPE"], "region": "US" } }),
+            "not a valid `RowKind`",
+        ),
+        (
+            json!({ "f": { "kinds": [] } }),
+            "`Filter.region` is required",
+        ),
+        (
+            json!({ "f": { "kinds": [], "region": "US", "x": 1 } }),
+            "has no field `x`",
+        ),
+        (json!({ "f": [1] }), "expected an object"),
+    ] {
+        let err = vars(q, bad.clone()).unwrap_err();
+        assert!(
+            matches!(&err, Refusal::BadVariables(m) if m.contains(why)),
+            "{bad}: {err:?}"
+        );
+    }
+    // A value nested deeper than its type is refused where the type ends.
+    let mut deep = json!("US");
+    // (Bodies cannot nest deeper than serde_json's recursion limit of 128.)
+    for _ in 0..100 {
+        deep = json!([deep]);
+    }
+    let err = vars("query($r: [[String]]) { __typename }", json!({ "r": deep })).unwrap_err();
+    assert!(matches!(err, Refusal::BadVariables(m) if m.contains("not a valid `String`")));
+}
+
+#[test]
+fn the_named_operation_is_the_one_analysed() {
+    let (shape, model) = model();
+    let doc = parse_query("query A { viewer { id } } query B { homepage { region } }").unwrap();
+    let b = analyze(
+        &shape,
+        &model,
+        &doc,
+        operation(&doc, Some("B")).unwrap(),
+        &LOOSE,
+    )
+    .unwrap();
+    assert_eq!(b.cost, 1 + CALL_COST * 4 + 1);
+    assert!(operation(&doc, None).is_none());
+    assert!(operation(&doc, Some("C")).is_none());
+}
