@@ -16,6 +16,7 @@
 
 mod critical;
 mod harness;
+mod hostile;
 mod load;
 mod payload;
 mod procfs;
@@ -136,6 +137,7 @@ async fn main() -> Result<()> {
     let mut results = Vec::new();
     let mut payload_table = None;
     let mut critical_table = None;
+    let mut hostile_table = None;
     for s in selected {
         match &s.kind {
             Kind::Load(spec) => {
@@ -150,6 +152,11 @@ async fn main() -> Result<()> {
                 eprintln!("[{}] one request per surface and encoding", s.name);
                 let rows = payload::measure(&env).await?;
                 payload_table = Some(payload::render(&rows));
+            }
+            Kind::Hostile => {
+                eprintln!("[{}] hostile queries against one web BFF", s.name);
+                let report = hostile::measure(&env).await?;
+                hostile_table = Some(hostile::render(&report));
             }
         }
     }
@@ -193,6 +200,9 @@ async fn main() -> Result<()> {
         println!(
             "\ncritical path (one client, backends +50 ms, cache off; row round and catalog from the fixtures' spans):\n\n{table}"
         );
+    }
+    if let Some(table) = hostile_table {
+        println!("\nhostile queries (web BFF, 8 attackers + 1 normal client):\n\n{table}");
     }
     if let Some(table) = payload_table {
         println!("\npayload (user u1, one request each):\n\n{table}");

@@ -181,6 +181,8 @@ pub(crate) enum Kind {
     Payload,
     /// One client, backends +50 ms: each homepage split into backend rounds and the BFF's own time.
     CriticalPath,
+    /// Queries that expand far, refused while a normal client is served: peak RSS growth.
+    Hostile,
 }
 
 /// One named benchmark.
@@ -194,7 +196,7 @@ pub(crate) struct Scenario {
 }
 
 /// Named sets of scenarios for `-s`, with what they are for.
-pub(crate) const GROUPS: [(&str, &str); 3] = [
+pub(crate) const GROUPS: [(&str, &str); 4] = [
     (
         "issue3",
         "the first homepage figures: *-latency50, critical-path, *-rps (cache off), engine, payload",
@@ -207,12 +209,17 @@ pub(crate) const GROUPS: [(&str, &str); 3] = [
         "faults",
         "issue 5, cache off, 200 users, concurrency 16: {web|mobile}-{nofault|stall-top10|stall-recommendations|stall-catalog|errors50-top10|endpoint-down}",
     ),
+    (
+        "hostile",
+        "issue 13: hostile-rss (queries that expand far: refused, peak RSS growth bounded)",
+    ),
 ];
 
 const ISSUE3: &[&str] = &["issue3"];
 const CACHE: &[&str] = &["cache"];
 const BOTH: &[&str] = &["issue3", "cache"];
 const FAULTS: &[&str] = &["faults"];
+const HOSTILE: &[&str] = &["hostile"];
 
 /// `["u1", …, "u{n}"]`: fixture users (u1…u200 exist).
 pub(crate) fn users(n: usize) -> Vec<String> {
@@ -518,6 +525,12 @@ pub(crate) fn catalogue() -> Vec<Scenario> {
         about: "web and mobile homepages (u1) one at a time, backends +50 ms, cache off: p50 and the BFF's own time beside the two backend rounds (fixture spans)".into(),
         groups: ISSUE3,
         kind: Kind::CriticalPath,
+    });
+    all.push(Scenario {
+        name: "hostile-rss".into(),
+        about: "1,000 queries that expand far (fragment bombs, aliased homepages, deep nesting, deep introspection), 8 at a time, while one client reads the homepage: all refused QUERY_TOO_COMPLEX, peak RSS growth ≤ 64 MiB".into(),
+        groups: HOSTILE,
+        kind: Kind::Hostile,
     });
     all
 }

@@ -8,13 +8,27 @@ use serde::{Deserialize, Serialize};
 
 /// A verified user id (the `sub` claim of a verified token). Only `auth` creates one from a
 /// token, so per-user cache keys and the `x-user-id` header can never come from client input.
+///
+/// A valid subject is 1–255 bytes of visible ASCII (`!` to `~`: no spaces, control characters or
+/// NUL) and not `.` or `..`. That keeps it one unambiguous token everywhere it goes: a header
+/// value no receiver trims into another user, a URL path segment that can never be a dot segment,
+/// a cache key. Identity providers' subjects (UUIDs, numbers, `auth0|…`) fit.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UserId(Arc<str>);
 
+/// Longest subject accepted, in bytes.
+pub const MAX_SUBJECT_BYTES: usize = 255;
+
 impl UserId {
-    /// Wraps a subject that was taken from a verified token (or a trusted test/demo signer).
-    pub(crate) fn from_verified_subject(sub: &str) -> Self {
-        Self(Arc::from(sub))
+    /// Wraps a subject taken from a verified token (or a trusted test/demo signer); `None` when it
+    /// is not a valid subject (see the type's docs).
+    pub(crate) fn from_verified_subject(sub: &str) -> Option<Self> {
+        let valid = !sub.is_empty()
+            && sub.len() <= MAX_SUBJECT_BYTES
+            && sub.bytes().all(|b| b.is_ascii_graphic())
+            && sub != "."
+            && sub != "..";
+        valid.then(|| Self(Arc::from(sub)))
     }
 
     /// The id as text, e.g. `u1`.

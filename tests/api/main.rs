@@ -9,6 +9,7 @@ mod failures;
 mod first_minutes;
 mod helpers;
 mod homepage;
+mod hostile;
 mod http_spec;
 mod mobile;
 mod mutations;

@@ -1,6 +1,10 @@
 //! Identity: verifies `Authorization: Bearer <JWT>` (HS256; `exp`/`nbf` always, `iss`/`aud` when
-//! configured) into a [`Viewer`]. No header → anonymous; a header that does not verify is an error
-//! (never silently anonymous). With no key configured every token is rejected.
+//! configured, `aud` as a string or an array; `iat` not in the future) into a [`Viewer`]. No header
+//! → anonymous; a header that does not verify is an error (never silently anonymous); two
+//! `Authorization` headers are ambiguous and refused; a token whose `crit` header names anything
+//! is refused (RFC 7515 §4.1.11: this verifier understands no extensions); a subject that is not a
+//! valid user id ([`UserId`]) is refused before any backend sees it. With no key configured every
+//! token is rejected.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -19,9 +23,15 @@ pub struct Viewer {
 /// Why a bearer token was rejected. The `Display` text is safe to show clients.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
+    /// More than one Authorization header: which one counts would be a guess (→ `400`).
+    #[error("send one Authorization header, not several")]
+    Duplicate,
     /// The Authorization header is not `Bearer <token>`.
     #[error("the Authorization header must be `Bearer <token>`")]
     Malformed,
+    /// The token's subject is not a valid user id.
+    #[error("the token's subject is not a valid user id")]
+    InvalidSubject,
     /// No verification key is configured, so no token can be accepted.
     #[error("this server accepts no bearer tokens")]
     NotConfigured,
@@ -31,6 +41,33 @@ pub enum AuthError {
     /// Signature, format, issuer, audience or not-before check failed.
     #[error("the token is invalid")]
     Invalid,
+}
+
+/// `aud`: one audience or several (RFC 7519 §4.1.3).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl AuthError {
+    /// The HTTP status of a request refused for this: `400` for an ambiguous request, `401`
+    /// for a token that does not verify.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            Self::Duplicate => http::StatusCode::BAD_REQUEST,
+            _ => http::StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    /// The error code of that refusal.
+    pub fn code(&self) -> crate::error::ErrorCode {
+        match self {
+            Self::Duplicate => crate::error::ErrorCode::BadUserInput,
+            _ => crate::error::ErrorCode::Unauthenticated,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -44,7 +81,17 @@ struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    aud: Option<String>,
+    aud: Option<Audience>,
+}
+
+/// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
+const LEEWAY_SECS: u64 = 5;
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Verifies tokens with the configured key.
@@ -59,7 +106,7 @@ impl Authenticator {
     pub fn new(settings: &AuthSettings) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.validate_nbf = true;
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS;
         // A configured issuer/audience must be present, not merely correct when present.
         let mut required = vec!["exp", "sub"];
         required.extend(settings.issuer.as_ref().map(|_| "iss"));
@@ -84,11 +131,12 @@ impl Authenticator {
         &self,
         headers: &http::HeaderMap,
     ) -> Result<Option<Viewer>, AuthError> {
-        self.authenticate(
-            headers
-                .get(http::header::AUTHORIZATION)
-                .map(http::HeaderValue::as_bytes),
-        )
+        let mut all = headers.get_all(http::header::AUTHORIZATION).iter();
+        let first = all.next();
+        if all.next().is_some() {
+            return Err(AuthError::Duplicate);
+        }
+        self.authenticate(first.map(http::HeaderValue::as_bytes))
     }
 
     /// `Ok(None)` for no header (anonymous), `Ok(Some)` for a valid token, `Err` otherwise.
@@ -106,12 +154,20 @@ impl Authenticator {
                 _ => AuthError::Invalid,
             },
         )?;
-        if data.claims.sub.is_empty() {
+        // No JWS extension is understood here, so any critical one makes the token unusable.
+        if data.header.crit.is_some() {
             return Err(AuthError::Invalid);
         }
-        Ok(Some(Viewer {
-            user_id: UserId::from_verified_subject(&data.claims.sub),
-        }))
+        if data
+            .claims
+            .iat
+            .is_some_and(|iat| iat > now_secs().saturating_add(LEEWAY_SECS))
+        {
+            return Err(AuthError::Invalid);
+        }
+        let user_id =
+            UserId::from_verified_subject(&data.claims.sub).ok_or(AuthError::InvalidSubject)?;
+        Ok(Some(Viewer { user_id }))
     }
 }
 
@@ -151,10 +207,7 @@ impl TokenSigner {
 
     /// A token for `sub` valid for `ttl_secs` from now.
     pub fn sign(&self, sub: &str, ttl_secs: u64) -> Result<String, SignError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = now_secs();
         self.sign_with(sub, now, now.saturating_add(ttl_secs), None)
     }
 
@@ -172,7 +225,7 @@ impl TokenSigner {
             nbf,
             iat: Some(iat),
             iss: self.issuer.clone(),
-            aud: self.audience.clone(),
+            aud: self.audience.clone().map(Audience::One),
         };
         Ok(jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),

@@ -157,11 +157,13 @@ fn escape(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
     fn keys_name_kind_version_and_scope() {
-        let u = UserId::from_verified_subject("u1");
+        let u = UserId::from_verified_subject("u1").unwrap();
         assert_eq!(
             FragmentKey::recommendations(&u, 20).as_str(),
             "v1:recommendations:20:user=u1"
@@ -176,14 +178,14 @@ mod tests {
 
     #[test]
     fn hostile_subjects_cannot_collide_with_other_users() {
-        let a = FragmentKey::my_list(&UserId::from_verified_subject("u1"));
-        let b = FragmentKey::my_list(&UserId::from_verified_subject("u1:user=u2"));
-        let c = FragmentKey::my_list(&UserId::from_verified_subject("u2"));
+        let a = FragmentKey::my_list(&UserId::from_verified_subject("u1").unwrap());
+        let b = FragmentKey::my_list(&UserId::from_verified_subject("u1:user=u2").unwrap());
+        let c = FragmentKey::my_list(&UserId::from_verified_subject("u2").unwrap());
         assert_ne!(a, b);
         assert_ne!(b, c);
         assert!(!b.as_str()[..b.as_str().len() - 2].ends_with("user=u2"));
         // The same user and kind with different parameters are different entries.
-        let u = UserId::from_verified_subject("u1");
+        let u = UserId::from_verified_subject("u1").unwrap();
         assert_ne!(
             FragmentKey::continue_watching(&u, 10),
             FragmentKey::continue_watching(&u, 20)

@@ -244,8 +244,8 @@ async fn invalidation_beats_a_load_that_started_before_the_write() {
 async fn per_user_keys_never_share_entries() {
     let cache = FragmentCache::new(settings(Duration::from_secs(60), Duration::from_secs(60)));
     let (a, b) = (
-        UserId::from_verified_subject("u1"),
-        UserId::from_verified_subject("u2"),
+        UserId::from_verified_subject("u1").unwrap(),
+        UserId::from_verified_subject("u2").unwrap(),
     );
     let load = |who: &'static str| {
         move || async move {

@@ -70,6 +70,27 @@ pub struct ServerSettings {
     /// homepage answers when it runs out with whatever rows are ready.
     #[serde(with = "duration")]
     pub request_budget: Duration,
+    /// Longest a client may take to send a request's headers, counted from when the connection
+    /// is ready for the next request (`server.header_read_timeout`); then it is closed.
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Longest a client may take to send a whole request body, however it trickles
+    /// (`server.body_read_timeout`); then `408`.
+    #[serde(with = "duration")]
+    pub body_read_timeout: Duration,
+    /// A connection with no request in flight and no bytes moving for this long is closed
+    /// (`server.idle_timeout`).
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Most connections open at once (`server.max_connections`); more are closed on arrival.
+    pub max_connections: usize,
+    /// Most headers in one HTTP/1.1 request (`server.max_headers`); more → `431`.
+    pub max_headers: usize,
+    /// Largest request head in bytes (`server.max_header_bytes`): HTTP/1.1's read buffer for the
+    /// head (at least 8192), HTTP/2's header list.
+    pub max_header_bytes: usize,
+    /// HTTP/2 limits.
+    pub http2: Http2Settings,
 }
 
 impl Default for ServerSettings {
@@ -79,6 +100,36 @@ impl Default for ServerSettings {
             shutdown_grace: Duration::from_secs(10),
             shutdown_delay: Duration::ZERO,
             request_budget: Duration::from_millis(800),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_headers: 100,
+            max_header_bytes: 32 * 1024,
+            http2: Http2Settings::default(),
+        }
+    }
+}
+
+/// HTTP/2 limits (`server.http2.*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http2Settings {
+    /// Most concurrent streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Most streams a client may open and reset before the server has seen them (the "rapid
+    /// reset" flood, CVE-2023-44487); beyond it the connection is closed.
+    pub max_pending_reset_streams: usize,
+    /// Most streams the server may reset for protocol errors on one connection before closing it.
+    pub max_local_error_resets: usize,
+}
+
+impl Default for Http2Settings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 100,
+            max_pending_reset_streams: 20,
+            max_local_error_resets: 1024,
         }
     }
 }
@@ -939,6 +990,21 @@ impl Settings {
         }
         if self.server.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be > 0".into()));
+        }
+        for (key, d) in [
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("server.body_read_timeout", self.server.body_read_timeout),
+            ("server.idle_timeout", self.server.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be > 0".into()));
+            }
+        }
+        if self.server.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be > 0".into()));
         }
         if self.graphql.max_depth == 0 {
             return Err(invalid("graphql.max_depth", "must be > 0".into()));

@@ -254,17 +254,19 @@ pub(crate) async fn post(
             "POST bodies must be `Content-Type: application/json`",
         );
     }
-    let limit = app.settings.server.max_body_bytes;
-    let bytes: Bytes = match axum::body::to_bytes(body, limit).await {
+    // The body-limits stage bounds its size and time; a read error says which it was.
+    let bytes: Bytes = match axum::body::to_bytes(body, usize::MAX).await {
         Ok(b) => b,
-        Err(_) => {
-            let msg = format!("request body is larger than {limit} bytes");
-            return reject(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                mode,
-                ErrorCode::BadUserInput,
-                &msg,
-            );
+        Err(e) => {
+            let fault = crate::server::limits::fault_of(&e);
+            let msg = match fault {
+                crate::server::limits::BodyFault::TooLarge => format!(
+                    "request body is larger than {} bytes",
+                    app.settings.server.max_body_bytes
+                ),
+                other => other.to_string(),
+            };
+            return reject(fault.status(), mode, ErrorCode::BadUserInput, &msg);
         }
     };
     let map: Map<String, Json> = match serde_json::from_slice::<Json>(&bytes) {
@@ -316,16 +318,13 @@ async fn serve(
     let viewer = match app.auth.authenticate_headers(headers) {
         Ok(v) => v,
         Err(e) => {
-            let mut resp = reject(
-                StatusCode::UNAUTHORIZED,
-                mode,
-                ErrorCode::Unauthenticated,
-                &e.to_string(),
-            );
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer error=\"invalid_token\""),
-            );
+            let mut resp = reject(e.status(), mode, e.code(), &e.to_string());
+            if e.status() == StatusCode::UNAUTHORIZED {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
             return resp;
         }
     };

@@ -5,8 +5,10 @@
 //! Owns process-level wiring; the GraphQL protocol lives in `crate::graphql::http`, the schema in
 //! the binaries.
 
+mod conn;
 pub mod graphiql;
 mod health;
+pub(crate) mod limits;
 mod metrics;
 mod observe;
 mod proxy;
@@ -185,8 +187,16 @@ impl Application {
             ready: AtomicBool::new(true),
             settings,
         });
+        let body_limit = limits::BodyLimit {
+            max_bytes: state.settings.server.max_body_bytes,
+            timeout: state.settings.server.body_read_timeout,
+        };
         let mut router = Router::new()
             .route("/graphql", get(http::get).post(http::post))
+            .route_layer(axum::middleware::from_fn_with_state(
+                body_limit,
+                limits::limit_body,
+            ))
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))
             .with_state(state.clone());
@@ -262,15 +272,20 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        // The admin listener lives exactly as long as the public one.
-        let admin = self
-            .admin
-            .map(|(l, r)| tokio::spawn(async move { axum::serve(l, r).await }));
         let state = self.state.clone();
+        let opts = conn::ConnOptions {
+            settings: state.settings.server.clone(),
+            metrics: state.metrics.clone(),
+        };
+        // The admin listener lives exactly as long as the public one.
+        let admin = self.admin.map(|(l, r)| {
+            let opts = opts.clone();
+            tokio::spawn(conn::serve(l, r, opts, std::future::pending()))
+        });
         let grace = state.settings.server.shutdown_grace;
         let delay = state.settings.server.shutdown_delay;
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+        let serve = conn::serve(self.listener, self.router, opts, async move {
             shutdown.await;
             // Readiness goes false first; the listener stays open for `shutdown_delay` so load
             // balancers notice and stop sending before connections are refused.
@@ -288,7 +303,7 @@ impl Application {
             }
         };
         let result = tokio::select! {
-            served = serve.into_future() => served.map_err(ServerError::Serve),
+            served = serve => served.map_err(ServerError::Serve),
             () = drain_deadline => {
                 tracing::warn!(grace = ?grace, "shutdown grace elapsed with requests still in flight");
                 Ok(())

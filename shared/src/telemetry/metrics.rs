@@ -47,7 +47,7 @@ const HTTP_METHODS: [&str; 9] = [
 ];
 const OPERATION_TYPES: [&str; 3] = ["query", "mutation", "subscription"];
 const GRAPHQL_OUTCOMES: [&str; 3] = ["ok", "partial", "error"];
-const UPSTREAM_OUTCOMES: [&str; 4] = ["ok", "error", "timeout", "rejected"];
+const UPSTREAM_OUTCOMES: [&str; 5] = ["ok", "error", "timeout", "rejected", "client"];
 
 /// Why metrics could not be set up or rendered.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +96,8 @@ pub struct Metrics {
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
     http_in_flight: IntGauge,
+    http_connections: IntGauge,
+    connections_refused: IntCounterVec,
 
     graphql_operations: IntCounterVec,
     graphql_duration: HistogramVec,
@@ -154,6 +156,13 @@ impl Metrics {
             "bff_http_requests_in_flight",
             "HTTP requests currently being served by the BFF.",
         )?;
+        let http_connections =
+            f.gauge("bff_http_connections", "Client connections currently open.")?;
+        let connections_refused = f.counter(
+            "bff_http_connections_refused_total",
+            "Client connections closed on arrival, by reason (limit: server.max_connections reached).",
+            &["reason"],
+        )?;
         let graphql_operations = f.counter(
             "bff_graphql_operations_total",
             "GraphQL operations executed, by operation name (bounded: anonymous, invalid, other), type and outcome (ok, partial = data with errors, error = no data).",
@@ -166,7 +175,7 @@ impl Metrics {
         )?;
         let upstream_requests = f.counter(
             "bff_upstream_requests_total",
-            "Attempts to call a backend (each retry counts), by backend, endpoint (at most 32 per backend, then other) and outcome (ok, error, timeout, rejected by breaker or limiter).",
+            "Attempts to call a backend (each retry counts), by backend, endpoint (at most 32 per backend, then other) and outcome (ok, error, timeout, rejected = the backend refused the request, client = the client broke the call).",
             &["backend", "endpoint", "outcome"],
         )?;
         let upstream_duration = f.histogram(
@@ -228,6 +237,8 @@ impl Metrics {
             http_requests,
             http_duration,
             http_in_flight,
+            http_connections,
+            connections_refused,
             graphql_operations,
             graphql_duration,
             upstream_requests,
@@ -267,6 +278,16 @@ impl Metrics {
     /// Counts one HTTP request as in flight until the returned guard is dropped.
     pub fn http_in_flight(&self) -> InFlightGuard {
         InFlightGuard::new(self.http_in_flight.clone())
+    }
+
+    /// Counts one client connection as open until the returned guard is dropped.
+    pub fn http_connection(&self) -> InFlightGuard {
+        InFlightGuard::new(self.http_connections.clone())
+    }
+
+    /// Counts one connection closed on arrival; `reason` is a fixed word (`limit`).
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused.with_label_values(&[reason]).inc();
     }
 
     /// Records one GraphQL operation. `operation` is the client's operationName (`None` =

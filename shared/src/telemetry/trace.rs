@@ -90,8 +90,8 @@ impl TraceContext {
             .filter_map(|v| v.to_str().ok())
             .collect::<Vec<_>>()
             .join(",");
-        let tracestate =
-            (!tracestate.is_empty() && tracestate.len() <= MAX_TRACESTATE).then_some(tracestate);
+        let tracestate = (tracestate.len() <= MAX_TRACESTATE && valid_tracestate(&tracestate))
+            .then_some(tracestate);
         Self {
             trace_id,
             parent_span_id: Some(span_id),
@@ -134,6 +134,45 @@ impl TraceContext {
         }
         self.traceparent(span)
     }
+}
+
+/// Most `tracestate` list members (W3C Trace Context §3.3.1).
+const MAX_TRACESTATE_MEMBERS: usize = 32;
+
+/// Whether `v` is a W3C `tracestate`: at most 32 `key=value` members (empty ones between commas
+/// allowed), keys `[a-z0-9][a-z0-9_*/@-]{0,255}`, values of printable ASCII without `,` or `=`, not
+/// ending in a space, at most 256 characters. Anything else is dropped whole: passing on part of a
+/// malformed header would make up a vendor's state.
+fn valid_tracestate(v: &str) -> bool {
+    let mut members = 0;
+    for member in v.split(',') {
+        let member = member.trim_matches([' ', '\t']);
+        if member.is_empty() {
+            continue;
+        }
+        members += 1;
+        let Some((key, value)) = member.split_once('=') else {
+            return false;
+        };
+        let key_ok = key.len() <= 256
+            && key
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-*/@".contains(&b));
+        let value_ok = !value.is_empty()
+            && value.len() <= 256
+            && !value.ends_with(' ')
+            && value
+                .bytes()
+                .all(|b| (0x20..=0x7e).contains(&b) && b != b',' && b != b'=');
+        if !key_ok || !value_ok {
+            return false;
+        }
+    }
+    members > 0 && members <= MAX_TRACESTATE_MEMBERS
 }
 
 fn parse_traceparent(v: &str) -> Option<([u8; 16], [u8; 8], u8)> {
@@ -225,6 +264,34 @@ mod tests {
         )]));
         assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(!t.sampled);
+    }
+
+    #[test]
+    fn only_a_valid_bounded_tracestate_is_kept() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let state = |v: &str| {
+            TraceContext::from_headers(&headers(&[("traceparent", parent), ("tracestate", v)]))
+                .tracestate
+        };
+        assert_eq!(
+            state("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7").as_deref(),
+            Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
+        );
+        assert_eq!(state("a@b=1, ,c=2").as_deref(), Some("a@b=1, ,c=2"));
+        for bad in [
+            "",
+            "novalue",
+            "Upper=1",
+            "k=v=w",
+            "k=a b=c",
+            &"x".repeat(5000),
+            &(0..33)
+                .map(|i| format!("k{i}=v"))
+                .collect::<Vec<_>>()
+                .join(","),
+        ] {
+            assert_eq!(state(bad), None, "{bad:.40}");
+        }
     }
 
     #[test]

@@ -184,7 +184,9 @@ fn err(backend: BackendId, f: Failure) -> BackendError {
             backend,
             reason: "concurrency limit reached".into(),
         },
-        Failure::Rejected(reason) => BackendError::Protocol { backend, reason },
+        Failure::Rejected(reason) | Failure::Client(reason) => {
+            BackendError::Protocol { backend, reason }
+        }
     }
 }
 

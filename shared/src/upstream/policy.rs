@@ -44,6 +44,10 @@ pub(crate) enum Failure {
     Open,
     /// Over the concurrency limit and its queue: the backend was not called.
     Overloaded,
+    /// The client broke the call (its request body was malformed, too large, too slow, or it
+    /// went away): says nothing about the backend, so it counts for neither the breaker, the
+    /// endpoint's ejection nor a retry.
+    Client(String),
 }
 
 impl Failure {
@@ -149,6 +153,23 @@ impl<E: Clone + Send + Sync + 'static> BackendPolicy<E> {
         &self,
         kind: CallKind,
         deadline: Option<Instant>,
+        op: F,
+    ) -> Result<T, Failure>
+    where
+        F: FnMut(E, Duration) -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        self.call_excused(kind, deadline, |_| false, op).await
+    }
+
+    /// [`Self::call`] for a call the client takes part in (a pass-through request streaming its
+    /// body): when `client_at_fault(&failure)` says the client broke a failed attempt, the
+    /// failure is [`Failure::Client`] and counts against nobody.
+    pub(crate) async fn call_excused<T, F, Fut>(
+        &self,
+        kind: CallKind,
+        deadline: Option<Instant>,
+        client_at_fault: impl Fn(&Failure) -> bool,
         mut op: F,
     ) -> Result<T, Failure>
     where
@@ -198,10 +219,17 @@ impl<E: Clone + Send + Sync + 'static> BackendPolicy<E> {
                     Ok(r) => r,
                     Err(_) => Err(Failure::Timeout),
                 };
+            let outcome = match outcome {
+                Err(f) if !matches!(f, Failure::Client(_)) && client_at_fault(&f) => {
+                    Err(Failure::Client(format!("client broke the call ({f:?})")))
+                }
+                other => other,
+            };
             let label = match &outcome {
                 Ok(_) => "ok",
                 Err(Failure::Timeout) => "timeout",
                 Err(Failure::Rejected(_)) => "rejected",
+                Err(Failure::Client(_)) => "client",
                 Err(_) => "error",
             };
             span.record("outcome", label);
@@ -225,6 +253,10 @@ impl<E: Clone + Send + Sync + 'static> BackendPolicy<E> {
                 if let Some(p) = permit {
                     p.failure();
                 }
+            } else if let Failure::Client(_) = failure {
+                // Neither a success nor a failure of the backend: the permit is dropped
+                // unsettled (not counted) and the endpoint's record is left alone.
+                drop(permit);
             } else {
                 // A rejected request is the caller's problem, not a sign the backend is down.
                 endpoint.success();

@@ -156,6 +156,10 @@ async fn decode<T: DeserializeOwned>(
 pub(crate) fn transport(e: &reqwest::Error) -> Failure {
     if e.is_timeout() {
         Failure::Timeout
+    } else if e.is_builder() {
+        // The request could not even be built (a header or URL we made is invalid): never sent,
+        // so nothing is known about the backend.
+        Failure::Rejected(error_chain(e))
     } else {
         Failure::Transport(error_chain(e))
     }

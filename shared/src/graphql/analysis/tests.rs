@@ -303,3 +303,219 @@ fn the_named_operation_is_the_one_analysed() {
     assert!(operation(&doc, None).is_none());
     assert!(operation(&doc, Some("C")).is_none());
 }
+
+/// The fuzz suite of the request path before execution (README "Fuzzing"): parser, the analysis,
+/// the variables check and, for what the analysis admits, the engine's validation and execution
+/// on a schema shaped like the surfaces'. Properties: nothing panics, the analysis of one document
+/// is deterministic, and an admitted document is within the limits it was admitted under.
+mod fuzz {
+    use async_graphql::{EmptySubscription, ID, Object, Schema, SimpleObject};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(SimpleObject)]
+    struct Image {
+        url: String,
+        width: i32,
+    }
+
+    #[derive(SimpleObject)]
+    struct Title {
+        id: ID,
+        name: String,
+        genres: Vec<String>,
+        images: Vec<Image>,
+    }
+
+    #[derive(SimpleObject)]
+    struct Row {
+        kind: String,
+        items: Vec<Title>,
+    }
+
+    #[derive(SimpleObject)]
+    struct Homepage {
+        region: String,
+        rows: Vec<Row>,
+    }
+
+    struct Query;
+
+    #[Object]
+    impl Query {
+        async fn homepage(&self, region: Option<String>) -> Homepage {
+            let title = || Title {
+                id: ID("t1".into()),
+                name: "n".into(),
+                genres: vec!["g".into()],
+                images: vec![Image {
+                    url: "u".into(),
+                    width: 1,
+                }],
+            };
+            Homepage {
+                region: region.unwrap_or_default(),
+                rows: vec![Row {
+                    kind: "TOP_10".into(),
+                    items: vec![title(), title()],
+                }],
+            }
+        }
+
+        async fn title(&self, id: ID, width: Option<i32>) -> Option<Title> {
+            let _ = (id, width);
+            None
+        }
+    }
+
+    struct Mutation;
+
+    #[Object]
+    impl Mutation {
+        async fn add_to_my_list(&self, title_id: ID) -> bool {
+            !title_id.is_empty()
+        }
+    }
+
+    const FIELDS: [&str; 16] = [
+        "homepage",
+        "title",
+        "rows",
+        "items",
+        "kind",
+        "region",
+        "id",
+        "name",
+        "genres",
+        "images",
+        "url",
+        "width",
+        "__typename",
+        "__schema",
+        "__type",
+        "nope",
+    ];
+
+    fn name() -> impl Strategy<Value = String> {
+        prop::sample::select(&FIELDS[..]).prop_map(str::to_owned)
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("\"US\"".to_owned()),
+            Just("7".to_owned()),
+            Just("-2147483649".to_owned()),
+            Just("1.5".to_owned()),
+            Just("true".to_owned()),
+            Just("null".to_owned()),
+            Just("$v".to_owned()),
+            Just("$w".to_owned()),
+            Just("[1, \"a\"]".to_owned()),
+            Just("{ a: 1 }".to_owned()),
+            Just("TOP_10".to_owned()),
+        ]
+    }
+
+    fn directive() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => Just(String::new()),
+            1 => value().prop_map(|v| format!(" @skip(if: {v})")),
+            1 => value().prop_map(|v| format!(" @include(if: {v})")),
+            1 => Just(" @nope".to_owned()),
+            1 => Just(" @skip".to_owned()),
+        ]
+    }
+
+    fn selection() -> impl Strategy<Value = String> {
+        let leaf = (name(), directive()).prop_map(|(n, d)| format!("{n}{d}"));
+        leaf.prop_recursive(6, 64, 6, |inner| {
+            let set = prop::collection::vec(inner, 1..5).prop_map(|items| items.join(" "));
+            prop_oneof![
+                (name(), prop::option::of(value()), directive(), set.clone()).prop_map(
+                    |(n, arg, d, set)| match arg {
+                        Some(v) => format!("{n}(id: {v}, region: {v}){d} {{ {set} }}"),
+                        None => format!("{n}{d} {{ {set} }}"),
+                    }
+                ),
+                (name(), name(), set.clone())
+                    .prop_map(|(a, n, set)| format!("{a}: {n} {{ {set} }}")),
+                (0..4u8, directive()).prop_map(|(i, d)| format!("...F{i}{d}")),
+                set.prop_map(|set| format!("... {{ {set} }}")),
+            ]
+        })
+    }
+
+    fn document() -> impl Strategy<Value = String> {
+        (
+            prop::sample::select(&["query", "mutation", "subscription", "query Q", ""][..]),
+            prop::sample::select(
+                &[
+                    "",
+                    "($v: String)",
+                    "($v: String!, $w: [Int!])",
+                    "($v: Nope)",
+                ][..],
+            ),
+            prop::collection::vec(selection(), 1..4),
+            prop::collection::vec(
+                (
+                    prop::sample::select(&["Query", "Homepage", "Row", "Title", "Nope"][..]),
+                    prop::collection::vec(selection(), 1..3),
+                ),
+                0..4,
+            ),
+        )
+            .prop_map(|(op, vars, root, fragments)| {
+                let head = if op.is_empty() {
+                    String::new()
+                } else {
+                    format!("{op}{vars} ")
+                };
+                let mut doc = format!("{head}{{ {} }}", root.join(" "));
+                for (i, (on, set)) in fragments.iter().enumerate() {
+                    doc.push_str(&format!(" fragment F{i} on {on} {{ {} }}", set.join(" ")));
+                }
+                doc
+            })
+    }
+
+    fn variables() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            Just(json!({})),
+            Just(json!({ "v": "US" })),
+            Just(json!({ "v": 5, "w": [1, null] })),
+            Just(json!({ "v": null, "w": "x" })),
+            Just(json!({ "w": [[1]] })),
+        ]
+    }
+
+    // Cases: 256 by default, `PROPTEST_CASES` to run longer (CI runs ~60 s of them).
+    proptest! {
+        #[test]
+        fn fuzz_request_parse_analyse_validate_execute(doc in document(), vars in variables()) {
+            let schema = Schema::build(Query, Mutation, EmptySubscription).finish();
+            let shape = Shape::from_sdl(&schema.sdl());
+            let profile = ClientProfile::new(vec![RowKind::Top10], 20);
+            let model = CostModel::for_profile(&profile, shape.mutation());
+            let limits = Limits { max_depth: 8, max_fields: 200, max_cost: 5_000, introspection: true };
+            let Ok(parsed) = parse_query(&doc) else { return Ok(()); };
+            let Some(op) = operation(&parsed, None) else { return Ok(()); };
+            let first = analyze(&shape, &model, &parsed, op, &limits);
+            prop_assert_eq!(&first, &analyze(&shape, &model, &parsed, op, &limits));
+            let Ok(found) = first else { return Ok(()); };
+            prop_assert!(found.depth <= limits.max_depth);
+            prop_assert!(found.fields <= limits.max_fields);
+            prop_assert!(found.cost <= limits.max_cost);
+            if check_variables(&shape, op, vars.as_object()).is_err() {
+                return Ok(());
+            }
+            let request = async_graphql::Request::new(doc.clone())
+                .variables(async_graphql::Variables::from_json(vars));
+            let response = futures::executor::block_on(schema.execute(request));
+            // Admitted and executed: either data or errors, never a panic.
+            prop_assert!(response.data != async_graphql::Value::Null || !response.errors.is_empty()
+                || doc.contains("@skip") || doc.contains("@include"));
+        }
+    }
+}

@@ -1,9 +1,16 @@
 //! Pass-through routes (`[[routes]]`): requests under a path prefix are proxied to a REST backend
 //! through the same policy layer as GraphQL's backend calls (breaker, concurrency limit, balanced
-//! endpoints, retries for bodiless GET/HEAD only). Hop-by-hop headers are removed both ways, the
-//! identity header is set from the verified token only (client-sent `x-user-id` and the bearer
-//! token itself are not forwarded: the BFF is the trust boundary), bodies are streamed with a size
-//! limit, and upstream failures become clean 502/503/504 answers that never echo upstream text.
+//! endpoints, retries for bodiless GET/HEAD only). The forwarded path stays under the route's
+//! backend path ([`path`]: dot segments in every spelling resolved or refused). Hop-by-hop headers
+//! are removed both ways, the identity header is set from the verified token only (client-sent
+//! `x-user-id` and the bearer token itself are not forwarded: the BFF is the trust boundary), and
+//! so is the trace context: the backend gets the BFF's own `traceparent` (naming the attempt's
+//! span), `tracestate` and request id, never the client's raw values. Bodies stream through the
+//! body-limits stage; a body the client breaks (too large, too slow, malformed framing) is the
+//! client's `413`/`408`/`400` and never counts against the backend. Upstream failures become clean
+//! 502/503/504 answers that never echo upstream text.
+
+pub(crate) mod path;
 
 use std::sync::{Arc, Mutex};
 
@@ -16,9 +23,11 @@ use axum::{
     routing::any,
 };
 use futures::TryStreamExt;
-use http_body_util::{BodyExt, Limited};
 
-use super::AppState;
+use super::{
+    AppState,
+    limits::{BodyLimit, BodyWatch, limit_body},
+};
 use crate::{
     config::RouteSettings,
     error::ErrorCode,
@@ -71,9 +80,15 @@ pub(crate) fn router(state: &Arc<AppState>, routes: &[RouteSettings]) -> Router 
                 async move { proxy(&app, &route, req).await }
             }
         };
-        router = router
+        let limit = BodyLimit {
+            max_bytes: r.max_body_bytes,
+            timeout: state.settings.server.body_read_timeout,
+        };
+        let routes = Router::new()
             .route(&r.prefix, any(handler.clone()))
-            .route(&format!("{}/{{*rest}}", r.prefix), any(handler));
+            .route(&format!("{}/{{*rest}}", r.prefix), any(handler))
+            .route_layer(axum::middleware::from_fn_with_state(limit, limit_body));
+        router = router.merge(routes);
     }
     router.with_state(state.clone())
 }
@@ -111,14 +126,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 async fn proxy(app: &AppState, route: &Route, req: Request) -> Response {
     let viewer = match app.auth.authenticate_headers(req.headers()) {
         Ok(v) => v,
-        Err(e) => {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                ErrorCode::Unauthenticated,
-                &e.to_string(),
-                None,
-            );
-        }
+        Err(e) => return error(e.status(), e.code(), &e.to_string(), None),
     };
     if route.require_auth && viewer.is_none() {
         return error(
@@ -129,52 +137,80 @@ async fn proxy(app: &AppState, route: &Route, req: Request) -> Response {
         );
     }
     let (parts, body) = req.into_parts();
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > route.max_body) {
-        let msg = format!("request body is larger than {} bytes", route.max_body);
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::BadUserInput,
-            &msg,
-            None,
-        );
-    }
     let rest = parts
         .uri
         .path()
         .strip_prefix(route.prefix.as_str())
         .unwrap_or("");
+    let rest = match path::forward(rest) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(route = %route.prefix, error = %e, "pass-through path refused");
+            return error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadUserInput,
+                &e.to_string(),
+                None,
+            );
+        }
+    };
     let path = match parts.uri.query() {
         Some(q) => format!("{rest}?{q}"),
-        None => rest.to_owned(),
+        None => rest,
     };
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
-    headers.remove(header::AUTHORIZATION);
-    headers.remove(crate::upstream::rest::USER_ID_HEADER);
+    // Identity and trace context are the BFF's to set (`RestBackend::request`), never the
+    // client's to pass through.
+    for h in [
+        header::AUTHORIZATION.as_str(),
+        crate::upstream::rest::USER_ID_HEADER,
+        crate::telemetry::trace::TRACEPARENT,
+        crate::telemetry::trace::TRACESTATE,
+        crate::telemetry::trace::REQUEST_ID,
+    ] {
+        headers.remove(h);
+    }
 
+    // The body-limits stage put a watch on every routed request; without one (never expected)
+    // the body is treated as complete.
+    let watch = parts
+        .extensions
+        .get::<Arc<BodyWatch>>()
+        .cloned()
+        .unwrap_or_default();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
     // Only a bodiless idempotent request can be replayed; everything else gets one attempt.
-    let replayable =
-        matches!(parts.method, Method::GET | Method::HEAD) && declared.unwrap_or(0) == 0;
+    let replayable = matches!(parts.method, Method::GET | Method::HEAD)
+        && declared.unwrap_or(0) == 0
+        && !chunked;
     let kind = if replayable {
         CallKind::Read
     } else {
         CallKind::Write
     };
-    let body = Mutex::new(Some(Limited::new(body, route.max_body)));
+    let body = Mutex::new(Some(body));
     let cx = CallContext {
         user: viewer.map(|v| v.user_id),
         deadline: None,
         trace: crate::telemetry::current(),
     };
     let method = parts.method.clone();
+    // A failure is the client's when its body broke (too large, too slow, malformed), or when
+    // the attempt ran out of time while the body was still arriving (a stalled upload). A
+    // refused connection with the body unread is still the backend's.
+    let client_at_fault = |f: &Failure| {
+        watch.fault().is_some()
+            || (matches!(f, Failure::Timeout) && !replayable && !watch.complete())
+    };
     let sent = route
         .backend
         .policy
-        .call(kind, None, |ep, _| {
+        .call_excused(kind, None, client_at_fault, |ep, _| {
             let mut req = route
                 .backend
                 .request(&ep, &cx, method.clone(), &path)
@@ -193,6 +229,12 @@ async fn proxy(app: &AppState, route: &Route, req: Request) -> Response {
         .await;
     let resp = match sent {
         Ok(r) => r,
+        Err(Failure::Client(why)) => {
+            // Without a recorded fault, the excuse was a stalled upload.
+            let fault = watch.fault().unwrap_or(super::limits::BodyFault::TimedOut);
+            tracing::info!(route = %route.prefix, reason = %why, "pass-through call broken by the client");
+            return fault.response(route.max_body);
+        }
         Err(f) => return upstream_failure(route, &f),
     };
     let mut out = Response::builder().status(resp.status().as_u16());
@@ -241,14 +283,10 @@ fn upstream_failure(route: &Route, f: &Failure) -> Response {
             "the service did not answer in time",
             b,
         ),
-        // A body over the limit surfaces as a transport error of the stream we were sending.
-        Failure::Transport(reason) if reason.contains("length limit") => error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::BadUserInput,
-            "request body too large",
-            None,
-        ),
-        Failure::Transport(_) | Failure::Unavailable(_) | Failure::Rejected(_) => error(
+        Failure::Transport(_)
+        | Failure::Unavailable(_)
+        | Failure::Rejected(_)
+        | Failure::Client(_) => error(
             StatusCode::BAD_GATEWAY,
             ErrorCode::BackendUnavailable,
             "the service failed",
