@@ -3,10 +3,17 @@
 //!
 //! # Layout (each layer talks to the one below it)
 //! - [`cli`]: flags and the `run` entry point every binary calls.
-//! - [`config`]: typed settings; defaults < TOML < `BFF_` env < flags.
-//! - [`server`]: axum router, GraphiQL, health/readiness, compression, graceful shutdown.
-//! - [`graphql`]: GraphQL-over-HTTP handler, shared schema types, error coding.
+//! - [`config`]: typed settings; defaults < TOML < `BFF_` env < flags. The ground: it imports no
+//!   other layer.
+//! - [`server`]: listeners, the connection stage (timeouts, connection cap), assembly of the
+//!   routers, GraphiQL, health/readiness, graceful shutdown.
+//! - [`pipeline`]: the stages before the service, in order: client address → observe →
+//!   client-address rules → CORS → body limits → authentication.
+//! - [`graphql`]: the GraphQL service (over HTTP), the pre-execution analysis, shared schema types,
+//!   error coding.
+//! - [`proxy`]: pass-through routes.
 //! - [`auth`]: bearer JWT → verified [`auth::Viewer`].
+//! - [`body`]: request bodies held to a size and a deadline.
 //! - [`compose`]: the parallel homepage plan and title hydration.
 //! - [`cache`]: fragment cache (L1 moka; tier boundary for a shared tier), coalescing, SWR.
 //! - [`profile`]: client profiles (rows, limits) and trimming rules.
@@ -17,6 +24,7 @@
 //! - [`telemetry`]: logging set-up.
 
 pub mod auth;
+pub(crate) mod body;
 pub mod cache;
 pub mod cli;
 pub mod compose;
@@ -26,7 +34,9 @@ pub mod domain;
 pub mod error;
 mod escape;
 pub mod graphql;
+pub mod pipeline;
 pub mod profile;
+pub(crate) mod proxy;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;

@@ -39,10 +39,8 @@ fn charts_route(s: &mut Settings, url: String) {
     charts.breaker.failure_ratio = 0.5;
     s.backends.extra.insert("charts".into(), charts);
     s.routes.push(shared::config::RouteSettings {
-        prefix: "/api/charts".into(),
-        backend: "charts".into(),
         max_body_bytes: 1024,
-        require_auth: false,
+        ..shared::config::RouteSettings::new("/api/charts", "charts")
     });
 }
 

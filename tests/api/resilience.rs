@@ -293,10 +293,8 @@ fn with_route(s: &mut Settings, url: String) {
     charts.retries = 0;
     s.backends.extra.insert("charts".into(), charts);
     s.routes.push(shared::config::RouteSettings {
-        prefix: "/api/charts".into(),
-        backend: "charts".into(),
         max_body_bytes: 1024,
-        require_auth: false,
+        ..shared::config::RouteSettings::new("/api/charts", "charts")
     });
 }
 

@@ -20,6 +20,11 @@ pub struct Viewer {
     pub user_id: UserId,
 }
 
+/// The authentication stage's verdict on one request, on its extensions: a verified viewer, or
+/// `None` for an anonymous request. Only the pipeline's authentication stage inserts it.
+#[derive(Debug, Clone, Default)]
+pub struct Identity(pub Option<std::sync::Arc<Viewer>>);
+
 /// Why a bearer token was rejected. The `Display` text is safe to show clients.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {

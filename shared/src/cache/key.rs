@@ -2,75 +2,13 @@
 //! shared fragments by their parameters (region, limit), per-user fragments by a [`UserId`] — which
 //! only a verified token produces — so nothing a client sends can select another user's entry.
 
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
-
 use crate::domain::{Region, UserId};
 
 /// Bump when the shape of any cached fragment changes: a deploy then never reads old entries
 /// (which matters once a shared tier outlives a process).
 pub const FRAGMENT_SCHEMA_VERSION: u32 = 1;
 
-/// The kinds of fragments, named as in config (`cache.<kind>`) and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FragmentKind {
-    /// One catalog title (shared).
-    Title,
-    /// A region's top 10 (shared).
-    Top10,
-    /// A region's new releases (shared).
-    NewReleases,
-    /// A user's recommendations (per user).
-    Recommendations,
-    /// A user's continue-watching row (per user).
-    ContinueWatching,
-    /// A user's list (per user).
-    MyList,
-    /// A user's profile (per user).
-    Profile,
-}
-
-impl FragmentKind {
-    /// Every kind.
-    pub const ALL: [FragmentKind; 7] = [
-        Self::Title,
-        Self::Top10,
-        Self::NewReleases,
-        Self::Recommendations,
-        Self::ContinueWatching,
-        Self::MyList,
-        Self::Profile,
-    ];
-
-    /// Config/metrics name.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Title => "title",
-            Self::Top10 => "top10",
-            Self::NewReleases => "new_releases",
-            Self::Recommendations => "recommendations",
-            Self::ContinueWatching => "continue_watching",
-            Self::MyList => "my_list",
-            Self::Profile => "profile",
-        }
-    }
-
-    /// Whether entries belong to one user.
-    pub const fn is_per_user(self) -> bool {
-        matches!(
-            self,
-            Self::Recommendations | Self::ContinueWatching | Self::MyList | Self::Profile
-        )
-    }
-}
-
-impl fmt::Display for FragmentKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use crate::config::FragmentKind;
 
 /// A fully qualified cache key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -7,19 +7,17 @@
 //! tools also use the `BFF_` prefix) are ignored with a warning.
 
 mod duration;
+mod names;
 mod secret;
 
 use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+pub use names::{BackendId, Cidr, FragmentKind, Strategy};
 pub use secret::Secret;
 
-use crate::{
-    cache::FragmentKind,
-    profile::ClientProfile,
-    upstream::{BackendId, resilience::Strategy},
-};
+use crate::profile::ClientProfile;
 
 /// Everything a BFF binary can be configured with.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,6 +49,10 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// Pass-through routes (`[[routes]]`).
     pub routes: Vec<RouteSettings>,
+    /// Client-address rules for every request.
+    pub ip_rules: IpRulesSettings,
+    /// CORS.
+    pub cors: CorsSettings,
 }
 
 /// HTTP server limits.
@@ -91,6 +93,9 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     /// HTTP/2 limits.
     pub http2: Http2Settings,
+    /// Proxies and load balancers whose `X-Forwarded-For` / `Forwarded` headers are believed
+    /// (`server.trusted_proxies`); from any other peer the socket address is the client's.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl Default for ServerSettings {
@@ -107,6 +112,62 @@ impl Default for ServerSettings {
             max_headers: 100,
             max_header_bytes: 32 * 1024,
             http2: Http2Settings::default(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// Client-address rules (`ip_rules.*` globally, and the same keys on a route).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpRulesSettings {
+    /// When not empty, only these ranges are served.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<Cidr>,
+    /// Never served, even when in `allow`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<Cidr>,
+}
+
+/// CORS for browser apps on other origins (`cors.*`); off while `allowed_origins` is empty.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsSettings {
+    /// Origins allowed to call, exactly (`https://app.example.com`) or with one `*` for a host
+    /// part (`https://*.example.com`); `"*"` alone is any origin (not with credentials).
+    pub allowed_origins: Vec<String>,
+    /// Methods a preflight allows.
+    pub allowed_methods: Vec<String>,
+    /// Request headers a preflight allows.
+    pub allowed_headers: Vec<String>,
+    /// Response headers scripts may read.
+    pub expose_headers: Vec<String>,
+    /// Whether credentialed requests (cookies, `Authorization` with `credentials: "include"`) are
+    /// allowed.
+    pub allow_credentials: bool,
+    /// How long a browser may cache a preflight answer.
+    #[serde(with = "duration")]
+    pub max_age: Duration,
+}
+
+impl Default for CorsSettings {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            allowed_methods: vec!["GET".into(), "POST".into()],
+            allowed_headers: [
+                "authorization",
+                "content-type",
+                "accept",
+                "traceparent",
+                "tracestate",
+                "x-request-id",
+            ]
+            .map(String::from)
+            .to_vec(),
+            expose_headers: ["x-trace-id", "x-request-id"].map(String::from).to_vec(),
+            allow_credentials: false,
+            max_age: Duration::from_secs(600),
         }
     }
 }
@@ -494,10 +555,30 @@ pub struct RouteSettings {
     /// Reject requests without a valid token (401) instead of forwarding them anonymously.
     #[serde(default)]
     pub require_auth: bool,
+    /// This route's own client-address rules, on top of the global ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<Cidr>,
+    /// Addresses this route refuses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<Cidr>,
 }
 
 fn default_route_body() -> usize {
     10 * 1024 * 1024
+}
+
+impl RouteSettings {
+    /// A route from `prefix` to `backend` with every other key at its default.
+    pub fn new(prefix: &str, backend: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            backend: backend.to_owned(),
+            max_body_bytes: default_route_body(),
+            require_auth: false,
+            allow: Vec::new(),
+            deny: Vec::new(),
+        }
+    }
 }
 
 /// The seven GraphQL backends, plus any other backends pass-through routes use.
@@ -723,7 +804,36 @@ impl Default for MetricsSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetrySettings {
     /// OTLP export (off unless enabled here or by `OTEL_EXPORTER_OTLP_ENDPOINT`).
-    pub otlp: crate::telemetry::otel::OtlpSettings,
+    pub otlp: OtlpSettings,
+}
+
+/// OTLP trace export settings (`telemetry.otlp` in the config tree).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpSettings {
+    /// Export spans. Also switched on by the standard endpoint variables (see [`wanted`]).
+    pub enabled: bool,
+    /// Collector gRPC endpoint, e.g. `http://otel-collector:4317`. `None` leaves it to
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`, else the SDK default
+    /// (`http://localhost:4317`).
+    pub endpoint: Option<String>,
+    /// `service.name` of the exported resource. `None` → `OTEL_SERVICE_NAME`, else the binary's
+    /// own name.
+    pub service_name: Option<String>,
+    /// Fraction of new root traces recorded, `0.0..=1.0`. Requests that arrive with a sampled
+    /// `traceparent` follow the caller's decision instead, so a trace is never half-exported.
+    pub sample_ratio: f64,
+}
+
+impl Default for OtlpSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            endpoint: None,
+            service_name: None,
+            sample_ratio: 1.0,
+        }
+    }
 }
 
 /// Log line format.
@@ -827,6 +937,8 @@ impl Settings {
             metrics: MetricsSettings::default(),
             telemetry: TelemetrySettings::default(),
             routes: Vec::new(),
+            ip_rules: IpRulesSettings::default(),
+            cors: CorsSettings::default(),
         }
     }
 
@@ -1001,6 +1113,25 @@ impl Settings {
         ] {
             if d.is_zero() {
                 return Err(invalid(key, "must be > 0".into()));
+            }
+        }
+        if self.cors.allow_credentials && self.cors.allowed_origins.iter().any(|o| o == "*") {
+            return Err(invalid(
+                "cors.allowed_origins",
+                "`*` cannot be combined with cors.allow_credentials = true (browsers refuse it, and it would let any site act as the signed-in user); list the origins".into(),
+            ));
+        }
+        for (i, o) in self.cors.allowed_origins.iter().enumerate() {
+            if o != "*" && !(o.starts_with("https://") || o.starts_with("http://"))
+                || o.matches('*').count() > 1
+                || o.ends_with('/')
+            {
+                return Err(invalid(
+                    &format!("cors.allowed_origins[{i}]"),
+                    format!(
+                        "`{o}`: an origin is scheme://host[:port] with at most one `*`, e.g. https://*.example.com"
+                    ),
+                ));
             }
         }
         if self.server.max_connections == 0 {

@@ -67,14 +67,7 @@ pub(crate) fn classify(resp: &mut async_graphql::Response, hide_suggestions: boo
     }
 }
 
-/// A one-error GraphQL response body (with the request's trace id, like every error we send).
-pub(crate) fn error_body(code: ErrorCode, message: &str) -> serde_json::Value {
-    let mut ext = serde_json::json!({ "code": code.as_str() });
-    if let Some(t) = crate::telemetry::current() {
-        ext["traceId"] = t.trace.trace_id_hex().into();
-    }
-    serde_json::json!({ "errors": [{ "message": message, "extensions": ext }] })
-}
+pub(crate) use crate::error::error_body;
 
 /// Adds `extensions.traceId` to every error of an executed response, so a client reporting an
 /// error hands operators the id that finds the request's whole path.

@@ -1,7 +1,10 @@
-//! GraphQL over HTTP, per the GraphQL-over-HTTP spec (the stock async-graphql handler runs
-//! mutations over GET and ignores Accept; see STACK.md). Owns: Accept negotiation, content types,
-//! body limits, GET/POST parameter parsing, the GET-is-read-only rule, bearer authentication of
-//! the request, and the status code of every answer. Execution is the schema's business.
+//! The GraphQL service: GraphQL over HTTP, per the GraphQL-over-HTTP spec (the stock async-graphql
+//! handler runs mutations over GET and ignores Accept; see STACK.md). Owns: Accept negotiation,
+//! content types, GET/POST parameter parsing, the GET-is-read-only rule, the limits decided before
+//! execution ([`super::analysis`]), and the status code of every answer. It runs behind the
+//! pipeline (`crate::pipeline`): the request's body is already held to its limits and its
+//! [`Identity`] already verified. Execution is the schema's business. Its state
+//! ([`GraphqlService`]) is its own, not the whole settings.
 
 use std::{
     collections::VecDeque,
@@ -27,10 +30,50 @@ use super::{
     json::Chunks,
 };
 use crate::{
+    auth::Identity, config::GraphqlSettings, error::ErrorCode, telemetry::metrics::Metrics,
+};
+use crate::{
     cache::{CacheLog, Freshness},
     compose::RequestContext,
 };
-use crate::{error::ErrorCode, server::AppState};
+
+/// What the GraphQL service needs, and nothing more.
+pub(crate) struct GraphqlService {
+    /// This binary's schema.
+    pub(crate) schema: Arc<dyn super::GraphqlExecutor>,
+    /// Limits, answer caps, introspection, rendering.
+    pub(crate) settings: GraphqlSettings,
+    /// Time budget of one request (`server.request_budget`).
+    pub(crate) request_budget: std::time::Duration,
+    /// `server.max_body_bytes`, for the message of a `413`.
+    pub(crate) max_body_bytes: usize,
+    pub(crate) metrics: Option<Arc<Metrics>>,
+    /// The GraphiQL page when enabled, rendered once: nothing in it changes while serving.
+    pub(crate) graphiql_page: Option<Bytes>,
+}
+
+/// The service's routes (`GET`, `POST /graphql`); the pipeline's stages go around them.
+pub(crate) fn router(service: Arc<GraphqlService>) -> axum::Router {
+    axum::Router::new()
+        .route("/graphql", axum::routing::get(get).post(post))
+        .with_state(service)
+}
+
+/// A refusal in the GraphQL error shape, in the media type `Accept` asks for (JSON when it asks
+/// for neither): for stages before the service that refuse a GraphQL request.
+pub(crate) fn refusal(
+    headers: &HeaderMap,
+    status: StatusCode,
+    code: ErrorCode,
+    message: &str,
+) -> Response {
+    reject(
+        status,
+        negotiate(headers).unwrap_or(Mode::Json),
+        code,
+        message,
+    )
+}
 
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json; charset=utf-8";
 const JSON: &str = "application/json; charset=utf-8";
@@ -194,8 +237,9 @@ fn wants_html(headers: &HeaderMap) -> bool {
 }
 
 /// `GET /graphql`: GraphiQL for browsers, otherwise a read-only GraphQL request.
-pub(crate) async fn get(
-    State(app): State<Arc<AppState>>,
+async fn get(
+    State(app): State<Arc<GraphqlService>>,
+    identity: Option<axum::Extension<Identity>>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
@@ -224,12 +268,13 @@ pub(crate) async fn get(
         Ok(m) => m,
         Err(msg) => return reject(StatusCode::BAD_REQUEST, mode, ErrorCode::BadUserInput, msg),
     };
-    serve(&app, &headers, Method::GET, mode, map).await
+    serve(&app, identity, Method::GET, mode, map).await
 }
 
 /// `POST /graphql`.
-pub(crate) async fn post(
-    State(app): State<Arc<AppState>>,
+async fn post(
+    State(app): State<Arc<GraphqlService>>,
+    identity: Option<axum::Extension<Identity>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -258,12 +303,11 @@ pub(crate) async fn post(
     let bytes: Bytes = match axum::body::to_bytes(body, usize::MAX).await {
         Ok(b) => b,
         Err(e) => {
-            let fault = crate::server::limits::fault_of(&e);
+            let fault = crate::body::fault_of(&e);
             let msg = match fault {
-                crate::server::limits::BodyFault::TooLarge => format!(
-                    "request body is larger than {} bytes",
-                    app.settings.server.max_body_bytes
-                ),
+                crate::body::BodyFault::TooLarge => {
+                    format!("request body is larger than {} bytes", app.max_body_bytes)
+                }
                 other => other.to_string(),
             };
             return reject(fault.status(), mode, ErrorCode::BadUserInput, &msg);
@@ -296,7 +340,7 @@ pub(crate) async fn post(
             );
         }
     };
-    serve(&app, &headers, Method::POST, mode, map).await
+    serve(&app, identity, Method::POST, mode, map).await
 }
 
 fn not_acceptable() -> Response {
@@ -309,25 +353,17 @@ fn not_acceptable() -> Response {
 }
 
 async fn serve(
-    app: &AppState,
-    headers: &HeaderMap,
+    app: &GraphqlService,
+    identity: Option<axum::Extension<Identity>>,
     method: Method,
     mode: Mode,
     map: Map<String, Json>,
 ) -> Response {
-    let viewer = match app.auth.authenticate_headers(headers) {
-        Ok(v) => v,
-        Err(e) => {
-            let mut resp = reject(e.status(), mode, e.code(), &e.to_string());
-            if e.status() == StatusCode::UNAUTHORIZED {
-                resp.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
-                );
-            }
-            return resp;
-        }
-    };
+    // The authentication stage runs before this service on every route that reaches it; an
+    // absent identity (a router assembled without it) is anonymous, never trusted.
+    let viewer = identity
+        .and_then(|axum::Extension(Identity(v))| v)
+        .map(|v| v.as_ref().clone());
     let p = match params(map) {
         Ok(p) => p,
         Err(msg) => return reject(StatusCode::BAD_REQUEST, mode, ErrorCode::BadUserInput, msg),
@@ -390,7 +426,7 @@ async fn serve(
             }
         };
     // See `render`: the engine's root merge cannot take rendered values twice.
-    let renderable = app.settings.graphql.direct_json
+    let renderable = app.settings.direct_json
         && super::render::root_renderable(&doc, p.operation_name.as_deref());
     let mut request = async_graphql::Request::new(p.query);
     if let Some(name) = p.operation_name.clone() {
@@ -401,10 +437,7 @@ async fn serve(
     }
     request.set_parsed_query(doc);
 
-    let rq = Arc::new(RequestContext::new(
-        viewer,
-        app.settings.server.request_budget,
-    ));
+    let rq = Arc::new(RequestContext::new(viewer, app.request_budget));
     let mut request = request.data(rq.clone());
     if renderable {
         request = request.data(super::render::RenderJson::default());
@@ -427,7 +460,7 @@ async fn serve(
         outcome = tracing::field::Empty,
     );
     let started = std::time::Instant::now();
-    let limits = &app.settings.graphql;
+    let limits = &app.settings;
     // The estimate bounds the work; this bounds the time, whatever the estimate missed.
     let executed = tokio::time::timeout(
         limits.timeout,

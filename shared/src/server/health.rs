@@ -20,8 +20,30 @@ use serde_json::json;
 // The tokio clock, so tests can run the TTL on paused time.
 use tokio::time::Instant;
 
-use super::AppState;
-use crate::upstream::{BackendStatus, resilience::BreakerState};
+use crate::upstream::{BackendStatus, Upstream, resilience::BreakerState};
+
+/// What readiness is decided from.
+pub(crate) struct Health {
+    pub(crate) upstream: Upstream,
+    /// Which backend endpoints answer, probed at most once per TTL.
+    pub(crate) reachability: Reachability,
+    /// False from the shutdown signal on.
+    pub(crate) ready: std::sync::atomic::AtomicBool,
+}
+
+impl Health {
+    pub(crate) fn new(upstream: Upstream) -> Self {
+        Self {
+            upstream,
+            reachability: Reachability::tcp(),
+            ready: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
 
 /// How long a readiness probe waits for one TCP connect.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
@@ -43,7 +65,7 @@ pub(crate) struct Reachability {
 
 impl Reachability {
     /// TCP connects with [`PROBE_TIMEOUT`], cached for [`PROBE_TTL`].
-    pub(crate) fn tcp() -> Self {
+    fn tcp() -> Self {
         Self::with_probe(Arc::new(|url| Box::pin(tcp_reachable(url))), PROBE_TTL)
     }
 
@@ -86,7 +108,7 @@ struct Report {
     backends: serde_json::Map<String, serde_json::Value>,
 }
 
-async fn report(app: &AppState) -> Report {
+async fn report(app: &Health) -> Report {
     let statuses = app.upstream.status();
     let labels: Vec<&str> = statuses
         .iter()
@@ -129,7 +151,7 @@ pub(super) async fn healthz() -> impl IntoResponse {
 }
 
 /// The public `/readyz`: the status and one word, nothing about the backends.
-pub(super) async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+pub(super) async fn readyz(State(app): State<Arc<Health>>) -> Response {
     let (status, word) = if !app.is_ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
     } else if report(&app).await.ready {
@@ -149,7 +171,7 @@ pub(super) async fn readyz(State(app): State<Arc<AppState>>) -> Response {
 }
 
 /// The admin listener's `/readyz`: the same status, with every backend's state.
-pub(super) async fn readyz_detail(State(app): State<Arc<AppState>>) -> Response {
+pub(super) async fn readyz_detail(State(app): State<Arc<Health>>) -> Response {
     if !app.is_ready() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,

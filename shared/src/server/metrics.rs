@@ -10,13 +10,21 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::AppState;
-use crate::telemetry::metrics::CONTENT_TYPE;
+use crate::{
+    cache::FragmentCache,
+    telemetry::metrics::{CONTENT_TYPE, Metrics},
+    upstream::Upstream,
+};
 
-pub(super) async fn serve(State(app): State<Arc<AppState>>) -> Response {
-    let Some(metrics) = &app.metrics else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
+/// What a scrape reads.
+pub(crate) struct Scrape {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) upstream: Upstream,
+    pub(crate) cache: FragmentCache,
+}
+
+pub(super) async fn serve(State(app): State<Arc<Scrape>>) -> Response {
+    let metrics = &app.metrics;
     for b in app.upstream.status() {
         // No breaker counts as closed: calls are never refused.
         metrics.set_breaker_state(&b.name, b.breaker.map_or(0, |s| s.as_gauge()));

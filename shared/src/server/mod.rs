@@ -1,38 +1,37 @@
-//! The HTTP server: binds the listener, assembles the router (GraphQL over HTTP, GraphiQL,
-//! health, readiness), applies response compression, and runs until a shutdown future resolves,
-//! then drains in-flight requests within a bound.
+//! The HTTP server: binds the listeners, builds every part and assembles the public router (the
+//! GraphQL service, pass-through routes, GraphiQL, health) inside the request pipeline
+//! (`crate::pipeline`), and the admin router (readiness detail, metrics); serves both through the
+//! connection stage ([`conn`]) until a shutdown future resolves, then drains in-flight requests
+//! within a bound.
 //!
-//! Owns process-level wiring; the GraphQL protocol lives in `crate::graphql::http`, the schema in
-//! the binaries.
+//! Owns process-level wiring only; the GraphQL protocol lives in `crate::graphql::http`, the stages
+//! in `crate::pipeline`, the schema in the binaries.
 
 mod conn;
 pub mod graphiql;
 mod health;
-pub(crate) mod limits;
 mod metrics;
-mod observe;
-mod proxy;
 
 use std::{
     future::Future,
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
 };
 
 use axum::{Router, routing::get};
 use bytes::Bytes;
 use tokio::net::TcpListener;
-use tower_http::compression::CompressionLayer;
 
 use crate::{
     auth::Authenticator,
     cache::FragmentCache,
     compose::Composer,
-    config::{GraphqlSettings, Settings},
-    graphql::{GraphqlExecutor, http},
+    config::{GraphqlSettings, ServerSettings, Settings},
+    graphql::{self, GraphqlExecutor, http::GraphqlService},
+    pipeline::{
+        Edge, authn::Authn, client_addr::TrustedProxies, ip_rules::IpRules, limits::BodyLimit,
+        observe::Observe,
+    },
     telemetry::metrics::Metrics,
     upstream::{Upstream, UpstreamInitError},
 };
@@ -92,29 +91,6 @@ pub enum ServerError {
     Serve(#[source] std::io::Error),
 }
 
-/// Shared by every handler.
-pub(crate) struct AppState {
-    /// Client label for logs and metrics: `web`, `mobile`.
-    pub(crate) client: &'static str,
-    pub(crate) metrics: Option<Arc<Metrics>>,
-    pub(crate) cache: FragmentCache,
-    pub(crate) settings: Settings,
-    pub(crate) auth: Authenticator,
-    pub(crate) schema: Arc<dyn GraphqlExecutor>,
-    pub(crate) upstream: Upstream,
-    /// The GraphiQL page when enabled, rendered once: nothing in it changes while serving.
-    pub(crate) graphiql_page: Option<Bytes>,
-    /// Which backend endpoints answer, probed at most once per TTL.
-    pub(crate) reachability: health::Reachability,
-    ready: AtomicBool,
-}
-
-impl AppState {
-    pub(crate) fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-    }
-}
-
 /// Options beyond settings, set by `--demo`.
 #[derive(Debug, Clone, Default)]
 pub struct StartOptions {
@@ -127,7 +103,9 @@ pub struct Application {
     listener: TcpListener,
     admin: Option<(TcpListener, Router)>,
     router: Router,
-    state: Arc<AppState>,
+    health: Arc<health::Health>,
+    server: ServerSettings,
+    metrics: Option<Arc<Metrics>>,
     cache: FragmentCache,
 }
 
@@ -166,13 +144,31 @@ impl Application {
                     addr: settings.listen,
                     source,
                 })?;
-        let state = Arc::new(AppState {
-            client,
-            metrics: metrics.clone(),
-            auth: Authenticator::new(&settings.auth),
+
+        let edge = Edge {
+            trusted: Arc::new(TrustedProxies(settings.server.trusted_proxies.clone())),
+            observe: Arc::new(Observe {
+                client,
+                metrics: metrics.clone(),
+            }),
+            ip_rules: Arc::new(IpRules::new(
+                &settings.ip_rules.allow,
+                &settings.ip_rules.deny,
+                "global",
+                metrics.clone(),
+            )),
+            cors: crate::pipeline::cors::layer(&settings.cors),
+            authn: Authn {
+                auth: Arc::new(Authenticator::new(&settings.auth)),
+                graphql: true,
+            },
+        };
+        let graphql = Arc::new(GraphqlService {
             schema,
-            upstream,
-            cache: cache.clone(),
+            settings: settings.graphql.clone(),
+            request_budget: settings.server.request_budget,
+            max_body_bytes: settings.server.max_body_bytes,
+            metrics: metrics.clone(),
             graphiql_page: graphiql.as_ref().map(|assets| {
                 Bytes::from(assets.page(&graphiql::Page {
                     endpoint: "/graphql",
@@ -183,31 +179,43 @@ impl Application {
                     introspection: settings.graphql.introspection,
                 }))
             }),
-            reachability: health::Reachability::tcp(),
-            ready: AtomicBool::new(true),
-            settings,
         });
-        let body_limit = limits::BodyLimit {
-            max_bytes: state.settings.server.max_body_bytes,
-            timeout: state.settings.server.body_read_timeout,
+        let body_limit = BodyLimit {
+            max_bytes: settings.server.max_body_bytes,
+            timeout: settings.server.body_read_timeout,
         };
-        let mut router = Router::new()
-            .route("/graphql", get(http::get).post(http::post))
-            .route_layer(axum::middleware::from_fn_with_state(
-                body_limit,
-                limits::limit_body,
-            ))
-            .route("/healthz", get(health::healthz))
-            .route("/readyz", get(health::readyz))
-            .with_state(state.clone());
-        // The admin listener: readiness detail, and metrics, which then leave the public port.
-        let mut admin_listener = None;
-        let metrics_router = state.metrics.is_some().then(|| {
+        let health = Arc::new(health::Health::new(upstream.clone()));
+        let scrape = metrics.clone().map(|metrics| {
+            let scrape = Arc::new(metrics::Scrape {
+                metrics,
+                upstream: upstream.clone(),
+                cache: cache.clone(),
+            });
             Router::new()
                 .route("/metrics", get(metrics::serve))
-                .with_state(state.clone())
+                .with_state(scrape)
         });
-        match state.settings.admin.listen {
+
+        let mut router = edge
+            .around_service(graphql::http::router(graphql), body_limit, true)
+            .merge(
+                Router::new()
+                    .route("/healthz", get(health::healthz))
+                    .route("/readyz", get(health::readyz))
+                    .with_state(health.clone()),
+            )
+            .merge(crate::proxy::router(
+                &edge,
+                &upstream,
+                &settings.routes,
+                settings.server.body_read_timeout,
+            ));
+        if let Some(assets) = &graphiql {
+            router = router.merge(assets.router());
+        }
+        // The admin listener: readiness detail, and metrics, which then leave the public port.
+        let mut admin_listener = None;
+        match settings.admin.listen {
             Some(addr) => {
                 let l = TcpListener::bind(addr)
                     .await
@@ -215,33 +223,26 @@ impl Application {
                 let mut admin = Router::new()
                     .route("/healthz", get(health::healthz))
                     .route("/readyz", get(health::readyz_detail))
-                    .with_state(state.clone());
-                if let Some(m) = metrics_router {
+                    .with_state(health.clone());
+                if let Some(m) = scrape {
                     admin = admin.merge(m);
                 }
-                admin_listener = Some((l, admin));
+                admin_listener = Some((l, edge.around_admin(admin)));
             }
             None => {
-                if let Some(m) = metrics_router {
+                if let Some(m) = scrape {
                     router = router.merge(m);
                 }
             }
         }
-        router = router.merge(proxy::router(&state, &state.settings.routes));
-        if let Some(assets) = &graphiql {
-            router = router.merge(assets.router());
-        }
-        let router = router
-            .layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                observe::observe,
-            ))
-            .layer(CompressionLayer::new().gzip(true).br(true).zstd(true));
+        let router = edge.around_app(router);
         Ok(Self {
             listener,
             admin: admin_listener,
             router,
-            state,
+            health,
+            server: settings.server,
+            metrics,
             cache,
         })
     }
@@ -272,24 +273,24 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let state = self.state.clone();
+        let health = self.health.clone();
         let opts = conn::ConnOptions {
-            settings: state.settings.server.clone(),
-            metrics: state.metrics.clone(),
+            settings: self.server.clone(),
+            metrics: self.metrics.clone(),
         };
         // The admin listener lives exactly as long as the public one.
         let admin = self.admin.map(|(l, r)| {
             let opts = opts.clone();
             tokio::spawn(conn::serve(l, r, opts, std::future::pending()))
         });
-        let grace = state.settings.server.shutdown_grace;
-        let delay = state.settings.server.shutdown_delay;
+        let grace = self.server.shutdown_grace;
+        let delay = self.server.shutdown_delay;
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = conn::serve(self.listener, self.router, opts, async move {
             shutdown.await;
             // Readiness goes false first; the listener stays open for `shutdown_delay` so load
             // balancers notice and stop sending before connections are refused.
-            state.ready.store(false, Ordering::Relaxed);
+            health.ready.store(false, Ordering::Relaxed);
             tracing::info!(delay = ?delay, "shutting down: readiness is false");
             tokio::time::sleep(delay).await;
             tracing::info!("no longer accepting; draining in-flight requests");

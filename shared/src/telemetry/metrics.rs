@@ -98,6 +98,7 @@ pub struct Metrics {
     http_in_flight: IntGauge,
     http_connections: IntGauge,
     connections_refused: IntCounterVec,
+    ip_refused: IntCounterVec,
 
     graphql_operations: IntCounterVec,
     graphql_duration: HistogramVec,
@@ -162,6 +163,11 @@ impl Metrics {
             "bff_http_connections_refused_total",
             "Client connections closed on arrival, by reason (limit: server.max_connections reached).",
             &["reason"],
+        )?;
+        let ip_refused = f.counter(
+            "bff_ip_refused_total",
+            "Requests refused by the client-address rules, by scope (global or the pass-through route's prefix).",
+            &["scope"],
         )?;
         let graphql_operations = f.counter(
             "bff_graphql_operations_total",
@@ -239,6 +245,7 @@ impl Metrics {
             http_in_flight,
             http_connections,
             connections_refused,
+            ip_refused,
             graphql_operations,
             graphql_duration,
             upstream_requests,
@@ -288,6 +295,12 @@ impl Metrics {
     /// Counts one connection closed on arrival; `reason` is a fixed word (`limit`).
     pub fn connection_refused(&self, reason: &'static str) {
         self.connections_refused.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts one request refused by the client-address rules of `scope` (`global` or a route
+    /// prefix: bounded by the config).
+    pub fn ip_refused(&self, scope: &str) {
+        self.ip_refused.with_label_values(&[scope]).inc();
     }
 
     /// Records one GraphQL operation. `operation` is the client's operationName (`None` =

@@ -17,7 +17,6 @@ use opentelemetry_sdk::{
     Resource,
     trace::{Sampler, SdkTracerProvider},
 };
-use serde::{Deserialize, Serialize};
 
 /// Endpoint for all OTLP signals (standard variable).
 const ENV_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
@@ -28,34 +27,7 @@ const ENV_SDK_DISABLED: &str = "OTEL_SDK_DISABLED";
 /// The service name when the config does not give one (standard variable).
 const ENV_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 
-/// OTLP trace export settings (`telemetry.otlp` in the config tree).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OtlpSettings {
-    /// Export spans. Also switched on by the standard endpoint variables (see [`wanted`]).
-    pub enabled: bool,
-    /// Collector gRPC endpoint, e.g. `http://otel-collector:4317`. `None` leaves it to
-    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`, else the SDK default
-    /// (`http://localhost:4317`).
-    pub endpoint: Option<String>,
-    /// `service.name` of the exported resource. `None` → `OTEL_SERVICE_NAME`, else the binary's
-    /// own name.
-    pub service_name: Option<String>,
-    /// Fraction of new root traces recorded, `0.0..=1.0`. Requests that arrive with a sampled
-    /// `traceparent` follow the caller's decision instead, so a trace is never half-exported.
-    pub sample_ratio: f64,
-}
-
-impl Default for OtlpSettings {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            endpoint: None,
-            service_name: None,
-            sample_ratio: 1.0,
-        }
-    }
-}
+pub use crate::config::OtlpSettings;
 
 /// Why an exporting provider could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -13,8 +13,9 @@ pub mod resilience;
 pub(crate) mod rest;
 mod titles_codec;
 
-use std::{collections::HashMap, fmt, str::FromStr, sync::Arc, time::Instant};
+use std::{collections::HashMap, sync::Arc, time::Instant};
 
+pub use crate::config::BackendId;
 pub use error::BackendError;
 use policy::Failure;
 pub use policy::{BackendStatus, CallKind};
@@ -27,79 +28,6 @@ use crate::{
     },
     telemetry::metrics::Metrics,
 };
-
-/// The backends, named as in config keys, metrics and the `backend` error extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum BackendId {
-    /// User profiles (REST).
-    Profile,
-    /// Playback positions (REST).
-    ContinueWatching,
-    /// The user's saved titles (REST, mutable).
-    MyList,
-    /// Top 10 per region (REST).
-    Top10,
-    /// New releases per region (REST).
-    NewReleases,
-    /// Title metadata (gRPC).
-    Catalog,
-    /// Personalized suggestions (gRPC).
-    Recommendations,
-}
-
-impl BackendId {
-    /// All backends.
-    pub const ALL: [BackendId; 7] = [
-        Self::Profile,
-        Self::ContinueWatching,
-        Self::MyList,
-        Self::Top10,
-        Self::NewReleases,
-        Self::Catalog,
-        Self::Recommendations,
-    ];
-
-    /// Config/metrics name, e.g. `continue_watching`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Profile => "profile",
-            Self::ContinueWatching => "continue_watching",
-            Self::MyList => "my_list",
-            Self::Top10 => "top10",
-            Self::NewReleases => "new_releases",
-            Self::Catalog => "catalog",
-            Self::Recommendations => "recommendations",
-        }
-    }
-
-    /// The REST root path a service conventionally lives under (`/continue-watching`); `None` for gRPC.
-    pub const fn rest_path(self) -> Option<&'static str> {
-        match self {
-            Self::Profile => Some("/profile"),
-            Self::ContinueWatching => Some("/continue-watching"),
-            Self::MyList => Some("/my-list"),
-            Self::Top10 => Some("/top10"),
-            Self::NewReleases => Some("/new-releases"),
-            Self::Catalog | Self::Recommendations => None,
-        }
-    }
-}
-
-impl fmt::Display for BackendId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for BackendId {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|b| b.name() == s)
-            .ok_or_else(|| format!("unknown backend `{s}`"))
-    }
-}
 
 /// Who a call is made for and until when; the identity header comes from here and nowhere else.
 #[derive(Debug, Clone, Default)]

@@ -41,19 +41,7 @@ use tokio::task::JoinHandle;
 
 use super::{grow, lock, read, write};
 
-/// How [`EndpointSet::pick`] chooses among usable endpoints.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize, serde::Serialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    /// Each usable endpoint in turn (an atomic cursor).
-    #[default]
-    RoundRobin,
-    /// Two random endpoints, the one with fewer calls in flight wins ("power of two choices"):
-    /// nearly as good as scanning all for the least loaded, without herding onto one endpoint.
-    LeastOutstanding,
-}
+pub use crate::config::Strategy;
 
 /// Passive outlier ejection tuning.
 #[derive(Debug, Clone, PartialEq, Eq)]

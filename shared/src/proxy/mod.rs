@@ -19,21 +19,19 @@ use axum::{
     body::Body,
     extract::{Request, State},
     http::{HeaderMap, HeaderName, Method, StatusCode, header},
-    response::{IntoResponse, Response},
+    response::Response,
     routing::any,
 };
 use futures::TryStreamExt;
 
-use super::{
-    AppState,
-    limits::{BodyLimit, BodyWatch, limit_body},
-};
 use crate::{
+    auth::Identity,
+    body::BodyWatch,
     config::RouteSettings,
-    error::ErrorCode,
-    graphql::errors::error_body,
+    error::{ErrorCode, json_error as error},
+    pipeline::{Edge, ip_rules::IpRules, limits::BodyLimit},
     upstream::policy::Failure,
-    upstream::{CallContext, CallKind, rest::RestBackend, rest::transport},
+    upstream::{CallContext, CallKind, Upstream, rest::RestBackend, rest::transport},
 };
 
 /// Headers that describe one hop, never the message (RFC 9110 §7.6.1), plus `Host`.
@@ -57,12 +55,18 @@ struct Route {
     require_auth: bool,
 }
 
-/// The router for every configured route.
-pub(crate) fn router(state: &Arc<AppState>, routes: &[RouteSettings]) -> Router {
+/// The router for every configured route, each inside the pipeline's service stages (body
+/// limits at the route's own size, authentication) and its own client-address rules.
+pub(crate) fn router(
+    edge: &Edge,
+    upstream: &Upstream,
+    routes: &[RouteSettings],
+    body_timeout: std::time::Duration,
+) -> Router {
     let mut router = Router::new();
     for r in routes {
         // Validation guarantees the backend exists; a missing one is skipped rather than panicking.
-        let Some(backend) = state.upstream.rest_by_name(&r.backend) else {
+        let Some(backend) = upstream.rest_by_name(&r.backend) else {
             tracing::error!(route = %r.prefix, backend = %r.backend, "route backend missing; route disabled");
             continue;
         };
@@ -73,37 +77,27 @@ pub(crate) fn router(state: &Arc<AppState>, routes: &[RouteSettings]) -> Router 
             max_body: r.max_body_bytes,
             require_auth: r.require_auth,
         });
-        let handler = {
-            let route = route.clone();
-            move |State(app): State<Arc<AppState>>, req: Request| {
-                let route = route.clone();
-                async move { proxy(&app, &route, req).await }
-            }
-        };
+        let handler =
+            |State(route): State<Arc<Route>>, req: Request| async move { proxy(&route, req).await };
+        let routes = Router::new()
+            .route(&r.prefix, any(handler))
+            .route(&format!("{}/{{*rest}}", r.prefix), any(handler))
+            .with_state(route);
         let limit = BodyLimit {
             max_bytes: r.max_body_bytes,
-            timeout: state.settings.server.body_read_timeout,
+            timeout: body_timeout,
         };
-        let routes = Router::new()
-            .route(&r.prefix, any(handler.clone()))
-            .route(&format!("{}/{{*rest}}", r.prefix), any(handler))
-            .route_layer(axum::middleware::from_fn_with_state(limit, limit_body));
+        let mut routes = edge.around_service(routes, limit, false);
+        let rules = IpRules::new(&r.allow, &r.deny, &r.prefix, edge.observe.metrics.clone());
+        if !rules.is_open() {
+            routes = routes.route_layer(axum::middleware::from_fn_with_state(
+                Arc::new(rules),
+                crate::pipeline::ip_rules::check,
+            ));
+        }
         router = router.merge(routes);
     }
-    router.with_state(state.clone())
-}
-
-fn error(status: StatusCode, code: ErrorCode, message: &str, backend: Option<&str>) -> Response {
-    let mut body = error_body(code, message);
-    if let (Some(b), Some(ext)) = (backend, body["errors"][0]["extensions"].as_object_mut()) {
-        ext.insert("backend".into(), b.into());
-    }
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
-        body.to_string(),
-    )
-        .into_response()
+    router
 }
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
@@ -123,11 +117,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-async fn proxy(app: &AppState, route: &Route, req: Request) -> Response {
-    let viewer = match app.auth.authenticate_headers(req.headers()) {
-        Ok(v) => v,
-        Err(e) => return error(e.status(), e.code(), &e.to_string(), None),
-    };
+async fn proxy(route: &Route, req: Request) -> Response {
+    // The authentication stage put the verified identity here; none means anonymous.
+    let viewer = req.extensions().get::<Identity>().and_then(|i| i.0.clone());
     if route.require_auth && viewer.is_none() {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -195,7 +187,7 @@ async fn proxy(app: &AppState, route: &Route, req: Request) -> Response {
     };
     let body = Mutex::new(Some(body));
     let cx = CallContext {
-        user: viewer.map(|v| v.user_id),
+        user: viewer.map(|v| v.user_id.clone()),
         deadline: None,
         trace: crate::telemetry::current(),
     };
@@ -231,7 +223,7 @@ async fn proxy(app: &AppState, route: &Route, req: Request) -> Response {
         Ok(r) => r,
         Err(Failure::Client(why)) => {
             // Without a recorded fault, the excuse was a stalled upload.
-            let fault = watch.fault().unwrap_or(super::limits::BodyFault::TimedOut);
+            let fault = watch.fault().unwrap_or(crate::body::BodyFault::TimedOut);
             tracing::info!(route = %route.prefix, reason = %why, "pass-through call broken by the client");
             return fault.response(route.max_body);
         }

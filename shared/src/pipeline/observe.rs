@@ -1,8 +1,8 @@
-//! The observation middleware: for every request it takes or creates the W3C trace context and the
+//! The observe stage: for every request it takes or creates the W3C trace context and the
 //! request id, runs the request inside one `http.request` span (route template, method, status,
-//! duration, client, GraphQL operation), puts `x-trace-id` and `x-request-id` on the response, and
-//! writes one access-log line. Route labels are templates (`/graphql`, a route prefix), never raw
-//! paths, so logs and metrics stay bounded.
+//! duration, client, client address, GraphQL operation), puts `x-trace-id` and `x-request-id` on
+//! the response, and writes one access-log line. Route labels are templates (`/graphql`, a route
+//! prefix), never raw paths, so logs and metrics stay bounded.
 
 use std::{sync::Arc, time::Instant};
 
@@ -14,17 +14,22 @@ use axum::{
 };
 use tracing::{Instrument, field};
 
-use super::AppState;
+use super::client_addr::ClientAddr;
 use crate::telemetry::{
     RequestTrace,
+    metrics::Metrics,
     trace::{REQUEST_ID, TRACE_ID, TraceContext, request_id},
 };
 
-pub(super) async fn observe(
-    State(app): State<Arc<AppState>>,
-    req: Request,
-    next: Next,
-) -> Response {
+/// The stage's state.
+pub(crate) struct Observe {
+    /// Client label for logs and metrics: `web`, `mobile`.
+    pub(crate) client: &'static str,
+    pub(crate) metrics: Option<Arc<Metrics>>,
+}
+
+/// The middleware.
+pub(crate) async fn observe(State(app): State<Arc<Observe>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let trace = TraceContext::from_headers(req.headers());
     let request_id: Arc<str> = Arc::from(request_id(req.headers()));
@@ -33,6 +38,11 @@ pub(super) async fn observe(
         .get::<MatchedPath>()
         .map_or_else(|| "other".to_owned(), |p| p.as_str().to_owned());
     let method = req.method().clone();
+    let addr = req
+        .extensions()
+        .get::<ClientAddr>()
+        .map(|a| a.0.to_string())
+        .unwrap_or_default();
     let span = tracing::info_span!(
         "http.request",
         otel.name = %format!("{method} {route}"),
@@ -40,6 +50,7 @@ pub(super) async fn observe(
         http.route = %route,
         http.status_code = field::Empty,
         client = app.client,
+        client.address = %addr,
         graphql.operation = field::Empty,
         trace_id = field::Empty,
         request_id = %request_id,
@@ -80,6 +91,7 @@ pub(super) async fn observe(
         status,
         duration_ms = took.as_secs_f64() * 1000.0,
         client = app.client,
+        client_address = %addr,
         trace_id = %trace_hex,
         request_id = %request_id,
         "request"
