@@ -14,6 +14,8 @@ mod http_spec;
 mod mobile;
 mod mutations;
 mod observability;
+mod pki;
 mod rendering;
 mod resilience;
 mod schema_files;
+mod tls;

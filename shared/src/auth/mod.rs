@@ -20,6 +20,11 @@ pub struct Viewer {
     pub user_id: UserId,
 }
 
+/// The subject (common name) of the client certificate the connection's TLS handshake verified
+/// against `tls.client_ca_file`; on every request of that connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert(pub String);
+
 /// The authentication stage's verdict on one request, on its extensions: a verified viewer, or
 /// `None` for an anonymous request. Only the pipeline's authentication stage inserts it.
 #[derive(Debug, Clone, Default)]
@@ -142,6 +147,12 @@ impl Authenticator {
             return Err(AuthError::Duplicate);
         }
         self.authenticate(first.map(http::HeaderValue::as_bytes))
+    }
+
+    /// The viewer a verified client certificate names (its subject must be a valid user id).
+    pub fn viewer_from_certificate(&self, cert: &ClientCert) -> Result<Viewer, AuthError> {
+        let user_id = UserId::from_verified_subject(&cert.0).ok_or(AuthError::InvalidSubject)?;
+        Ok(Viewer { user_id })
     }
 
     /// `Ok(None)` for no header (anonymous), `Ok(Some)` for a valid token, `Err` otherwise.

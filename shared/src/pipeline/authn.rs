@@ -1,6 +1,6 @@
-//! The authentication stage: the request's bearer token (or, later, its client certificate)
-//! becomes a verified [`Viewer`] on the request's extensions as an [`Identity`], or the request is
-//! anonymous. A token that does not verify is refused here (`401` with `WWW-Authenticate`; two
+//! The authentication stage: the request's bearer token — or, with `tls.client_cert_identity` and
+//! no token, the subject of its verified client certificate (service clients) — becomes a verified
+//! viewer on the request's extensions as an [`Identity`], or the request is anonymous. A token that does not verify is refused here (`401` with `WWW-Authenticate`; two
 //! `Authorization` headers `400`) — never silently anonymous — so nothing below ever sees an
 //! unverified identity. What a viewer may do is decided further down (scopes, claims).
 
@@ -14,7 +14,7 @@ use axum::{
 };
 
 use crate::{
-    auth::{Authenticator, Identity},
+    auth::{Authenticator, ClientCert, Identity},
     error::json_error,
 };
 
@@ -24,6 +24,8 @@ use crate::{
 pub(crate) struct Authn {
     pub(crate) auth: Arc<Authenticator>,
     pub(crate) graphql: bool,
+    /// `tls.client_cert_identity`: a verified client certificate without a token is a viewer.
+    pub(crate) client_cert_identity: bool,
 }
 
 /// The middleware.
@@ -32,7 +34,15 @@ pub(crate) async fn authenticate(
     mut req: Request,
     next: Next,
 ) -> Response {
-    match stage.auth.authenticate_headers(req.headers()) {
+    let verdict = match stage.auth.authenticate_headers(req.headers()) {
+        // No token: a service client may be known by its verified certificate.
+        Ok(None) if stage.client_cert_identity => match req.extensions().get::<ClientCert>() {
+            Some(cert) => stage.auth.viewer_from_certificate(cert).map(Some),
+            None => Ok(None),
+        },
+        other => other,
+    };
+    match verdict {
         Ok(viewer) => {
             req.extensions_mut().insert(Identity(viewer.map(Arc::new)));
             next.run(req).await

@@ -1,5 +1,7 @@
-//! The connection stage: accepts TCP connections, serves HTTP/1.1 and HTTP/2 on them with hyper,
-//! and bounds what one connection can hold: how long its request headers may take to arrive
+//! The connection stage: accepts TCP connections, terminates TLS when configured ([`super::tls`]:
+//! the handshake must finish within `server.header_read_timeout`; a verified client certificate's
+//! subject goes on every request of the connection as [`ClientCert`]), serves HTTP/1.1 and HTTP/2
+//! on them with hyper, and bounds what one connection can hold: how long its request headers may take to arrive
 //! (`server.header_read_timeout`), how long it may sit idle between requests
 //! (`server.idle_timeout`), how many connections are open at once (`server.max_connections`),
 //! how large a request head may be, and HTTP/2's stream, header-list and reset-flood limits.
@@ -32,17 +34,20 @@ use hyper_util::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     sync::{Semaphore, watch},
 };
 
-use crate::{config::ServerSettings, telemetry::metrics::Metrics};
+use super::tls::Tls;
+use crate::{auth::ClientCert, config::ServerSettings, telemetry::metrics::Metrics};
 
 /// What the stage needs besides the listener and the router.
 #[derive(Clone)]
 pub(crate) struct ConnOptions {
     pub(crate) settings: ServerSettings,
     pub(crate) metrics: Option<Arc<Metrics>>,
+    /// TLS termination, when configured.
+    pub(crate) tls: Option<Arc<Tls>>,
 }
 
 /// Milliseconds since the process's first use of this clock: an instant that fits an atomic.
@@ -162,6 +167,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Observed<I> {
 struct ConnService {
     router: Router,
     peer: SocketAddr,
+    client_cert: Option<ClientCert>,
     activity: Arc<Activity>,
 }
 
@@ -172,6 +178,9 @@ impl hyper::service::Service<http::Request<Incoming>> for ConnService {
 
     fn call(&self, mut req: http::Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(ConnectInfo(self.peer));
+        if let Some(cert) = &self.client_cert {
+            req.extensions_mut().insert(cert.clone());
+        }
         let guard = ActiveGuard::new(&self.activity);
         let served = tower::ServiceExt::oneshot(self.router.clone(), req);
         Box::pin(async move {
@@ -248,8 +257,59 @@ pub(crate) async fn serve(
         let idle = opts.settings.idle_timeout;
         let open = opts.metrics.as_ref().map(|m| m.http_connection());
         let router = router.clone();
+        let tls = opts.tls.clone();
+        let handshake = opts.settings.header_read_timeout;
         tokio::spawn(async move {
-            connection(stream, peer, router, &builder, idle, &mut stop).await;
+            let activity = Arc::new(Activity::default());
+            activity.touch();
+            match tls {
+                None => {
+                    let io = Observed {
+                        io: stream,
+                        activity: activity.clone(),
+                    };
+                    let service = ConnService {
+                        router,
+                        peer,
+                        client_cert: None,
+                        activity,
+                    };
+                    connection(io, service, &builder, idle, &mut stop).await;
+                }
+                Some(tls) => {
+                    let accepted =
+                        tokio::time::timeout(handshake, tls.acceptor().accept(stream)).await;
+                    let stream = match accepted {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let client_cert = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(super::tls::client_subject)
+                        .map(ClientCert);
+                    let io = Observed {
+                        io: stream,
+                        activity: activity.clone(),
+                    };
+                    let service = ConnService {
+                        router,
+                        peer,
+                        client_cert,
+                        activity,
+                    };
+                    connection(io, service, &builder, idle, &mut stop).await;
+                }
+            }
             drop(open);
             drop(slot);
         });
@@ -262,25 +322,18 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-async fn connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    router: Router,
+async fn connection<I>(
+    io: Observed<I>,
+    service: ConnService,
     builder: &auto::Builder<TokioExecutor>,
     idle: Duration,
     stop: &mut watch::Receiver<()>,
-) {
-    let activity = Arc::new(Activity::default());
-    activity.touch();
-    let io = TokioIo::new(Observed {
-        io: stream,
-        activity: activity.clone(),
-    });
-    let service = ConnService {
-        router,
-        peer,
-        activity: activity.clone(),
-    };
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = service.activity.clone();
+    let peer = service.peer;
+    let io = TokioIo::new(io);
     let conn = builder.serve_connection_with_upgrades(io, service);
     let mut conn = std::pin::pin!(conn);
     let mut closing = false;

@@ -11,6 +11,7 @@ mod conn;
 pub mod graphiql;
 mod health;
 mod metrics;
+pub mod tls;
 
 use std::{
     future::Future,
@@ -89,6 +90,9 @@ pub enum ServerError {
     /// The server loop failed.
     #[error("server error: {0}")]
     Serve(#[source] std::io::Error),
+    /// TLS could not be set up.
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Options beyond settings, set by `--demo`.
@@ -106,6 +110,7 @@ pub struct Application {
     health: Arc<health::Health>,
     server: ServerSettings,
     metrics: Option<Arc<Metrics>>,
+    tls: Option<Arc<tls::Tls>>,
     cache: FragmentCache,
 }
 
@@ -137,6 +142,11 @@ impl Application {
             .graphiql
             .enabled
             .then(|| graphiql::GraphiqlAssets::locate(settings.graphiql.assets_dir.as_deref()));
+        let tls = if settings.tls.enabled() {
+            Some(tls::Tls::load(&settings.tls)?)
+        } else {
+            None
+        };
         let listener =
             TcpListener::bind(settings.listen)
                 .await
@@ -161,6 +171,7 @@ impl Application {
             authn: Authn {
                 auth: Arc::new(Authenticator::new(&settings.auth)),
                 graphql: true,
+                client_cert_identity: settings.tls.client_cert_identity,
             },
         };
         let graphql = Arc::new(GraphqlService {
@@ -243,6 +254,7 @@ impl Application {
             health,
             server: settings.server,
             metrics,
+            tls,
             cache,
         })
     }
@@ -277,10 +289,16 @@ impl Application {
         let opts = conn::ConnOptions {
             settings: self.server.clone(),
             metrics: self.metrics.clone(),
+            tls: self.tls.clone(),
         };
-        // The admin listener lives exactly as long as the public one.
+        let tls_watch = self.tls.as_ref().map(tls::Tls::watch);
+        // The admin listener lives exactly as long as the public one; it is for operators on a
+        // private network and speaks plain HTTP.
         let admin = self.admin.map(|(l, r)| {
-            let opts = opts.clone();
+            let opts = conn::ConnOptions {
+                tls: None,
+                ..opts.clone()
+            };
             tokio::spawn(conn::serve(l, r, opts, std::future::pending()))
         });
         let grace = self.server.shutdown_grace;
@@ -312,6 +330,9 @@ impl Application {
         };
         if let Some(admin) = admin {
             admin.abort();
+        }
+        if let Some(watch) = tls_watch {
+            watch.abort();
         }
         result
     }

@@ -48,11 +48,44 @@ pub(crate) fn channel(
                 .map_err(|e: http::uri::InvalidUri| e.to_string())?,
         );
     }
+    if url.starts_with("https://") {
+        endpoint = endpoint
+            .tls_config(client_tls(url, origin, s)?)
+            .map_err(|e| e.to_string())?;
+    }
     Ok(endpoint
         .connect_timeout(s.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .connect_lazy())
+}
+
+/// TLS for an `https://` gRPC endpoint: the backend's CA (else the system's roots), its client
+/// certificate, and the configured host name as the server name even when the URL holds a
+/// resolved address.
+fn client_tls(
+    url: &str,
+    origin: Option<&str>,
+    s: &BackendSettings,
+) -> Result<tonic::transport::ClientTlsConfig, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let mut tls = ClientTlsConfig::new();
+    match &s.tls.ca_file {
+        Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read(ca)?)),
+        None => tls = tls.with_enabled_roots(),
+    }
+    if let (Some(cert), Some(key)) = (&s.tls.cert_file, &s.tls.key_file) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    let host = origin
+        .and_then(|o| o.parse::<http::Uri>().ok())
+        .or_else(|| url.parse::<http::Uri>().ok())
+        .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_owned()));
+    if let Some(host) = host {
+        tls = tls.domain_name(host);
+    }
+    Ok(tls)
 }
 
 impl GrpcBackend {

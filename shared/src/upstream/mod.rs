@@ -56,6 +56,14 @@ pub enum UpstreamInitError {
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    /// A backend's TLS files are unusable.
+    #[error("backend {backend}: TLS: {reason}")]
+    Tls {
+        /// Which backend.
+        backend: String,
+        /// Which file and why.
+        reason: String,
+    },
 }
 
 /// One endpoint per configured URL of backend `name`, each keyed as the balancer names it; an

@@ -66,13 +66,30 @@ impl RestBackend {
             let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
             Ok(RestEndpoint::keyed(&parsed, None))
         })?;
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder()
             .connect_timeout(s.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
-            .user_agent(concat!("bff/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("bff/", env!("CARGO_PKG_VERSION")));
+        // `https://` backends: this backend's own CA instead of the system's, and a client
+        // certificate when it asks for one.
+        let tls_err = |path: &std::path::Path, e: &dyn std::fmt::Display| UpstreamInitError::Tls {
+            backend: name.to_owned(),
+            reason: format!("{}: {e}", path.display()),
+        };
+        if let Some(ca) = &s.tls.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| tls_err(ca, &e))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| tls_err(ca, &e))?;
+            client = client.tls_certs_only(certs);
+        }
+        if let (Some(cert), Some(key)) = (&s.tls.cert_file, &s.tls.key_file) {
+            let mut pem = std::fs::read(cert).map_err(|e| tls_err(cert, &e))?;
+            pem.extend(std::fs::read(key).map_err(|e| tls_err(key, &e))?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| tls_err(cert, &e))?;
+            client = client.identity(identity);
+        }
+        let client = client.build()?;
         let backend = Self {
             client,
             policy: BackendPolicy::new(name, s, endpoints, metrics),
