@@ -1,20 +1,21 @@
-//! `--demo`: the fixture backends in-process on ephemeral ports, the BFF pointed at them, a fresh
-//! random signing secret and a ready-made token for user `u1`, so a newcomer sees a personalized
-//! homepage with one command.
+//! `--demo`: the fixture backends in-process on ephemeral ports, the BFF pointed at them, the
+//! fixtures' identity provider as the one issuer it trusts (RS256 tokens verified against its
+//! JWKS, found through its discovery document, exactly as with a real provider), and a ready-made
+//! token for user `u1`, so a newcomer sees a personalized homepage with one command.
 
-use bff_fixtures::{FixtureOptions, Fixtures};
-use rand::RngCore;
+use std::time::Duration;
+
+use bff_fixtures::{FixtureOptions, Fixtures, idp};
 
 use crate::{
-    auth::{SignError, TokenSigner},
-    config::{BackendsSettings, Secret, Settings},
+    config::{BackendsSettings, IssuerSettings, Settings},
     upstream::BackendId,
 };
 
 /// User the demo token is for.
 pub const DEMO_USER: &str = "u1";
 /// Demo token lifetime: long enough for an afternoon of exploring.
-const DEMO_TOKEN_TTL_SECS: u64 = 12 * 3600;
+const DEMO_TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
 
 /// Why demo mode could not start.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +25,7 @@ pub enum DemoError {
     Fixtures(#[from] bff_fixtures::FixtureError),
     /// The token could not be signed.
     #[error(transparent)]
-    Sign(#[from] SignError),
+    Sign(#[from] idp::IdpError),
 }
 
 /// A running demo environment; the fixtures stop when it is dropped or stopped.
@@ -35,19 +36,27 @@ pub struct Demo {
     pub token: String,
 }
 
-/// Starts the fixtures and rewrites `settings` to use them and a fresh random secret.
+/// Starts the fixtures and rewrites `settings` to use them and to trust their identity provider.
 pub async fn start(settings: &mut Settings) -> Result<Demo, DemoError> {
     let fixtures = Fixtures::start(FixtureOptions::default()).await?;
     settings.backends = BackendsSettings::at(|b| fixtures.url(fixture_backend(b)));
-    let mut secret = [0u8; 32];
-    rand::rng().fill_bytes(&mut secret);
-    let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    settings.auth.hs256_secret = Some(Secret::new(secret));
-    let signer = TokenSigner::from_settings(&settings.auth);
-    let token = match signer {
-        Some(s) => s.sign(DEMO_USER, DEMO_TOKEN_TTL_SECS)?,
-        None => String::new(),
-    };
+    settings.auth.hs256_secret = None;
+    settings.auth.issuers = vec![IssuerSettings {
+        issuer: fixtures.idp().issuer().to_owned(),
+        jwks_url: None,
+        jwks_file: None,
+        audiences: vec![idp::AUDIENCE.to_owned()],
+        algorithms: vec!["RS256".to_owned()],
+        refresh: Duration::from_secs(600),
+        ca_file: None,
+    }];
+    settings.auth.maturity_claim = Some("max_rating".to_owned());
+    let token = fixtures.idp().token(
+        DEMO_USER,
+        idp::DEFAULT_SCOPES,
+        serde_json::Map::new(),
+        DEMO_TOKEN_TTL,
+    )?;
     Ok(Demo { fixtures, token })
 }
 

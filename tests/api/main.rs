@@ -5,6 +5,7 @@
 
 mod auth;
 mod cache;
+mod edge;
 mod failures;
 mod first_minutes;
 mod helpers;

@@ -52,12 +52,19 @@ impl RequestContext {
         }
     }
 
+    /// A call for `user` (the viewer, for per-user data) or for nobody (shared data).
     fn call(&self, user: Option<&UserId>, deadline: Option<Instant>) -> CallContext {
-        CallContext {
-            user: user.cloned(),
-            deadline,
-            trace: self.trace.clone(),
+        let viewer = self
+            .viewer
+            .as_ref()
+            .filter(|v| user.is_some_and(|u| *u == v.user_id));
+        let mut cx = CallContext::for_viewer(viewer, deadline, self.trace.clone());
+        // A per-user call is only ever made for the viewer; should that change, the user still
+        // comes from here and nothing of the viewer's token travels with it.
+        if viewer.is_none() {
+            cx.user = user.cloned();
         }
+        cx
     }
 }
 
@@ -150,6 +157,20 @@ impl Entry {
 
 type Source = Result<Vec<Entry>, BackendError>;
 
+/// What viewers may do and see, decided here (in composition) and never by a field guard that a
+/// rendering shortcut could skip: the scope each mutation needs, and the maturity ceiling a
+/// viewer's token sets (applied to every row, the hero and `title(id)`).
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Scope each mutation requires, by field name (`auth.mutation_scopes`).
+    pub mutation_scopes: std::collections::BTreeMap<String, String>,
+}
+
+/// Whether a title may be shown to a viewer with maturity ceiling `max` (an age).
+fn within_ceiling(title: &Title, max: Option<u8>) -> bool {
+    max.is_none_or(|max| crate::auth::maturity_age(&title.maturity_rating) <= max)
+}
+
 /// Builds homepages and single titles from the upstream clients for one client profile.
 #[derive(Clone)]
 pub struct Composer {
@@ -157,6 +178,7 @@ pub struct Composer {
     cache: FragmentCache,
     profile: Arc<ClientProfile>,
     default_region: Region,
+    access: Arc<Access>,
 }
 
 impl Composer {
@@ -170,6 +192,23 @@ impl Composer {
             cache,
             profile,
             default_region,
+            access: Arc::new(Access::default()),
+        }
+    }
+
+    /// The same composer holding `access` (what viewers may do and see).
+    pub fn with_access(self, access: Access) -> Self {
+        Self {
+            access: Arc::new(access),
+            ..self
+        }
+    }
+
+    /// Whether `viewer` may run the mutation `field`; `Err` names the scope it lacks.
+    pub fn authorize_mutation<'a>(&'a self, viewer: &Viewer, field: &str) -> Result<(), &'a str> {
+        match self.access.mutation_scopes.get(field) {
+            Some(scope) if !viewer.has_scope(scope) => Err(scope),
+            _ => Ok(()),
         }
     }
 
@@ -291,11 +330,16 @@ impl Composer {
                     continue;
                 }
             };
+            let ceiling = viewer.and_then(|v| v.max_maturity);
             let items: Vec<RowItem> = entries
                 .iter()
                 .filter_map(|e| {
-                    // Ids the catalog does not know are dropped: never an invented title.
-                    let title = batch.get(&e.title_id)?.clone();
+                    // Ids the catalog does not know are dropped: never an invented title. Nor
+                    // is one above the viewer's maturity ceiling shown.
+                    let title = batch
+                        .get(&e.title_id)
+                        .filter(|t| within_ceiling(t, ceiling))?
+                        .clone();
                     Some(RowItem {
                         title,
                         progress: e.progress,
@@ -497,13 +541,19 @@ impl Composer {
         within(rq.deadline, BackendId::Catalog, load).await
     }
 
-    /// One title by id; `Ok(None)` when the catalog does not know it.
+    /// One title by id; `Ok(None)` when the catalog does not know it or it is above the
+    /// viewer's maturity ceiling (indistinguishable on purpose).
     pub async fn title(
         &self,
         id: &str,
         rq: &RequestContext,
     ) -> Result<Option<Arc<Title>>, BackendError> {
-        Ok(self.hydrate(&[id.to_owned()], rq).await?.remove(id))
+        let ceiling = rq.viewer.as_ref().and_then(|v| v.max_maturity);
+        Ok(self
+            .hydrate(&[id.to_owned()], rq)
+            .await?
+            .remove(id)
+            .filter(|t| within_ceiling(t, ceiling)))
     }
 }
 

@@ -333,20 +333,99 @@ impl Default for GraphiqlSettings {
     }
 }
 
-/// Token verification (HS256).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Token verification (`auth.*`): identity providers' JWKS-signed tokens (`[[auth.issuers]]`), and
+/// HS256 with a shared secret for development.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
-    /// Shared HS256 secret. Unset → every bearer token is rejected, anonymous requests work.
+    /// Shared HS256 secret (development). Unset, and no issuers: every bearer token is rejected,
+    /// anonymous requests work.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hs256_secret: Option<Secret>,
-    /// Required `iss` claim, when set.
+    /// Required `iss` claim of HS256 tokens, when set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
-    /// Required `aud` claim, when set.
+    /// Required audience of HS256 tokens, when set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
+    #[serde(with = "duration")]
+    pub leeway: Duration,
+    /// Identity providers whose tokens are accepted, each with its own key set.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub issuers: Vec<IssuerSettings>,
+    /// A claim that caps the maturity rating of what the viewer is shown (e.g. `max_rating` with
+    /// a value such as `"PG"` or an age such as `13`); titles above it are hidden everywhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maturity_claim: Option<String>,
+    /// Scope each mutation requires, by field name; a token without it gets `FORBIDDEN` naming
+    /// the scope. Scopes come from the `scope` claim (space separated) or `scp` (an array).
+    pub mutation_scopes: BTreeMap<String, String>,
 }
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            hs256_secret: None,
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(5),
+            issuers: Vec::new(),
+            maturity_claim: None,
+            mutation_scopes: [
+                ("addToMyList", "mylist:write"),
+                ("removeFromMyList", "mylist:write"),
+                ("reportProgress", "progress:write"),
+            ]
+            .into_iter()
+            .map(|(m, s)| (m.to_owned(), s.to_owned()))
+            .collect(),
+        }
+    }
+}
+
+/// One identity provider (`[[auth.issuers]]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSettings {
+    /// The provider's issuer URL, exactly as its tokens' `iss` claim says it (e.g.
+    /// `https://id.example.com/`).
+    pub issuer: String,
+    /// Where its key set is; unset (and no `jwks_file`): found through the issuer's OpenID
+    /// discovery document (`<issuer>/.well-known/openid-configuration`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// A key set on disk instead of a URL (re-read on every refresh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+    /// Audiences accepted (a token's `aud`, a string or an array, must hold one of them).
+    pub audiences: Vec<String>,
+    /// Algorithms accepted from this provider; a key is only ever used with the algorithms its
+    /// own type allows (never the token's say-so alone).
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// How often the key set is fetched again.
+    #[serde(with = "duration", default = "default_jwks_refresh")]
+    pub refresh: Duration,
+    /// CA certificates (PEM) for an `https://` key-set or discovery URL signed by a private CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_algorithms() -> Vec<String> {
+    ["RS256", "PS256", "ES256", "EdDSA"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// The asymmetric algorithms an issuer may allow.
+pub const ISSUER_ALGORITHMS: [&str; 9] = [
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
 
 /// One backend service and the policy every call to it goes through.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -397,6 +476,13 @@ pub struct BackendSettings {
     /// TLS for `https://` URLs.
     #[serde(default)]
     pub tls: BackendTlsSettings,
+    /// Send the viewer's verified scopes (`x-user-scopes`, space separated) with each call.
+    #[serde(default)]
+    pub forward_scopes: bool,
+    /// Send the viewer's original bearer token (`Authorization`) with each call, for backends
+    /// that verify it themselves.
+    #[serde(default)]
+    pub forward_token: bool,
 }
 
 fn default_timeout() -> Duration {
@@ -603,6 +689,8 @@ impl BackendSettings {
             dns_refresh: default_dns_refresh(),
             required: false,
             tls: BackendTlsSettings::default(),
+            forward_scopes: false,
+            forward_token: false,
         }
     }
 
@@ -630,6 +718,10 @@ pub struct RouteSettings {
     /// Reject requests without a valid token (401) instead of forwarding them anonymously.
     #[serde(default)]
     pub require_auth: bool,
+    /// Scopes a token must carry (all of them) to use this route: `403 FORBIDDEN` naming the
+    /// first one missing; anonymous requests `401`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
     /// This route's own client-address rules, on top of the global ones.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<Cidr>,
@@ -650,6 +742,7 @@ impl RouteSettings {
             backend: backend.to_owned(),
             max_body_bytes: default_route_body(),
             require_auth: false,
+            scopes: Vec::new(),
             allow: Vec::new(),
             deny: Vec::new(),
         }
@@ -1243,6 +1336,45 @@ impl Settings {
                     humantime::format_duration(self.server.request_budget)
                 ),
             ));
+        }
+        for (i, iss) in self.auth.issuers.iter().enumerate() {
+            let key = format!("auth.issuers[{i}]");
+            check_url(&iss.issuer).map_err(|m| invalid(&format!("{key}.issuer"), m))?;
+            if let Some(u) = &iss.jwks_url {
+                check_url(u).map_err(|m| invalid(&format!("{key}.jwks_url"), m))?;
+            }
+            if iss.jwks_url.is_some() && iss.jwks_file.is_some() {
+                return Err(invalid(&key, "set jwks_url or jwks_file, not both".into()));
+            }
+            if iss.audiences.is_empty() {
+                return Err(invalid(
+                    &format!("{key}.audiences"),
+                    "name at least one audience: a token meant for another service must not be accepted here".into(),
+                ));
+            }
+            if iss.algorithms.is_empty() {
+                return Err(invalid(
+                    &format!("{key}.algorithms"),
+                    "must not be empty".into(),
+                ));
+            }
+            for a in &iss.algorithms {
+                if !ISSUER_ALGORITHMS.contains(&a.as_str()) {
+                    return Err(invalid(
+                        &format!("{key}.algorithms"),
+                        format!(
+                            "`{a}` is not an asymmetric JWS algorithm (one of {})",
+                            ISSUER_ALGORITHMS.join(", ")
+                        ),
+                    ));
+                }
+            }
+            if self.auth.issuers[..i]
+                .iter()
+                .any(|o| o.issuer == iss.issuer)
+            {
+                return Err(invalid(&format!("{key}.issuer"), "listed twice".into()));
+            }
         }
         if matches!(&self.auth.hs256_secret, Some(s) if s.expose().len() < 16) {
             return Err(invalid(

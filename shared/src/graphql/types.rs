@@ -447,7 +447,7 @@ impl MyListMutation {
         ctx: &Context<'_>,
         title_id: ID,
     ) -> async_graphql::Result<MyListUpdate> {
-        set_in_my_list(ctx, &title_id, true).await
+        set_in_my_list(ctx, "addToMyList", &title_id, true).await
     }
 
     /// Removes a title from the viewer's list. Idempotent; requires a signed-in viewer.
@@ -456,18 +456,34 @@ impl MyListMutation {
         ctx: &Context<'_>,
         title_id: ID,
     ) -> async_graphql::Result<MyListUpdate> {
-        set_in_my_list(ctx, &title_id, false).await
+        set_in_my_list(ctx, "removeFromMyList", &title_id, false).await
     }
+}
+
+/// `FORBIDDEN` naming the scope the viewer lacks for `field`, decided by the composer.
+pub(crate) fn authorize(
+    composer: &crate::compose::Composer,
+    viewer: &crate::auth::Viewer,
+    field: &str,
+) -> async_graphql::Result<()> {
+    composer.authorize_mutation(viewer, field).map_err(|scope| {
+        use async_graphql::ErrorExtensions as _;
+        ErrorCode::Forbidden
+            .error(format!("{field} needs the `{scope}` scope"))
+            .extend_with(|_, e| e.set("scope", scope))
+    })
 }
 
 async fn set_in_my_list(
     ctx: &Context<'_>,
+    field: &str,
     title_id: &str,
     present: bool,
 ) -> async_graphql::Result<MyListUpdate> {
     let viewer = require_viewer(ctx)?;
     let title_id = title_id_arg(title_id)?;
     let composer = composer(ctx)?;
+    authorize(composer, viewer, field)?;
     let changed = composer
         .set_in_my_list(viewer, title_id, present, request(ctx)?)
         .await

@@ -34,7 +34,7 @@ pub(crate) async fn authenticate(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let verdict = match stage.auth.authenticate_headers(req.headers()) {
+    let verdict = match stage.auth.authenticate_headers(req.headers()).await {
         // No token: a service client may be known by its verified certificate.
         Ok(None) if stage.client_cert_identity => match req.extensions().get::<ClientCert>() {
             Some(cert) => stage.auth.viewer_from_certificate(cert).map(Some),

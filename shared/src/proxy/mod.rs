@@ -53,6 +53,8 @@ struct Route {
     backend: Arc<RestBackend>,
     max_body: usize,
     require_auth: bool,
+    /// Scopes a token must carry to use the route.
+    scopes: Vec<String>,
 }
 
 /// The router for every configured route, each inside the pipeline's service stages (body
@@ -76,6 +78,7 @@ pub(crate) fn router(
             backend,
             max_body: r.max_body_bytes,
             require_auth: r.require_auth,
+            scopes: r.scopes.clone(),
         });
         let handler =
             |State(route): State<Arc<Route>>, req: Request| async move { proxy(&route, req).await };
@@ -120,11 +123,22 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 async fn proxy(route: &Route, req: Request) -> Response {
     // The authentication stage put the verified identity here; none means anonymous.
     let viewer = req.extensions().get::<Identity>().and_then(|i| i.0.clone());
-    if route.require_auth && viewer.is_none() {
+    if (route.require_auth || !route.scopes.is_empty()) && viewer.is_none() {
         return error(
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthenticated,
             "sign in to use this endpoint",
+            None,
+        );
+    }
+    if let Some(missing) = viewer
+        .as_deref()
+        .and_then(|v| route.scopes.iter().find(|s| !v.has_scope(s)))
+    {
+        return error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            &format!("this route needs the `{missing}` scope"),
             None,
         );
     }
@@ -157,6 +171,7 @@ async fn proxy(route: &Route, req: Request) -> Response {
     for h in [
         header::AUTHORIZATION.as_str(),
         crate::upstream::rest::USER_ID_HEADER,
+        crate::upstream::SCOPES_HEADER,
         crate::telemetry::trace::TRACEPARENT,
         crate::telemetry::trace::TRACESTATE,
         crate::telemetry::trace::REQUEST_ID,
@@ -186,11 +201,7 @@ async fn proxy(route: &Route, req: Request) -> Response {
         CallKind::Write
     };
     let body = Mutex::new(Some(body));
-    let cx = CallContext {
-        user: viewer.map(|v| v.user_id.clone()),
-        deadline: None,
-        trace: crate::telemetry::current(),
-    };
+    let cx = CallContext::for_viewer(viewer.as_deref(), None, crate::telemetry::current());
     let method = parts.method.clone();
     // A failure is the client's when its body broke (too large, too slow, malformed), or when
     // the attempt ran out of time while the body was still arriving (a stalled upload). A

@@ -1,7 +1,7 @@
 //! `/healthz` (the process is alive) and `/readyz` (it should get traffic). Readiness is false
-//! while shutting down, and while a required backend (the catalog: without it no title can be
+//! while shutting down, while a required backend (the catalog: without it no title can be
 //! shown) has no usable endpoint — none reachable, all ejected or failing health checks, or its
-//! breaker open.
+//! breaker open — and while an identity provider's keys have never loaded.
 //!
 //! The public listener's `/readyz` says only that (`200 ready`, `503 unready`/`draining`): the
 //! backends' endpoints, breaker states and in-flight counts are internal, and are served as JSON
@@ -25,6 +25,8 @@ use crate::upstream::{BackendStatus, Upstream, resilience::BreakerState};
 /// What readiness is decided from.
 pub(crate) struct Health {
     pub(crate) upstream: Upstream,
+    /// Readiness also needs every identity provider's keys loaded once.
+    pub(crate) auth: Arc<crate::auth::Authenticator>,
     /// Which backend endpoints answer, probed at most once per TTL.
     pub(crate) reachability: Reachability,
     /// False from the shutdown signal on.
@@ -32,9 +34,10 @@ pub(crate) struct Health {
 }
 
 impl Health {
-    pub(crate) fn new(upstream: Upstream) -> Self {
+    pub(crate) fn new(upstream: Upstream, auth: Arc<crate::auth::Authenticator>) -> Self {
         Self {
             upstream,
+            auth,
             reachability: Reachability::tcp(),
             ready: std::sync::atomic::AtomicBool::new(true),
         }
@@ -108,6 +111,16 @@ struct Report {
     backends: serde_json::Map<String, serde_json::Value>,
 }
 
+impl Report {
+    fn detail(&self, app: &Health) -> serde_json::Value {
+        json!({
+            "status": if self.ready { "ready" } else { "not_ready" },
+            "backends": self.backends,
+            "identityProviders": app.auth.issuer_status(),
+        })
+    }
+}
+
 async fn report(app: &Health) -> Report {
     let statuses = app.upstream.status();
     let labels: Vec<&str> = statuses
@@ -115,7 +128,8 @@ async fn report(app: &Health) -> Report {
         .flat_map(|b| b.endpoints.iter().map(|e| e.label.as_str()))
         .collect();
     let reachable = app.reachability.of(&labels).await;
-    let mut ready = true;
+    // Without its keys no token of an identity provider can be verified: not ready to serve.
+    let mut ready = app.auth.ready();
     let mut backends = serde_json::Map::new();
     for b in &statuses {
         let reachable = b
@@ -179,17 +193,13 @@ pub(super) async fn readyz_detail(State(app): State<Arc<Health>>) -> Response {
         )
             .into_response();
     }
-    let Report { ready, backends } = report(&app).await;
-    let status = if ready {
+    let report = report(&app).await;
+    let status = if report.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({ "status": if ready { "ready" } else { "not_ready" }, "backends": backends })),
-    )
-        .into_response()
+    (status, Json(report.detail(&app))).into_response()
 }
 
 async fn tcp_reachable(url: String) -> bool {

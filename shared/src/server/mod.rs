@@ -112,6 +112,8 @@ pub struct Application {
     metrics: Option<Arc<Metrics>>,
     tls: Option<Arc<tls::Tls>>,
     cache: FragmentCache,
+    /// Background work that lives as long as the server (identity providers' key refreshes).
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -136,7 +138,10 @@ impl Application {
             upstream.clone(),
             cache.clone(),
             Arc::new(settings.profile.clone()),
-        );
+        )
+        .with_access(crate::compose::Access {
+            mutation_scopes: settings.auth.mutation_scopes.clone(),
+        });
         let schema = (surface.schema)(composer, &settings.graphql);
         let graphiql = settings
             .graphiql
@@ -155,6 +160,8 @@ impl Application {
                     source,
                 })?;
 
+        let auth = Arc::new(Authenticator::new(&settings.auth));
+        let auth_tasks = auth.start();
         let edge = Edge {
             trusted: Arc::new(TrustedProxies(settings.server.trusted_proxies.clone())),
             observe: Arc::new(Observe {
@@ -169,7 +176,7 @@ impl Application {
             )),
             cors: crate::pipeline::cors::layer(&settings.cors),
             authn: Authn {
-                auth: Arc::new(Authenticator::new(&settings.auth)),
+                auth: auth.clone(),
                 graphql: true,
                 client_cert_identity: settings.tls.client_cert_identity,
             },
@@ -195,7 +202,7 @@ impl Application {
             max_bytes: settings.server.max_body_bytes,
             timeout: settings.server.body_read_timeout,
         };
-        let health = Arc::new(health::Health::new(upstream.clone()));
+        let health = Arc::new(health::Health::new(upstream.clone(), auth.clone()));
         let scrape = metrics.clone().map(|metrics| {
             let scrape = Arc::new(metrics::Scrape {
                 metrics,
@@ -256,6 +263,7 @@ impl Application {
             metrics,
             tls,
             cache,
+            tasks: auth_tasks,
         })
     }
 
@@ -333,6 +341,9 @@ impl Application {
         }
         if let Some(watch) = tls_watch {
             watch.abort();
+        }
+        for task in &self.tasks {
+            task.abort();
         }
         result
     }

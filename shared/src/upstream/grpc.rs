@@ -30,6 +30,8 @@ const MAX_BATCH: usize = 500;
 /// One gRPC backend: a channel per endpoint and the policy.
 pub(crate) struct GrpcBackend {
     pub(crate) policy: BackendPolicy<Channel>,
+    /// `forward_scopes` / `forward_token` of this backend.
+    forward: (bool, bool),
 }
 
 /// A lazily connecting channel to `url`, announcing `origin` as its authority when the URL holds
@@ -99,6 +101,7 @@ impl GrpcBackend {
         })?;
         let backend = Self {
             policy: BackendPolicy::new(name, s, endpoints, metrics),
+            forward: (s.forward_scopes, s.forward_token),
         };
         let tasks = discovery::start_grpc(&backend.policy, s);
         Ok((backend, tasks))
@@ -124,6 +127,7 @@ impl GrpcBackend {
                             ids: chunk.to_vec(),
                         },
                         timeout,
+                        self.forward,
                     );
                     async move { batch_get_titles(ch, req).await.map_err(|s| status(&s)) }
                 })
@@ -149,7 +153,7 @@ impl GrpcBackend {
         let answer = self
             .policy
             .call(CallKind::Read, cx.deadline, |ch, timeout| {
-                let req = request(cx, msg.clone(), timeout);
+                let req = request(cx, msg.clone(), timeout, self.forward);
                 async move {
                     match RecommendationsClient::new(ch)
                         .get_recommendations(req)
@@ -199,13 +203,23 @@ async fn batch_get_titles(
     .await
 }
 
-fn request<T>(cx: &CallContext, msg: T, timeout: Duration) -> tonic::Request<T> {
+fn request<T>(
+    cx: &CallContext,
+    msg: T,
+    timeout: Duration,
+    (scopes, token): (bool, bool),
+) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     req.set_timeout(timeout);
     if let Some(user) = &cx.user {
         // A verified subject that is not valid ASCII metadata is simply not sent.
         if let Ok(v) = MetadataValue::try_from(user.as_str()) {
             req.metadata_mut().insert(USER_ID_HEADER, v);
+        }
+    }
+    for (name, value) in cx.forwarded(scopes, token) {
+        if let Ok(v) = MetadataValue::try_from(value.as_str()) {
+            req.metadata_mut().insert(name, v);
         }
     }
     if let Some(t) = &cx.trace {

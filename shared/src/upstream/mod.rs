@@ -38,6 +38,52 @@ pub struct CallContext {
     pub deadline: Option<Instant>,
     /// The request's trace: every attempt sends `traceparent`/`tracestate` and `x-request-id`.
     pub trace: Option<Arc<crate::telemetry::RequestTrace>>,
+    /// The viewer's verified scopes (space separated), for backends that get them
+    /// (`forward_scopes`); only on calls made for the viewer.
+    pub scopes: Option<Arc<str>>,
+    /// The viewer's bearer token as received, for backends that get it (`forward_token`).
+    pub token: Option<Arc<str>>,
+}
+
+/// The header carrying the verified scopes to backends that ask for them.
+pub(crate) const SCOPES_HEADER: &str = "x-user-scopes";
+
+impl CallContext {
+    /// A call made for `viewer` (`None`: shared data, no identity at all).
+    pub(crate) fn for_viewer(
+        viewer: Option<&crate::auth::Viewer>,
+        deadline: Option<Instant>,
+        trace: Option<Arc<crate::telemetry::RequestTrace>>,
+    ) -> Self {
+        Self {
+            user: viewer.map(|v| v.user_id.clone()),
+            deadline,
+            trace,
+            scopes: viewer.filter(|v| !v.scopes.is_empty()).map(|v| {
+                Arc::from(
+                    v.scopes
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                )
+            }),
+            token: viewer.and_then(|v| v.token.clone()),
+        }
+    }
+
+    /// The identity headers a backend gets besides `x-user-id`: scopes and the token, each only
+    /// when the backend is configured for it.
+    pub(crate) fn forwarded(&self, scopes: bool, token: bool) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if scopes && let Some(s) = &self.scopes {
+            out.push((SCOPES_HEADER, s.to_string()));
+        }
+        if token && let Some(t) = &self.token {
+            out.push(("authorization", format!("Bearer {t}")));
+        }
+        out
+    }
 }
 
 /// Why the upstream layer could not be built.

@@ -54,6 +54,8 @@ impl RestEndpoint {
 pub(crate) struct RestBackend {
     client: reqwest::Client,
     pub(crate) policy: BackendPolicy<RestEndpoint>,
+    /// `forward_scopes` / `forward_token` of this backend.
+    forward: (bool, bool),
 }
 
 impl RestBackend {
@@ -93,6 +95,7 @@ impl RestBackend {
         let backend = Self {
             client,
             policy: BackendPolicy::new(name, s, endpoints, metrics),
+            forward: (s.forward_scopes, s.forward_token),
         };
         let tasks = discovery::start_rest(&backend.policy, &backend.client, s);
         Ok((backend, tasks))
@@ -112,6 +115,9 @@ impl RestBackend {
         }
         if let Some(user) = &cx.user {
             req = req.header(USER_ID_HEADER, user.as_str());
+        }
+        for (name, value) in cx.forwarded(self.forward.0, self.forward.1) {
+            req = req.header(name, value);
         }
         if let Some(t) = &cx.trace {
             req = req
