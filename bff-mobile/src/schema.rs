@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use async_graphql::{MergedObject, Object, ServerResult};
+use async_graphql::{MergedObject, ServerResult};
 use shared::{
     compose::Homepage as Composed,
     domain::{self, ImageKind},
@@ -55,11 +55,6 @@ pub struct CardFields {
     profile: Arc<ClientProfile>,
 }
 
-/// `image(width:)` when the query leaves it out: 342 px is a typical phone card poster.
-const DEFAULT_WIDTH: i32 = 342;
-/// `image(dpr:)` when the query leaves it out.
-const DEFAULT_DPR: f64 = 1.0;
-
 impl CardFields {
     /// The poster closest to `width` × `dpr` pixels; BAD_USER_INPUT outside the documented ranges.
     fn image_for(&self, width: i32, dpr: f64) -> async_graphql::Result<Option<Image<'_>>> {
@@ -72,43 +67,18 @@ impl CardFields {
     }
 }
 
-impl RenderFields for CardFields {
-    fn render_field(&self, f: &mut FieldOut<'_, '_>) -> ServerResult<bool> {
-        match f.name() {
-            "synopsis" => f.str(&self.profile.synopsis(&self.title.synopsis)),
-            "genres" => f.strs(self.profile.genres(&self.title)),
-            "image" => {
-                let width = f.arg("width", || DEFAULT_WIDTH)?;
-                let dpr = f.arg("dpr", || DEFAULT_DPR)?;
-                let image = self.image_for(width, dpr).map_err(|e| f.error(e))?;
-                f.opt_object(image.as_ref());
-            }
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-}
-
-#[Object]
-impl CardFields {
-    /// Synopsis cut to at most 140 characters at a word boundary, ending with "…" when cut.
-    async fn synopsis(&self) -> String {
-        self.profile.synopsis(&self.title.synopsis).into_owned()
-    }
-
-    /// Up to three genres, most relevant first.
-    async fn genres(&self) -> &[String] {
-        self.profile.genres(&self.title)
-    }
-
-    /// The one poster to load: the rendition closest to `width` × `dpr` pixels (e.g. width 171 at
-    /// dpr 2 picks the 342 px poster). `width` 1–4096, `dpr` 0.5–4.
-    async fn image(
-        &self,
-        #[graphql(default_with = "DEFAULT_WIDTH")] width: i32,
-        #[graphql(default_with = "DEFAULT_DPR")] dpr: f64,
-    ) -> async_graphql::Result<Option<Scalars<Image<'_>>>> {
-        Ok(self.image_for(width, dpr)?.map(Scalars))
+shared::graphql_object! {
+    #[Object]
+    impl[] CardFields, self {
+        /// Synopsis cut to at most 140 characters at a word boundary, ending with "…" when cut.
+        fn synopsis() -> String => str(self.profile.synopsis(&self.title.synopsis));
+        /// Up to three genres, most relevant first.
+        fn genres() -> &[String] => strs(self.profile.genres(&self.title));
+        /// The one poster to load: the rendition closest to `width` × `dpr` pixels (e.g. width
+        /// 171 at dpr 2 picks the 342 px poster). `width` 1–4096 (default 342, a typical phone
+        /// card poster), `dpr` 0.5–4 (default 1).
+        fn image(width: i32 = 342, dpr: f64 = 1.0) -> async_graphql::Result<Option<Scalars<Image<'_>>>>
+            => try_opt_object(self.image_for(width, dpr));
     }
 }
 

@@ -64,46 +64,18 @@ impl RenderFields for Title {
 /// The web-only, untrimmed part of a title.
 pub struct RichFields(Arc<domain::Title>);
 
-#[Object]
-impl RichFields {
-    /// Full synopsis.
-    async fn synopsis(&self) -> &str {
-        &self.0.synopsis
+shared::graphql_object! {
+    #[Object]
+    impl[] RichFields, self {
+        /// Full synopsis.
+        fn synopsis() -> &str => str(self.0.synopsis.as_str());
+        /// Genres, most relevant first.
+        fn genres() -> InlineList<&str> => strs(self.0.genres.as_slice());
+        /// Cast in billing order.
+        fn cast() -> InlineList<&str> => strs(self.0.cast.as_slice());
+        /// Artwork at every width.
+        fn images() -> Inline<TitleImages<'_>> => object(TitleImages(&self.0));
     }
-
-    /// Genres, most relevant first.
-    async fn genres(&self) -> InlineList<&str> {
-        strings(&self.0.genres)
-    }
-
-    /// Cast in billing order.
-    async fn cast(&self) -> InlineList<&str> {
-        strings(&self.0.cast)
-    }
-
-    /// Artwork at every width.
-    async fn images(&self) -> Inline<TitleImages<'_>> {
-        Inline(TitleImages(&self.0))
-    }
-}
-
-impl RenderFields for RichFields {
-    fn render_field(&self, f: &mut FieldOut<'_, '_>) -> ServerResult<bool> {
-        let t = &self.0;
-        match f.name() {
-            "synopsis" => f.str(&t.synopsis),
-            "genres" => f.strs(&t.genres),
-            "cast" => f.strs(&t.cast),
-            "images" => f.object(&TitleImages(t)),
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-}
-
-/// A list of strings borrowed from the title.
-fn strings(list: &[String]) -> InlineList<&str> {
-    InlineList(list.iter().map(String::as_str).collect())
 }
 
 /// Artwork of a title, each kind at every available width (narrowest first), for `srcset`.
@@ -111,45 +83,20 @@ fn strings(list: &[String]) -> InlineList<&str> {
 pub struct TitleImages<'a>(&'a domain::Title);
 
 impl<'a> TitleImages<'a> {
-    fn of(&self, kind: ImageKind) -> InlineList<Scalars<Image<'a>>> {
-        InlineList(
-            self.0
-                .images_of(kind)
-                .into_iter()
-                .map(|i| Scalars(Image::from(i)))
-                .collect(),
-        )
+    fn of(&self, kind: ImageKind) -> impl Iterator<Item = Image<'a>> {
+        self.0.images_of(kind).into_iter().map(Image::from)
     }
 }
 
-impl RenderFields for TitleImages<'_> {
-    fn render_field(&self, f: &mut FieldOut<'_, '_>) -> ServerResult<bool> {
-        let kind = match f.name() {
-            "poster" => ImageKind::Poster,
-            "backdrop" => ImageKind::Backdrop,
-            "hero" => ImageKind::Hero,
-            _ => return Ok(false),
-        };
-        f.objects(self.0.images_of(kind).into_iter().map(Image::from));
-        Ok(true)
-    }
-}
-
-#[Object]
-impl<'a> TitleImages<'a> {
-    /// Portrait 2:3 posters.
-    async fn poster(&self) -> InlineList<Scalars<Image<'a>>> {
-        self.of(ImageKind::Poster)
-    }
-
-    /// Landscape 16:9 backdrops.
-    async fn backdrop(&self) -> InlineList<Scalars<Image<'a>>> {
-        self.of(ImageKind::Backdrop)
-    }
-
-    /// Wide hero banners.
-    async fn hero(&self) -> InlineList<Scalars<Image<'a>>> {
-        self.of(ImageKind::Hero)
+shared::graphql_object! {
+    #[Object]
+    impl[<'a>] TitleImages<'a>, self {
+        /// Portrait 2:3 posters.
+        fn poster() -> InlineList<Scalars<Image<'a>>> => objects(self.of(ImageKind::Poster));
+        /// Landscape 16:9 backdrops.
+        fn backdrop() -> InlineList<Scalars<Image<'a>>> => objects(self.of(ImageKind::Backdrop));
+        /// Wide hero banners.
+        fn hero() -> InlineList<Scalars<Image<'a>>> => objects(self.of(ImageKind::Hero));
     }
 }
 

@@ -13,6 +13,7 @@
 pub mod analysis;
 mod documents;
 pub(crate) mod errors;
+pub mod fields;
 pub(crate) mod http;
 mod inline;
 mod json;
@@ -21,6 +22,7 @@ pub mod types;
 
 use std::sync::Arc;
 
+pub use fields::FromField;
 pub use inline::{Inline, InlineList, ScalarFields, Scalars};
 pub use render::{FieldOut, RenderFields, RenderJson, Rendered, RenderedList};
 

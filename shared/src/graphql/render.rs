@@ -9,7 +9,12 @@
 //! they are read, so a title costs its bytes and little else.
 //!
 //! **What a type provides.** [`RenderFields::render_field`] writes the value of one selected field
-//! through [`FieldOut`] (strings, numbers, lists, nested objects). A field it does not cover goes
+//! through [`FieldOut`] (strings, numbers, lists, nested objects). Types declare their fields once
+//! with [`crate::graphql_object!`], which makes the resolver and the render arm from the same
+//! declaration, a field's guard included: the render arm runs it too ([`FieldOut::check_guard`]),
+//! so this shortcut never skips an authorization the engine would make. (Authorization proper —
+//! scopes, the maturity ceiling — is decided before rendering anyway, in the pipeline and in
+//! composition.) A field it does not cover goes
 //! through the type's own resolver, polled once (these types do no I/O) and printed, so a field
 //! added to a type later still answers, only without the shortcut; the types' tests check that
 //! every field is covered and that both paths give the same bytes.
@@ -194,6 +199,20 @@ impl<'a> FieldOut<'_, 'a> {
     /// The value of argument `name`, variables resolved; `default` when the query omits it.
     pub fn arg<V: InputType>(&self, name: &str, default: fn() -> V) -> ServerResult<V> {
         self.ctx.param_value(name, Some(default)).map(|(_, v)| v)
+    }
+
+    /// Runs `guard` for this field as its resolver would, without waiting: a guard that cannot
+    /// decide at once denies (`FORBIDDEN`), so this path never answers what the resolver would
+    /// refuse.
+    pub fn check_guard<G: async_graphql::Guard>(&self, guard: &G) -> ServerResult<()> {
+        match guard.check(self.ctx).now_or_never() {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(self.error(e)),
+            None => Err(self.error(
+                crate::error::ErrorCode::Forbidden
+                    .error("this field's authorization could not be decided"),
+            )),
+        }
     }
 
     /// A field error for `error` at this field's position (its path is added by the caller).

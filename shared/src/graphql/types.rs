@@ -4,14 +4,11 @@
 
 use std::{marker::PhantomData, sync::Arc};
 
-use async_graphql::{ContainerType, Context, ID, Object, ServerResult, SimpleObject, Value};
+use async_graphql::{ContainerType, Context, ID, Object, SimpleObject};
 
 use crate::domain::Title;
 
-use super::{
-    FieldOut, Inline, RenderFields, Rendered, RenderedList, ScalarFields, TitleView, composer,
-    request, require_viewer,
-};
+use super::{Inline, Rendered, RenderedList, TitleView, composer, request, require_viewer};
 use crate::{
     compose::{HomeRow, Homepage, RowItem as ComposedItem},
     domain::{Profile, Region},
@@ -81,40 +78,18 @@ impl<T: TitleView> RowItem<'_, T> {
     }
 }
 
-/// A title in a row, with what the row knows about it.
-#[Object(name = "RowItem")]
-impl<'a, T: TitleView> RowItem<'a, T> {
-    /// The title.
-    async fn title(&self) -> Inline<T> {
-        Inline(self.title_view())
-    }
-
-    /// CONTINUE_WATCHING rows: how far the viewer got. Null in other rows.
-    async fn progress(&self) -> Option<Inline<Progress>> {
-        self.progress_view().map(Inline)
-    }
-
-    /// TOP_10 rows: the rank, 1 to 10. Null in other rows.
-    async fn rank(&self) -> Option<u32> {
-        self.item.rank
-    }
-
-    /// RECOMMENDED rows: why the title is suggested, ready to display. Null in other rows.
-    async fn reason(&self) -> Option<&str> {
-        self.item.reason.as_deref()
-    }
-}
-
-impl<T: TitleView> RenderFields for RowItem<'_, T> {
-    fn render_field(&self, f: &mut FieldOut<'_, '_>) -> ServerResult<bool> {
-        match f.name() {
-            "title" => f.object(&self.title_view()),
-            "progress" => f.opt_object(self.progress_view().as_ref()),
-            "rank" => f.opt_int(self.item.rank),
-            "reason" => f.opt_str(self.item.reason.as_deref()),
-            _ => return Ok(false),
-        }
-        Ok(true)
+crate::graphql_object! {
+    /// A title in a row, with what the row knows about it.
+    #[Object(name = "RowItem")]
+    impl[<'a, T: TitleView>] RowItem<'a, T>, self {
+        /// The title.
+        fn title() -> Inline<T> => object(self.title_view());
+        /// CONTINUE_WATCHING rows: how far the viewer got. Null in other rows.
+        fn progress() -> Option<Inline<Progress>> => opt_object(self.progress_view());
+        /// TOP_10 rows: the rank, 1 to 10. Null in other rows.
+        fn rank() -> Option<u32> => opt_int(self.item.rank);
+        /// RECOMMENDED rows: why the title is suggested, ready to display. Null in other rows.
+        fn reason() -> Option<&str> => opt_str(self.item.reason.as_deref());
     }
 }
 
@@ -129,55 +104,27 @@ impl TitleBasics {
     }
 }
 
-/// Untrimmed title fields.
-#[Object(name = "TitleBasics")]
-impl TitleBasics {
-    /// Title id, for `title(id:)` and the my-list mutations.
-    async fn id(&self) -> ID {
-        ID(self.0.id.clone())
-    }
-
-    /// Display name.
-    async fn name(&self) -> &str {
-        &self.0.name
-    }
-
-    /// Release year.
-    async fn year(&self) -> i32 {
-        self.0.year
-    }
-
-    /// Maturity rating, e.g. "PG-13".
-    async fn maturity_rating(&self) -> &str {
-        &self.0.maturity_rating
-    }
-
-    /// Runtime in minutes.
-    async fn runtime_minutes(&self) -> u32 {
-        self.0.runtime_minutes
-    }
-}
-
-impl RenderFields for TitleBasics {
-    fn render_field(&self, f: &mut FieldOut<'_, '_>) -> ServerResult<bool> {
-        let t = &self.0;
-        match f.name() {
-            "id" => f.str(&t.id),
-            "name" => f.str(&t.name),
-            "year" => f.int(t.year),
-            "maturityRating" => f.str(&t.maturity_rating),
-            "runtimeMinutes" => f.int(t.runtime_minutes),
-            _ => return Ok(false),
-        }
-        Ok(true)
+crate::graphql_object! {
+    /// Untrimmed title fields.
+    #[Object(name = "TitleBasics")]
+    impl[] TitleBasics, self {
+        /// Title id, for `title(id:)` and the my-list mutations.
+        fn id() -> ID => str(self.0.id.as_str());
+        /// Display name.
+        fn name() -> &str => str(self.0.name.as_str());
+        /// Release year.
+        fn year() -> i32 => int(self.0.year);
+        /// Maturity rating, e.g. "PG-13".
+        fn maturity_rating() -> &str => str(self.0.maturity_rating.as_str());
+        /// Runtime in minutes.
+        fn runtime_minutes() -> u32 => int(self.0.runtime_minutes);
     }
 }
 
 // Borrows the URL from the catalog title: a web homepage lists ~1,500 renditions, and copying
 // each URL into an owned wrapper first cost allocations for nothing. (Not a doc comment: this
 // type's doc comment is its SDL description.)
-/// One rendition of a title's artwork.
-#[derive(SimpleObject)]
+/// One rendition of a title's artwork (its fields are its GraphQL fields, below).
 pub struct Image<'a> {
     /// Absolute URL.
     pub url: &'a str,
@@ -187,27 +134,17 @@ pub struct Image<'a> {
     pub height: u32,
 }
 
-impl ScalarFields for Image<'_> {
-    /// The values `SimpleObject` gives these fields (a tested equivalence).
-    fn scalar_field(&self, name: &str) -> Option<Value> {
-        Some(match name {
-            "url" => Value::String(self.url.to_owned()),
-            "width" => Value::from(self.width),
-            "height" => Value::from(self.height),
-            _ => return None,
-        })
-    }
-}
-
-impl RenderFields for Image<'_> {
-    fn render_field(&self, f: &mut FieldOut<'_, '_>) -> ServerResult<bool> {
-        match f.name() {
-            "url" => f.str(self.url),
-            "width" => f.int(self.width),
-            "height" => f.int(self.height),
-            _ => return Ok(false),
-        }
-        Ok(true)
+crate::graphql_object! {
+    /// One rendition of a title's artwork.
+    #[Object(name = "Image")]
+    #[scalars]
+    impl[<'a>] Image<'a>, self {
+        /// Absolute URL.
+        fn url() -> &str => str(self.url);
+        /// Width in pixels.
+        fn width() -> u32 => int(self.width);
+        /// Height in pixels.
+        fn height() -> u32 => int(self.height);
     }
 }
 
@@ -221,10 +158,9 @@ impl<'a> From<&'a crate::domain::Image> for Image<'a> {
     }
 }
 
-/// Playback progress, for drawing a progress bar and resuming playback.
-#[derive(SimpleObject)]
+/// Playback progress of a continue-watching item (its GraphQL fields are below).
 pub struct Progress {
-    /// Seconds already watched; resume from here.
+    /// Seconds already watched.
     pub position_seconds: u32,
     /// Total length in seconds.
     pub duration_seconds: u32,
@@ -232,15 +168,16 @@ pub struct Progress {
     pub fraction: f64,
 }
 
-impl RenderFields for Progress {
-    fn render_field(&self, f: &mut FieldOut<'_, '_>) -> ServerResult<bool> {
-        match f.name() {
-            "positionSeconds" => f.int(self.position_seconds),
-            "durationSeconds" => f.int(self.duration_seconds),
-            "fraction" => f.float(self.fraction),
-            _ => return Ok(false),
-        }
-        Ok(true)
+crate::graphql_object! {
+    /// Playback progress, for drawing a progress bar and resuming playback.
+    #[Object(name = "Progress")]
+    impl[] Progress, self {
+        /// Seconds already watched; resume from here.
+        fn position_seconds() -> u32 => int(self.position_seconds);
+        /// Total length in seconds.
+        fn duration_seconds() -> u32 => int(self.duration_seconds);
+        /// Watched share between 0 and 1.
+        fn fraction() -> f64 => float(self.fraction);
     }
 }
 
@@ -503,7 +440,8 @@ mod tests {
     use async_graphql::{EmptyMutation, EmptySubscription, Object, Schema};
     use serde_json::json;
 
-    use super::{Image, ScalarFields};
+    use super::Image;
+    use crate::graphql::ScalarFields;
     use crate::{
         domain::{self, ImageKind},
         graphql::{Inline, Scalars},
