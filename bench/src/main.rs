@@ -24,6 +24,7 @@ mod prom;
 mod report;
 mod scenario;
 mod stats;
+mod tls;
 
 use std::{sync::Arc, time::Duration};
 
@@ -138,6 +139,7 @@ async fn main() -> Result<()> {
     let mut payload_table = None;
     let mut critical_table = None;
     let mut hostile_table = None;
+    let mut tls_table = None;
     for s in selected {
         match &s.kind {
             Kind::Load(spec) => {
@@ -152,6 +154,11 @@ async fn main() -> Result<()> {
                 eprintln!("[{}] one request per surface and encoding", s.name);
                 let rows = payload::measure(&env).await?;
                 payload_table = Some(payload::render(&rows));
+            }
+            Kind::Tls => {
+                eprintln!("[{}] TLS vs plain", s.name);
+                let report = tls::measure(&env, cli.duration).await?;
+                tls_table = Some(tls::render(&report));
             }
             Kind::Hostile => {
                 eprintln!("[{}] hostile queries against one web BFF", s.name);
@@ -199,6 +206,11 @@ async fn main() -> Result<()> {
     if let Some(table) = critical_table {
         println!(
             "\ncritical path (one client, backends +50 ms, cache off; row round and catalog from the fixtures' spans):\n\n{table}"
+        );
+    }
+    if let Some(table) = tls_table {
+        println!(
+            "\nTLS termination (web BFF, 8 clients, CPU per request or connection for the whole process):\n\n{table}"
         );
     }
     if let Some(table) = hostile_table {

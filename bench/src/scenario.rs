@@ -183,6 +183,8 @@ pub(crate) enum Kind {
     CriticalPath,
     /// Queries that expand far, refused while a normal client is served: peak RSS growth.
     Hostile,
+    /// TLS vs plain: connections per second and keep-alive throughput.
+    Tls,
 }
 
 /// One named benchmark.
@@ -196,7 +198,7 @@ pub(crate) struct Scenario {
 }
 
 /// Named sets of scenarios for `-s`, with what they are for.
-pub(crate) const GROUPS: [(&str, &str); 4] = [
+pub(crate) const GROUPS: [(&str, &str); 5] = [
     (
         "issue3",
         "the first homepage figures: *-latency50, critical-path, *-rps (cache off), engine, payload",
@@ -213,6 +215,10 @@ pub(crate) const GROUPS: [(&str, &str); 4] = [
         "hostile",
         "issue 13: hostile-rss (queries that expand far: refused, peak RSS growth bounded)",
     ),
+    (
+        "edge",
+        "issue 14: tls (new connections per second and keep-alive homepage throughput, TLS vs plain)",
+    ),
 ];
 
 const ISSUE3: &[&str] = &["issue3"];
@@ -220,6 +226,7 @@ const CACHE: &[&str] = &["cache"];
 const BOTH: &[&str] = &["issue3", "cache"];
 const FAULTS: &[&str] = &["faults"];
 const HOSTILE: &[&str] = &["hostile"];
+const EDGE: &[&str] = &["edge"];
 
 /// `["u1", …, "u{n}"]`: fixture users (u1…u200 exist).
 pub(crate) fn users(n: usize) -> Vec<String> {
@@ -531,6 +538,12 @@ pub(crate) fn catalogue() -> Vec<Scenario> {
         about: "1,000 queries that expand far (fragment bombs, aliased homepages, deep nesting, deep introspection), 8 at a time, while one client reads the homepage: all refused QUERY_TOO_COMPLEX, peak RSS growth ≤ 64 MiB".into(),
         groups: HOSTILE,
         kind: Kind::Hostile,
+    });
+    all.push(Scenario {
+        name: "tls".into(),
+        about: "web BFF with and without TLS: a new connection per request (handshakes/s) and the warm homepage over keep-alive (rps, CPU µs/req)".into(),
+        groups: EDGE,
+        kind: Kind::Tls,
     });
     all
 }
