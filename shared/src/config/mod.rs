@@ -285,6 +285,15 @@ pub struct GraphqlSettings {
     /// longer than `server.request_budget`, which already bounds every backend call.
     #[serde(with = "duration")]
     pub timeout: Duration,
+    /// Most aliases in one document (`graphql.max_aliases`).
+    pub max_aliases: usize,
+    /// Most fields one operation selects at its root, fragments expanded
+    /// (`graphql.max_root_fields`).
+    pub max_root_fields: usize,
+    /// Most directives on one selection (`graphql.max_directives_per_field`).
+    pub max_directives_per_field: usize,
+    /// Most lexical tokens in one document, counted before parsing (`graphql.max_tokens`).
+    pub max_tokens: usize,
     /// Whether introspection queries are answered.
     pub introspection: bool,
     /// Approximate bytes of parsed documents kept for repeated operations
@@ -293,6 +302,49 @@ pub struct GraphqlSettings {
     /// Write row items and titles straight to JSON instead of through the engine's value tree
     /// (`graphql.direct_json`); the answers are the same, `false` is for comparing the two.
     pub direct_json: bool,
+    /// Persisted operations (`graphql.persisted.*`).
+    pub persisted: PersistedSettings,
+    /// Concurrent requests identical in everything the answer depends on share one execution
+    /// (`graphql.coalesce`).
+    pub coalesce: bool,
+}
+
+/// Persisted operations (`graphql.persisted.*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PersistedSettings {
+    /// `off`, `apq` (automatic persisted queries) or `allow_list` (only the manifest runs).
+    pub mode: PersistedMode,
+    /// The trusted documents: an Apollo persisted-query manifest or a `{hash: query}` map.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<PathBuf>,
+    /// In `allow_list` mode, whether introspection (and GraphiQL) is still served.
+    pub allow_introspection: bool,
+    /// Approximate bytes of queries registered through APQ that are kept.
+    pub apq_cache_bytes: u64,
+}
+
+impl Default for PersistedSettings {
+    fn default() -> Self {
+        Self {
+            mode: PersistedMode::Apq,
+            manifest: None,
+            allow_introspection: false,
+            apq_cache_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// `graphql.persisted.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PersistedMode {
+    /// Queries are sent as text; the persisted-query extension is refused.
+    Off,
+    /// Automatic persisted queries (Apollo protocol): a hash, registered on first use.
+    Apq,
+    /// Trusted documents only: the manifest's operations.
+    AllowList,
 }
 
 impl Default for GraphqlSettings {
@@ -305,9 +357,16 @@ impl Default for GraphqlSettings {
             // A full web homepage is ~210 KB.
             max_response_bytes: 4 * 1024 * 1024,
             timeout: Duration::from_secs(3),
+            max_aliases: 30,
+            max_root_fields: 20,
+            max_directives_per_field: 5,
+            // graphql-js's introspection query is ~300 tokens, the full web homepage ~120.
+            max_tokens: 5_000,
             introspection: true,
             document_cache_bytes: 16 * 1024 * 1024,
             direct_json: true,
+            persisted: PersistedSettings::default(),
+            coalesce: true,
         }
     }
 }
@@ -1327,6 +1386,14 @@ impl Settings {
         }
         if self.graphql.max_depth == 0 {
             return Err(invalid("graphql.max_depth", "must be > 0".into()));
+        }
+        if self.graphql.persisted.mode == PersistedMode::AllowList
+            && self.graphql.persisted.manifest.is_none()
+        {
+            return Err(invalid(
+                "graphql.persisted.manifest",
+                "allow_list mode needs a manifest of the operations to allow".into(),
+            ));
         }
         if self.graphql.timeout <= self.server.request_budget {
             return Err(invalid(

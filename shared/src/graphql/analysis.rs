@@ -55,6 +55,13 @@ pub struct Limits {
     pub max_cost: u64,
     /// Whether introspection (`__schema`, `__type`) may be selected at all.
     pub introspection: bool,
+    /// Most aliases in the document (`graphql.max_aliases`).
+    pub max_aliases: usize,
+    /// Most fields the operation selects at its root, fragments expanded
+    /// (`graphql.max_root_fields`).
+    pub max_root_fields: usize,
+    /// Most directives on one selection (`graphql.max_directives_per_field`).
+    pub max_directives: usize,
 }
 
 /// What an operation will do, as estimated before it runs.
@@ -416,6 +423,137 @@ pub fn operation<'d>(
     }
 }
 
+/// Aliases, root fields and directives per selection of `op` (as written; root fields with
+/// fragments expanded), refused when over `limits`.
+fn shape_limits(
+    doc: &ExecutableDocument,
+    op: &OperationDefinition,
+    limits: &Limits,
+) -> Result<(), Refusal> {
+    fn each<'a>(set: &'a SelectionSet, out: &mut Vec<&'a Selection>) {
+        for s in &set.items {
+            out.push(&s.node);
+            match &s.node {
+                Selection::Field(f) => each(&f.node.selection_set.node, out),
+                Selection::InlineFragment(f) => each(&f.node.selection_set.node, out),
+                Selection::FragmentSpread(_) => {}
+            }
+        }
+    }
+    let mut all = Vec::new();
+    each(&op.selection_set.node, &mut all);
+    for fragment in doc.fragments.values() {
+        each(&fragment.node.selection_set.node, &mut all);
+    }
+    let aliases = all
+        .iter()
+        .filter(|s| matches!(s, Selection::Field(f) if f.node.alias.is_some()))
+        .count();
+    if aliases > limits.max_aliases {
+        return Err(Refusal::TooComplex(format!(
+            "the document has {aliases} aliases; at most {} are allowed",
+            limits.max_aliases
+        )));
+    }
+    if let Some(most) = all.iter().map(|s| s.directives().len()).max()
+        && most > limits.max_directives
+    {
+        return Err(Refusal::TooComplex(format!(
+            "a selection has {most} directives; at most {} are allowed",
+            limits.max_directives
+        )));
+    }
+    // Root fields, through fragments (cycles were refused by the walk already; `seen` stops
+    // them here too).
+    fn roots<'a>(
+        doc: &'a ExecutableDocument,
+        set: &'a SelectionSet,
+        seen: &mut Vec<&'a str>,
+        n: &mut usize,
+    ) {
+        for s in &set.items {
+            match &s.node {
+                Selection::Field(_) => *n += 1,
+                Selection::InlineFragment(f) => roots(doc, &f.node.selection_set.node, seen, n),
+                Selection::FragmentSpread(spread) => {
+                    let name = spread.node.fragment_name.node.as_str();
+                    if seen.contains(&name) {
+                        continue;
+                    }
+                    if let Some(f) = doc.fragments.get(name) {
+                        seen.push(name);
+                        roots(doc, &f.node.selection_set.node, seen, n);
+                        seen.pop();
+                    }
+                }
+            }
+        }
+    }
+    let mut root_fields = 0;
+    roots(doc, &op.selection_set.node, &mut Vec::new(), &mut root_fields);
+    if root_fields > limits.max_root_fields {
+        return Err(Refusal::TooComplex(format!(
+            "the operation selects {root_fields} root fields; at most {} are allowed",
+            limits.max_root_fields
+        )));
+    }
+    Ok(())
+}
+
+/// Lexical tokens of a GraphQL document (names, numbers, strings, punctuators; whitespace,
+/// commas and comments are not tokens), counted without parsing and stopping past `max`: `Err`
+/// with the count reached when there are more. The parser's cost grows with tokens, so this bound
+/// holds before it runs.
+pub fn count_tokens(query: &str, max: usize) -> Result<usize, usize> {
+    const BLOCK: &[u8] = b"\"\"\"";
+    let b = query.as_bytes();
+    let (mut i, mut n) = (0, 0);
+    while i < b.len() {
+        let c = b[i];
+        // Whitespace, commas and the byte-order mark are ignored tokens.
+        if c.is_ascii_whitespace() || c == b',' || c == 0xEF || c == 0xBB || c == 0xBF {
+            i += 1;
+            continue;
+        }
+        if c == b'#' {
+            while i < b.len() && b[i] != b'\n' && b[i] != b'\r' {
+                i += 1;
+            }
+            continue;
+        }
+        n += 1;
+        if n > max {
+            return Err(n);
+        }
+        if b[i..].starts_with(BLOCK) {
+            i += 3;
+            while i < b.len() && !b[i..].starts_with(BLOCK) {
+                // `\"""` is an escaped triple quote inside a block string.
+                i += if b[i] == b'\\' && b[i + 1..].starts_with(BLOCK) { 4 } else { 1 };
+            }
+            i += 3;
+        } else if c == b'"' {
+            i += 1;
+            while i < b.len() && b[i] != b'"' {
+                i += if b[i] == b'\\' { 2 } else { 1 };
+            }
+            i += 1;
+        } else if b[i..].starts_with(b"...") {
+            i += 3;
+        } else if c.is_ascii_alphanumeric() || c == b'_' || c == b'-' {
+            i += 1;
+            while i < b.len()
+                && (b[i].is_ascii_alphanumeric() || matches!(b[i], b'_' | b'.' | b'-' | b'+'))
+            {
+                i += 1;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Depth, field count and cost of `op`, refused when over `limits` or the fixed introspection
 /// limits.
 pub fn analyze(
@@ -439,6 +577,7 @@ pub fn analyze(
         active: HashSet::new(),
     };
     let sub = walk.set(&op.selection_set.node, root, false, 0)?;
+    shape_limits(doc, op, limits)?;
     let analysis = Analysis {
         cost: sub.cost,
         fields: sub.fields,

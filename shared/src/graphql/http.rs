@@ -22,10 +22,13 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde_json::{Map, Value as Json};
+use futures::FutureExt as _;
 use tracing::Instrument;
 
 use super::{
     analysis::{Analysis, Refusal},
+    coalesce::{Coalescer, Key},
+    persisted::{Persisted, PersistedError},
     errors::{Outcome, classify, error_body, stamp_trace_id},
     json::Chunks,
 };
@@ -50,6 +53,10 @@ pub(crate) struct GraphqlService {
     pub(crate) metrics: Option<Arc<Metrics>>,
     /// The GraphiQL page when enabled, rendered once: nothing in it changes while serving.
     pub(crate) graphiql_page: Option<Bytes>,
+    /// Persisted operations (APQ, the allow list).
+    pub(crate) persisted: Persisted,
+    /// Identical queries in flight, sharing one execution.
+    pub(crate) coalescer: Coalescer,
 }
 
 /// The service's routes (`GET`, `POST /graphql`); the pipeline's stages go around them.
@@ -172,7 +179,8 @@ fn reject(status: StatusCode, mode: Mode, code: ErrorCode, message: &str) -> Res
 
 /// The request parameters after decoding, before GraphQL parsing.
 struct Params {
-    query: String,
+    /// `None` only with a persisted-query hash.
+    query: Option<String>,
     operation_name: Option<String>,
     variables: Option<Map<String, Json>>,
     extensions: Map<String, Json>,
@@ -180,8 +188,13 @@ struct Params {
 
 /// Validates the parameter map of a POST body or GET query string.
 fn params(mut raw: Map<String, Json>) -> Result<Params, &'static str> {
+    let persisted = raw
+        .get("extensions")
+        .and_then(|e| e.get("persistedQuery"))
+        .is_some();
     let query = match raw.remove("query") {
-        Some(Json::String(q)) => q,
+        Some(Json::String(q)) => Some(q),
+        Some(Json::Null) | None if persisted => None,
         Some(_) => return Err("`query` must be a string"),
         None => return Err("`query` is required"),
     };
@@ -268,7 +281,7 @@ async fn get(
         Ok(m) => m,
         Err(msg) => return reject(StatusCode::BAD_REQUEST, mode, ErrorCode::BadUserInput, msg),
     };
-    serve(&app, identity, Method::GET, mode, map).await
+    serve(app, identity, Method::GET, mode, map).await
 }
 
 /// `POST /graphql`.
@@ -340,7 +353,7 @@ async fn post(
             );
         }
     };
-    serve(&app, identity, Method::POST, mode, map).await
+    serve(app, identity, Method::POST, mode, map).await
 }
 
 fn not_acceptable() -> Response {
@@ -352,8 +365,62 @@ fn not_acceptable() -> Response {
     )
 }
 
+/// A finished GraphQL answer: what every request that shares an execution gets.
+pub(crate) struct Answer {
+    status: StatusCode,
+    mode: Mode,
+    cache_control: HeaderValue,
+    pieces: Vec<Bytes>,
+}
+
+impl Answer {
+    fn refusal(status: StatusCode, mode: Mode, code: ErrorCode, message: &str) -> Self {
+        let body = serde_json::to_vec(&error_body(code, message)).unwrap_or_else(|_| b"{}".to_vec());
+        Self {
+            status,
+            mode,
+            cache_control: HeaderValue::from_static("no-store"),
+            pieces: vec![Bytes::from(body)],
+        }
+    }
+
+    /// The answer of an execution that failed inside (a panic): coded, with nothing internal.
+    pub(crate) fn internal() -> Self {
+        Self::refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Mode::Json,
+            ErrorCode::Internal,
+            "internal error",
+        )
+    }
+
+    fn response(&self) -> Response {
+        let mut resp = respond_body(self.status, self.mode, Pieces::body(self.pieces.clone()));
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, self.cache_control.clone());
+        resp
+    }
+}
+
+/// An operation ready to run, and what its answer needs to know.
+struct Job {
+    request: async_graphql::Request,
+    rq: Arc<RequestContext>,
+    method: Method,
+    mode: Mode,
+    request_error: StatusCode,
+    personalized: bool,
+    op_type: &'static str,
+    op_name: Option<String>,
+    analysis: Option<Analysis>,
+    want_cost: bool,
+    /// The persisted operation's hash, to record that it validated.
+    hash: Option<String>,
+    validated: bool,
+}
+
 async fn serve(
-    app: &GraphqlService,
+    app: Arc<GraphqlService>,
     identity: Option<axum::Extension<Identity>>,
     method: Method,
     mode: Mode,
@@ -377,7 +444,26 @@ async fn serve(
         StatusCode::OK
     };
 
-    let doc = match app.schema.parse(&p.query) {
+    // Persisted operations: the query the hash names, or the one sent (registered in APQ mode).
+    let resolved = match app.persisted.resolve(p.query, &p.extensions) {
+        Ok(r) => r,
+        Err(e) => {
+            let code = match e {
+                PersistedError::NotFound => ErrorCode::PersistedQueryNotFound,
+                PersistedError::NotAllowed => ErrorCode::Forbidden,
+                _ => ErrorCode::BadUserInput,
+            };
+            return reject(request_error, mode, code, &e.to_string());
+        }
+    };
+    if let Err(n) = super::analysis::count_tokens(&resolved.query, app.settings.max_tokens) {
+        let msg = format!(
+            "the document has more than {} tokens (counted {n} before stopping)",
+            app.settings.max_tokens
+        );
+        return reject(request_error, mode, ErrorCode::QueryTooComplex, &msg);
+    }
+    let doc = match app.schema.parse(&resolved.query) {
         Ok(doc) => doc,
         Err(e) => {
             return reject(
@@ -425,10 +511,42 @@ async fn serve(
                 );
             }
         };
+    // The allow list: only its operations, and introspection only where allowed.
+    if app.persisted.allow_list() && !resolved.trusted {
+        let introspection_only = analysis.is_some_and(|a| a.fields == 0 && a.introspection_fields > 0);
+        if !(introspection_only && app.persisted.introspection_allowed()) {
+            return reject(
+                request_error,
+                mode,
+                ErrorCode::Forbidden,
+                &PersistedError::NotAllowed.to_string(),
+            );
+        }
+    }
     // See `render`: the engine's root merge cannot take rendered values twice.
     let renderable = app.settings.direct_json
         && super::render::root_renderable(&doc, p.operation_name.as_deref());
-    let mut request = async_graphql::Request::new(p.query);
+    let coalesce_key = (app.settings.coalesce && operation == Some(OperationType::Query)).then(|| {
+        let mut extensions = p.extensions.clone();
+        extensions.remove("persistedQuery");
+        Key {
+            get: method == Method::GET,
+            graphql_response: mode == Mode::GraphqlResponse,
+            query: resolved.query.clone(),
+            operation: p.operation_name.clone(),
+            variables: p
+                .variables
+                .as_ref()
+                .map(|v| Json::Object(v.clone()).to_string())
+                .unwrap_or_default(),
+            extensions: Json::Object(extensions).to_string(),
+            viewer: viewer.as_ref().map(|v| {
+                let scopes: Vec<&str> = v.scopes.iter().map(String::as_str).collect();
+                (v.user_id.to_string(), scopes.join(" "), v.max_maturity)
+            }),
+        }
+    });
+    let mut request = async_graphql::Request::new(resolved.query.to_string());
     if let Some(name) = p.operation_name.clone() {
         request = request.operation_name(name);
     }
@@ -436,22 +554,74 @@ async fn serve(
         request = request.variables(async_graphql::Variables::from_json(Json::Object(vars)));
     }
     request.set_parsed_query(doc);
-
     let rq = Arc::new(RequestContext::new(viewer, app.request_budget));
     let mut request = request.data(rq.clone());
     if renderable {
         request = request.data(super::render::RenderJson::default());
     }
-    let cache_log = &rq.cache_log;
     let op_type = match operation {
         Some(OperationType::Query) => "query",
         Some(OperationType::Mutation) => "mutation",
         Some(OperationType::Subscription) => "subscription",
         None => "unknown",
     };
-    let op_name = op_name.as_deref();
     // The request span (current here) names the operation too, for the access log's readers.
-    tracing::Span::current().record("graphql.operation", op_name.unwrap_or("anonymous"));
+    tracing::Span::current().record("graphql.operation", op_name.as_deref().unwrap_or("anonymous"));
+    let job = Job {
+        request,
+        rq,
+        method,
+        mode,
+        request_error,
+        personalized,
+        op_type,
+        op_name,
+        analysis,
+        want_cost: p.extensions.get("cost") == Some(&Json::Bool(true)),
+        hash: resolved.hash,
+        validated: resolved.validated,
+    };
+    match coalesce_key {
+        Some(key) => {
+            let trace = crate::telemetry::current();
+            let runner = app.clone();
+            let (answer, shared) = app
+                .coalescer
+                .answer(key, move || {
+                    let run = execute(runner, job);
+                    // The execution runs in a task of its own: it keeps the request's trace.
+                    match trace {
+                        Some(t) => crate::telemetry::scope(t, run).boxed(),
+                        None => run.boxed(),
+                    }
+                })
+                .await;
+            if shared && let Some(m) = &app.metrics {
+                m.graphql_coalesced();
+            }
+            answer.response()
+        }
+        None => execute(app, job).await.response(),
+    }
+}
+
+/// Runs one operation and makes its answer.
+async fn execute(app: Arc<GraphqlService>, job: Job) -> Answer {
+    let Job {
+        request,
+        rq,
+        method,
+        mode,
+        request_error,
+        personalized,
+        op_type,
+        op_name,
+        analysis,
+        want_cost,
+        hash,
+        validated,
+    } = job;
+    let op_name = op_name.as_deref();
     let span = tracing::info_span!(
         "graphql.operation",
         otel.name = %format!("{op_type} {}", op_name.unwrap_or("anonymous")),
@@ -464,7 +634,7 @@ async fn serve(
     // The estimate bounds the work; this bounds the time, whatever the estimate missed.
     let executed = tokio::time::timeout(
         limits.timeout,
-        app.schema.execute(request).instrument(span.clone()),
+        app.schema.execute(request, validated).instrument(span.clone()),
     )
     .await;
     let Ok(mut response) = executed else {
@@ -477,16 +647,19 @@ async fn serve(
             "the operation ran longer than {}",
             humantime::format_duration(limits.timeout)
         );
-        return reject(request_error, mode, ErrorCode::QueryTooComplex, &msg);
+        return Answer::refusal(request_error, mode, ErrorCode::QueryTooComplex, &msg);
     };
     let outcome = classify(&mut response, !limits.introspection);
-    if outcome == Outcome::Executed
-        && response.data == async_graphql::Value::Null
-        && response.errors.is_empty()
-    {
-        // The engine answers a selection whose every field was skipped with null; the spec's
-        // answer is an empty object.
-        response.data = async_graphql::Value::Object(Default::default());
+    if outcome == Outcome::Executed {
+        // It validated: a persisted operation may skip validation from now on.
+        if let Some(h) = &hash {
+            app.persisted.mark_valid(h);
+        }
+        if response.data == async_graphql::Value::Null && response.errors.is_empty() {
+            // The engine answers a selection whose every field was skipped with null; the
+            // spec's answer is an empty object.
+            response.data = async_graphql::Value::Object(Default::default());
+        }
     }
     let outcome_label = match outcome {
         Outcome::RequestError => "error",
@@ -498,8 +671,8 @@ async fn serve(
         m.graphql_operation(op_name, op_type, outcome_label, started.elapsed());
     }
     stamp_trace_id(&mut response);
-    report_stale(&mut response, cache_log);
-    if let Some(a) = analysis.filter(|_| p.extensions.get("cost") == Some(&Json::Bool(true))) {
+    report_stale(&mut response, &rq.cache_log);
+    if let Some(a) = analysis.filter(|_| want_cost) {
         report_cost(&mut response, &a, limits);
     }
     let status = match outcome {
@@ -509,9 +682,9 @@ async fn serve(
     let cache_control = cache_control(
         personalized,
         method == Method::GET && response.errors.is_empty(),
-        cache_log,
+        &rq.cache_log,
     );
-    let mut resp = match response_pieces(&response) {
+    match response_pieces(&response) {
         Ok(pieces) if pieces.iter().map(Bytes::len).sum::<usize>() > limits.max_response_bytes => {
             tracing::warn!(
                 limit = limits.max_response_bytes,
@@ -521,18 +694,16 @@ async fn serve(
                 "the answer is larger than {} bytes; select less",
                 limits.max_response_bytes
             );
-            reject(request_error, mode, ErrorCode::QueryTooComplex, &msg)
+            Answer::refusal(request_error, mode, ErrorCode::QueryTooComplex, &msg)
         }
-        Ok(pieces) => respond_body(status, mode, Pieces::body(pieces)),
-        Err(_) => respond(
+        Ok(pieces) => Answer {
             status,
             mode,
-            &error_body(ErrorCode::Internal, "internal error"),
-        ),
-    };
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, cache_control);
-    resp
+            cache_control,
+            pieces,
+        },
+        Err(_) => Answer::refusal(status, mode, ErrorCode::Internal, "internal error"),
+    }
 }
 
 /// `extensions.cost` when the request asked for it (`"extensions": {"cost": true}`): the estimate

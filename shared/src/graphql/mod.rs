@@ -11,11 +11,13 @@
 //! writer of our own.
 
 pub mod analysis;
+mod coalesce;
 mod documents;
 pub(crate) mod errors;
 pub mod fields;
 pub(crate) mod http;
 mod inline;
+pub mod persisted;
 mod json;
 mod render;
 pub mod types;
@@ -100,8 +102,13 @@ pub trait GraphqlExecutor: Send + Sync + 'static {
         operation: Option<&str>,
         variables: Option<&serde_json::Map<String, serde_json::Value>>,
     ) -> Result<Option<Analysis>, Refusal>;
-    /// Executes one request.
-    fn execute(&self, request: async_graphql::Request) -> BoxFuture<'_, async_graphql::Response>;
+    /// Executes one request; `validated`: its document validated before (a persisted operation),
+    /// so only the engine's cheap checks run.
+    fn execute(
+        &self,
+        request: async_graphql::Request,
+        validated: bool,
+    ) -> BoxFuture<'_, async_graphql::Response>;
     /// The schema as SDL.
     fn sdl(&self) -> String;
 }
@@ -109,6 +116,8 @@ pub trait GraphqlExecutor: Send + Sync + 'static {
 /// A schema, its document cache and what the pre-execution analysis needs.
 struct Executor<Q, M, S> {
     schema: Schema<Q, M, S>,
+    /// The same schema in the engine's fast validation mode, for documents that validated before.
+    prevalidated: Schema<Q, M, S>,
     documents: Option<DocumentCache>,
     shape: Shape,
     model: CostModel,
@@ -142,8 +151,16 @@ where
         Ok(Some(found))
     }
 
-    fn execute(&self, request: async_graphql::Request) -> BoxFuture<'_, async_graphql::Response> {
-        Box::pin(self.schema.execute(request))
+    fn execute(
+        &self,
+        request: async_graphql::Request,
+        validated: bool,
+    ) -> BoxFuture<'_, async_graphql::Response> {
+        if validated {
+            Box::pin(self.prevalidated.execute(request))
+        } else {
+            Box::pin(self.schema.execute(request))
+        }
     }
 
     fn sdl(&self) -> String {
@@ -158,20 +175,29 @@ pub fn build_schema<T: TitleView, H: types::HomepageView>(
     composer: Composer,
     limits: &GraphqlSettings,
 ) -> Arc<dyn GraphqlExecutor> {
-    let query = types::RootQuery::<T, H>::default();
     let profile = composer.profile().clone();
     let schema = schema_builder(
-        query,
+        types::RootQuery::<T, H>::default(),
+        types::MyListMutation,
+        async_graphql::EmptySubscription,
+        composer.clone(),
+        limits,
+    )
+    .finish();
+    let prevalidated = schema_builder(
+        types::RootQuery::<T, H>::default(),
         types::MyListMutation,
         async_graphql::EmptySubscription,
         composer,
         limits,
     )
+    .validation_mode(async_graphql::ValidationMode::Fast)
     .finish();
     let shape = Shape::from_sdl(&schema.sdl());
     let model = CostModel::for_profile(&profile, shape.mutation());
     Arc::new(Executor {
         schema,
+        prevalidated,
         documents: DocumentCache::new(limits.document_cache_bytes),
         shape,
         model,
@@ -180,6 +206,9 @@ pub fn build_schema<T: TitleView, H: types::HomepageView>(
             max_fields: limits.max_complexity as u64,
             max_cost: limits.max_cost,
             introspection: limits.introspection,
+            max_aliases: limits.max_aliases,
+            max_root_fields: limits.max_root_fields,
+            max_directives: limits.max_directives_per_field,
         },
     })
 }

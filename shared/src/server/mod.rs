@@ -93,6 +93,9 @@ pub enum ServerError {
     /// TLS could not be set up.
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    /// The persisted-operation manifest is unusable.
+    #[error(transparent)]
+    Manifest(#[from] crate::graphql::persisted::ManifestError),
 }
 
 /// Options beyond settings, set by `--demo`.
@@ -181,8 +184,13 @@ impl Application {
                 client_cert_identity: settings.tls.client_cert_identity,
             },
         };
+        let persisted = crate::graphql::persisted::Persisted::new(&settings.graphql.persisted)?;
+        // GraphiQL is useless where introspection is not served (an allow list without it).
+        let graphiql = graphiql.filter(|_| persisted.introspection_allowed());
         let graphql = Arc::new(GraphqlService {
             schema,
+            persisted,
+            coalescer: Default::default(),
             settings: settings.graphql.clone(),
             request_budget: settings.server.request_budget,
             max_body_bytes: settings.server.max_body_bytes,

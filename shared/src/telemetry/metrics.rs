@@ -102,6 +102,7 @@ pub struct Metrics {
 
     graphql_operations: IntCounterVec,
     graphql_duration: HistogramVec,
+    graphql_coalesced: IntCounterVec,
 
     upstream_requests: IntCounterVec,
     upstream_duration: HistogramVec,
@@ -179,6 +180,11 @@ impl Metrics {
             "Time to execute one GraphQL operation, by operation name (bounded) and type.",
             &["operation", "type"],
         )?;
+        let graphql_coalesced = f.counter(
+            "bff_graphql_coalesced_total",
+            "GraphQL requests answered by another identical request's execution (graphql.coalesce).",
+            &[],
+        )?;
         let upstream_requests = f.counter(
             "bff_upstream_requests_total",
             "Attempts to call a backend (each retry counts), by backend, endpoint (at most 32 per backend, then other) and outcome (ok, error, timeout, rejected = the backend refused the request, client = the client broke the call).",
@@ -248,6 +254,7 @@ impl Metrics {
             ip_refused,
             graphql_operations,
             graphql_duration,
+            graphql_coalesced,
             upstream_requests,
             upstream_duration,
             upstream_in_flight,
@@ -295,6 +302,11 @@ impl Metrics {
     /// Counts one connection closed on arrival; `reason` is a fixed word (`limit`).
     pub fn connection_refused(&self, reason: &'static str) {
         self.connections_refused.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts one request that shared another's execution.
+    pub fn graphql_coalesced(&self) {
+        self.graphql_coalesced.with_label_values::<&str>(&[]).inc();
     }
 
     /// Counts one request refused by the client-address rules of `scope` (`global` or a route

@@ -39,6 +39,9 @@ const LOOSE: Limits = Limits {
     max_fields: u64::MAX,
     max_cost: u64::MAX,
     introspection: true,
+    max_aliases: usize::MAX,
+    max_root_fields: usize::MAX,
+    max_directives: usize::MAX,
 };
 
 fn run(query: &str, limits: &Limits) -> Result<Analysis, Refusal> {
@@ -221,6 +224,49 @@ fn mutations_cost_their_backend_call() {
     let doc = parse_query("mutation { addToMyList(titleId: \"t1\") { changed } }").unwrap();
     let a = analyze(&shape, &model, &doc, operation(&doc, None).unwrap(), &LOOSE).unwrap();
     assert_eq!(a.cost, 1 + CALL_COST + 1);
+}
+
+#[test]
+fn aliases_root_fields_and_directives_have_their_own_limits() {
+    let tight = Limits {
+        max_aliases: 2,
+        max_root_fields: 3,
+        max_directives: 2,
+        ..LOOSE
+    };
+    assert!(run(r#"{ a: title(id: "1") { id } b: title(id: "2") { id } }"#, &tight).is_ok());
+    let err = run(r#"{ a: title(id: "1") { x: id } b: title(id: "2") { id } }"#, &tight).unwrap_err();
+    assert!(matches!(err, Refusal::TooComplex(m) if m.contains("3 aliases")));
+    // Root fields count through fragments.
+    let err = run(
+        r#"{ viewer { id } ...R ... on Query { homepage { region } } } fragment R on Query { title(id: "1") { id } viewer { name } }"#,
+        &tight,
+    )
+    .unwrap_err();
+    assert!(matches!(err, Refusal::TooComplex(m) if m.contains("4 root fields")));
+    let err = run(
+        "query($a: Boolean!) { viewer @skip(if: $a) @include(if: $a) @skip(if: $a) { id } }",
+        &tight,
+    )
+    .unwrap_err();
+    assert!(matches!(err, Refusal::TooComplex(m) if m.contains("3 directives")));
+}
+
+#[test]
+fn tokens_are_counted_without_parsing() {
+    assert_eq!(count_tokens("{ a }", 10), Ok(3));
+    // query Q ( $ v : [ Int ! ] ! = [ 1 2 ] ) { a ( x : $ v ) @ skip ( if : true ) { ... F } }
+    assert_eq!(
+        count_tokens("query Q($v: [Int!]! = [1, 2]) { a(x: $v) @skip(if: true) { ...F } }", 100),
+        Ok(36)
+    );
+    assert_eq!(count_tokens("# a comment { } { }\n{ a, b }", 10), Ok(4));
+    assert_eq!(
+        count_tokens(r#"{ a(s: "x } { \" y", b: """ { { \""" " } """) }"#, 20),
+        Ok(11)
+    );
+    assert_eq!(count_tokens(&"{ a ".repeat(1000), 50), Err(51));
+    assert_eq!(count_tokens("1.5e10 -3 ...", 10), Ok(3));
 }
 
 fn vars(query: &str, v: serde_json::Value) -> Result<(), Refusal> {
@@ -498,7 +544,15 @@ mod fuzz {
             let shape = Shape::from_sdl(&schema.sdl());
             let profile = ClientProfile::new(vec![RowKind::Top10], 20);
             let model = CostModel::for_profile(&profile, shape.mutation());
-            let limits = Limits { max_depth: 8, max_fields: 200, max_cost: 5_000, introspection: true };
+            let limits = Limits {
+                max_depth: 8,
+                max_fields: 200,
+                max_cost: 5_000,
+                introspection: true,
+                max_aliases: 30,
+                max_root_fields: 20,
+                max_directives: 5,
+            };
             let Ok(parsed) = parse_query(&doc) else { return Ok(()); };
             let Some(op) = operation(&parsed, None) else { return Ok(()); };
             let first = analyze(&shape, &model, &parsed, op, &limits);
