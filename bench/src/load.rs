@@ -20,8 +20,10 @@ pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// What to send, how hard and for how long.
 pub(crate) struct Plan {
     pub(crate) url: String,
-    /// The JSON request body, built once (cloning `Bytes` is a refcount bump).
-    pub(crate) body: Bytes,
+    /// The JSON request bodies, built once (cloning `Bytes` is a refcount bump), sent in turn.
+    pub(crate) bodies: Vec<Bytes>,
+    /// When set, requests are `GET`s of these URLs in turn instead of POSTs.
+    pub(crate) get_urls: Vec<String>,
     /// `Bearer …` values to rotate through.
     pub(crate) auth: Vec<HeaderValue>,
     pub(crate) accept_encoding: Option<HeaderValue>,
@@ -69,12 +71,18 @@ pub(crate) struct Response {
 /// How much of a failed response's body to keep for the log.
 const ERROR_SAMPLE_BYTES: usize = 300;
 
-/// Sends one request of `plan` with the `i`-th auth value (mod the list).
+/// Sends one request of `plan` with the `i`-th body and auth value (mod the lists; no auth
+/// values: anonymous).
 pub(crate) async fn send(client: &reqwest::Client, plan: &Plan, i: usize) -> Response {
-    let mut req = client
-        .post(&plan.url)
-        .header(CONTENT_TYPE, "application/json")
-        .body(plan.body.clone());
+    let mut req = if plan.get_urls.is_empty() {
+        let body = plan.bodies[i % plan.bodies.len().max(1)].clone();
+        client
+            .post(&plan.url)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+    } else {
+        client.get(&plan.get_urls[i % plan.get_urls.len()])
+    };
     if let Some(auth) = plan.auth.get(i % plan.auth.len().max(1)) {
         req = req.header(AUTHORIZATION, auth.clone());
     }
@@ -169,7 +177,10 @@ pub(crate) async fn drive<S>(
     probe: impl Fn() -> S,
 ) -> Result<(Outcome, S, S)> {
     ensure!(plan.concurrency > 0, "concurrency must be at least 1");
-    ensure!(!plan.auth.is_empty(), "a load plan needs at least one user");
+    ensure!(
+        !plan.bodies.is_empty() || !plan.get_urls.is_empty(),
+        "a load plan needs something to send"
+    );
     let begin = Instant::now();
     let window_start = begin + plan.warmup;
     let window_end = window_start + plan.duration;

@@ -261,9 +261,22 @@ fn select<'a>(catalogue: &'a [Scenario], names: &[String]) -> Result<Vec<&'a Sce
 /// Runs a load scenario `cli.runs` times, each against a fresh BFF and reset fixtures.
 async fn run_load(env: &Env, s: &Scenario, spec: &LoadSpec, cli: &Cli) -> Result<ScenarioResult> {
     let concurrency = cli.concurrency.unwrap_or(spec.concurrency);
-    let body = Bytes::from(serde_json::to_vec(
-        &serde_json::json!({ "query": spec.query }),
-    )?);
+    let bodies: Vec<Bytes> = match spec.request {
+        scenario::Request::PostDistinct => (0..4096)
+            .map(|n| {
+                serde_json::to_vec(
+                    &serde_json::json!({ "query": spec.query, "extensions": { "n": n } }),
+                )
+                .map(Bytes::from)
+            })
+            .collect::<Result<_, _>>()?,
+        _ => vec![Bytes::from(serde_json::to_vec(
+            &serde_json::json!({ "query": spec.query }),
+        )?)],
+    };
+    let hash = shared::graphql::persisted::sha256_hex(spec.query);
+    let persisted_ext =
+        serde_json::json!({ "persistedQuery": { "version": 1, "sha256Hash": hash } });
     let auth = spec
         .users
         .iter()
@@ -289,9 +302,30 @@ async fn run_load(env: &Env, s: &Scenario, spec: &LoadSpec, cli: &Cli) -> Result
             .timeout(load::REQUEST_TIMEOUT)
             .pool_max_idle_per_host(concurrency)
             .build()?;
+        if spec.request == scenario::Request::PersistedGet {
+            // Registered once (APQ), as a client does on its first use.
+            let registered = client
+                .post(bff.graphql_url())
+                .json(&serde_json::json!({ "query": spec.query, "extensions": persisted_ext }))
+                .send()
+                .await?;
+            ensure!(
+                registered.status().is_success(),
+                "{}: APQ registration failed",
+                s.name
+            );
+        }
+        let get_urls = if spec.request == scenario::Request::PersistedGet {
+            let ext = persisted_ext.to_string();
+            let ext: String = form_urlencoded::byte_serialize(ext.as_bytes()).collect();
+            vec![format!("{}?extensions={ext}", bff.graphql_url())]
+        } else {
+            Vec::new()
+        };
         let plan = Arc::new(Plan {
             url: bff.graphql_url(),
-            body: body.clone(),
+            bodies: bodies.clone(),
+            get_urls,
             auth: auth.clone(),
             accept_encoding: spec.accept_encoding.map(HeaderValue::from_static),
             concurrency,

@@ -171,6 +171,21 @@ pub(crate) struct LoadSpec {
     /// Injected after the first request of each run, for the warmup and the window.
     pub(crate) fault: Fault,
     pub(crate) targets: Vec<Target>,
+    /// How the query is sent.
+    pub(crate) request: Request,
+}
+
+/// How a load scenario sends its query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Request {
+    /// The same POST body every time.
+    Post,
+    /// A POST body that differs per request (`extensions.n`, 4,096 values in turn) but asks for
+    /// the same work: requests that can never share an execution.
+    PostDistinct,
+    /// `GET /graphql?extensions=…` with the query's persisted hash (registered once before the
+    /// run): the path a CDN-cached persisted query takes.
+    PersistedGet,
 }
 
 /// What a scenario does.
@@ -198,7 +213,7 @@ pub(crate) struct Scenario {
 }
 
 /// Named sets of scenarios for `-s`, with what they are for.
-pub(crate) const GROUPS: [(&str, &str); 5] = [
+pub(crate) const GROUPS: [(&str, &str); 6] = [
     (
         "issue3",
         "the first homepage figures: *-latency50, critical-path, *-rps (cache off), engine, payload",
@@ -219,6 +234,10 @@ pub(crate) const GROUPS: [(&str, &str); 5] = [
         "edge",
         "issue 14: tls (new connections per second and keep-alive homepage throughput, TLS vs plain)",
     ),
+    (
+        "traffic",
+        "issue 15: anonymous web homepage, cache off, concurrency 32: web-anon-{distinct|identical|identical-nocoalesce}; web-anon-{post|persisted-get} warm",
+    ),
 ];
 
 const ISSUE3: &[&str] = &["issue3"];
@@ -227,6 +246,7 @@ const BOTH: &[&str] = &["issue3", "cache"];
 const FAULTS: &[&str] = &["faults"];
 const HOSTILE: &[&str] = &["hostile"];
 const EDGE: &[&str] = &["edge"];
+const TRAFFIC: &[&str] = &["traffic"];
 
 /// `["u1", …, "u{n}"]`: fixture users (u1…u200 exist).
 pub(crate) fn users(n: usize) -> Vec<String> {
@@ -237,6 +257,11 @@ fn unchanged(_: &mut Settings) {}
 
 fn cache_off(s: &mut Settings) {
     s.cache.enabled = false;
+}
+
+fn cache_and_coalescing_off(s: &mut Settings) {
+    s.cache.enabled = false;
+    s.graphql.coalesce = false;
 }
 
 fn per_user_uncached(s: &mut Settings) {
@@ -278,7 +303,21 @@ const ONE_ROUND_TARGET: Target = Target {
 };
 
 /// Cross-scenario targets, checked when both scenarios ran in the same invocation.
-pub(crate) const RATIO_TARGETS: [RatioTarget; 3] = [
+pub(crate) const RATIO_TARGETS: [RatioTarget; 5] = [
+    RatioTarget {
+        of: "web-anon-identical",
+        over: "web-anon-distinct",
+        metric: Metric::Rps,
+        bound: Bound::AtLeast(5.0),
+        why: "issue 15: identical anonymous requests coalesced reach ≥ 5× different requests",
+    },
+    RatioTarget {
+        of: "web-anon-identical",
+        over: "web-anon-distinct",
+        metric: Metric::P99,
+        bound: Bound::AtMost(1.0),
+        why: "issue 15: at a p99 no worse than different requests",
+    },
     RatioTarget {
         of: "web-warm-1u-0ms",
         over: "web-off-1u-0ms",
@@ -314,6 +353,7 @@ fn load(bff: Bff, query: &'static str, latency_ms: u64, concurrency: usize) -> L
         prime: false,
         fault: Fault::None,
         targets: Vec::new(),
+        request: Request::Post,
     }
 }
 
@@ -539,6 +579,48 @@ pub(crate) fn catalogue() -> Vec<Scenario> {
         groups: HOSTILE,
         kind: Kind::Hostile,
     });
+    let anon = |request: Request, adjust: fn(&mut Settings)| LoadSpec {
+        users: Vec::new(),
+        adjust,
+        request,
+        ..load(Bff::Web, WEB_FULL, 0, 32)
+    };
+    all.push(load_scenario(
+        "web-anon-distinct",
+        "web full homepage, anonymous, cache off, concurrency 32, every request different (extensions.n): coalescing cannot help".into(),
+        TRAFFIC,
+        anon(Request::PostDistinct, cache_off),
+    ));
+    all.push(load_scenario(
+        "web-anon-identical",
+        "the same, every request byte-identical, graphql.coalesce on: concurrent ones share one execution".into(),
+        TRAFFIC,
+        anon(Request::Post, cache_off),
+    ));
+    all.push(load_scenario(
+        "web-anon-identical-nocoalesce",
+        "the same, byte-identical, graphql.coalesce = false".into(),
+        TRAFFIC,
+        anon(Request::Post, cache_and_coalescing_off),
+    ));
+    all.push(load_scenario(
+        "web-anon-post",
+        "web full homepage, anonymous, warm cache, concurrency 32, POST with the query".into(),
+        TRAFFIC,
+        LoadSpec {
+            prime: true,
+            ..anon(Request::Post, unchanged)
+        },
+    ));
+    all.push(load_scenario(
+        "web-anon-persisted-get",
+        "the same as a persisted query over GET (the hash in the URL, no query text)".into(),
+        TRAFFIC,
+        LoadSpec {
+            prime: true,
+            ..anon(Request::PersistedGet, unchanged)
+        },
+    ));
     all.push(Scenario {
         name: "tls".into(),
         about: "web BFF with and without TLS: a new connection per request (handshakes/s) and the warm homepage over keep-alive (rps, CPU µs/req)".into(),

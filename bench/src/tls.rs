@@ -133,9 +133,10 @@ async fn keepalive(
 ) -> Result<Row> {
     let plan = Arc::new(Plan {
         url,
-        body: Bytes::from(serde_json::to_vec(
+        bodies: vec![Bytes::from(serde_json::to_vec(
             &serde_json::json!({ "query": WEB_FULL }),
-        )?),
+        )?)],
+        get_urls: Vec::new(),
         auth: vec![HeaderValue::try_from(format!(
             "Bearer {}",
             env.token("u1")?

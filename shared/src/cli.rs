@@ -31,6 +31,10 @@ pub struct Cli {
     /// Print the GraphQL schema (SDL) and exit.
     #[arg(long)]
     pub print_schema: bool,
+    /// Print an Apollo persisted-query manifest of the operations in DIR (`*.graphql`, one named
+    /// operation per file) and exit: the trusted documents of `graphql.persisted.mode = "allow_list"`.
+    #[arg(long, value_name = "DIR")]
+    pub persisted_manifest: Option<PathBuf>,
 }
 
 /// `--listen`'s value: an IP and a port. A bare port is the common mistake, so the message says
@@ -69,6 +73,54 @@ pub enum RunError {
     /// Trace export could not be set up.
     #[error("cannot set up trace export: {0}")]
     Telemetry(#[from] crate::telemetry::otel::OtelError),
+    /// An operation file for `--persisted-manifest` is unusable.
+    #[error("{path}: {reason}")]
+    Operation {
+        /// The file (or folder).
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The Apollo persisted-query manifest of the operations in `dir`: every `*.graphql` file, in
+/// name order, holding exactly one named operation (its body is the file's text, trimmed, so the
+/// hash is the one a client computes from the same file).
+pub fn persisted_manifest(dir: &std::path::Path) -> Result<serde_json::Value, RunError> {
+    let failed = |path: &std::path::Path, reason: String| RunError::Operation {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| failed(dir, e.to_string()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "graphql"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(failed(dir, "no *.graphql operation files".into()));
+    }
+    let mut ops = Vec::with_capacity(files.len());
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(|e| failed(&file, e.to_string()))?;
+        let body = text.trim().to_owned();
+        let doc =
+            async_graphql::parser::parse_query(&body).map_err(|e| failed(&file, e.to_string()))?;
+        let async_graphql::parser::types::DocumentOperations::Multiple(named) = &doc.operations
+        else {
+            return Err(failed(&file, "the operation needs a name".into()));
+        };
+        let [(name, op)] = named.iter().collect::<Vec<_>>()[..] else {
+            return Err(failed(&file, "one operation per file".into()));
+        };
+        let ty = match op.node.ty {
+            async_graphql::parser::types::OperationType::Query => "query",
+            async_graphql::parser::types::OperationType::Mutation => "mutation",
+            async_graphql::parser::types::OperationType::Subscription => "subscription",
+        };
+        ops.push((name.to_string(), ty.to_owned(), body));
+    }
+    Ok(crate::graphql::persisted::manifest_json(&ops))
 }
 
 /// The SDL of a surface with default settings (what `--print-schema` prints).
@@ -100,7 +152,7 @@ pub async fn run(surface: Surface) -> ExitCode {
         Err(e) => {
             eprintln!("{}: {}", surface.name, report(&e));
             match e {
-                RunError::Config(_) => ExitCode::from(2),
+                RunError::Config(_) | RunError::Operation { .. } => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
         }
@@ -126,6 +178,11 @@ pub fn report(e: &dyn std::error::Error) -> String {
 async fn serve(surface: &Surface, cli: Cli) -> Result<(), RunError> {
     if cli.print_schema {
         print!("{}", sdl(surface)?);
+        return Ok(());
+    }
+    if let Some(dir) = &cli.persisted_manifest {
+        let manifest = persisted_manifest(dir)?;
+        println!("{manifest:#}");
         return Ok(());
     }
     let opts = LoadOptions {

@@ -15,6 +15,8 @@ mod http_spec;
 mod mobile;
 mod mutations;
 mod observability;
+mod operations;
+mod persisted;
 mod pki;
 mod rendering;
 mod resilience;

@@ -237,10 +237,12 @@ async fn a_refused_endpoint_is_routed_around_without_client_errors() {
 #[tokio::test]
 async fn least_outstanding_favours_the_faster_endpoint() {
     let (servers, _) = two_top10_endpoints().await;
-    servers[0].control().set_fault(Backend::Top10, latency(60));
+    servers[0].control().set_fault(Backend::Top10, latency(200));
     let urls: Vec<String> = servers.iter().map(BackendServer::url).collect();
     let app = spawn_app_with(web(), |s| {
         s.cache.enabled = false;
+        // Every client's request is a call of its own (identical ones would share one).
+        s.graphql.coalesce = false;
         s.backends.top10.endpoints = urls.clone();
         s.backends.top10.balance = shared::upstream::resilience::Strategy::LeastOutstanding;
     })
@@ -383,6 +385,8 @@ async fn shutdown_finishes_every_request_in_flight() {
     settings.backends =
         shared::config::BackendsSettings::at(|b| fixtures.url(shared::demo::fixture_backend(b)));
     settings.cache.enabled = false;
+    // Twenty executions in flight, not one shared by twenty identical requests.
+    settings.graphql.coalesce = false;
     let app = shared::Application::build(settings, &web(), shared::StartOptions::default())
         .await
         .unwrap();

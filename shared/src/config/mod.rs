@@ -294,6 +294,9 @@ pub struct GraphqlSettings {
     pub max_directives_per_field: usize,
     /// Most lexical tokens in one document, counted before parsing (`graphql.max_tokens`).
     pub max_tokens: usize,
+    /// Most operations in one batched request (a JSON array); `1` turns batching off
+    /// (`graphql.max_batch`).
+    pub max_batch: usize,
     /// Whether introspection queries are answered.
     pub introspection: bool,
     /// Approximate bytes of parsed documents kept for repeated operations
@@ -362,6 +365,7 @@ impl Default for GraphqlSettings {
             max_directives_per_field: 5,
             // graphql-js's introspection query is ~300 tokens, the full web homepage ~120.
             max_tokens: 5_000,
+            max_batch: 1,
             introspection: true,
             document_cache_bytes: 16 * 1024 * 1024,
             direct_json: true,
@@ -1386,6 +1390,12 @@ impl Settings {
         }
         if self.graphql.max_depth == 0 {
             return Err(invalid("graphql.max_depth", "must be > 0".into()));
+        }
+        if self.graphql.max_batch == 0 || self.graphql.max_batch > 100 {
+            return Err(invalid(
+                "graphql.max_batch",
+                "must be between 1 (no batching) and 100".into(),
+            ));
         }
         if self.graphql.persisted.mode == PersistedMode::AllowList
             && self.graphql.persisted.manifest.is_none()

@@ -463,34 +463,48 @@ fn shape_limits(
             limits.max_directives
         )));
     }
-    // Root fields, through fragments (cycles were refused by the walk already; `seen` stops
-    // them here too).
+    // Root fields, through fragments: each fragment's count is computed once and reused (a
+    // fragment bomb expands exponentially; counting it spread by spread would too). Cycles were
+    // refused by the walk already; `active` stops them here as well.
     fn roots<'a>(
         doc: &'a ExecutableDocument,
         set: &'a SelectionSet,
-        seen: &mut Vec<&'a str>,
-        n: &mut usize,
-    ) {
+        memo: &mut HashMap<&'a str, usize>,
+        active: &mut HashSet<&'a str>,
+    ) -> usize {
+        let mut n: usize = 0;
         for s in &set.items {
-            match &s.node {
-                Selection::Field(_) => *n += 1,
-                Selection::InlineFragment(f) => roots(doc, &f.node.selection_set.node, seen, n),
+            let add = match &s.node {
+                Selection::Field(_) => 1,
+                Selection::InlineFragment(f) => {
+                    roots(doc, &f.node.selection_set.node, memo, active)
+                }
                 Selection::FragmentSpread(spread) => {
                     let name = spread.node.fragment_name.node.as_str();
-                    if seen.contains(&name) {
-                        continue;
-                    }
-                    if let Some(f) = doc.fragments.get(name) {
-                        seen.push(name);
-                        roots(doc, &f.node.selection_set.node, seen, n);
-                        seen.pop();
+                    if let Some(&known) = memo.get(name) {
+                        known
+                    } else if let Some(f) = doc.fragments.get(name)
+                        && active.insert(name)
+                    {
+                        let count = roots(doc, &f.node.selection_set.node, memo, active);
+                        active.remove(name);
+                        memo.insert(name, count);
+                        count
+                    } else {
+                        0
                     }
                 }
-            }
+            };
+            n = n.saturating_add(add);
         }
+        n
     }
-    let mut root_fields = 0;
-    roots(doc, &op.selection_set.node, &mut Vec::new(), &mut root_fields);
+    let root_fields = roots(
+        doc,
+        &op.selection_set.node,
+        &mut HashMap::new(),
+        &mut HashSet::new(),
+    );
     if root_fields > limits.max_root_fields {
         return Err(Refusal::TooComplex(format!(
             "the operation selects {root_fields} root fields; at most {} are allowed",
@@ -529,7 +543,11 @@ pub fn count_tokens(query: &str, max: usize) -> Result<usize, usize> {
             i += 3;
             while i < b.len() && !b[i..].starts_with(BLOCK) {
                 // `\"""` is an escaped triple quote inside a block string.
-                i += if b[i] == b'\\' && b[i + 1..].starts_with(BLOCK) { 4 } else { 1 };
+                i += if b[i] == b'\\' && b[i + 1..].starts_with(BLOCK) {
+                    4
+                } else {
+                    1
+                };
             }
             i += 3;
         } else if c == b'"' {

@@ -91,3 +91,93 @@ impl Coalescer {
         self.inflight.lock().len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::http::StatusCode;
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    fn key(query: &str, viewer: Option<&str>) -> Key {
+        Key {
+            get: false,
+            graphql_response: true,
+            query: Arc::from(query),
+            operation: None,
+            variables: String::new(),
+            extensions: "{}".into(),
+            viewer: viewer.map(|v| (v.to_owned(), String::new(), None)),
+        }
+    }
+
+    /// Runs `n` requests of `key`s at once while a gate holds every execution; counts executions.
+    async fn run_all(c: &Arc<Coalescer>, keys: Vec<Key>) -> (usize, usize) {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(Notify::new());
+        let mut tasks = Vec::new();
+        for k in keys {
+            let (c, runs, gate) = (c.clone(), runs.clone(), gate.clone());
+            tasks.push(tokio::spawn(async move {
+                c.answer(k, move || {
+                    async move {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        gate.notified().await;
+                        Answer::internal()
+                    }
+                    .boxed()
+                })
+                .await
+            }));
+        }
+        // The test runtime has one thread: yielding lets every request task run until it waits
+        // on an execution, so all have joined or started one before the gate opens.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        let in_flight = c.in_flight();
+        gate.notify_waiters();
+        let mut shared = 0;
+        for t in tasks {
+            let (answer, was_shared) = t.await.unwrap();
+            assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+            shared += usize::from(was_shared);
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), in_flight);
+        (in_flight, shared)
+    }
+
+    #[tokio::test]
+    async fn identical_requests_share_one_execution_and_different_ones_never() {
+        let c = Arc::new(Coalescer::default());
+        let (runs, shared) = run_all(&c, vec![key("{ a }", None); 16]).await;
+        assert_eq!((runs, shared), (1, 15));
+        assert_eq!(c.in_flight(), 0, "the key is forgotten once answered");
+
+        // Two users, anonymous vs signed-in, another query: four executions.
+        let keys = vec![
+            key("{ a }", Some("u1")),
+            key("{ a }", Some("u1")),
+            key("{ a }", Some("u2")),
+            key("{ a }", None),
+            key("{ b }", None),
+        ];
+        let (runs, shared) = run_all(&c, keys).await;
+        assert_eq!((runs, shared), (4, 1));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_execution_answers_internal_and_frees_its_key() {
+        let c = Coalescer::default();
+        let boom = || -> Answer { panic!("boom") };
+        let (answer, _) = c
+            .answer(key("{ a }", None), move || async move { boom() }.boxed())
+            .await;
+        assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(c.in_flight(), 0);
+    }
+}

@@ -21,16 +21,16 @@ use axum::{
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::{Map, Value as Json};
 use futures::FutureExt as _;
+use serde_json::{Map, Value as Json};
 use tracing::Instrument;
 
 use super::{
     analysis::{Analysis, Refusal},
     coalesce::{Coalescer, Key},
-    persisted::{Persisted, PersistedError},
     errors::{Outcome, classify, error_body, stamp_trace_id},
     json::Chunks,
+    persisted::{Persisted, PersistedError},
 };
 use crate::{
     auth::Identity, config::GraphqlSettings, error::ErrorCode, telemetry::metrics::Metrics,
@@ -328,14 +328,7 @@ async fn post(
     };
     let map: Map<String, Json> = match serde_json::from_slice::<Json>(&bytes) {
         Ok(Json::Object(m)) => m,
-        Ok(Json::Array(_)) => {
-            return reject(
-                StatusCode::BAD_REQUEST,
-                mode,
-                ErrorCode::BadUserInput,
-                "batched requests are not supported",
-            );
-        }
+        Ok(Json::Array(items)) => return batch(app, identity, mode, items).await,
         Ok(_) => {
             return reject(
                 StatusCode::BAD_REQUEST,
@@ -356,6 +349,62 @@ async fn post(
     serve(app, identity, Method::POST, mode, map).await
 }
 
+/// A batch (a JSON array of requests, as Apollo's and Relay's batching links send): each runs as
+/// if sent alone, with the same identity and the same limits, at once; the answer is the array of
+/// their answers, in order, with `200`. At most `graphql.max_batch` operations (`1`, the default,
+/// turns batching off); never stored by a shared cache.
+async fn batch(
+    app: Arc<GraphqlService>,
+    identity: Option<axum::Extension<Identity>>,
+    mode: Mode,
+    items: Vec<Json>,
+) -> Response {
+    let max = app.settings.max_batch;
+    let refusal = if max <= 1 {
+        Some("batched requests are off on this server (graphql.max_batch)".to_owned())
+    } else if items.is_empty() {
+        Some("the batch is empty".to_owned())
+    } else if items.len() > max {
+        Some(format!(
+            "a batch holds at most {max} operations (graphql.max_batch); this one has {}",
+            items.len()
+        ))
+    } else {
+        None
+    };
+    if let Some(msg) = refusal {
+        return reject(StatusCode::BAD_REQUEST, mode, ErrorCode::BadUserInput, &msg);
+    }
+    let answers = futures::future::join_all(items.into_iter().map(|item| {
+        let (app, identity) = (app.clone(), identity.clone());
+        async move {
+            let Json::Object(map) = item else {
+                let body = error_body(
+                    ErrorCode::BadUserInput,
+                    "each batched request must be a JSON object",
+                );
+                return Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+            };
+            let resp = serve(app, identity, Method::POST, mode, map).await;
+            // Answers are in memory already (`Pieces`); this only joins them.
+            axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap_or_else(|_| Bytes::from_static(b"{}"))
+        }
+    }))
+    .await;
+    let mut pieces = Vec::with_capacity(answers.len() * 2 + 1);
+    pieces.push(Bytes::from_static(b"["));
+    for (i, a) in answers.into_iter().enumerate() {
+        if i > 0 {
+            pieces.push(Bytes::from_static(b","));
+        }
+        pieces.push(a);
+    }
+    pieces.push(Bytes::from_static(b"]"));
+    respond_body(StatusCode::OK, mode, Pieces::body(pieces))
+}
+
 fn not_acceptable() -> Response {
     reject(
         StatusCode::NOT_ACCEPTABLE,
@@ -367,7 +416,7 @@ fn not_acceptable() -> Response {
 
 /// A finished GraphQL answer: what every request that shares an execution gets.
 pub(crate) struct Answer {
-    status: StatusCode,
+    pub(crate) status: StatusCode,
     mode: Mode,
     cache_control: HeaderValue,
     pieces: Vec<Bytes>,
@@ -375,7 +424,8 @@ pub(crate) struct Answer {
 
 impl Answer {
     fn refusal(status: StatusCode, mode: Mode, code: ErrorCode, message: &str) -> Self {
-        let body = serde_json::to_vec(&error_body(code, message)).unwrap_or_else(|_| b"{}".to_vec());
+        let body =
+            serde_json::to_vec(&error_body(code, message)).unwrap_or_else(|_| b"{}".to_vec());
         Self {
             status,
             mode,
@@ -513,7 +563,8 @@ async fn serve(
         };
     // The allow list: only its operations, and introspection only where allowed.
     if app.persisted.allow_list() && !resolved.trusted {
-        let introspection_only = analysis.is_some_and(|a| a.fields == 0 && a.introspection_fields > 0);
+        let introspection_only =
+            analysis.is_some_and(|a| a.fields == 0 && a.introspection_fields > 0);
         if !(introspection_only && app.persisted.introspection_allowed()) {
             return reject(
                 request_error,
@@ -526,26 +577,27 @@ async fn serve(
     // See `render`: the engine's root merge cannot take rendered values twice.
     let renderable = app.settings.direct_json
         && super::render::root_renderable(&doc, p.operation_name.as_deref());
-    let coalesce_key = (app.settings.coalesce && operation == Some(OperationType::Query)).then(|| {
-        let mut extensions = p.extensions.clone();
-        extensions.remove("persistedQuery");
-        Key {
-            get: method == Method::GET,
-            graphql_response: mode == Mode::GraphqlResponse,
-            query: resolved.query.clone(),
-            operation: p.operation_name.clone(),
-            variables: p
-                .variables
-                .as_ref()
-                .map(|v| Json::Object(v.clone()).to_string())
-                .unwrap_or_default(),
-            extensions: Json::Object(extensions).to_string(),
-            viewer: viewer.as_ref().map(|v| {
-                let scopes: Vec<&str> = v.scopes.iter().map(String::as_str).collect();
-                (v.user_id.to_string(), scopes.join(" "), v.max_maturity)
-            }),
-        }
-    });
+    let coalesce_key =
+        (app.settings.coalesce && operation == Some(OperationType::Query)).then(|| {
+            let mut extensions = p.extensions.clone();
+            extensions.remove("persistedQuery");
+            Key {
+                get: method == Method::GET,
+                graphql_response: mode == Mode::GraphqlResponse,
+                query: resolved.query.clone(),
+                operation: p.operation_name.clone(),
+                variables: p
+                    .variables
+                    .as_ref()
+                    .map(|v| Json::Object(v.clone()).to_string())
+                    .unwrap_or_default(),
+                extensions: Json::Object(extensions).to_string(),
+                viewer: viewer.as_ref().map(|v| {
+                    let scopes: Vec<&str> = v.scopes.iter().map(String::as_str).collect();
+                    (v.user_id.to_string(), scopes.join(" "), v.max_maturity)
+                }),
+            }
+        });
     let mut request = async_graphql::Request::new(resolved.query.to_string());
     if let Some(name) = p.operation_name.clone() {
         request = request.operation_name(name);
@@ -566,7 +618,10 @@ async fn serve(
         None => "unknown",
     };
     // The request span (current here) names the operation too, for the access log's readers.
-    tracing::Span::current().record("graphql.operation", op_name.as_deref().unwrap_or("anonymous"));
+    tracing::Span::current().record(
+        "graphql.operation",
+        op_name.as_deref().unwrap_or("anonymous"),
+    );
     let job = Job {
         request,
         rq,
@@ -634,7 +689,9 @@ async fn execute(app: Arc<GraphqlService>, job: Job) -> Answer {
     // The estimate bounds the work; this bounds the time, whatever the estimate missed.
     let executed = tokio::time::timeout(
         limits.timeout,
-        app.schema.execute(request, validated).instrument(span.clone()),
+        app.schema
+            .execute(request, validated)
+            .instrument(span.clone()),
     )
     .await;
     let Ok(mut response) = executed else {
