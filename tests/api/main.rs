@@ -15,6 +15,7 @@ mod http_spec;
 mod mobile;
 mod mutations;
 mod observability;
+mod ratelimit;
 mod pki;
 mod rendering;
 mod resilience;

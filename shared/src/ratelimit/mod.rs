@@ -421,10 +421,18 @@ impl RateLimiter {
             return Outcome::default();
         }
         let verdicts = self.store.decide(&checks).await;
+        let all = verdicts.iter().all(|v| v.allowed);
         let decided: Vec<(Arc<Policy>, Verdict)> = checks
             .into_iter()
             .zip(verdicts)
-            .map(|(c, v)| (c.policy, v))
+            .map(|(c, mut v)| {
+                // An admitting policy of a refused request was not charged: it has what it had
+                // (the algorithms' remaining counts are whole units, so this is exact).
+                if !all && v.allowed {
+                    v.remaining += c.cost;
+                }
+                (c.policy, v)
+            })
             .collect();
         if let Some(m) = &self.metrics {
             for (p, v) in &decided {

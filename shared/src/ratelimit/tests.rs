@@ -220,10 +220,10 @@ async fn a_refusing_policy_charges_no_other() {
         .verdicts()
         .map(|(n, v)| (n.to_owned(), v.allowed, v.remaining))
         .collect();
-    // `wide` was charged by the two admitted requests only, not by the eight refused.
+    // `wide` was charged by the two admitted requests only, not by the nine refused.
     assert_eq!(
         by_name,
-        vec![("wide".into(), true, 97), ("narrow".into(), false, 0)]
+        vec![("wide".into(), true, 98), ("narrow".into(), false, 0)]
     );
     let mut h = HeaderMap::new();
     out.apply(&mut h);
@@ -231,7 +231,7 @@ async fn a_refusing_policy_charges_no_other() {
         h[RATELIMIT_POLICY],
         "\"wide\";q=100;w=60, \"narrow\";q=2;w=60"
     );
-    assert_eq!(h[RATELIMIT], "\"wide\";r=97;t=60, \"narrow\";r=0;t=60");
+    assert_eq!(h[RATELIMIT], "\"wide\";r=98;t=60, \"narrow\";r=0;t=60");
     assert_eq!(h[http::header::RETRY_AFTER], "60");
 }
 
