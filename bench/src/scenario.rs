@@ -185,6 +185,9 @@ pub(crate) enum Kind {
     Hostile,
     /// TLS vs plain: connections per second and keep-alive throughput.
     Tls,
+    /// Rate limits: accuracy per algorithm (local, two BFFs + Redis), cost per decision,
+    /// homepage CPU with and without policies.
+    RateLimit,
 }
 
 /// One named benchmark.
@@ -198,7 +201,7 @@ pub(crate) struct Scenario {
 }
 
 /// Named sets of scenarios for `-s`, with what they are for.
-pub(crate) const GROUPS: [(&str, &str); 5] = [
+pub(crate) const GROUPS: [(&str, &str); 6] = [
     (
         "issue3",
         "the first homepage figures: *-latency50, critical-path, *-rps (cache off), engine, payload",
@@ -219,6 +222,10 @@ pub(crate) const GROUPS: [(&str, &str); 5] = [
         "edge",
         "issue 14: tls (new connections per second and keep-alive homepage throughput, TLS vs plain)",
     ),
+    (
+        "traffic",
+        "issue 15: ratelimit (each algorithm at 10× its limit, locally and two BFFs + Redis; cost per decision; homepage CPU with policies)",
+    ),
 ];
 
 const ISSUE3: &[&str] = &["issue3"];
@@ -227,6 +234,7 @@ const BOTH: &[&str] = &["issue3", "cache"];
 const FAULTS: &[&str] = &["faults"];
 const HOSTILE: &[&str] = &["hostile"];
 const EDGE: &[&str] = &["edge"];
+const TRAFFIC: &[&str] = &["traffic"];
 
 /// `["u1", …, "u{n}"]`: fixture users (u1…u200 exist).
 pub(crate) fn users(n: usize) -> Vec<String> {
@@ -544,6 +552,12 @@ pub(crate) fn catalogue() -> Vec<Scenario> {
         about: "web BFF with and without TLS: a new connection per request (handshakes/s) and the warm homepage over keep-alive (rps, CPU µs/req)".into(),
         groups: EDGE,
         kind: Kind::Tls,
+    });
+    all.push(Scenario {
+        name: "ratelimit".into(),
+        about: "each algorithm at 10× a 100/s limit for --duration (admitted rate vs limit, shape per 1 s and 100 ms, a window-edge probe), locally and across two BFFs sharing Redis; cost per decision; warm homepage CPU with and without policies (needs Redis on 127.0.0.1:6379)".into(),
+        groups: TRAFFIC,
+        kind: Kind::RateLimit,
     });
     all
 }
