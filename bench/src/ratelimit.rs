@@ -164,10 +164,7 @@ async fn paced(
                         .await?;
                     let status = resp.status().as_u16();
                     let _ = resp.bytes().await?;
-                    anyhow::ensure!(
-                        status == 200 || status == 429,
-                        "unexpected status {status}"
-                    );
+                    anyhow::ensure!(status == 200 || status == 429, "unexpected status {status}");
                     seen.push((at, status == 200));
                 }
             })
@@ -196,8 +193,8 @@ fn max_span(seen: &[(f64, bool)], span: f64) -> u64 {
     let admitted: Vec<f64> = seen.iter().filter(|s| s.1).map(|s| s.0).collect();
     let mut best = 0;
     let mut lo = 0;
-    for hi in 0..admitted.len() {
-        while admitted[hi] - admitted[lo] >= span {
+    for (hi, &t) in admitted.iter().enumerate() {
+        while t - admitted[lo] >= span {
             lo += 1;
         }
         best = best.max(hi - lo + 1);
@@ -265,7 +262,12 @@ fn with_policies(policies: Vec<PolicySettings>, store: &str, prefix: &str) -> Ra
 /// ns (local) or µs (Redis) per decision, one at a time; and decisions/s with 64 in flight.
 async fn decision_cost() -> Result<(f64, f64, f64)> {
     let policies = vec![
-        policy("per-ip", Algorithm::SlidingWindow, 1_000_000, &[KeyPart::Ip]),
+        policy(
+            "per-ip",
+            Algorithm::SlidingWindow,
+            1_000_000,
+            &[KeyPart::Ip],
+        ),
         policy(
             "per-user",
             Algorithm::TokenBucket,
@@ -387,7 +389,15 @@ pub(crate) async fn measure(env: &Env, duration: Duration) -> Result<Report> {
             .spawn_bff(Bff::Web, move |s: &mut Settings| s.rate_limits = limits)
             .await?;
         accuracy.push(
-            accuracy_run(env, &client, &[one.graphql_url()], algorithm, "local", duration).await?,
+            accuracy_run(
+                env,
+                &client,
+                &[one.graphql_url()],
+                algorithm,
+                "local",
+                duration,
+            )
+            .await?,
         );
         one.stop().await?;
 
@@ -420,7 +430,12 @@ pub(crate) async fn measure(env: &Env, duration: Duration) -> Result<Report> {
 
     eprintln!("[ratelimit] homepage CPU without and with policies");
     let stacked = vec![
-        policy("per-ip", Algorithm::SlidingWindow, 1_000_000, &[KeyPart::Ip]),
+        policy(
+            "per-ip",
+            Algorithm::SlidingWindow,
+            1_000_000,
+            &[KeyPart::Ip],
+        ),
         policy(
             "per-user",
             Algorithm::TokenBucket,

@@ -85,7 +85,9 @@ async fn until_refused(
 
 async fn assert_limited_graphql(r: Response) -> Value {
     assert_eq!(r.status(), 429);
-    let retry: u64 = header(&r, "retry-after").parse().expect("integer Retry-After");
+    let retry: u64 = header(&r, "retry-after")
+        .parse()
+        .expect("integer Retry-After");
     assert!(retry >= 1);
     assert!(
         header(&r, "content-type").starts_with("application/graphql-response+json"),
@@ -121,7 +123,7 @@ async fn graphql_over_the_limit_is_429_rate_limited_with_retry_after_and_ratelim
         .parse()
         .unwrap();
     let retry: u64 = header(&r, "retry-after").parse().unwrap();
-    assert!(retry >= 1 && retry <= 3600 && t == retry, "{t} {retry}");
+    assert!((1..=3600).contains(&retry) && t == retry, "{t} {retry}");
     let body = assert_limited_graphql(r).await;
     assert!(
         body["errors"][0]["message"]
@@ -226,14 +228,22 @@ async fn a_mutations_policy_limits_mutations_and_leaves_queries_alone() {
     for _ in 0..5 {
         let r = query(&app, CHEAP, Some(&token)).await;
         assert_eq!(r.status(), 200);
-        assert!(r.headers().get("ratelimit").is_none(), "queries are not subject");
+        assert!(
+            r.headers().get("ratelimit").is_none(),
+            "queries are not subject"
+        );
     }
     let add = "mutation { addToMyList(titleId: \"t42\") { inMyList } }";
     let r = query(&app, add, Some(&token)).await;
     assert_eq!(r.status(), 200);
     assert!(header(&r, "ratelimit").starts_with("\"writes\";r=0;"));
     let calls = app.control().stats().get(Backend::MyList).calls;
-    let r = query(&app, "mutation { removeFromMyList(titleId: \"t42\") { inMyList } }", Some(&token)).await;
+    let r = query(
+        &app,
+        "mutation { removeFromMyList(titleId: \"t42\") { inMyList } }",
+        Some(&token),
+    )
+    .await;
     assert_limited_graphql(r).await;
     assert_eq!(
         app.control().stats().get(Backend::MyList).calls,
@@ -248,7 +258,12 @@ async fn cost_operation_charges_each_request_its_estimated_cost() {
     p.cost = Cost::Operation;
     let app = app_with(vec![p], |_| {}).await;
     let q = "{ title(id: \"t1\") { id name year } }";
-    let r = post(&app, json!({ "query": q, "extensions": { "cost": true } }), None).await;
+    let r = post(
+        &app,
+        json!({ "query": q, "extensions": { "cost": true } }),
+        None,
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let state = header(&r, "ratelimit");
     let body: Value = r.json().await.unwrap();
@@ -259,7 +274,11 @@ async fn cost_operation_charges_each_request_its_estimated_cost() {
         "{state}"
     );
     let (more, r) = until_refused(&app, q, None, 100).await;
-    assert_eq!(1 + more as u64, 100 / cost, "admitted while the budget lasted");
+    assert_eq!(
+        1 + more as u64,
+        100 / cost,
+        "admitted while the budget lasted"
+    );
     assert_limited_graphql(r).await;
     // What is left still admits a cheaper operation (cost 1 for `__typename` alone).
     let left = 100 - (100 / cost) * cost;
@@ -284,15 +303,29 @@ async fn stacked_policies_admit_only_when_all_do_and_a_refusal_charges_neither()
     let policies = header(&r, "ratelimit-policy");
     assert_eq!(policies, "\"per-ip\";q=5;w=3600, \"per-user\";q=2;w=3600");
     // The refusal named the user's policy, and the address's was not charged for it.
-    assert!(header(&r, "ratelimit").starts_with("\"per-ip\";r=3;"), "{:?}", r.headers());
+    assert!(
+        header(&r, "ratelimit").starts_with("\"per-ip\";r=3;"),
+        "{:?}",
+        r.headers()
+    );
     let body = assert_limited_graphql(r).await;
-    assert!(body["errors"][0]["message"].as_str().unwrap().contains("per-user"));
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("per-user")
+    );
     assert_eq!(until_refused(&app, CHEAP, Some(&u2), 10).await.0, 2);
     // 4 charged to the address: one more anonymous request, then the address is refused too.
     let (n, r) = until_refused(&app, CHEAP, None, 10).await;
     assert_eq!(n, 1);
     let body = assert_limited_graphql(r).await;
-    assert!(body["errors"][0]["message"].as_str().unwrap().contains("per-ip"));
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("per-ip")
+    );
 }
 
 #[tokio::test]
@@ -329,7 +362,9 @@ async fn a_per_operation_policy_takes_huge_operation_names_without_growing_keys(
     assert_limited_graphql(query(&app, &huge, None).await).await;
     // Another name, another key.
     assert_eq!(
-        query(&app, "query Other { __typename }", None).await.status(),
+        query(&app, "query Other { __typename }", None)
+            .await
+            .status(),
         200
     );
     assert_limited_graphql(query(&app, "query Other { __typename }", None).await).await;

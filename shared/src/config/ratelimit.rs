@@ -279,7 +279,11 @@ pub(super) fn validate(s: &RateLimitSettings, routes: &[&str]) -> Result<(), (St
                 "name at least one of ip, user, client, operation, route".into(),
             );
         }
-        if p.key.iter().enumerate().any(|(j, k)| p.key[..j].contains(k)) {
+        if p.key
+            .iter()
+            .enumerate()
+            .any(|(j, k)| p.key[..j].contains(k))
+        {
             return err(&key("key"), "lists a part twice".into());
         }
         if let Scope::Route(prefix) = &p.scope

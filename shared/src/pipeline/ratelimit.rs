@@ -49,10 +49,12 @@ pub(crate) async fn limit(State(stage): State<RateLimit>, req: Request, next: Ne
     let graphql = stage.target == Target::Graphql;
     // The client-address stage runs first on every request; without it (an in-process router)
     // the request is from nowhere in particular, never from a forwarded header.
-    let ip = req.extensions().get::<ClientAddr>().map_or(
-        std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-        |a| a.0,
-    );
+    let ip = req
+        .extensions()
+        .get::<ClientAddr>()
+        .map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| {
+            a.0
+        });
     let user = req
         .extensions()
         .get::<Identity>()

@@ -37,8 +37,8 @@ impl LocalStore {
             .unwrap_or(0);
         // A second more than the slowest policy needs to forget, so an idle key is never dropped
         // while it still holds something.
-        let idle = Duration::from_micros(u64::try_from(forget_us).unwrap_or(0))
-            + Duration::from_secs(1);
+        let idle =
+            Duration::from_micros(u64::try_from(forget_us).unwrap_or(0)) + Duration::from_secs(1);
         Self {
             keys: Cache::builder()
                 .max_capacity(max_keys)

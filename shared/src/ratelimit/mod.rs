@@ -405,7 +405,12 @@ impl RateLimiter {
                 _ => false,
             })
             .map(|p| Check {
-                key: key_of(p, subject, self.client, Some(op.name.unwrap_or("anonymous"))),
+                key: key_of(
+                    p,
+                    subject,
+                    self.client,
+                    Some(op.name.unwrap_or("anonymous")),
+                ),
                 policy: p.clone(),
                 cost: match p.cost {
                     Cost::One => 1,

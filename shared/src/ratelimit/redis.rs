@@ -24,12 +24,7 @@ use futures::future::BoxFuture;
 use parking_lot::{Mutex, RwLock};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{
-    Check, Clock, Store,
-    algorithm::Verdict,
-    error::RateLimitError,
-    local::LocalStore,
-};
+use super::{Check, Clock, Store, algorithm::Verdict, error::RateLimitError, local::LocalStore};
 use crate::{config::Algorithm, telemetry::metrics::Metrics};
 
 /// How long after a failed decision Redis is left alone before one request tries it again.

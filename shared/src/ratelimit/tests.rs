@@ -84,7 +84,11 @@ async fn token_bucket_admits_the_burst_then_the_rate() {
     assert!(!refused.allowed());
     let (_, v) = refused.verdicts().next().unwrap();
     assert_eq!(v.retry_us, 100_000, "one token every 100 ms");
-    assert_eq!(refused.retry_after_secs(), 1, "rounded up to a whole second");
+    assert_eq!(
+        refused.retry_after_secs(),
+        1,
+        "rounded up to a whole second"
+    );
     clock.advance(Duration::from_millis(100));
     assert_eq!(admitted(&l, &s, 5).await, 1);
     // 10 s at 100 requests a second: the rate (10/s), nothing saved beyond the burst.
@@ -95,14 +99,23 @@ async fn token_bucket_admits_the_burst_then_the_rate() {
     }
     assert_eq!(total, 100);
     clock.advance(Duration::from_secs(60));
-    assert_eq!(admitted(&l, &s, 20).await, 5, "a long pause refills only the burst");
+    assert_eq!(
+        admitted(&l, &s, 20).await,
+        5,
+        "a long pause refills only the burst"
+    );
 }
 
 #[tokio::test]
 async fn leaky_bucket_smooths_to_one_per_interval() {
     let clock = Arc::new(ManualClock::at(T0));
     let l = limiter(
-        vec![policy("lb", Algorithm::LeakyBucket, 10, Duration::from_secs(1))],
+        vec![policy(
+            "lb",
+            Algorithm::LeakyBucket,
+            10,
+            Duration::from_secs(1),
+        )],
         clock.clone(),
     );
     let s = subject("192.0.2.2");
@@ -135,7 +148,12 @@ async fn leaky_bucket_smooths_to_one_per_interval() {
 async fn fixed_window_counts_per_aligned_window_with_its_edge_spike() {
     let clock = Arc::new(ManualClock::at(T0));
     let l = limiter(
-        vec![policy("fw", Algorithm::FixedWindow, 5, Duration::from_secs(1))],
+        vec![policy(
+            "fw",
+            Algorithm::FixedWindow,
+            5,
+            Duration::from_secs(1),
+        )],
         clock.clone(),
     );
     let s = subject("192.0.2.3");
@@ -153,7 +171,12 @@ async fn fixed_window_counts_per_aligned_window_with_its_edge_spike() {
 async fn sliding_window_weights_the_previous_window_so_edges_do_not_spike() {
     let clock = Arc::new(ManualClock::at(T0));
     let l = limiter(
-        vec![policy("sw", Algorithm::SlidingWindow, 5, Duration::from_secs(1))],
+        vec![policy(
+            "sw",
+            Algorithm::SlidingWindow,
+            5,
+            Duration::from_secs(1),
+        )],
         clock.clone(),
     );
     let s = subject("192.0.2.4");
@@ -243,7 +266,7 @@ fn the_local_store_holds_at_most_max_keys_under_a_flood_of_distinct_keys() {
         10,
         Duration::from_secs(60),
     )));
-    let store = local::LocalStore::new(&[p.clone()], 1_000, Arc::new(ManualClock::at(T0)));
+    let store = local::LocalStore::new(std::slice::from_ref(&p), 1_000, Arc::new(ManualClock::at(T0)));
     for i in 0..50_000u32 {
         let check = Check {
             policy: p.clone(),
@@ -372,17 +395,22 @@ async fn redis_scripts_decide_exactly_as_the_local_store_for_the_same_sequence()
     .into_iter()
     .enumerate()
     {
-        let mut s = policy(&format!("eq{i}"), algorithm, 7, Duration::from_millis(1_300));
+        let mut s = policy(
+            &format!("eq{i}"),
+            algorithm,
+            7,
+            Duration::from_millis(1_300),
+        );
         if matches!(algorithm, Algorithm::TokenBucket | Algorithm::LeakyBucket) {
             s.burst = Some(4);
         }
         let p = Arc::new(Policy::new(&s));
         let clock = Arc::new(ManualClock::at(T0 + 123_457));
-        let local = local::LocalStore::new(&[p.clone()], 100, clock.clone());
+        let local = local::LocalStore::new(std::slice::from_ref(&p), 100, clock.clone());
         let remote = redis_store(
             REDIS,
             &unique_prefix("eq"),
-            &[p.clone()],
+            std::slice::from_ref(&p),
             TimeSource::Client(clock.clone()),
             None,
         );
@@ -404,7 +432,10 @@ async fn redis_scripts_decide_exactly_as_the_local_store_for_the_same_sequence()
             assert_eq!(got, want, "{algorithm:?} step {step}");
             seen_refusal |= !want[0].allowed;
         }
-        assert!(seen_refusal, "{algorithm:?}: the sequence never hit the limit");
+        assert!(
+            seen_refusal,
+            "{algorithm:?}: the sequence never hit the limit"
+        );
         // Equality proves Redis decided: the fallback runs on the system clock and would not.
         assert!(!remote.health_is_down());
     }
@@ -549,7 +580,7 @@ async fn redis_down_decides_locally_and_recovers_counting_the_fallbacks() {
     let store = redis_store(
         &format!("redis://{}", proxy.addr),
         &prefix,
-        &[p.clone()],
+        std::slice::from_ref(&p),
         TimeSource::Server,
         Some(metrics.clone()),
     );
@@ -574,7 +605,11 @@ async fn redis_down_decides_locally_and_recovers_counting_the_fallbacks() {
                 .unwrap();
             let mut total = 0i64;
             for k in keys {
-                let n: i64 = ::redis::cmd("GET").arg(k).query_async(&mut d).await.unwrap();
+                let n: i64 = ::redis::cmd("GET")
+                    .arg(k)
+                    .query_async(&mut d)
+                    .await
+                    .unwrap();
                 total += n;
             }
             total
@@ -629,7 +664,7 @@ async fn a_redis_slower_than_the_timeout_is_decided_locally() {
         Duration::from_secs(60),
     )));
     let metrics = Arc::new(Metrics::new("web", 10).unwrap());
-    let local = local::LocalStore::new(&[p.clone()], 100, Arc::new(SystemClock::default()));
+    let local = local::LocalStore::new(std::slice::from_ref(&p), 100, Arc::new(SystemClock::default()));
     let store = RedisStore::new(
         &format!("redis://{addr}"),
         RedisOptions {
@@ -654,7 +689,11 @@ async fn a_redis_slower_than_the_timeout_is_decided_locally() {
     }
     // The same policy, decided locally: 5 of 8; one wait for the timeout, then no more waiting.
     assert_eq!(ok, 5);
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     let text = metrics.render().unwrap();
     assert!(
         text.contains("bff_ratelimit_store_fallback_total{client=\"web\",reason=\"timeout\"} 1"),

@@ -166,8 +166,9 @@ impl Application {
                     source,
                 })?;
 
-        let ratelimit = crate::ratelimit::RateLimiter::new(&settings.rate_limits, client, metrics.clone())?
-            .map(Arc::new);
+        let ratelimit =
+            crate::ratelimit::RateLimiter::new(&settings.rate_limits, client, metrics.clone())?
+                .map(Arc::new);
         let auth = Arc::new(Authenticator::new(&settings.auth));
         let auth_tasks = auth.start();
         let edge = Edge {
