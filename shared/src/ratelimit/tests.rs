@@ -266,7 +266,11 @@ fn the_local_store_holds_at_most_max_keys_under_a_flood_of_distinct_keys() {
         10,
         Duration::from_secs(60),
     )));
-    let store = local::LocalStore::new(std::slice::from_ref(&p), 1_000, Arc::new(ManualClock::at(T0)));
+    let store = local::LocalStore::new(
+        std::slice::from_ref(&p),
+        1_000,
+        Arc::new(ManualClock::at(T0)),
+    );
     for i in 0..50_000u32 {
         let check = Check {
             policy: p.clone(),
@@ -664,7 +668,11 @@ async fn a_redis_slower_than_the_timeout_is_decided_locally() {
         Duration::from_secs(60),
     )));
     let metrics = Arc::new(Metrics::new("web", 10).unwrap());
-    let local = local::LocalStore::new(std::slice::from_ref(&p), 100, Arc::new(SystemClock::default()));
+    let local = local::LocalStore::new(
+        std::slice::from_ref(&p),
+        100,
+        Arc::new(SystemClock::default()),
+    );
     let store = RedisStore::new(
         &format!("redis://{addr}"),
         RedisOptions {
