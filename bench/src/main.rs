@@ -21,6 +21,7 @@ mod load;
 mod payload;
 mod procfs;
 mod prom;
+mod ratelimit;
 mod report;
 mod scenario;
 mod stats;
@@ -140,6 +141,7 @@ async fn main() -> Result<()> {
     let mut critical_table = None;
     let mut hostile_table = None;
     let mut tls_table = None;
+    let mut ratelimit_table = None;
     for s in selected {
         match &s.kind {
             Kind::Load(spec) => {
@@ -159,6 +161,11 @@ async fn main() -> Result<()> {
                 eprintln!("[{}] TLS vs plain", s.name);
                 let report = tls::measure(&env, cli.duration).await?;
                 tls_table = Some(tls::render(&report));
+            }
+            Kind::RateLimit => {
+                eprintln!("[{}] rate limits", s.name);
+                let report = ratelimit::measure(&env, cli.duration).await?;
+                ratelimit_table = Some(ratelimit::render(&report));
             }
             Kind::Hostile => {
                 eprintln!("[{}] hostile queries against one web BFF", s.name);
@@ -211,6 +218,11 @@ async fn main() -> Result<()> {
     if let Some(table) = tls_table {
         println!(
             "\nTLS termination (web BFF, 8 clients, CPU per request or connection for the whole process):\n\n{table}"
+        );
+    }
+    if let Some(table) = ratelimit_table {
+        println!(
+            "\nrate limits (web BFF, `{{ __typename }}` for accuracy; CPU for the whole process):\n\n{table}"
         );
     }
     if let Some(table) = hostile_table {

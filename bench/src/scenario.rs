@@ -200,6 +200,9 @@ pub(crate) enum Kind {
     Hostile,
     /// TLS vs plain: connections per second and keep-alive throughput.
     Tls,
+    /// Rate limits: accuracy per algorithm (local, two BFFs + Redis), cost per decision,
+    /// homepage CPU with and without policies.
+    RateLimit,
 }
 
 /// One named benchmark.
@@ -236,7 +239,7 @@ pub(crate) const GROUPS: [(&str, &str); 6] = [
     ),
     (
         "traffic",
-        "issue 15: anonymous web homepage, cache off, concurrency 32: web-anon-{distinct|identical|identical-nocoalesce}; web-anon-{post|persisted-get} warm",
+        "issue 15: ratelimit (each algorithm at 10× its limit, locally and two BFFs + Redis; cost per decision; homepage CPU with policies); anonymous web homepage, cache off, concurrency 32: web-anon-{distinct|identical|identical-nocoalesce}; web-anon-{post|persisted-get} warm",
     ),
 ];
 
@@ -626,6 +629,12 @@ pub(crate) fn catalogue() -> Vec<Scenario> {
         about: "web BFF with and without TLS: a new connection per request (handshakes/s) and the warm homepage over keep-alive (rps, CPU µs/req)".into(),
         groups: EDGE,
         kind: Kind::Tls,
+    });
+    all.push(Scenario {
+        name: "ratelimit".into(),
+        about: "each algorithm at 10× a 100/s limit for --duration (admitted rate vs limit, shape per 1 s and 100 ms, a window-edge probe), locally and across two BFFs sharing Redis; cost per decision; warm homepage CPU with and without policies (needs Redis on 127.0.0.1:6379)".into(),
+        groups: TRAFFIC,
+        kind: Kind::RateLimit,
     });
     all
 }

@@ -12,6 +12,7 @@
 //! - [`graphql`]: the GraphQL service (over HTTP), the pre-execution analysis, shared schema types,
 //!   error coding.
 //! - [`proxy`]: pass-through routes.
+//! - [`ratelimit`]: rate-limit policies, their algorithms and stores (in-process, Redis).
 //! - [`auth`]: bearer JWT → verified [`auth::Viewer`].
 //! - [`body`]: request bodies held to a size and a deadline.
 //! - [`compose`]: the parallel homepage plan and title hydration.
@@ -37,6 +38,7 @@ pub mod graphql;
 pub mod pipeline;
 pub mod profile;
 pub(crate) mod proxy;
+pub mod ratelimit;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;

@@ -18,6 +18,7 @@ mod observability;
 mod operations;
 mod persisted;
 mod pki;
+mod ratelimit;
 mod rendering;
 mod resilience;
 mod schema_files;

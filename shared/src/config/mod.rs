@@ -8,6 +8,7 @@
 
 mod duration;
 mod names;
+mod ratelimit;
 mod secret;
 
 use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, time::Duration};
@@ -15,6 +16,7 @@ use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, time::Dura
 use serde::{Deserialize, Serialize};
 
 pub use names::{BackendId, Cidr, FragmentKind, Strategy};
+pub use ratelimit::{Algorithm, Cost, KeyPart, PolicySettings, RateLimitSettings, Scope};
 pub use secret::Secret;
 
 use crate::profile::ClientProfile;
@@ -55,6 +57,8 @@ pub struct Settings {
     pub ip_rules: IpRulesSettings,
     /// CORS.
     pub cors: CorsSettings,
+    /// Rate limits (`[rate_limits]`, `[[rate_limits.policies]]`).
+    pub rate_limits: RateLimitSettings,
 }
 
 /// HTTP server limits.
@@ -1171,6 +1175,7 @@ impl Settings {
             routes: Vec::new(),
             ip_rules: IpRulesSettings::default(),
             cors: CorsSettings::default(),
+            rate_limits: RateLimitSettings::default(),
         }
     }
 
@@ -1453,6 +1458,9 @@ impl Settings {
                 return Err(invalid(&format!("{key}.issuer"), "listed twice".into()));
             }
         }
+        let prefixes: Vec<&str> = self.routes.iter().map(|r| r.prefix.as_str()).collect();
+        ratelimit::validate(&self.rate_limits, &prefixes)
+            .map_err(|(key, msg)| invalid(&format!("rate_limits.{key}"), msg))?;
         if matches!(&self.auth.hs256_secret, Some(s) if s.expose().len() < 16) {
             return Err(invalid(
                 "auth.hs256_secret",

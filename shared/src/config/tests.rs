@@ -195,3 +195,78 @@ fn secrets_never_print() {
     assert!(!format!("{s:?}").contains("super-secret-value-123"));
     assert!(!s.redacted_toml().contains("super-secret-value-123"));
 }
+
+/// The README's stacked-policies example is a valid config and means what the README says.
+#[test]
+fn the_readme_rate_limit_example_loads() {
+    let readme = include_str!("../../../README.md");
+    let from = readme
+        .find("Per IP for everybody, and per signed-in user")
+        .unwrap();
+    let block = &readme[from..];
+    let start = block.find("```toml\n").unwrap() + "```toml\n".len();
+    let end = start + block[start..].find("```").unwrap();
+    let (s, _) = load(Some(&block[start..end]), &[]);
+    let s = s.unwrap();
+    let r = &s.rate_limits;
+    assert_eq!(r.store, "redis://redis.internal:6379");
+    assert_eq!(r.redis_timeout, Duration::from_millis(50));
+    assert_eq!(r.key_prefix, "bff:rl:");
+    let names: Vec<&str> = r.policies.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["per-ip", "per-user", "user-cost", "writes"]);
+    assert_eq!(r.policies[0].scope, Scope::All);
+    assert_eq!(r.policies[1].effective_burst(), 20);
+    assert!(!r.policies[1].needs_operation());
+    assert!(r.policies[2].needs_operation() && r.policies[3].needs_operation());
+}
+
+#[test]
+fn rate_limit_policies_are_validated_naming_key_and_source() {
+    let base = "[[rate_limits.policies]]\nname = \"p\"\nalgorithm = \"token_bucket\"\nlimit = 10\nperiod = \"1s\"\nkey = [\"ip\"]\n";
+    let (s, _) = load(Some(base), &[]);
+    let p = &s.unwrap().rate_limits.policies[0];
+    assert_eq!(
+        (p.effective_burst(), &p.scope, p.cost),
+        (10, &Scope::Graphql, Cost::One)
+    );
+    for (extra, key, why) in [
+        ("limit = 0\n", "policies[0].limit", "1..="),
+        ("burst = 0\n", "policies[0].burst", "1..="),
+        ("period = \"0s\"\n", "policies[0].period", "at least 1ms"),
+        ("key = []\n", "policies[0].key", "at least one"),
+        ("key = [\"ip\", \"ip\"]\n", "policies[0].key", "twice"),
+        ("name = \"bad name\"\n", "policies[0].name", "1–64"),
+        (
+            "cost = \"operation\"\nscope = \"route:/x\"\n",
+            "policies[0].scope",
+            "no [[routes]]",
+        ),
+    ] {
+        // Later keys in a TOML table must not repeat: replace the base's line instead.
+        let field = extra.split(' ').next().unwrap();
+        let text: String = base
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{field} ")))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+            + extra;
+        let (r, path) = load(Some(&text), &[]);
+        let msg = r.unwrap_err().to_string();
+        assert!(msg.contains(&format!("rate_limits.{key}")), "{msg}");
+        assert!(msg.contains(why), "{msg}");
+        assert!(msg.contains(&path.unwrap()), "{msg}");
+    }
+    let (r, _) = load(
+        Some(&format!(
+            "{base}[[rate_limits.policies]]\nname = \"p\"\nalgorithm = \"fixed_window\"\nlimit = 1\nperiod = \"1s\"\nkey = [\"user\"]\n"
+        )),
+        &[],
+    );
+    assert!(r.unwrap_err().to_string().contains("used twice"));
+    let (r, _) = load(None, &[("BFF_RATE_LIMITS__STORE", "redis:/nohost")]);
+    let msg = r.unwrap_err().to_string();
+    assert!(
+        msg.contains("rate_limits.store") && msg.contains("env BFF_RATE_LIMITS__STORE"),
+        "{msg}"
+    );
+}

@@ -574,6 +574,21 @@ async fn serve(
             );
         }
     }
+    // Rate limits that need the operation (its name, cost, type), per request and before
+    // identical requests share an execution; the pipeline's stage adds the headers.
+    let op = crate::ratelimit::Operation {
+        name: op_name.as_deref(),
+        mutation: operation == Some(OperationType::Mutation),
+        cost: analysis.as_ref().map_or(1, |a| a.cost),
+    };
+    if let Some(msg) = crate::pipeline::ratelimit::after_analysis(op).await {
+        return reject(
+            StatusCode::TOO_MANY_REQUESTS,
+            mode,
+            ErrorCode::RateLimited,
+            &msg,
+        );
+    }
     // See `render`: the engine's root merge cannot take rendered values twice.
     let renderable = app.settings.direct_json
         && super::render::root_renderable(&doc, p.operation_name.as_deref());

@@ -9,11 +9,13 @@
 //! 5. [`cors`]: preflights answered, `Access-Control-*` on allowed origins;
 //! 6. [`limits`]: body size and time (per group of routes: GraphQL, each route);
 //! 7. [`authn`]: the verified viewer or anonymous, as an `Identity` on the request;
-//! 8. (rate limits and persisted operations come here);
+//! 8. [`ratelimit`]: the policies that need only the client (address, subject, binary,
+//!    route) → `429`; the GraphQL service decides those needing the operation after its
+//!    analysis, through the same stage;
 //! 9. the GraphQL service (`graphql::http`) or a pass-through route (`proxy`, which adds its own
 //!    client-address rules and identity requirements).
 //!
-//! Stages 2–5 wrap the whole public router ([`Edge::around_app`]); 6–7 wrap each group of routes
+//! Stages 2–5 wrap the whole public router ([`Edge::around_app`]); 6–8 wrap each group of routes
 //! that takes bodies and identities ([`Edge::around_service`]), so `/healthz` never needs a token.
 //! Compression wraps everything, so every answer, refusals included, is compressed alike.
 
@@ -23,6 +25,7 @@ pub(crate) mod cors;
 pub(crate) mod ip_rules;
 pub(crate) mod limits;
 pub(crate) mod observe;
+pub(crate) mod ratelimit;
 
 use std::sync::Arc;
 
@@ -36,22 +39,32 @@ pub(crate) struct Edge {
     pub(crate) ip_rules: Arc<ip_rules::IpRules>,
     pub(crate) cors: Option<CorsLayer>,
     pub(crate) authn: authn::Authn,
+    /// Rate limits, when any policy is configured.
+    pub(crate) ratelimit: Option<Arc<crate::ratelimit::RateLimiter>>,
 }
 
 impl Edge {
-    /// Body limits, then authentication, around one group of routes (`graphql`: refusals are
-    /// GraphQL answers).
+    /// Body limits, then authentication, then rate limits, around one group of routes (the
+    /// GraphQL service or one pass-through route: refusals are GraphQL answers on the first).
     pub(crate) fn around_service(
         &self,
         routes: Router,
         limit: limits::BodyLimit,
-        graphql: bool,
+        target: crate::ratelimit::Target,
     ) -> Router {
         let authn = authn::Authn {
-            graphql,
+            graphql: target == crate::ratelimit::Target::Graphql,
             ..self.authn.clone()
         };
-        // `route_layer`s run outermost-last: limits first, then authentication.
+        let mut routes = routes;
+        if let Some(limiter) = self.ratelimit.as_ref().filter(|l| l.applies_to(&target)) {
+            let stage = ratelimit::RateLimit {
+                limiter: limiter.clone(),
+                target,
+            };
+            routes = routes.route_layer(from_fn_with_state(stage, ratelimit::limit));
+        }
+        // `route_layer`s run outermost-last: limits first, then authentication, then rate limits.
         routes
             .route_layer(from_fn_with_state(authn, authn::authenticate))
             .route_layer(from_fn_with_state(limit, limits::limit_body))

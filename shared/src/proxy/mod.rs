@@ -90,7 +90,11 @@ pub(crate) fn router(
             max_bytes: r.max_body_bytes,
             timeout: body_timeout,
         };
-        let mut routes = edge.around_service(routes, limit, false);
+        let mut routes = edge.around_service(
+            routes,
+            limit,
+            crate::ratelimit::Target::Route(r.prefix.clone()),
+        );
         let rules = IpRules::new(&r.allow, &r.deny, &r.prefix, edge.observe.metrics.clone());
         if !rules.is_open() {
             routes = routes.route_layer(axum::middleware::from_fn_with_state(

@@ -93,6 +93,9 @@ pub enum ServerError {
     /// TLS could not be set up.
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    /// The rate limiter could not be built (a bad Redis URL).
+    #[error(transparent)]
+    RateLimit(#[from] crate::ratelimit::RateLimitError),
     /// The persisted-operation manifest is unusable.
     #[error(transparent)]
     Manifest(#[from] crate::graphql::persisted::ManifestError),
@@ -163,6 +166,9 @@ impl Application {
                     source,
                 })?;
 
+        let ratelimit =
+            crate::ratelimit::RateLimiter::new(&settings.rate_limits, client, metrics.clone())?
+                .map(Arc::new);
         let auth = Arc::new(Authenticator::new(&settings.auth));
         let auth_tasks = auth.start();
         let edge = Edge {
@@ -183,6 +189,7 @@ impl Application {
                 graphql: true,
                 client_cert_identity: settings.tls.client_cert_identity,
             },
+            ratelimit,
         };
         let persisted = crate::graphql::persisted::Persisted::new(&settings.graphql.persisted)?;
         // GraphiQL is useless where introspection is not served (an allow list without it).
@@ -223,7 +230,11 @@ impl Application {
         });
 
         let mut router = edge
-            .around_service(graphql::http::router(graphql), body_limit, true)
+            .around_service(
+                graphql::http::router(graphql),
+                body_limit,
+                crate::ratelimit::Target::Graphql,
+            )
             .merge(
                 Router::new()
                     .route("/healthz", get(health::healthz))

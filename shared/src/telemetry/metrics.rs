@@ -104,6 +104,9 @@ pub struct Metrics {
     graphql_duration: HistogramVec,
     graphql_coalesced: IntCounterVec,
 
+    ratelimit_decisions: IntCounterVec,
+    ratelimit_fallback: IntCounterVec,
+
     upstream_requests: IntCounterVec,
     upstream_duration: HistogramVec,
     upstream_in_flight: IntGaugeVec,
@@ -185,6 +188,16 @@ impl Metrics {
             "GraphQL requests answered by another identical request's execution (graphql.coalesce).",
             &[],
         )?;
+        let ratelimit_decisions = f.counter(
+            "bff_ratelimit_decisions_total",
+            "Rate-limit decisions per policy: allowed = the policy admitted the request (another may still refuse it), limited = it refused.",
+            &["policy", "outcome"],
+        )?;
+        let ratelimit_fallback = f.counter(
+            "bff_ratelimit_store_fallback_total",
+            "Rate-limit decisions made in-process because the Redis store failed (error), was too slow (timeout) or was being waited out after a failure (down).",
+            &["reason"],
+        )?;
         let upstream_requests = f.counter(
             "bff_upstream_requests_total",
             "Attempts to call a backend (each retry counts), by backend, endpoint (at most 32 per backend, then other) and outcome (ok, error, timeout, rejected = the backend refused the request, client = the client broke the call).",
@@ -255,6 +268,8 @@ impl Metrics {
             graphql_operations,
             graphql_duration,
             graphql_coalesced,
+            ratelimit_decisions,
+            ratelimit_fallback,
             upstream_requests,
             upstream_duration,
             upstream_in_flight,
@@ -307,6 +322,20 @@ impl Metrics {
     /// Counts one request that shared another's execution.
     pub fn graphql_coalesced(&self) {
         self.graphql_coalesced.with_label_values::<&str>(&[]).inc();
+    }
+
+    /// Counts one policy's decision; `policy` is a configured name (bounded by the config).
+    pub fn ratelimit_decision(&self, policy: &str, allowed: bool) {
+        let outcome = if allowed { "allowed" } else { "limited" };
+        self.ratelimit_decisions
+            .with_label_values(&[policy, outcome])
+            .inc();
+    }
+
+    /// Counts one decision made locally because Redis could not make it; `reason` is `error`,
+    /// `timeout` or `down`.
+    pub fn ratelimit_fallback(&self, reason: &'static str) {
+        self.ratelimit_fallback.with_label_values(&[reason]).inc();
     }
 
     /// Counts one request refused by the client-address rules of `scope` (`global` or a route

@@ -1,0 +1,309 @@
+//! Rate-limit settings (`[rate_limits]` and its `[[rate_limits.policies]]`): the store, its
+//! bounds, and each policy's algorithm, limit, key, scope and cost, with their validation. Only
+//! the settings live here; the limiter itself is `crate::ratelimit`.
+
+use std::{fmt, str::FromStr, time::Duration};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::duration;
+
+/// Rate limits (`rate_limits.*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSettings {
+    /// `"local"` (in-process, per instance) or a `redis://host:port[/db]` URL (one limit shared by
+    /// every instance using that Redis and key prefix).
+    pub store: String,
+    /// Longest a Redis decision may take; slower (or Redis down) → the decision is made locally.
+    #[serde(with = "duration")]
+    pub redis_timeout: Duration,
+    /// Prefix of every Redis key (`bff:rl:`), so several fleets or tests can share one Redis.
+    pub key_prefix: String,
+    /// Most keys the in-process store holds (also the local fallback of the Redis store); past
+    /// it the least useful keys are dropped, so a flood of distinct keys cannot grow memory.
+    pub max_keys: u64,
+    /// The policies; a request is admitted only when every policy that applies admits it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PolicySettings>,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            store: "local".to_owned(),
+            redis_timeout: Duration::from_millis(50),
+            key_prefix: "bff:rl:".to_owned(),
+            max_keys: 100_000,
+            policies: Vec::new(),
+        }
+    }
+}
+
+/// One policy (`[[rate_limits.policies]]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySettings {
+    /// Name in headers (`RateLimit-Policy: "name";…`), metrics and logs.
+    pub name: String,
+    /// `token_bucket`, `leaky_bucket`, `fixed_window` or `sliding_window`.
+    pub algorithm: Algorithm,
+    /// Units admitted per `period` (requests, or cost units with `cost = "operation"`).
+    pub limit: u64,
+    /// The period `limit` is counted over (`"1s"`, `"1m"`).
+    #[serde(with = "duration")]
+    pub period: Duration,
+    /// Token and leaky bucket: the most units admitted at once. Default: `limit` for the token
+    /// bucket (a full period's worth), 1 for the leaky bucket (a smooth outflow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    /// What the limit is counted per (a combination: each distinct tuple has its own limit).
+    pub key: Vec<KeyPart>,
+    /// Which requests the policy applies to.
+    #[serde(default = "default_scope")]
+    pub scope: Scope,
+    /// What one request costs: `one`, or the operation's estimated cost (`operation`).
+    #[serde(default = "default_cost")]
+    pub cost: Cost,
+}
+
+fn default_scope() -> Scope {
+    Scope::Graphql
+}
+
+fn default_cost() -> Cost {
+    Cost::One
+}
+
+impl PolicySettings {
+    /// The burst after defaults (token bucket: `limit`; leaky bucket: 1; windows: `limit`).
+    pub fn effective_burst(&self) -> u64 {
+        match (self.algorithm, self.burst) {
+            (Algorithm::TokenBucket | Algorithm::LeakyBucket, Some(b)) => b,
+            (Algorithm::LeakyBucket, None) => 1,
+            _ => self.limit,
+        }
+    }
+
+    /// Whether the policy can only be decided once the operation is parsed and measured: it
+    /// keys by operation, costs the operation's estimate, or applies to mutations only.
+    pub fn needs_operation(&self) -> bool {
+        self.key.contains(&KeyPart::Operation)
+            || self.cost == Cost::Operation
+            || self.scope == Scope::Mutations
+    }
+}
+
+/// `rate_limits.policies[].algorithm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// Tokens refill at `limit / period` up to `burst`; each request takes its cost.
+    TokenBucket,
+    /// GCRA: one unit every `period / limit`, with `burst` units of tolerance.
+    LeakyBucket,
+    /// `limit` per aligned window of `period` (spikes of up to 2× at window edges).
+    FixedWindow,
+    /// The previous window's count weighted by its overlap plus the current one's.
+    SlidingWindow,
+}
+
+impl Algorithm {
+    /// The config name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::TokenBucket => "token_bucket",
+            Self::LeakyBucket => "leaky_bucket",
+            Self::FixedWindow => "fixed_window",
+            Self::SlidingWindow => "sliding_window",
+        }
+    }
+}
+
+/// One component of a policy's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyPart {
+    /// The client address (the pipeline's, behind trusted proxies the real client's).
+    Ip,
+    /// The verified subject; anonymous requests fall back to the client address.
+    User,
+    /// The binary (`web`, `mobile`).
+    Client,
+    /// The GraphQL operation name (`anonymous` when unnamed); chosen by the client.
+    Operation,
+    /// `/graphql` or the pass-through route's prefix.
+    Route,
+}
+
+/// `rate_limits.policies[].cost`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cost {
+    /// Every request costs 1.
+    One,
+    /// A GraphQL request costs its operation's estimated cost (the cost model).
+    Operation,
+}
+
+/// `rate_limits.policies[].scope`: `graphql`, `mutations`, `all` or `route:<prefix>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every GraphQL request.
+    Graphql,
+    /// GraphQL mutations only.
+    Mutations,
+    /// Every GraphQL request and every pass-through route.
+    All,
+    /// One pass-through route, named by its prefix (`route:/api/images`).
+    Route(String),
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Graphql => f.write_str("graphql"),
+            Self::Mutations => f.write_str("mutations"),
+            Self::All => f.write_str("all"),
+            Self::Route(p) => write!(f, "route:{p}"),
+        }
+    }
+}
+
+impl FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "graphql" => Ok(Self::Graphql),
+            "mutations" => Ok(Self::Mutations),
+            "all" => Ok(Self::All),
+            _ => match s.strip_prefix("route:") {
+                Some(p) if !p.is_empty() => Ok(Self::Route(p.to_owned())),
+                _ => Err(format!(
+                    "`{s}` is not a scope: graphql, mutations, all or route:<prefix> (e.g. route:/api/images)"
+                )),
+            },
+        }
+    }
+}
+
+impl Serialize for Scope {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Scope {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Largest `limit` and `burst`: counts stay exact in the f64 arithmetic both stores share
+/// (Redis' Lua has only doubles).
+const MAX_UNITS: u64 = 1_000_000_000;
+
+/// Checks the rate-limit settings; `routes` are the configured pass-through prefixes. Errors
+/// are `(key below rate_limits, why)`.
+pub(super) fn validate(s: &RateLimitSettings, routes: &[&str]) -> Result<(), (String, String)> {
+    let err = |k: &str, m: String| Err((k.to_owned(), m));
+    if s.store != "local" {
+        match url::Url::parse(&s.store) {
+            Ok(u) if u.scheme() == "redis" && u.host_str().is_some() => {}
+            _ => {
+                return err(
+                    "store",
+                    format!(
+                        "`{}`: must be \"local\" or a redis://host:port URL",
+                        s.store
+                    ),
+                );
+            }
+        }
+    }
+    if s.redis_timeout.is_zero() {
+        return err("redis_timeout", "must be > 0".into());
+    }
+    if s.max_keys == 0 {
+        return err("max_keys", "must be > 0".into());
+    }
+    if s.key_prefix.len() > 64 {
+        return err("key_prefix", "must be at most 64 bytes".into());
+    }
+    for (i, p) in s.policies.iter().enumerate() {
+        let key = |k: &str| format!("policies[{i}].{k}");
+        let name_ok = !p.name.is_empty()
+            && p.name.len() <= 64
+            && p.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+        if !name_ok {
+            return err(
+                &key("name"),
+                format!(
+                    "`{}`: 1–64 characters of A–Z, a–z, 0–9, `_`, `-`, `.` (it is sent in headers and used as a metric label)",
+                    p.name
+                ),
+            );
+        }
+        if s.policies[..i].iter().any(|o| o.name == p.name) {
+            return err(&key("name"), format!("`{}` is used twice", p.name));
+        }
+        if p.limit == 0 || p.limit > MAX_UNITS {
+            return err(&key("limit"), format!("must be 1..={MAX_UNITS}"));
+        }
+        if p.period < Duration::from_millis(1) {
+            return err(&key("period"), "must be at least 1ms".into());
+        }
+        if p.period > Duration::from_secs(366 * 24 * 3600) {
+            return err(&key("period"), "must be at most a year".into());
+        }
+        match (p.algorithm, p.burst) {
+            (Algorithm::FixedWindow | Algorithm::SlidingWindow, Some(_)) => {
+                return err(
+                    &key("burst"),
+                    "applies to token_bucket and leaky_bucket only (a window's burst is its limit)"
+                        .into(),
+                );
+            }
+            (_, Some(b)) if b == 0 || b > MAX_UNITS => {
+                return err(&key("burst"), format!("must be 1..={MAX_UNITS}"));
+            }
+            _ => {}
+        }
+        if p.key.is_empty() {
+            return err(
+                &key("key"),
+                "name at least one of ip, user, client, operation, route".into(),
+            );
+        }
+        if p.key
+            .iter()
+            .enumerate()
+            .any(|(j, k)| p.key[..j].contains(k))
+        {
+            return err(&key("key"), "lists a part twice".into());
+        }
+        if let Scope::Route(prefix) = &p.scope
+            && !routes.contains(&prefix.as_str())
+        {
+            return err(
+                &key("scope"),
+                format!("`route:{prefix}`: no [[routes]] entry has that prefix"),
+            );
+        }
+        let graphql_only = matches!(p.scope, Scope::Graphql | Scope::Mutations);
+        if !graphql_only && p.needs_operation() {
+            return err(
+                &key("scope"),
+                format!(
+                    "`{}`: a policy keyed by `operation` or with cost = \"operation\" applies to GraphQL only (scope graphql or mutations)",
+                    p.scope
+                ),
+            );
+        }
+    }
+    Ok(())
+}
