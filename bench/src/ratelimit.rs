@@ -341,9 +341,10 @@ async fn homepage_cpu(
         .build()?;
     let plan = Arc::new(Plan {
         url: bff.graphql_url(),
-        body: Bytes::from(serde_json::to_vec(
+        bodies: vec![Bytes::from(serde_json::to_vec(
             &serde_json::json!({ "query": WEB_FULL }),
-        )?),
+        )?)],
+        get_urls: Vec::new(),
         auth: vec![HeaderValue::try_from(format!(
             "Bearer {}",
             env.token("u1")?

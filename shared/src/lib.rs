@@ -8,7 +8,7 @@
 //! - [`server`]: listeners, the connection stage (timeouts, connection cap), assembly of the
 //!   routers, GraphiQL, health/readiness, graceful shutdown.
 //! - [`pipeline`]: the stages before the service, in order: client address → observe →
-//!   client-address rules → CORS → body limits → authentication.
+//!   client-address rules → CORS → body limits → authentication → rate limits.
 //! - [`graphql`]: the GraphQL service (over HTTP), the pre-execution analysis, shared schema types,
 //!   error coding.
 //! - [`proxy`]: pass-through routes.
