@@ -490,7 +490,12 @@ fn shape_limits(
         }
     }
     let mut root_fields = 0;
-    roots(doc, &op.selection_set.node, &mut Vec::new(), &mut root_fields);
+    roots(
+        doc,
+        &op.selection_set.node,
+        &mut Vec::new(),
+        &mut root_fields,
+    );
     if root_fields > limits.max_root_fields {
         return Err(Refusal::TooComplex(format!(
             "the operation selects {root_fields} root fields; at most {} are allowed",
@@ -529,7 +534,11 @@ pub fn count_tokens(query: &str, max: usize) -> Result<usize, usize> {
             i += 3;
             while i < b.len() && !b[i..].starts_with(BLOCK) {
                 // `\"""` is an escaped triple quote inside a block string.
-                i += if b[i] == b'\\' && b[i + 1..].starts_with(BLOCK) { 4 } else { 1 };
+                i += if b[i] == b'\\' && b[i + 1..].starts_with(BLOCK) {
+                    4
+                } else {
+                    1
+                };
             }
             i += 3;
         } else if c == b'"' {

@@ -21,16 +21,16 @@ use axum::{
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::{Map, Value as Json};
 use futures::FutureExt as _;
+use serde_json::{Map, Value as Json};
 use tracing::Instrument;
 
 use super::{
     analysis::{Analysis, Refusal},
     coalesce::{Coalescer, Key},
-    persisted::{Persisted, PersistedError},
     errors::{Outcome, classify, error_body, stamp_trace_id},
     json::Chunks,
+    persisted::{Persisted, PersistedError},
 };
 use crate::{
     auth::Identity, config::GraphqlSettings, error::ErrorCode, telemetry::metrics::Metrics,
@@ -375,7 +375,8 @@ pub(crate) struct Answer {
 
 impl Answer {
     fn refusal(status: StatusCode, mode: Mode, code: ErrorCode, message: &str) -> Self {
-        let body = serde_json::to_vec(&error_body(code, message)).unwrap_or_else(|_| b"{}".to_vec());
+        let body =
+            serde_json::to_vec(&error_body(code, message)).unwrap_or_else(|_| b"{}".to_vec());
         Self {
             status,
             mode,
@@ -513,7 +514,8 @@ async fn serve(
         };
     // The allow list: only its operations, and introspection only where allowed.
     if app.persisted.allow_list() && !resolved.trusted {
-        let introspection_only = analysis.is_some_and(|a| a.fields == 0 && a.introspection_fields > 0);
+        let introspection_only =
+            analysis.is_some_and(|a| a.fields == 0 && a.introspection_fields > 0);
         if !(introspection_only && app.persisted.introspection_allowed()) {
             return reject(
                 request_error,
@@ -526,26 +528,27 @@ async fn serve(
     // See `render`: the engine's root merge cannot take rendered values twice.
     let renderable = app.settings.direct_json
         && super::render::root_renderable(&doc, p.operation_name.as_deref());
-    let coalesce_key = (app.settings.coalesce && operation == Some(OperationType::Query)).then(|| {
-        let mut extensions = p.extensions.clone();
-        extensions.remove("persistedQuery");
-        Key {
-            get: method == Method::GET,
-            graphql_response: mode == Mode::GraphqlResponse,
-            query: resolved.query.clone(),
-            operation: p.operation_name.clone(),
-            variables: p
-                .variables
-                .as_ref()
-                .map(|v| Json::Object(v.clone()).to_string())
-                .unwrap_or_default(),
-            extensions: Json::Object(extensions).to_string(),
-            viewer: viewer.as_ref().map(|v| {
-                let scopes: Vec<&str> = v.scopes.iter().map(String::as_str).collect();
-                (v.user_id.to_string(), scopes.join(" "), v.max_maturity)
-            }),
-        }
-    });
+    let coalesce_key =
+        (app.settings.coalesce && operation == Some(OperationType::Query)).then(|| {
+            let mut extensions = p.extensions.clone();
+            extensions.remove("persistedQuery");
+            Key {
+                get: method == Method::GET,
+                graphql_response: mode == Mode::GraphqlResponse,
+                query: resolved.query.clone(),
+                operation: p.operation_name.clone(),
+                variables: p
+                    .variables
+                    .as_ref()
+                    .map(|v| Json::Object(v.clone()).to_string())
+                    .unwrap_or_default(),
+                extensions: Json::Object(extensions).to_string(),
+                viewer: viewer.as_ref().map(|v| {
+                    let scopes: Vec<&str> = v.scopes.iter().map(String::as_str).collect();
+                    (v.user_id.to_string(), scopes.join(" "), v.max_maturity)
+                }),
+            }
+        });
     let mut request = async_graphql::Request::new(resolved.query.to_string());
     if let Some(name) = p.operation_name.clone() {
         request = request.operation_name(name);
@@ -566,7 +569,10 @@ async fn serve(
         None => "unknown",
     };
     // The request span (current here) names the operation too, for the access log's readers.
-    tracing::Span::current().record("graphql.operation", op_name.as_deref().unwrap_or("anonymous"));
+    tracing::Span::current().record(
+        "graphql.operation",
+        op_name.as_deref().unwrap_or("anonymous"),
+    );
     let job = Job {
         request,
         rq,
@@ -634,7 +640,9 @@ async fn execute(app: Arc<GraphqlService>, job: Job) -> Answer {
     // The estimate bounds the work; this bounds the time, whatever the estimate missed.
     let executed = tokio::time::timeout(
         limits.timeout,
-        app.schema.execute(request, validated).instrument(span.clone()),
+        app.schema
+            .execute(request, validated)
+            .instrument(span.clone()),
     )
     .await;
     let Ok(mut response) = executed else {

@@ -17,8 +17,8 @@ pub(crate) mod errors;
 pub mod fields;
 pub(crate) mod http;
 mod inline;
-pub mod persisted;
 mod json;
+pub mod persisted;
 mod render;
 pub mod types;
 

@@ -41,7 +41,9 @@ pub(crate) enum PersistedError {
     #[error("the query's SHA-256 is not the sha256Hash sent with it")]
     HashMismatch,
     /// `extensions.persistedQuery` is malformed or of an unknown version.
-    #[error("extensions.persistedQuery must be {{\"version\": 1, \"sha256Hash\": \"<64 hex digits>\"}}")]
+    #[error(
+        "extensions.persistedQuery must be {{\"version\": 1, \"sha256Hash\": \"<64 hex digits>\"}}"
+    )]
     Malformed,
     /// Persisted queries are off on this server.
     #[error("persisted queries are not supported on this server; send the query")]
@@ -240,7 +242,10 @@ fn load_manifest(path: &Path) -> Result<HashMap<String, Arc<Known>>, ManifestErr
         reason,
     };
     let pairs: Vec<(String, String)> = match &json {
-        Json::Object(map) if map.get("format").and_then(Json::as_str) == Some("apollo-persisted-query-manifest") => {
+        Json::Object(map)
+            if map.get("format").and_then(Json::as_str)
+                == Some("apollo-persisted-query-manifest") =>
+        {
             let ops = map
                 .get("operations")
                 .and_then(Json::as_array)
@@ -252,7 +257,9 @@ fn load_manifest(path: &Path) -> Result<HashMap<String, Arc<Known>>, ManifestErr
                     let body = op.get("body").and_then(Json::as_str);
                     match (id, body) {
                         (Some(id), Some(body)) => Ok((id.to_ascii_lowercase(), body.to_owned())),
-                        _ => Err(entry_error(format!("operations[{i}] needs `id` and `body`"))),
+                        _ => Err(entry_error(format!(
+                            "operations[{i}] needs `id` and `body`"
+                        ))),
                     }
                 })
                 .collect::<Result<_, _>>()?
@@ -261,7 +268,9 @@ fn load_manifest(path: &Path) -> Result<HashMap<String, Arc<Known>>, ManifestErr
             .iter()
             .map(|(hash, body)| match body.as_str() {
                 Some(body) => Ok((hash.to_ascii_lowercase(), body.to_owned())),
-                None => Err(entry_error(format!("`{hash}` does not map to a query string"))),
+                None => Err(entry_error(format!(
+                    "`{hash}` does not map to a query string"
+                ))),
             })
             .collect::<Result<_, _>>()?,
         _ => return Err(entry_error("expected an object".into())),
@@ -339,14 +348,20 @@ mod tests {
         let p = Persisted::new(&settings(PersistedMode::Apq, None)).unwrap();
         let q = "{ viewer { id } }";
         let h = sha256_hex(q);
-        assert_eq!(p.resolve(None, &ext(&h)).err(), Some(PersistedError::NotFound));
+        assert_eq!(
+            p.resolve(None, &ext(&h)).err(),
+            Some(PersistedError::NotFound)
+        );
         let wrong = sha256_hex("{ other }");
         assert_eq!(
             p.resolve(Some(q.into()), &ext(&wrong)).err(),
             Some(PersistedError::HashMismatch)
         );
         let r = p.resolve(Some(q.into()), &ext(&h)).unwrap();
-        assert_eq!((&*r.query, r.hash.as_deref(), r.validated), (q, Some(h.as_str()), false));
+        assert_eq!(
+            (&*r.query, r.hash.as_deref(), r.validated),
+            (q, Some(h.as_str()), false)
+        );
         p.mark_valid(&h);
         let r = p.resolve(None, &ext(&h.to_ascii_uppercase())).unwrap();
         assert_eq!((&*r.query, r.validated), (q, true));
@@ -366,7 +381,10 @@ mod tests {
             );
         }
         let off = Persisted::new(&settings(PersistedMode::Off, None)).unwrap();
-        assert_eq!(off.resolve(None, &ext(&h)).err(), Some(PersistedError::Unsupported));
+        assert_eq!(
+            off.resolve(None, &ext(&h)).err(),
+            Some(PersistedError::Unsupported)
+        );
     }
 
     #[test]
@@ -388,7 +406,8 @@ mod tests {
             assert!(r.trusted && &*r.query == known);
             let other = "{ viewer { id } }";
             assert_eq!(
-                p.resolve(Some(other.into()), &ext(&sha256_hex(other))).err(),
+                p.resolve(Some(other.into()), &ext(&sha256_hex(other)))
+                    .err(),
                 Some(PersistedError::NotAllowed)
             );
             assert_eq!(
@@ -401,7 +420,11 @@ mod tests {
             assert!(!p.introspection_allowed());
         }
         let tampered = dir.join("tampered.json");
-        std::fs::write(&tampered, json!({ sha256_hex("{ a }"): "{ b }" }).to_string()).unwrap();
+        std::fs::write(
+            &tampered,
+            json!({ sha256_hex("{ a }"): "{ b }" }).to_string(),
+        )
+        .unwrap();
         let err = Persisted::new(&settings(PersistedMode::AllowList, Some(&tampered)))
             .err()
             .unwrap()

@@ -234,8 +234,18 @@ fn aliases_root_fields_and_directives_have_their_own_limits() {
         max_directives: 2,
         ..LOOSE
     };
-    assert!(run(r#"{ a: title(id: "1") { id } b: title(id: "2") { id } }"#, &tight).is_ok());
-    let err = run(r#"{ a: title(id: "1") { x: id } b: title(id: "2") { id } }"#, &tight).unwrap_err();
+    assert!(
+        run(
+            r#"{ a: title(id: "1") { id } b: title(id: "2") { id } }"#,
+            &tight
+        )
+        .is_ok()
+    );
+    let err = run(
+        r#"{ a: title(id: "1") { x: id } b: title(id: "2") { id } }"#,
+        &tight,
+    )
+    .unwrap_err();
     assert!(matches!(err, Refusal::TooComplex(m) if m.contains("3 aliases")));
     // Root fields count through fragments.
     let err = run(
@@ -257,7 +267,10 @@ fn tokens_are_counted_without_parsing() {
     assert_eq!(count_tokens("{ a }", 10), Ok(3));
     // query Q ( $ v : [ Int ! ] ! = [ 1 2 ] ) { a ( x : $ v ) @ skip ( if : true ) { ... F } }
     assert_eq!(
-        count_tokens("query Q($v: [Int!]! = [1, 2]) { a(x: $v) @skip(if: true) { ...F } }", 100),
+        count_tokens(
+            "query Q($v: [Int!]! = [1, 2]) { a(x: $v) @skip(if: true) { ...F } }",
+            100
+        ),
         Ok(36)
     );
     assert_eq!(count_tokens("# a comment { } { }\n{ a, b }", 10), Ok(4));
