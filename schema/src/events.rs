@@ -332,6 +332,8 @@ pub struct BusStatus {
     pub lag_ms: u64,
     /// Connections made after the first.
     pub reconnects: u64,
+    /// Consumers (subscriptions and work consumers) currently receiving.
+    pub consumers: usize,
 }
 
 /// The event bus: domain events on a topic (every subscriber gets each), work on durable queues

@@ -33,6 +33,22 @@ struct Queue {
     arrived: Notify,
 }
 
+/// Counts one running consumer for as long as it lives.
+struct Running(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Running {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The in-process bus. Cheap to share behind an `Arc`.
 pub struct InProcessBus {
     capacity: usize,
@@ -40,6 +56,7 @@ pub struct InProcessBus {
     counters: Arc<Counters>,
     subscribers: Arc<Mutex<Vec<Subscriber>>>,
     queues: Mutex<HashMap<WorkQueue, Arc<Queue>>>,
+    consumers: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for InProcessBus {
@@ -57,6 +74,7 @@ impl InProcessBus {
             counters: Arc::default(),
             subscribers: Arc::default(),
             queues: Mutex::default(),
+            consumers: Arc::default(),
         }
     }
 
@@ -131,8 +149,10 @@ impl EventBus for InProcessBus {
             mut cancelled,
             done,
         } = task;
+        let running = Running::new(&self.consumers);
         tokio::spawn(async move {
             let _done = done;
+            let _running = running;
             loop {
                 let body = tokio::select! {
                     _ = &mut cancelled => break,
@@ -163,8 +183,10 @@ impl EventBus for InProcessBus {
             mut cancelled,
             done,
         } = task;
+        let running = Running::new(&self.consumers);
         tokio::spawn(async move {
             let _done = done;
+            let _running = running;
             let mut redelivered = false;
             loop {
                 let front = q.items.lock().front().cloned();
@@ -204,6 +226,7 @@ impl EventBus for InProcessBus {
             connected: true,
             outbox_depth: 0,
             outbox_capacity: self.capacity,
+            consumers: self.consumers.load(Ordering::Relaxed),
             ..BusStatus::default()
         };
         self.counters.fill(&mut s);

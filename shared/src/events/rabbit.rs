@@ -361,7 +361,6 @@ async fn run(
             tasks.insert(
                 id,
                 tokio::spawn(async move {
-                    spec.running.send_replace(true);
                     let result = consume(&inner, &channel, &spec, missed_since).await;
                     let _ = tokio::time::timeout(
                         Duration::from_secs(1),
@@ -497,6 +496,7 @@ async fn consume(
         )
         .await
         .map_err(|e| broken("consume", e))?;
+    spec.running.send_replace(true);
     // Bound and consuming again: from here on nothing is missed, so what the outage may have
     // hidden can be dropped now.
     if let (Source::Topic(_), Some(since)) = (&spec.source, missed_since) {
@@ -574,6 +574,13 @@ impl EventBus for RabbitBus {
             ..BusStatus::default()
         };
         drop(link);
+        s.consumers = self
+            .inner
+            .specs
+            .lock()
+            .iter()
+            .filter(|sp| *sp.running.borrow())
+            .count();
         self.inner.counters.fill(&mut s);
         s
     }
