@@ -15,6 +15,7 @@
 //! global, so on/off are compared across processes (`bench/overhead.sh`).
 
 mod critical;
+mod events;
 mod harness;
 mod hostile;
 mod load;
@@ -140,6 +141,7 @@ async fn main() -> Result<()> {
     let mut critical_table = None;
     let mut hostile_table = None;
     let mut tls_table = None;
+    let mut events_table = None;
     for s in selected {
         match &s.kind {
             Kind::Load(spec) => {
@@ -159,6 +161,11 @@ async fn main() -> Result<()> {
                 eprintln!("[{}] TLS vs plain", s.name);
                 let report = tls::measure(&env, cli.duration).await?;
                 tls_table = Some(tls::render(&report));
+            }
+            Kind::Events => {
+                eprintln!("[{}] events over RabbitMQ", s.name);
+                let report = events::measure(&env).await?;
+                events_table = Some(events::render(&report));
             }
             Kind::Hostile => {
                 eprintln!("[{}] hostile queries against one web BFF", s.name);
@@ -211,6 +218,11 @@ async fn main() -> Result<()> {
     if let Some(table) = tls_table {
         println!(
             "\nTLS termination (web BFF, 8 clients, CPU per request or connection for the whole process):\n\n{table}"
+        );
+    }
+    if let Some(table) = events_table {
+        println!(
+            "\nevents (RabbitMQ at 127.0.0.1:5672, web BFFs, fixtures publishing):\n\n{table}"
         );
     }
     if let Some(table) = hostile_table {

@@ -185,6 +185,8 @@ pub(crate) enum Kind {
     Hostile,
     /// TLS vs plain: connections per second and keep-alive throughput.
     Tls,
+    /// Events over RabbitMQ: invalidation latency on two instances, progress burst and drain.
+    Events,
 }
 
 /// One named benchmark.
@@ -198,7 +200,7 @@ pub(crate) struct Scenario {
 }
 
 /// Named sets of scenarios for `-s`, with what they are for.
-pub(crate) const GROUPS: [(&str, &str); 5] = [
+pub(crate) const GROUPS: [(&str, &str); 6] = [
     (
         "issue3",
         "the first homepage figures: *-latency50, critical-path, *-rps (cache off), engine, payload",
@@ -216,6 +218,10 @@ pub(crate) const GROUPS: [(&str, &str); 5] = [
         "issue 13: hostile-rss (queries that expand far: refused, peak RSS growth bounded)",
     ),
     (
+        "events",
+        "issue 16: events (RabbitMQ at 127.0.0.1:5672: change → stale fragment gone on two instances; progress burst accepted, drained)",
+    ),
+    (
         "edge",
         "issue 14: tls (new connections per second and keep-alive homepage throughput, TLS vs plain)",
     ),
@@ -227,6 +233,7 @@ const BOTH: &[&str] = &["issue3", "cache"];
 const FAULTS: &[&str] = &["faults"];
 const HOSTILE: &[&str] = &["hostile"];
 const EDGE: &[&str] = &["edge"];
+const EVENTS: &[&str] = &["events"];
 
 /// `["u1", …, "u{n}"]`: fixture users (u1…u200 exist).
 pub(crate) fn users(n: usize) -> Vec<String> {
@@ -544,6 +551,12 @@ pub(crate) fn catalogue() -> Vec<Scenario> {
         about: "web BFF with and without TLS: a new connection per request (handshakes/s) and the warm homepage over keep-alive (rps, CPU µs/req)".into(),
         groups: EDGE,
         kind: Kind::Tls,
+    });
+    all.push(Scenario {
+        name: "events".into(),
+        about: "RabbitMQ at 127.0.0.1:5672: 300 service changes, each until both of two web BFFs dropped the stale fragment (p50/p99); 20,000 reportProgress from 32 clients with the consumer stopped (accepted/s, confirmed), then the time to drain".into(),
+        groups: EVENTS,
+        kind: Kind::Events,
     });
     all
 }

@@ -30,7 +30,9 @@ fn union_of(body: &Value) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn fifty_concurrent_cold_homepages_for_one_user_call_each_backend_once() {
-    let app = spawn_app(web()).await;
+    // The cache's own coalescing is under test: identical requests must not share one answer
+    // before they reach it.
+    let app = spawn_app_with(web(), |s| s.graphql.coalesce = false).await;
     // Latency keeps the first loads in flight while the other 49 requests arrive.
     for b in Backend::ALL {
         app.fault(b, latency(50));

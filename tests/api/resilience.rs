@@ -243,6 +243,8 @@ async fn least_outstanding_favours_the_faster_endpoint() {
         s.cache.enabled = false;
         s.backends.top10.endpoints = urls.clone();
         s.backends.top10.balance = shared::upstream::resilience::Strategy::LeastOutstanding;
+        // Eighty identical requests: each must reach the balancer, not share an answer.
+        s.graphql.coalesce = false;
     })
     .await;
     // Eight clients in closed loops: the slow endpoint builds a backlog of outstanding calls,
@@ -383,6 +385,8 @@ async fn shutdown_finishes_every_request_in_flight() {
     settings.backends =
         shared::config::BackendsSettings::at(|b| fixtures.url(shared::demo::fixture_backend(b)));
     settings.cache.enabled = false;
+    // Twenty identical requests that must each be in flight, not share one answer.
+    settings.graphql.coalesce = false;
     let app = shared::Application::build(settings, &web(), shared::StartOptions::default())
         .await
         .unwrap();
