@@ -335,7 +335,7 @@ async fn run(
     missed_since: Option<SystemTime>,
 ) -> String {
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let mut tasks: HashMap<u64, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut tasks: HashMap<u64, (Arc<Spec>, tokio::task::JoinHandle<()>)> = HashMap::new();
     let publisher = {
         let inner = inner.clone();
         let failed = failed_tx.clone();
@@ -347,7 +347,7 @@ async fn run(
     let why = 'run: loop {
         // Start a consumer for every registered spec not yet running on this connection.
         let specs: Vec<Arc<Spec>> = inner.specs.lock().clone();
-        tasks.retain(|id, t| !t.is_finished() || specs.iter().any(|s| s.id == *id));
+        tasks.retain(|id, (_, t)| !t.is_finished() || specs.iter().any(|s| s.id == *id));
         for spec in specs {
             if tasks.contains_key(&spec.id) {
                 continue;
@@ -358,9 +358,10 @@ async fn run(
                 Err(e) => break 'run broken("consumer channel", e),
             };
             let id = spec.id;
+            let held = spec.clone();
             tasks.insert(
                 id,
-                tokio::spawn(async move {
+                (held, tokio::spawn(async move {
                     let result = consume(&inner, &channel, &spec, missed_since).await;
                     let _ = tokio::time::timeout(
                         Duration::from_secs(1),
@@ -371,7 +372,7 @@ async fn run(
                     if let Err(why) = result {
                         let _ = failed.send(why);
                     }
-                }),
+                })),
             );
         }
         tokio::select! {
@@ -380,8 +381,10 @@ async fn run(
         }
     };
     publisher.abort();
-    for (_, t) in tasks {
+    for (_, (spec, t)) in tasks {
         t.abort();
+        // An aborted task cannot say so itself: nothing consumes until the next connection.
+        spec.running.send_replace(false);
     }
     why
 }
