@@ -361,18 +361,21 @@ async fn run(
             let held = spec.clone();
             tasks.insert(
                 id,
-                (held, tokio::spawn(async move {
-                    let result = consume(&inner, &channel, &spec, missed_since).await;
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        channel.close(200, "done".into()),
-                    )
-                    .await;
-                    spec.running.send_replace(false);
-                    if let Err(why) = result {
-                        let _ = failed.send(why);
-                    }
-                })),
+                (
+                    held,
+                    tokio::spawn(async move {
+                        let result = consume(&inner, &channel, &spec, missed_since).await;
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(1),
+                            channel.close(200, "done".into()),
+                        )
+                        .await;
+                        spec.running.send_replace(false);
+                        if let Err(why) = result {
+                            let _ = failed.send(why);
+                        }
+                    }),
+                ),
             );
         }
         tokio::select! {

@@ -84,10 +84,4 @@ impl Coalescer {
         };
         (pending.await, shared)
     }
-
-    /// Executions in flight (tests and metrics).
-    #[cfg(test)]
-    pub(crate) fn in_flight(&self) -> usize {
-        self.inflight.lock().len()
-    }
 }
