@@ -46,6 +46,11 @@ impl Env {
         })
     }
 
+    /// The shared fixture backends.
+    pub(crate) fn fixtures(&self) -> &Fixtures {
+        &self.fixtures
+    }
+
     /// Injects `fault` on the shared fixtures (on top of [`Env::set_latency`]); endpoint faults
     /// are set up by [`Env::endpoint_instances`] instead.
     pub(crate) fn inject(&self, fault: Fault) {
@@ -138,6 +143,7 @@ impl Env {
             .with_context(|| format!("build the {} BFF", bff.name()))?;
         let addr = app.local_addr()?;
         let cache = app.fragment_cache();
+        let bus = app.event_bus();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async move {
             let _ = stopped.await;
@@ -145,6 +151,7 @@ impl Env {
         Ok(RunningBff {
             addr,
             cache,
+            bus,
             stop: Some(stop),
             task,
         })
@@ -155,6 +162,7 @@ impl Env {
 pub(crate) struct RunningBff {
     addr: SocketAddr,
     cache: FragmentCache,
+    bus: std::sync::Arc<dyn shared::events::EventBus>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -162,6 +170,11 @@ pub(crate) struct RunningBff {
 impl RunningBff {
     pub(crate) fn graphql_url(&self) -> String {
         format!("http://{}/graphql", self.addr)
+    }
+
+    /// The instance's event bus.
+    pub(crate) fn bus(&self) -> &std::sync::Arc<dyn shared::events::EventBus> {
+        &self.bus
     }
 
     pub(crate) fn metrics_url(&self) -> String {

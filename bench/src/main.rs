@@ -15,6 +15,7 @@
 //! global, so on/off are compared across processes (`bench/overhead.sh`).
 
 mod critical;
+mod events;
 mod harness;
 mod hostile;
 mod load;
@@ -142,6 +143,7 @@ async fn main() -> Result<()> {
     let mut hostile_table = None;
     let mut tls_table = None;
     let mut ratelimit_table = None;
+    let mut events_table = None;
     for s in selected {
         match &s.kind {
             Kind::Load(spec) => {
@@ -166,6 +168,11 @@ async fn main() -> Result<()> {
                 eprintln!("[{}] rate limits", s.name);
                 let report = ratelimit::measure(&env, cli.duration).await?;
                 ratelimit_table = Some(ratelimit::render(&report));
+            }
+            Kind::Events => {
+                eprintln!("[{}] events over RabbitMQ", s.name);
+                let report = events::measure(&env).await?;
+                events_table = Some(events::render(&report));
             }
             Kind::Hostile => {
                 eprintln!("[{}] hostile queries against one web BFF", s.name);
@@ -223,6 +230,11 @@ async fn main() -> Result<()> {
     if let Some(table) = ratelimit_table {
         println!(
             "\nrate limits (web BFF, `{{ __typename }}` for accuracy; CPU for the whole process):\n\n{table}"
+        );
+    }
+    if let Some(table) = events_table {
+        println!(
+            "\nevents (RabbitMQ at 127.0.0.1:5672, web BFFs, fixtures publishing):\n\n{table}"
         );
     }
     if let Some(table) = hostile_table {

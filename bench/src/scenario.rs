@@ -203,6 +203,8 @@ pub(crate) enum Kind {
     /// Rate limits: accuracy per algorithm (local, two BFFs + Redis), cost per decision,
     /// homepage CPU with and without policies.
     RateLimit,
+    /// Events over RabbitMQ: invalidation latency on two instances, progress burst and drain.
+    Events,
 }
 
 /// One named benchmark.
@@ -216,7 +218,7 @@ pub(crate) struct Scenario {
 }
 
 /// Named sets of scenarios for `-s`, with what they are for.
-pub(crate) const GROUPS: [(&str, &str); 6] = [
+pub(crate) const GROUPS: [(&str, &str); 7] = [
     (
         "issue3",
         "the first homepage figures: *-latency50, critical-path, *-rps (cache off), engine, payload",
@@ -232,6 +234,10 @@ pub(crate) const GROUPS: [(&str, &str); 6] = [
     (
         "hostile",
         "issue 13: hostile-rss (queries that expand far: refused, peak RSS growth bounded)",
+    ),
+    (
+        "events",
+        "issue 16: events (RabbitMQ at 127.0.0.1:5672: change → stale fragment gone on two instances; progress burst accepted, drained)",
     ),
     (
         "edge",
@@ -250,6 +256,7 @@ const FAULTS: &[&str] = &["faults"];
 const HOSTILE: &[&str] = &["hostile"];
 const EDGE: &[&str] = &["edge"];
 const TRAFFIC: &[&str] = &["traffic"];
+const EVENTS: &[&str] = &["events"];
 
 /// `["u1", …, "u{n}"]`: fixture users (u1…u200 exist).
 pub(crate) fn users(n: usize) -> Vec<String> {
@@ -635,6 +642,12 @@ pub(crate) fn catalogue() -> Vec<Scenario> {
         about: "each algorithm at 10× a 100/s limit for --duration (admitted rate vs limit, shape per 1 s and 100 ms, a window-edge probe), locally and across two BFFs sharing Redis; cost per decision; warm homepage CPU with and without policies (needs Redis on 127.0.0.1:6379)".into(),
         groups: TRAFFIC,
         kind: Kind::RateLimit,
+    });
+    all.push(Scenario {
+        name: "events".into(),
+        about: "RabbitMQ at 127.0.0.1:5672: 300 service changes, each until both of two web BFFs dropped the stale fragment (p50/p99); 20,000 reportProgress from 32 clients with the consumer stopped (accepted/s, confirmed), then the time to drain".into(),
+        groups: EVENTS,
+        kind: Kind::Events,
     });
     all
 }

@@ -3,11 +3,15 @@
 //! # Layout
 //! - [`catalog::v1`]: `catalog.v1.Catalog` (BatchGetTitles) — messages, client and server.
 //! - [`recommendations::v1`]: `recommendations.v1.Recommendations` — messages, client and server.
+//! - [`events`]: the event envelope (JSON Schema in `schema/events/`), payloads, and the
+//!   [`events::EventBus`] seam producers and consumers are written against.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
 //!
 //! The fixture backends serve these services and the BFF core calls them; neither compiles the
 //! `.proto` files itself. The GraphQL SDL exported by the BFFs lives beside the protos
 //! (`schema/web.graphql`, `schema/mobile.graphql`) but is owned by the binaries that produce it.
+
+pub mod events;
 
 /// `catalog.v1`: title metadata.
 pub mod catalog {

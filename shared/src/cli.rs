@@ -205,7 +205,15 @@ async fn serve(surface: &Surface, cli: Cli) -> Result<(), RunError> {
     let graphiql_headers = demo
         .as_ref()
         .map(|d| serde_json::json!({ "Authorization": format!("Bearer {}", d.token) }).to_string());
-    let app = Application::build(settings, surface, StartOptions { graphiql_headers }).await?;
+    let app = Application::build(
+        settings,
+        surface,
+        StartOptions {
+            graphiql_headers,
+            events: demo.as_ref().map(|d| d.events.clone()),
+        },
+    )
+    .await?;
     let addr = app.local_addr().map_err(ServerError::Serve)?;
 
     println!("{} listening on http://{addr}", surface.name);

@@ -20,6 +20,12 @@ const DEMO_TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Why demo mode could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
+    /// The event bus could not be set up.
+    #[error(transparent)]
+    Bus(#[from] crate::events::EventsInitError),
+    /// The fixtures' progress consumer did not start.
+    #[error("cannot start the progress consumer: {0}")]
+    Events(String),
     /// The fixtures did not start.
     #[error("cannot start the fixture backends: {0}")]
     Fixtures(#[from] bff_fixtures::FixtureError),
@@ -34,6 +40,9 @@ pub struct Demo {
     pub fixtures: Fixtures,
     /// A token for [`DEMO_USER`].
     pub token: String,
+    /// The bus the fixtures publish on and the BFF subscribes to (in-process unless `events.url`
+    /// is set), with the continue-watching consumer running.
+    pub events: std::sync::Arc<dyn crate::events::EventBus>,
 }
 
 /// Starts the fixtures and rewrites `settings` to use them and to trust their identity provider.
@@ -57,7 +66,19 @@ pub async fn start(settings: &mut Settings) -> Result<Demo, DemoError> {
         serde_json::Map::new(),
         DEMO_TOKEN_TTL,
     )?;
-    Ok(Demo { fixtures, token })
+    let events = crate::events::from_settings(&settings.events, "bff-demo")?;
+    fixtures.control().live().attach(events.clone());
+    fixtures
+        .control()
+        .live()
+        .start_progress_consumer(Duration::ZERO)
+        .await
+        .map_err(DemoError::Events)?;
+    Ok(Demo {
+        fixtures,
+        token,
+        events,
+    })
 }
 
 /// The fixtures' name for one of our backends (same names, separate types: the fixtures crate

@@ -16,6 +16,8 @@
 //! - [`auth`]: bearer JWT → verified [`auth::Viewer`].
 //! - [`body`]: request bodies held to a size and a deadline.
 //! - [`compose`]: the parallel homepage plan and title hydration.
+//! - [`events`]: the event bus (in-process or RabbitMQ), its outbox, and the instance's
+//!   invalidation by domain events.
 //! - [`cache`]: fragment cache (L1 moka; tier boundary for a shared tier), coalescing, SWR.
 //! - [`profile`]: client profiles (rows, limits) and trimming rules.
 //! - [`upstream`]: the policy layer and one client per backend (reqwest, tonic).
@@ -34,6 +36,7 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 mod escape;
+pub mod events;
 pub mod graphql;
 pub mod pipeline;
 pub mod profile;

@@ -25,9 +25,12 @@ pub struct TestApp {
     /// turns it off.
     pub admin: Option<SocketAddr>,
     pub http: reqwest::Client,
-    pub fixtures: Fixtures,
+    /// Shared by every instance of a multi-instance test.
+    pub fixtures: Arc<Fixtures>,
     pub signer: TokenSigner,
     pub cache: FragmentCache,
+    /// The instance's event bus (in-process unless the test set `events.url`).
+    pub bus: Arc<dyn shared::events::EventBus>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -56,6 +59,15 @@ pub async fn spawn_app_with(surface: Surface, adjust: impl FnOnce(&mut Settings)
     let fixtures = Fixtures::start(FixtureOptions::default())
         .await
         .expect("fixtures start");
+    spawn_app_on(surface, Arc::new(fixtures), adjust).await
+}
+
+/// A BFF over fixtures that other instances may share.
+pub async fn spawn_app_on(
+    surface: Surface,
+    fixtures: Arc<Fixtures>,
+    adjust: impl FnOnce(&mut Settings),
+) -> TestApp {
     let mut settings = Settings::defaults(&(surface.defaults)());
     settings.listen = "127.0.0.1:0".parse().unwrap();
     settings.admin.listen = Some("127.0.0.1:0".parse().unwrap());
@@ -74,6 +86,7 @@ pub async fn spawn_app_with(surface: Surface, adjust: impl FnOnce(&mut Settings)
     let addr = app.local_addr().unwrap();
     let admin = app.admin_addr();
     let cache = app.fragment_cache();
+    let bus = app.event_bus();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
@@ -88,6 +101,7 @@ pub async fn spawn_app_with(surface: Surface, adjust: impl FnOnce(&mut Settings)
         fixtures,
         signer,
         cache,
+        bus,
         stop: Some(stop),
     }
 }

@@ -6,6 +6,7 @@
 mod auth;
 mod cache;
 mod edge;
+mod events;
 mod failures;
 mod first_minutes;
 mod helpers;

@@ -245,6 +245,8 @@ async fn least_outstanding_favours_the_faster_endpoint() {
         s.graphql.coalesce = false;
         s.backends.top10.endpoints = urls.clone();
         s.backends.top10.balance = shared::upstream::resilience::Strategy::LeastOutstanding;
+        // Eighty identical requests: each must reach the balancer, not share an answer.
+        s.graphql.coalesce = false;
     })
     .await;
     // Eight clients in closed loops: the slow endpoint builds a backlog of outstanding calls,

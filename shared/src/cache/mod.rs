@@ -112,6 +112,10 @@ struct Inner {
     /// write their (possibly pre-write) answer back.
     invalidated: moka::sync::Cache<String, Instant>,
     next_load_id: std::sync::atomic::AtomicU64,
+    /// Per kind: entries stored before this wall-clock time (micros since the Unix epoch) are
+    /// treated as absent — how a whole kind is dropped at once (after an event-bus outage)
+    /// without walking the tiers.
+    stored_after: [std::sync::atomic::AtomicU64; 7],
 }
 
 /// How long an invalidation is remembered; far longer than any backend call may take.
@@ -142,6 +146,7 @@ impl FragmentCache {
                     .time_to_live(INVALIDATION_MEMORY)
                     .build(),
                 next_load_id: std::sync::atomic::AtomicU64::new(0),
+                stored_after: Default::default(),
             }),
         }
     }
@@ -172,9 +177,13 @@ impl FragmentCache {
         self.inner.settings.enabled && self.inner.settings.kind(kind).enabled
     }
 
-    async fn lookup(&self, key: &str) -> Option<Stored> {
+    async fn lookup(&self, kind: FragmentKind, key: &str) -> Option<Stored> {
         for (i, tier) in self.inner.tiers.iter().enumerate() {
             if let Some(found) = tier.get(key).await {
+                if !self.storable(kind, found.stored_at) {
+                    tier.remove(key).await;
+                    continue;
+                }
                 // Backfill the nearer tiers so the next read is local.
                 for nearer in &self.inner.tiers[..i] {
                     nearer.put(key, found.clone()).await;
@@ -247,7 +256,7 @@ impl FragmentCache {
             return T::from_fragment(&fragment).ok_or_else(|| mismatch(kind));
         }
         let k = key.as_str();
-        if let Some(found) = self.lookup(k).await {
+        if let Some(found) = self.lookup(kind, k).await {
             let age = found.age();
             if let Some(value) = T::from_fragment(&found.fragment) {
                 let used = self.served(kind, age);
@@ -290,6 +299,7 @@ impl FragmentCache {
             .next_load_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let started = Instant::now();
+        let started_wall = std::time::SystemTime::now();
         let cache = self.clone();
         let owned_key = key.clone();
         let load = make();
@@ -301,7 +311,8 @@ impl FragmentCache {
                     .inner
                     .invalidated
                     .get(owned_key.as_str())
-                    .is_some_and(|at| at >= started);
+                    .is_some_and(|at| at >= started)
+                    || !cache.storable(owned_key.kind(), started_wall);
                 if !stale_by_write {
                     cache
                         .store(owned_key.as_str(), Stored::now(fragment.clone()))
@@ -373,6 +384,24 @@ impl FragmentCache {
         }
     }
 
+    /// Drops every entry of `kinds` stored before `before` (and keeps loads that began before it
+    /// from storing): after the event bus was away, anything cached then may have missed its
+    /// invalidation.
+    pub fn invalidate_stored_before(&self, kinds: &[FragmentKind], before: std::time::SystemTime) {
+        let micros = micros_since_epoch(before);
+        for k in kinds {
+            self.inner.stored_after[*k as usize]
+                .fetch_max(micros, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a value of `kind` loaded (or begun loading) at `at` may be served or stored.
+    fn storable(&self, kind: FragmentKind, at: std::time::SystemTime) -> bool {
+        let after =
+            self.inner.stored_after[kind as usize].load(std::sync::atomic::Ordering::Relaxed);
+        after == 0 || micros_since_epoch(at) >= after
+    }
+
     /// Titles by id: cached ones one by one, the rest with ONE `fetch` for the ids nobody is
     /// fetching yet; ids another request is already fetching are awaited, not fetched again.
     /// Unknown ids are simply absent from the answer.
@@ -406,7 +435,7 @@ impl FragmentCache {
         for id in ids {
             let key = FragmentKey::title(id);
             match self
-                .lookup(key.as_str())
+                .lookup(kind, key.as_str())
                 .await
                 .and_then(|s| Some((s.age(), <Title as Cacheable>::from_fragment(&s.fragment)?)))
             {
@@ -501,6 +530,7 @@ impl FragmentCache {
             let cache = self.clone();
             let batch_ids = to_fetch.clone();
             let started = Instant::now();
+            let started_wall = std::time::SystemTime::now();
             let fut = async move {
                 let result = fetch(batch_ids.clone()).await.map(Arc::new);
                 if let Ok(titles) = &result {
@@ -510,7 +540,8 @@ impl FragmentCache {
                             .inner
                             .invalidated
                             .get(key.as_str())
-                            .is_some_and(|at| at >= started);
+                            .is_some_and(|at| at >= started)
+                            || !cache.storable(FragmentKind::Title, started_wall);
                         if !invalidated {
                             cache
                                 .store(key.as_str(), Stored::now(Fragment::Title(title.clone())))
@@ -553,6 +584,12 @@ impl FragmentCache {
         }
         unique
     }
+}
+
+fn micros_since_epoch(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 fn join_failure(backend: BackendId, e: &tokio::task::JoinError) -> BackendError {

@@ -381,3 +381,46 @@ fn title(id: &str) -> Title {
         images: vec![],
     }
 }
+
+#[tokio::test]
+async fn dropping_kinds_stored_before_a_time_forgets_older_entries_only() {
+    let cache = FragmentCache::new(crate::config::CacheSettings::default());
+    let log = CacheLog::default();
+    let r = crate::domain::Region::parse("US").unwrap();
+    let key = FragmentKey::top10(&r);
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let load = |calls: Arc<std::sync::atomic::AtomicU32>| {
+        move || async move {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok::<Vec<crate::domain::Top10Entry>, BackendError>(Vec::new())
+        }
+    };
+    cache
+        .get_or_load(&key, &log, load(calls.clone()))
+        .await
+        .unwrap();
+    cache
+        .get_or_load(&key, &log, load(calls.clone()))
+        .await
+        .unwrap();
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    cache.invalidate_stored_before(&[FragmentKind::Top10], std::time::SystemTime::now());
+    cache
+        .get_or_load(&key, &log, load(calls.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "older entry dropped"
+    );
+    cache
+        .get_or_load(&key, &log, load(calls.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "newer entry kept"
+    );
+}

@@ -7,6 +7,8 @@
 //! the slowest source plus one catalog round, never a sum. A failed source becomes a failed row;
 //! the others still arrive. Owns no GraphQL types and no wire formats.
 
+pub mod progress;
+
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
@@ -179,6 +181,21 @@ pub struct Composer {
     profile: Arc<ClientProfile>,
     default_region: Region,
     access: Arc<Access>,
+    events: Option<progress::Events>,
+}
+
+/// Why a progress report was not accepted.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReportError {
+    /// The title does not exist, or the position is beyond its end.
+    #[error("{0}")]
+    BadInput(String),
+    /// The catalog could not say whether the title exists.
+    #[error(transparent)]
+    Catalog(#[from] BackendError),
+    /// The event bus did not take it (its outbox is full, or there is no bus).
+    #[error("the events service is unavailable")]
+    Events,
 }
 
 impl Composer {
@@ -193,7 +210,60 @@ impl Composer {
             profile,
             default_region,
             access: Arc::new(Access::default()),
+            events: None,
         }
+    }
+
+    /// The same composer sending fire-and-forget writes through `events`.
+    pub fn with_events(self, events: progress::Events) -> Self {
+        Self {
+            events: Some(events),
+            ..self
+        }
+    }
+
+    /// Accepts a playback position for the viewer: checks the title exists and the position is
+    /// within it, hands a `playback.progress` event to the bus's work queue and returns at once;
+    /// the continue-watching service applies it at its own pace. Until then this instance shows
+    /// it on the viewer's continue-watching row. Returns the event id.
+    pub async fn report_progress(
+        &self,
+        viewer: &Viewer,
+        title_id: &str,
+        position_seconds: u32,
+        rq: &RequestContext,
+    ) -> Result<String, ReportError> {
+        let events = self.events.as_ref().ok_or(ReportError::Events)?;
+        let title = self
+            .hydrate(&[title_id.to_owned()], rq)
+            .await?
+            .remove(title_id)
+            .ok_or_else(|| ReportError::BadInput(format!("unknown title `{title_id}`")))?;
+        let duration = title.runtime_minutes.saturating_mul(60);
+        if position_seconds > duration {
+            return Err(ReportError::BadInput(format!(
+                "positionSeconds {position_seconds} is past the end of `{title_id}` ({duration} s)"
+            )));
+        }
+        let event = crate::events::Envelope::new(
+            events.source,
+            crate::events::Payload::PlaybackProgress(crate::events::ProgressData {
+                user_id: viewer.user_id.as_str().to_owned(),
+                title_id: title_id.to_owned(),
+                position_seconds,
+            }),
+        );
+        if let Err(e) = events
+            .bus
+            .send_work(crate::events::WorkQueue::PlaybackProgress, &event)
+        {
+            tracing::warn!(error = %e, "progress report refused by the event bus");
+            return Err(ReportError::Events);
+        }
+        events
+            .recent
+            .record(&viewer.user_id, title_id, position_seconds, duration);
+        Ok(event.id)
     }
 
     /// The same composer holding `access` (what viewers may do and see).
@@ -415,12 +485,19 @@ impl Composer {
                 (RowKind::ContinueWatching, Some(user)) => {
                     let (up, cx) = (self.upstream.clone(), rq.call(Some(&user), deadline));
                     let key = FragmentKey::continue_watching(&user, limit);
+                    let owner = user.clone();
                     let rows: Arc<Vec<ContinueWatchingEntry>> = self
                         .cache
                         .get_or_load(&key, log, move || async move {
-                            up.continue_watching(&cx, &user, limit).await
+                            up.continue_watching(&cx, &owner, limit).await
                         })
                         .await?;
+                    // Reports this instance accepted that the service has not applied yet.
+                    let overlaid = self
+                        .events
+                        .as_ref()
+                        .and_then(|e| e.recent.overlay(&user, &rows, limit));
+                    let rows: &[ContinueWatchingEntry] = overlaid.as_deref().unwrap_or(&rows);
                     rows.iter()
                         .map(|c| Entry {
                             progress: Some(Progress {

@@ -59,6 +59,8 @@ pub struct Settings {
     pub cors: CorsSettings,
     /// Rate limits (`[rate_limits]`, `[[rate_limits.policies]]`).
     pub rate_limits: RateLimitSettings,
+    /// The event bus (`events.*`): in-process unless `events.url` names a RabbitMQ broker.
+    pub events: EventsSettings,
 }
 
 /// HTTP server limits.
@@ -1015,6 +1017,59 @@ pub struct AdminSettings {
     pub listen: Option<SocketAddr>,
 }
 
+/// The event bus (`events.*`): domain events from the services invalidate every instance's
+/// fragments; fire-and-forget writes (playback progress) go to a durable work queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsSettings {
+    /// RabbitMQ broker, `amqp://user:password@host:5672/%2f`. Unset: the in-process bus (one
+    /// instance; enough for `--demo`), with nothing installed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<Secret>,
+    /// Topic exchange of domain events (routing key = event type).
+    pub exchange: String,
+    /// Durable work queue of `playback.progress`; its dead-letter queue is `<name>.dlq`.
+    pub progress_queue: String,
+    /// Accepted events waiting for the broker's confirm, at most; beyond it writes are refused
+    /// with BACKEND_UNAVAILABLE naming `events` (never dropped silently).
+    pub outbox_capacity: usize,
+    /// How long a publish may wait for its confirm before the connection counts as broken.
+    #[serde(with = "duration")]
+    pub confirm_timeout: Duration,
+    /// Delay before reconnecting (doubles per failed attempt, up to 10 times this).
+    #[serde(with = "duration")]
+    pub reconnect_delay: Duration,
+    /// Times a delivery a consumer refuses is tried again before it goes to the dead-letter queue.
+    pub max_retries: u32,
+    /// Unacknowledged deliveries the broker may push to one consumer.
+    pub prefetch: u16,
+    /// Declare work queues as quorum queues (replicated across a RabbitMQ cluster; what
+    /// production uses). Off: classic queues, enough for one broker. An existing queue keeps the
+    /// type it was declared with: switching needs a new queue name.
+    pub quorum_queues: bool,
+    /// How long a reported progress overlays the continue-watching row of the instance that
+    /// accepted it (read-your-writes until the service has applied it).
+    #[serde(with = "duration")]
+    pub read_your_writes_ttl: Duration,
+}
+
+impl Default for EventsSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            exchange: "bff.events".into(),
+            progress_queue: "bff.playback-progress".into(),
+            outbox_capacity: 10_000,
+            confirm_timeout: Duration::from_secs(5),
+            reconnect_delay: Duration::from_millis(200),
+            max_retries: 3,
+            prefetch: 64,
+            quorum_queues: false,
+            read_your_writes_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Prometheus metrics (`metrics.*`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1176,6 +1231,7 @@ impl Settings {
             ip_rules: IpRulesSettings::default(),
             cors: CorsSettings::default(),
             rate_limits: RateLimitSettings::default(),
+            events: EventsSettings::default(),
         }
     }
 
@@ -1282,6 +1338,37 @@ impl Settings {
                 return Err(invalid(
                     &format!("backends.{}.timeout", b.name()),
                     "must be > 0".into(),
+                ));
+            }
+        }
+        if let Some(url) = &self.events.url {
+            let parsed = reqwest::Url::parse(url.expose())
+                .map_err(|e| invalid("events.url", format!("not a URL: {e}")))?;
+            if parsed.scheme() != "amqp" || parsed.host_str().is_none() {
+                return Err(invalid(
+                    "events.url",
+                    "must be an amqp:// URL with a host, e.g. amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+                ));
+            }
+        }
+        if self.events.outbox_capacity == 0 {
+            return Err(invalid("events.outbox_capacity", "must be > 0".into()));
+        }
+        if self.events.confirm_timeout.is_zero() {
+            return Err(invalid("events.confirm_timeout", "must be > 0".into()));
+        }
+        if self.events.prefetch == 0 {
+            return Err(invalid("events.prefetch", "must be > 0".into()));
+        }
+        for (key, name) in [
+            ("events.exchange", &self.events.exchange),
+            ("events.progress_queue", &self.events.progress_queue),
+        ] {
+            if name.is_empty() || name.len() > 200 || name.starts_with("amq.") {
+                return Err(invalid(
+                    key,
+                    "must be 1-200 characters and not start with `amq.` (reserved by the broker)"
+                        .into(),
                 ));
             }
         }

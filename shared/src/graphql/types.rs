@@ -370,6 +370,19 @@ pub struct MyListUpdate {
     pub changed: bool,
 }
 
+/// A progress report the bus accepted.
+#[derive(SimpleObject)]
+pub struct ProgressReport {
+    /// True: the report is on its way to the continue-watching service (it is applied within
+    /// moments, and this viewer's homepage shows it at once).
+    pub accepted: bool,
+    /// Id of the `playback.progress` event, for support and tracing.
+    pub event_id: ID,
+}
+
+/// Most seconds a position may be: longer than any title.
+const MAX_POSITION_SECONDS: i32 = 24 * 60 * 60;
+
 /// Mutations both surfaces share.
 #[derive(Default)]
 pub struct MyListMutation;
@@ -394,6 +407,44 @@ impl MyListMutation {
         title_id: ID,
     ) -> async_graphql::Result<MyListUpdate> {
         set_in_my_list(ctx, "removeFromMyList", &title_id, false).await
+    }
+
+    /// Reports where the viewer is in a title (players call this every few seconds).
+    /// Fire-and-forget: answers `accepted` at once and the continue-watching service applies it
+    /// at its own pace; the viewer's next homepage already shows it. A position below 0 or past
+    /// the title's end, or an unknown title, is BAD_USER_INPUT; BACKEND_UNAVAILABLE with
+    /// `backend: "events"` means the report was not accepted (retry later). Requires a signed-in
+    /// viewer with the `progress:write` scope.
+    async fn report_progress(
+        &self,
+        ctx: &Context<'_>,
+        title_id: ID,
+        position_seconds: i32,
+    ) -> async_graphql::Result<ProgressReport> {
+        let viewer = require_viewer(ctx)?;
+        let title_id = title_id_arg(&title_id)?;
+        let position = u32::try_from(position_seconds)
+            .ok()
+            .filter(|_| position_seconds <= MAX_POSITION_SECONDS)
+            .ok_or_else(|| {
+                ErrorCode::BadUserInput.error(format!(
+                    "positionSeconds must be within 0..={MAX_POSITION_SECONDS}"
+                ))
+            })?;
+        let composer = composer(ctx)?;
+        authorize(composer, viewer, "reportProgress")?;
+        match composer
+            .report_progress(viewer, title_id, position, request(ctx)?)
+            .await
+        {
+            Ok(id) => Ok(ProgressReport {
+                accepted: true,
+                event_id: ID(id),
+            }),
+            Err(crate::compose::ReportError::BadInput(m)) => Err(ErrorCode::BadUserInput.error(m)),
+            Err(crate::compose::ReportError::Catalog(e)) => Err(backend_error(&e)),
+            Err(crate::compose::ReportError::Events) => Err(crate::error::events_unavailable()),
+        }
     }
 }
 

@@ -31,13 +31,21 @@ pub(crate) struct Health {
     pub(crate) reachability: Reachability,
     /// False from the shutdown signal on.
     pub(crate) ready: std::sync::atomic::AtomicBool,
+    /// The event bus: reported, never a reason to be unready (while it is away writes wait in
+    /// the outbox and caches fall back to their TTLs).
+    pub(crate) events: Arc<dyn crate::events::EventBus>,
 }
 
 impl Health {
-    pub(crate) fn new(upstream: Upstream, auth: Arc<crate::auth::Authenticator>) -> Self {
+    pub(crate) fn new(
+        upstream: Upstream,
+        auth: Arc<crate::auth::Authenticator>,
+        events: Arc<dyn crate::events::EventBus>,
+    ) -> Self {
         Self {
             upstream,
             auth,
+            events,
             reachability: Reachability::tcp(),
             ready: std::sync::atomic::AtomicBool::new(true),
         }
@@ -117,6 +125,7 @@ impl Report {
             "status": if self.ready { "ready" } else { "not_ready" },
             "backends": self.backends,
             "identityProviders": app.auth.issuer_status(),
+            "events": events_detail(&app.events.status()),
         })
     }
 }
@@ -154,6 +163,25 @@ async fn report(app: &Health) -> Report {
         );
     }
     Report { ready, backends }
+}
+
+/// The bus's state; `status` says in one word whether caches are invalidated by events (`up`)
+/// or only by their TTLs (`down`).
+fn events_detail(s: &crate::events::BusStatus) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert(
+            "status".into(),
+            (if s.connected { "up" } else { "down" }).into(),
+        );
+        if !s.connected {
+            o.insert(
+                "caches".into(),
+                "invalidated by TTL only until the bus is back".into(),
+            );
+        }
+    }
+    v
 }
 
 fn usable(b: &BackendStatus, reachable: usize) -> bool {

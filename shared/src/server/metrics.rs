@@ -21,6 +21,7 @@ pub(crate) struct Scrape {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) upstream: Upstream,
     pub(crate) cache: FragmentCache,
+    pub(crate) events: Arc<dyn crate::events::EventBus>,
 }
 
 pub(super) async fn serve(State(app): State<Arc<Scrape>>) -> Response {
@@ -41,6 +42,7 @@ pub(super) async fn serve(State(app): State<Arc<Scrape>>) -> Response {
             s.bytes,
         );
     }
+    metrics.set_events(&app.events.status());
     match metrics.render() {
         Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
         Err(e) => {

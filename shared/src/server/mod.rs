@@ -96,6 +96,12 @@ pub enum ServerError {
     /// The rate limiter could not be built (a bad Redis URL).
     #[error(transparent)]
     RateLimit(#[from] crate::ratelimit::RateLimitError),
+    /// The event bus could not be set up.
+    #[error(transparent)]
+    Events(#[from] crate::events::EventsInitError),
+    /// The instance could not subscribe to domain events.
+    #[error("cannot subscribe to domain events: {0}")]
+    Subscribe(#[from] crate::events::BusError),
     /// The persisted-operation manifest is unusable.
     #[error(transparent)]
     Manifest(#[from] crate::graphql::persisted::ManifestError),
@@ -106,6 +112,9 @@ pub enum ServerError {
 pub struct StartOptions {
     /// JSON object of headers GraphiQL starts with (the demo token).
     pub graphiql_headers: Option<String>,
+    /// An event bus to use instead of the one `events.*` describes (`--demo` shares its
+    /// in-process bus with the fixtures it starts).
+    pub events: Option<Arc<dyn crate::events::EventBus>>,
 }
 
 /// A bound, ready-to-run BFF.
@@ -118,6 +127,9 @@ pub struct Application {
     metrics: Option<Arc<Metrics>>,
     tls: Option<Arc<tls::Tls>>,
     cache: FragmentCache,
+    events: Arc<dyn crate::events::EventBus>,
+    /// This instance's subscription to domain events (ends with the server).
+    subscription: crate::events::Consumer,
     /// Background work that lives as long as the server (identity providers' key refreshes).
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -140,6 +152,23 @@ impl Application {
         };
         let upstream = Upstream::new(&settings.backends, metrics.clone())?;
         let cache = FragmentCache::new(settings.cache.clone());
+        let events = match opts.events.clone() {
+            Some(bus) => bus,
+            None => crate::events::from_settings(&settings.events, surface.name)?,
+        };
+        let recent = Arc::new(crate::compose::progress::RecentProgress::new(
+            settings.events.read_your_writes_ttl,
+        ));
+        let subscription = events
+            .subscribe(
+                &crate::events::invalidate::SUBSCRIBED,
+                Arc::new(crate::events::invalidate::Invalidator::new(
+                    cache.clone(),
+                    settings.profile.items_per_row,
+                    Some(recent.clone()),
+                )),
+            )
+            .await?;
         let composer = Composer::new(
             upstream.clone(),
             cache.clone(),
@@ -147,6 +176,11 @@ impl Application {
         )
         .with_access(crate::compose::Access {
             mutation_scopes: settings.auth.mutation_scopes.clone(),
+        })
+        .with_events(crate::compose::progress::Events {
+            bus: events.clone(),
+            source: surface.name,
+            recent,
         });
         let schema = (surface.schema)(composer, &settings.graphql);
         let graphiql = settings
@@ -217,12 +251,17 @@ impl Application {
             max_bytes: settings.server.max_body_bytes,
             timeout: settings.server.body_read_timeout,
         };
-        let health = Arc::new(health::Health::new(upstream.clone(), auth.clone()));
+        let health = Arc::new(health::Health::new(
+            upstream.clone(),
+            auth.clone(),
+            events.clone(),
+        ));
         let scrape = metrics.clone().map(|metrics| {
             let scrape = Arc::new(metrics::Scrape {
                 metrics,
                 upstream: upstream.clone(),
                 cache: cache.clone(),
+                events: events.clone(),
             });
             Router::new()
                 .route("/metrics", get(metrics::serve))
@@ -282,8 +321,15 @@ impl Application {
             metrics,
             tls,
             cache,
+            events,
+            subscription,
             tasks: auth_tasks,
         })
+    }
+
+    /// The event bus this instance publishes to and is subscribed on.
+    pub fn event_bus(&self) -> Arc<dyn crate::events::EventBus> {
+        self.events.clone()
     }
 
     /// The fragment cache (its counters are what tests and metrics read).
@@ -364,6 +410,7 @@ impl Application {
         for task in &self.tasks {
             task.abort();
         }
+        self.subscription.stop().await;
         result
     }
 }

@@ -85,6 +85,9 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// The event bus's own counters mirrored by [`Metrics::set_events`].
+const EVENTS_COUNTERS: usize = 8;
+
 /// The cache's own counters in the order of [`Metrics::set_cache`]'s arguments.
 const CACHE_COUNTERS: usize = 5;
 
@@ -119,6 +122,13 @@ pub struct Metrics {
     /// Last values observed from each cache kind's own counters, to turn them into increments.
     /// A `Mutex` (not atomics) because two concurrent scrapes must not both add the same delta.
     cache_last_seen: Mutex<HashMap<String, [u64; CACHE_COUNTERS]>>,
+
+    /// published, confirmed, consumed, redelivered, duplicates, failed, dead-lettered, reconnects.
+    events_counters: [IntCounterVec; EVENTS_COUNTERS],
+    events_last_seen: Mutex<[u64; EVENTS_COUNTERS]>,
+    events_outbox: IntGaugeVec,
+    events_connected: IntGauge,
+    events_lag: IntGauge,
 
     max_operation_names: usize,
     /// Operation names that own a series. Read-locked on the hot path; write-locked only while
@@ -256,6 +266,62 @@ impl Metrics {
             &["kind"],
         )?;
 
+        let events_counters = [
+            f.counter(
+                "bff_events_published_total",
+                "Publishes sent to the event broker (a republish after a fault counts again).",
+                &[],
+            )?,
+            f.counter(
+                "bff_events_confirmed_total",
+                "Publishes the event broker confirmed (they left the outbox).",
+                &[],
+            )?,
+            f.counter(
+                "bff_events_consumed_total",
+                "Events this instance handled (applied, or recognised as already applied).",
+                &[],
+            )?,
+            f.counter(
+                "bff_events_redelivered_total",
+                "Deliveries the broker marked as redelivered.",
+                &[],
+            )?,
+            f.counter(
+                "bff_events_duplicates_total",
+                "Deliveries skipped because their event id had been applied already.",
+                &[],
+            )?,
+            f.counter(
+                "bff_events_failed_total",
+                "Deliveries a handler refused (each retry counts).",
+                &[],
+            )?,
+            f.counter(
+                "bff_events_dead_lettered_total",
+                "Deliveries given up on after bounded retries (to the dead-letter queue).",
+                &[],
+            )?,
+            f.counter(
+                "bff_events_reconnects_total",
+                "Connections to the event broker made after the first.",
+                &[],
+            )?,
+        ];
+        let events_outbox = f.gauge_vec(
+            "bff_events_outbox",
+            "The event outbox: state=depth is events accepted and not yet confirmed by the broker, state=capacity its bound (writes are refused beyond it).",
+            &["state"],
+        )?;
+        let events_connected = f.gauge(
+            "bff_events_connected",
+            "1 while connected to the event bus (domain events invalidate caches), 0 while caches rely on TTLs only.",
+        )?;
+        let events_lag = f.gauge(
+            "bff_events_lag_milliseconds",
+            "Age of the last consumed event when this instance handled it.",
+        )?;
+
         Ok(Self {
             client,
             registry: f.registry,
@@ -278,6 +344,11 @@ impl Metrics {
             cache_counters,
             cache_bytes,
             cache_last_seen: Mutex::new(HashMap::new()),
+            events_counters,
+            events_last_seen: Mutex::new([0; EVENTS_COUNTERS]),
+            events_outbox,
+            events_connected,
+            events_lag,
             max_operation_names,
             operation_names: RwLock::new(HashSet::new()),
             endpoint_names: RwLock::new(HashMap::new()),
@@ -461,6 +532,48 @@ impl Metrics {
         self.cache_bytes
             .with_label_values(&[kind])
             .set(saturating_i64(bytes));
+    }
+
+    /// Mirrors the event bus's state into the exposition, right before rendering (counters as
+    /// increments since the last scrape, like [`Metrics::set_cache`]).
+    pub fn set_events(&self, s: &bff_schema::events::BusStatus) {
+        let observed = [
+            s.published,
+            s.confirmed,
+            s.consumed,
+            s.redelivered,
+            s.duplicates,
+            s.failed,
+            s.dead_lettered,
+            s.reconnects,
+        ];
+        let mut last = self
+            .events_last_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for ((counter, &now), previous) in self
+            .events_counters
+            .iter()
+            .zip(&observed)
+            .zip(last.iter_mut())
+        {
+            let delta = if now >= *previous {
+                now - *previous
+            } else {
+                now
+            };
+            counter.with_label_values(&[] as &[&str]).inc_by(delta);
+            *previous = now;
+        }
+        drop(last);
+        self.events_outbox
+            .with_label_values(&["depth"])
+            .set(saturating_i64(s.outbox_depth as u64));
+        self.events_outbox
+            .with_label_values(&["capacity"])
+            .set(saturating_i64(s.outbox_capacity as u64));
+        self.events_connected.set(i64::from(s.connected));
+        self.events_lag.set(saturating_i64(s.lag_ms));
     }
 
     /// Renders every family in the Prometheus text exposition format (see [`CONTENT_TYPE`]).

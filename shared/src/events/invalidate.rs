@@ -1,0 +1,120 @@
+//! What a BFF instance does with the domain events it receives on its own queue: drop the
+//! fragments each one makes stale, so the next read on THIS instance loads the service's current
+//! state (every instance has its own queue, so every instance does this).
+//!
+//! | event | dropped |
+//! |---|---|
+//! | `title.updated` | that title |
+//! | `top10.changed` | that region's top 10 |
+//! | `mylist.changed` | that user's list |
+//! | `continue_watching.changed` | that user's continue-watching row (and its pending overlay) |
+//!
+//! After an outage of the bus ([`EventHandler::resumed`]) every fragment of those kinds (and new
+//! releases) stored before the subscription was bound again is dropped: its invalidation may have
+//! been missed. While the bus is down, TTLs bound staleness as before.
+
+use std::{sync::Arc, time::SystemTime};
+
+use futures::{FutureExt, future::BoxFuture};
+
+use super::{Delivery, EventHandler, Handled, HandlerError, Payload, SeenIds};
+use crate::{
+    cache::{FragmentCache, FragmentKey, FragmentKind},
+    compose::progress::RecentProgress,
+    domain::{Region, UserId},
+};
+
+/// The event types an instance subscribes to.
+pub const SUBSCRIBED: [&str; 4] = [
+    "title.updated",
+    "top10.changed",
+    "mylist.changed",
+    "continue_watching.changed",
+];
+
+/// Kinds dropped after an outage: every kind an event can invalidate, plus new releases (a
+/// shared row that changes with the catalog).
+const DROPPED_AFTER_OUTAGE: [FragmentKind; 5] = [
+    FragmentKind::Title,
+    FragmentKind::Top10,
+    FragmentKind::NewReleases,
+    FragmentKind::MyList,
+    FragmentKind::ContinueWatching,
+];
+
+/// Event ids remembered to recognise redeliveries.
+const SEEN_IDS: usize = 100_000;
+
+/// The handler of one instance's subscription.
+pub struct Invalidator {
+    cache: FragmentCache,
+    /// Row length of this binary (the continue-watching key carries it).
+    limit: usize,
+    recent: Option<Arc<RecentProgress>>,
+    seen: SeenIds,
+}
+
+impl Invalidator {
+    /// Drops fragments of `cache` (rows of `limit` items) and applied overlays of `recent`.
+    pub fn new(cache: FragmentCache, limit: usize, recent: Option<Arc<RecentProgress>>) -> Self {
+        Self {
+            cache,
+            limit,
+            recent,
+            seen: SeenIds::new(SEEN_IDS),
+        }
+    }
+}
+
+/// Ids in events come from the services, which this deployment trusts like the token issuer.
+fn user(id: &str) -> Result<UserId, HandlerError> {
+    UserId::from_verified_subject(id).ok_or_else(|| HandlerError(format!("bad user id `{id}`")))
+}
+
+impl EventHandler for Invalidator {
+    fn handle(&self, delivery: Delivery) -> BoxFuture<'static, Result<Handled, HandlerError>> {
+        let event = delivery.event;
+        if !self.seen.first_time(&event.id) {
+            return async { Ok(Handled::Duplicate) }.boxed();
+        }
+        let key = match &event.payload {
+            Payload::TitleUpdated(t) => Ok(FragmentKey::title(&t.title_id)),
+            Payload::Top10Changed(t) => Region::parse(&t.region)
+                .map(|r| FragmentKey::top10(&r))
+                .ok_or_else(|| HandlerError(format!("bad region `{}`", t.region))),
+            Payload::MyListChanged(m) => user(&m.user_id).map(|u| FragmentKey::my_list(&u)),
+            Payload::ContinueWatchingChanged(p) => user(&p.user_id).map(|u| {
+                if let Some(recent) = &self.recent {
+                    recent.applied(&u, &p.title_id, p.position_seconds);
+                }
+                FragmentKey::continue_watching(&u, self.limit)
+            }),
+            Payload::PlaybackProgress(_) => {
+                return async { Ok(Handled::Applied) }.boxed();
+            }
+        };
+        let key = match key {
+            Ok(k) => k,
+            Err(e) => {
+                // Not applied: a retry must not be taken for a duplicate.
+                self.seen.forget(&event.id);
+                return async move { Err(e) }.boxed();
+            }
+        };
+        let cache = self.cache.clone();
+        async move {
+            cache.invalidate(&key).await;
+            Ok(Handled::Applied)
+        }
+        .boxed()
+    }
+
+    fn resumed(&self, down_since: SystemTime) {
+        tracing::info!(
+            down_since = %super::rfc3339(down_since),
+            "event subscription resumed; dropping fragments that may have missed an invalidation"
+        );
+        self.cache
+            .invalidate_stored_before(&DROPPED_AFTER_OUTAGE, SystemTime::now());
+    }
+}

@@ -1,0 +1,183 @@
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::{FutureExt, future::BoxFuture};
+use parking_lot::Mutex;
+
+use super::{
+    Delivery, EventBus, EventHandler, Handled, HandlerError, Payload, ProgressData, TitleUpdated,
+    WorkQueue, memory::InProcessBus,
+};
+use crate::{config::EventsSettings, events::Envelope};
+
+/// Records what it applied; refuses ids listed in `refuse` every time; skips ids it applied.
+#[derive(Default)]
+struct Recorder {
+    applied: Mutex<Vec<Envelope>>,
+    refuse: Mutex<Vec<String>>,
+    attempts: AtomicU32,
+    changed: tokio::sync::Notify,
+}
+
+struct Handle(Arc<Recorder>);
+
+impl EventHandler for Handle {
+    fn handle(&self, d: Delivery) -> BoxFuture<'static, Result<Handled, HandlerError>> {
+        let me = self.0.clone();
+        async move {
+            me.attempts.fetch_add(1, Ordering::Relaxed);
+            if me.refuse.lock().contains(&d.event.id) {
+                return Err(HandlerError("refused".into()));
+            }
+            let dup = me.applied.lock().iter().any(|e| e.id == d.event.id);
+            if !dup {
+                me.applied.lock().push(d.event);
+            }
+            me.changed.notify_waiters();
+            Ok(if dup {
+                Handled::Duplicate
+            } else {
+                Handled::Applied
+            })
+        }
+        .boxed()
+    }
+}
+
+impl Recorder {
+    async fn wait_for(&self, n: usize) -> usize {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let notified = self.changed.notified();
+            let have = self.applied.lock().len();
+            if have >= n || tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.applied.lock().len();
+            }
+        }
+    }
+}
+
+fn progress(user: &str, pos: u32) -> Envelope {
+    Envelope::new(
+        "test",
+        Payload::PlaybackProgress(ProgressData {
+            user_id: user.into(),
+            title_id: "t1".into(),
+            position_seconds: pos,
+        }),
+    )
+}
+
+fn settings(capacity: usize) -> EventsSettings {
+    EventsSettings {
+        outbox_capacity: capacity,
+        max_retries: 2,
+        ..EventsSettings::default()
+    }
+}
+
+#[tokio::test]
+async fn work_waits_while_no_consumer_runs_and_is_applied_in_order_after() {
+    let bus = InProcessBus::new(&settings(100));
+    for pos in 0..20 {
+        bus.send_work(WorkQueue::PlaybackProgress, &progress("u1", pos))
+            .unwrap();
+    }
+    assert_eq!(bus.depth(WorkQueue::PlaybackProgress), 20);
+    let rec = Arc::new(Recorder::default());
+    let consumer = bus
+        .consume_work(WorkQueue::PlaybackProgress, Arc::new(Handle(rec.clone())))
+        .await
+        .unwrap();
+    assert_eq!(rec.wait_for(20).await, 20);
+    let order: Vec<u32> = rec
+        .applied
+        .lock()
+        .iter()
+        .map(|e| match &e.payload {
+            Payload::PlaybackProgress(p) => p.position_seconds,
+            _ => u32::MAX,
+        })
+        .collect();
+    assert_eq!(order, (0..20).collect::<Vec<_>>());
+    consumer.stop().await;
+    assert_eq!(bus.status().consumed, 20);
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_instead_of_dropping() {
+    let bus = InProcessBus::new(&settings(3));
+    for pos in 0..3 {
+        bus.send_work(WorkQueue::PlaybackProgress, &progress("u1", pos))
+            .unwrap();
+    }
+    assert!(
+        bus.send_work(WorkQueue::PlaybackProgress, &progress("u1", 9))
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_refused_event_is_retried_a_bounded_number_of_times_then_dead_lettered() {
+    let bus = InProcessBus::new(&settings(100));
+    let poison = progress("u1", 1);
+    let good = progress("u1", 2);
+    let rec = Arc::new(Recorder::default());
+    rec.refuse.lock().push(poison.id.clone());
+    bus.send_work(WorkQueue::PlaybackProgress, &poison).unwrap();
+    bus.send_work(WorkQueue::PlaybackProgress, &good).unwrap();
+    let _consumer = bus
+        .consume_work(WorkQueue::PlaybackProgress, Arc::new(Handle(rec.clone())))
+        .await
+        .unwrap();
+    // The poison does not block the queue: the next event is applied.
+    assert_eq!(rec.wait_for(1).await, 1);
+    assert_eq!(rec.applied.lock()[0].id, good.id);
+    // 1 try + 2 retries, then dead-lettered.
+    assert_eq!(rec.attempts.load(Ordering::Relaxed), 3 + 1);
+    let dead = bus.dead_letters(WorkQueue::PlaybackProgress);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, poison.id);
+    assert_eq!(bus.status().dead_lettered, 1);
+}
+
+#[tokio::test]
+async fn every_subscriber_gets_each_event_of_its_types_only() {
+    let bus = InProcessBus::new(&settings(100));
+    let (a, b) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+    let _ca = bus
+        .subscribe(&["title.updated"], Arc::new(Handle(a.clone())))
+        .await
+        .unwrap();
+    let _cb = bus
+        .subscribe(
+            &["title.updated", "top10.changed"],
+            Arc::new(Handle(b.clone())),
+        )
+        .await
+        .unwrap();
+    let title = Envelope::new(
+        "catalog",
+        Payload::TitleUpdated(TitleUpdated {
+            title_id: "t1".into(),
+        }),
+    );
+    let top = Envelope::new(
+        "top10",
+        Payload::Top10Changed(super::Top10Changed {
+            region: "US".into(),
+        }),
+    );
+    bus.publish(&title).unwrap();
+    bus.publish(&top).unwrap();
+    assert_eq!(b.wait_for(2).await, 2);
+    assert_eq!(a.wait_for(1).await, 1);
+    assert_eq!(a.applied.lock().len(), 1);
+}

@@ -1,0 +1,576 @@
+//! Events over the real RabbitMQ (127.0.0.1:5672, guest/guest; `.ci/run` starts it when it is not
+//! running): invalidation on two instances for every event kind, fire-and-forget progress with
+//! the consumer stopped, a broker cut by a proxy the test controls (never the machine's broker),
+//! a full outbox, redeliveries and dead letters. Every test has its own exchange and queues, so
+//! they run in parallel; they are deleted at the end.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bff_fixtures::{FixtureOptions, Fixtures};
+use lapin::{
+    BasicProperties, Connection, ConnectionProperties,
+    options::{
+        BasicPublishOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::FieldTable,
+};
+use serde_json::{Value, json};
+use shared::{
+    config::{EventsSettings, Secret},
+    events::{Envelope, EventBus, Payload, ProgressData, WorkQueue, rabbit::RabbitBus},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+
+use crate::helpers::*;
+
+const BROKER: &str = "127.0.0.1:5672";
+const REPORT: &str = "mutation($id: ID!, $pos: Int!) { reportProgress(titleId: $id, positionSeconds: $pos) { accepted eventId } }";
+const ADD: &str = "mutation($id: ID!) { addToMyList(titleId: $id) { changed } }";
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn url(addr: &str) -> String {
+    format!("amqp://guest:guest@{addr}/%2f")
+}
+
+/// Names of its own for one test.
+fn names(test: &str) -> EventsSettings {
+    let exchange = format!("bfftest.{test}.{}", uuid::Uuid::new_v4().simple());
+    EventsSettings {
+        progress_queue: format!("{exchange}.progress"),
+        exchange,
+        confirm_timeout: Duration::from_secs(2),
+        reconnect_delay: Duration::from_millis(50),
+        max_retries: 2,
+        ..EventsSettings::default()
+    }
+}
+
+/// Fixtures publishing on (and consuming from) the broker directly, plus the names in use.
+struct World {
+    fixtures: Arc<Fixtures>,
+    bus: Arc<dyn EventBus>,
+    events: EventsSettings,
+}
+
+impl World {
+    async fn new(test: &str) -> World {
+        let events = names(test);
+        let fixtures = Arc::new(Fixtures::start(FixtureOptions::default()).await.unwrap());
+        let bus: Arc<dyn EventBus> =
+            Arc::new(RabbitBus::start(&url(BROKER), &events, "fixtures").unwrap());
+        fixtures.control().live().attach(bus.clone());
+        wait_connected(&*bus, 0).await;
+        World {
+            fixtures,
+            bus,
+            events,
+        }
+    }
+
+    /// A web BFF on these fixtures whose bus is the broker at `broker` (a proxy, or the broker).
+    async fn bff(&self, broker: &str, adjust: impl FnOnce(&mut EventsSettings)) -> TestApp {
+        let mut events = self.events.clone();
+        events.url = Some(Secret::new(url(broker)));
+        adjust(&mut events);
+        let app = spawn_app_on(web(), self.fixtures.clone(), move |s| s.events = events).await;
+        wait_connected(&*app.bus, 1).await;
+        app
+    }
+
+    async fn start_consumer(&self) {
+        self.fixtures
+            .control()
+            .live()
+            .start_progress_consumer(Duration::ZERO)
+            .await
+            .unwrap();
+        wait_connected(&*self.bus, 1).await;
+    }
+
+    /// Deletes this test's exchange and queues.
+    async fn cleanup(self) {
+        let conn = Connection::connect(&url(BROKER), ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        for q in [
+            self.events.progress_queue.clone(),
+            format!("{}.dlq", self.events.progress_queue),
+        ] {
+            let _ = ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = ch
+            .exchange_delete(
+                self.events.exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+        let _ = conn.close(200, "bye".into()).await;
+    }
+}
+
+/// Polls until the bus is connected with at least `consumers` consumers receiving.
+async fn wait_connected(bus: &dyn EventBus, consumers: usize) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let s = bus.status();
+        if s.connected && s.consumers >= consumers {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bus not connected: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls `check` until it holds, at most [`DEADLINE`].
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+const HOME: &str = "kind items { progress { positionSeconds } title { id name } }";
+
+fn row_items(body: &Value, kind: &str) -> Vec<(String, String, Option<i64>)> {
+    body["data"]["homepage"]["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["kind"] == kind)
+        .flat_map(|r| r["items"].as_array().cloned().unwrap_or_default())
+        .map(|i| {
+            (
+                i["title"]["id"].as_str().unwrap_or_default().to_owned(),
+                i["title"]["name"].as_str().unwrap_or_default().to_owned(),
+                i["progress"]["positionSeconds"].as_i64(),
+            )
+        })
+        .collect()
+}
+
+async fn report(app: &TestApp, token: &str, title: &str, pos: u32) -> Value {
+    let (status, body) = app
+        .post_graphql(REPORT, json!({ "id": title, "pos": pos }), Some(token))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn accepted(body: &Value) -> bool {
+    body["data"]["reportProgress"]["accepted"] == true
+}
+
+#[tokio::test]
+async fn each_event_kind_invalidates_the_fragment_on_both_instances() {
+    let world = World::new("kinds").await;
+    world.start_consumer().await;
+    let a = world.bff(BROKER, |_| {}).await;
+    let b = world.bff(BROKER, |_| {}).await;
+    let token = a.token("u1");
+    let (home_a, home_b) = (
+        a.homepage(HOME, Some(&token)).await,
+        b.homepage(HOME, Some(&token)).await,
+    );
+    let top = row_items(&home_a, "TOP_10");
+    assert_eq!(top, row_items(&home_b, "TOP_10"));
+
+    // title.updated: the catalog renames the number one; both instances show the new name.
+    let (first, _, _) = top[0].clone();
+    assert!(
+        world
+            .fixtures
+            .control()
+            .live()
+            .edit_title(&first, "Renamed By Catalog")
+    );
+    for app in [&a, &b] {
+        eventually("title renamed on an instance", || async {
+            let home = app.homepage(HOME, Some(&token)).await;
+            row_items(&home, "TOP_10")
+                .iter()
+                .any(|(id, name, _)| *id == first && name == "Renamed By Catalog")
+        })
+        .await;
+    }
+
+    // top10.changed: the top10 service reorders US; number two leads on both.
+    let second = top[1].0.clone();
+    assert!(world.fixtures.control().live().rotate_top10("US"));
+    for app in [&a, &b] {
+        eventually("top 10 reordered on an instance", || async {
+            let home = app.homepage(HOME, Some(&token)).await;
+            row_items(&home, "TOP_10").first().map(|t| t.0.clone()) == Some(second.clone())
+        })
+        .await;
+    }
+
+    // mylist.changed: a my-list mutation on A shows on B's next homepage.
+    let in_list: Vec<String> = a
+        .data()
+        .my_list_seed("u1")
+        .unwrap()
+        .iter()
+        .map(|e| e.title_id.clone())
+        .collect();
+    let new_id = (1..2000)
+        .map(|i| format!("t{i}"))
+        .find(|id| !in_list.contains(id))
+        .unwrap();
+    let (_, body) = a
+        .post_graphql(ADD, json!({ "id": new_id }), Some(&token))
+        .await;
+    assert_eq!(body["data"]["addToMyList"]["changed"], true, "{body}");
+    eventually("my-list change visible on B", || async {
+        let home = b.homepage(HOME, Some(&token)).await;
+        row_items(&home, "MY_LIST").iter().any(|t| t.0 == new_id)
+    })
+    .await;
+
+    // continue_watching.changed: progress reported on A, applied by the service, shown on B.
+    let (cw_title, _, _) = row_items(&home_b, "CONTINUE_WATCHING")[0].clone();
+    let body = report(&a, &token, &cw_title, 7).await;
+    assert!(accepted(&body), "{body}");
+    // Read-your-writes on A at once (the overlay), whatever the service's pace.
+    let home = a.homepage(HOME, Some(&token)).await;
+    assert_eq!(
+        row_items(&home, "CONTINUE_WATCHING")[0],
+        (
+            cw_title.clone(),
+            row_items(&home, "CONTINUE_WATCHING")[0].1.clone(),
+            Some(7)
+        )
+    );
+    eventually("progress visible on B", || async {
+        let home = b.homepage(HOME, Some(&token)).await;
+        row_items(&home, "CONTINUE_WATCHING")
+            .first()
+            .is_some_and(|t| t.0 == cw_title && t.2 == Some(7))
+    })
+    .await;
+    let detail = a.readyz().await;
+    assert_eq!(detail["events"]["status"], "up", "{detail}");
+    assert!(
+        detail["events"]["consumed"].as_u64().unwrap() >= 4,
+        "{detail}"
+    );
+    let metrics = a
+        .http
+        .get(a.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for family in [
+        "bff_events_published_total",
+        "bff_events_confirmed_total",
+        "bff_events_consumed_total",
+        "bff_events_redelivered_total",
+        "bff_events_outbox{",
+        "bff_events_lag_milliseconds",
+    ] {
+        assert!(metrics.contains(family), "{family} missing");
+    }
+    drop((a, b));
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn progress_is_accepted_with_the_consumer_stopped_and_all_applied_in_order_after() {
+    let world = World::new("drain").await;
+    let a = world.bff(BROKER, |_| {}).await;
+    let users = ["u1", "u2", "u3"];
+    let tokens: Vec<String> = users.iter().map(|u| a.token(u)).collect();
+    const PER_USER: u32 = 15;
+    for pos in 0..PER_USER {
+        for t in &tokens {
+            assert!(accepted(&report(&a, t, "t1", pos).await));
+        }
+    }
+    let n = u64::from(PER_USER) * users.len() as u64;
+    let live = world.fixtures.control().live().clone();
+    assert_eq!(
+        live.progress_stats().applied,
+        0,
+        "nothing applied while stopped"
+    );
+    eventually("all confirmed by the broker", || async {
+        a.bus.status().confirmed == n
+    })
+    .await;
+
+    world.start_consumer().await;
+    assert_eq!(live.wait_applied(n, DEADLINE).await, n);
+    // N accepted = N applied, and each user's in the order reported.
+    let log = live.applied_progress();
+    assert_eq!(log.len() as u64, n);
+    for u in users {
+        let positions: Vec<u32> = log
+            .iter()
+            .filter(|p| p.user_id == u)
+            .map(|p| p.position_seconds)
+            .collect();
+        assert_eq!(positions, (0..PER_USER).collect::<Vec<_>>(), "{u}");
+    }
+    drop(a);
+    world.cleanup().await;
+}
+
+/// A TCP proxy in front of the broker that the test can cut (close everything, refuse new
+/// connections) and restore.
+struct Proxy {
+    addr: SocketAddr,
+    open: watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start() -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (open, open_rx) = watch::channel(true);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if !*open_rx.borrow() {
+                    continue; // refused: dropped at once
+                }
+                let mut open = open_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(upstream) = TcpStream::connect(BROKER).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut ur, mut uw) = upstream.into_split();
+                    let up = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n) = cr.read(&mut buf).await {
+                            if n == 0 || uw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    let down = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n) = ur.read(&mut buf).await {
+                            if n == 0 || cw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        () = up => {}
+                        () = down => {}
+                        _ = open.wait_for(|o| !*o) => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, open }
+    }
+
+    fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    fn cut(&self) {
+        self.open.send_replace(false);
+    }
+
+    fn restore(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+#[tokio::test]
+async fn a_broker_cut_mid_stream_loses_nothing_and_duplicates_nothing_in_effect() {
+    let world = World::new("cut").await;
+    world.start_consumer().await;
+    let proxy = Proxy::start().await;
+    let a = world.bff(&proxy.addr(), |_| {}).await;
+    let token = a.token("u1");
+    let live = world.fixtures.control().live().clone();
+    for pos in 0..20 {
+        assert!(accepted(&report(&a, &token, "t1", pos).await));
+    }
+    proxy.cut();
+    eventually("the instance sees the bus down", || async {
+        !a.bus.status().connected
+    })
+    .await;
+    let detail = a.readyz().await;
+    assert_eq!(detail["events"]["status"], "down", "{detail}");
+    assert_eq!(
+        detail["status"], "ready",
+        "the bus being away is no reason to stop serving"
+    );
+    for pos in 20..40 {
+        assert!(accepted(&report(&a, &token, "t1", pos).await));
+    }
+    assert!(a.bus.status().outbox_depth > 0, "waiting in the outbox");
+    proxy.restore();
+    assert_eq!(live.wait_applied(40, DEADLINE).await, 40);
+    eventually("outbox drained", || async {
+        a.bus.status().outbox_depth == 0
+    })
+    .await;
+    let positions: Vec<u32> = live
+        .applied_progress()
+        .iter()
+        .map(|p| p.position_seconds)
+        .collect();
+    assert_eq!(
+        positions,
+        (0..40).collect::<Vec<_>>(),
+        "each once, in order"
+    );
+    assert!(a.bus.status().reconnects >= 1);
+    drop(a);
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_full_outbox_answers_backend_unavailable_naming_events() {
+    let world = World::new("full").await;
+    let proxy = Proxy::start().await;
+    let a = world.bff(&proxy.addr(), |e| e.outbox_capacity = 5).await;
+    let token = a.token("u1");
+    proxy.cut();
+    eventually("the instance sees the bus down", || async {
+        !a.bus.status().connected
+    })
+    .await;
+    for pos in 0..5 {
+        assert!(accepted(&report(&a, &token, "t1", pos).await));
+    }
+    let body = report(&a, &token, "t1", 5).await;
+    assert_eq!(codes(&body), ["BACKEND_UNAVAILABLE"], "{body}");
+    assert_eq!(
+        errors(&body)[0]["extensions"]["backend"],
+        "events",
+        "{body}"
+    );
+    proxy.restore();
+    world.start_consumer().await;
+    // The five accepted ones are not lost.
+    assert_eq!(
+        world
+            .fixtures
+            .control()
+            .live()
+            .wait_applied(5, DEADLINE)
+            .await,
+        5
+    );
+    drop(a);
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_redelivered_event_changes_nothing_twice() {
+    let world = World::new("redeliver").await;
+    world.start_consumer().await;
+    let event = Envelope::new(
+        "test",
+        Payload::PlaybackProgress(ProgressData {
+            user_id: "u1".into(),
+            title_id: "t1".into(),
+            position_seconds: 30,
+        }),
+    );
+    // The same event id twice, as a republish after a lost confirm would send it.
+    world
+        .bus
+        .send_work(WorkQueue::PlaybackProgress, &event)
+        .unwrap();
+    world
+        .bus
+        .send_work(WorkQueue::PlaybackProgress, &event)
+        .unwrap();
+    let live = world.fixtures.control().live().clone();
+    eventually("both delivered", || async {
+        let s = live.progress_stats();
+        s.applied + s.duplicates == 2
+    })
+    .await;
+    let s = live.progress_stats();
+    assert_eq!((s.applied, s.duplicates), (1, 1));
+    assert_eq!(live.applied_progress().len(), 1);
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn poison_messages_go_to_the_dead_letter_queue_without_blocking_the_queue() {
+    let world = World::new("poison").await;
+    world.start_consumer().await;
+    let conn = Connection::connect(&url(BROKER), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let queue = world.events.progress_queue.clone();
+    // Not an envelope at all, then an envelope the service refuses every time (unknown user),
+    // then a good one behind them.
+    let refused = Envelope::new(
+        "test",
+        Payload::PlaybackProgress(ProgressData {
+            user_id: "u999999".into(),
+            title_id: "t1".into(),
+            position_seconds: 1,
+        }),
+    );
+    let good = Envelope::new(
+        "test",
+        Payload::PlaybackProgress(ProgressData {
+            user_id: "u2".into(),
+            title_id: "t1".into(),
+            position_seconds: 2,
+        }),
+    );
+    for body in [b"not json".to_vec(), refused.to_bytes(), good.to_bytes()] {
+        ch.basic_publish(
+            "".into(),
+            queue.as_str().into(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let live = world.fixtures.control().live().clone();
+    assert_eq!(live.wait_applied(1, DEADLINE).await, 1);
+    let dlq = format!("{queue}.dlq");
+    eventually("two dead letters", || async {
+        let q = ch
+            .queue_declare(
+                dlq.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        q.message_count() == 2
+    })
+    .await;
+    // Refused: 1 try + max_retries (2) retries.
+    assert_eq!(live.progress_stats().refused, 3);
+    let _ = conn.close(200, "bye".into()).await;
+    world.cleanup().await;
+}
