@@ -236,7 +236,7 @@ pub(crate) const GROUPS: [(&str, &str); 7] = [
         "issue 13: hostile-rss (queries that expand far: refused, peak RSS growth bounded)",
     ),
     (
-        "events",
+        "bus",
         "issue 16: events (RabbitMQ at 127.0.0.1:5672: change → stale fragment gone on two instances; progress burst accepted, drained)",
     ),
     (
@@ -256,7 +256,7 @@ const FAULTS: &[&str] = &["faults"];
 const HOSTILE: &[&str] = &["hostile"];
 const EDGE: &[&str] = &["edge"];
 const TRAFFIC: &[&str] = &["traffic"];
-const EVENTS: &[&str] = &["events"];
+const EVENTS: &[&str] = &["bus"];
 
 /// `["u1", …, "u{n}"]`: fixture users (u1…u200 exist).
 pub(crate) fn users(n: usize) -> Vec<String> {

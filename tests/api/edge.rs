@@ -445,7 +445,12 @@ async fn cors_answers_preflights_and_credentialed_requests_for_allowed_origins()
         .to_str()
         .unwrap()
         .to_owned();
-    assert!(exposed.contains("x-trace-id"), "{exposed}");
+    assert!(
+        exposed.contains("x-trace-id")
+            && exposed.contains("ratelimit-policy")
+            && exposed.contains("retry-after"),
+        "{exposed}"
+    );
 
     // A wildcard with credentials is refused at start.
     let binary = (web().defaults)();

@@ -242,7 +242,15 @@ impl Default for CorsSettings {
             ]
             .map(String::from)
             .to_vec(),
-            expose_headers: ["x-trace-id", "x-request-id"].map(String::from).to_vec(),
+            expose_headers: [
+                "x-trace-id",
+                "x-request-id",
+                "retry-after",
+                "ratelimit",
+                "ratelimit-policy",
+            ]
+            .map(String::from)
+            .to_vec(),
             allow_credentials: false,
             max_age: Duration::from_secs(600),
         }
