@@ -328,15 +328,7 @@ async fn client_addresses_come_from_trusted_proxies_only_and_rules_apply_per_rou
         200,
         "the route's rules are its own"
     );
-    let metrics = app
-        .http
-        .get(app.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("bff_ip_refused_total{client=\"web\",scope=\"global\"} 1"),
         "{metrics}"

@@ -268,15 +268,7 @@ async fn each_event_kind_invalidates_the_fragment_on_both_instances() {
         detail["events"]["consumed"].as_u64().unwrap() >= 4,
         "{detail}"
     );
-    let metrics = a
-        .http
-        .get(a.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = a.metrics_text().await;
     for family in [
         "bff_events_published_total",
         "bff_events_confirmed_total",

@@ -151,6 +151,18 @@ pub fn row_kind(b: Backend) -> Option<&'static str> {
 }
 
 impl TestApp {
+    /// The admin listener's `GET /metrics` (Prometheus text).
+    pub async fn metrics_text(&self) -> String {
+        let r = self
+            .http
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    }
+
     /// The admin listener's `GET /readyz` (every backend's state) as JSON, whatever its status.
     pub async fn readyz(&self) -> Value {
         self.http

@@ -144,15 +144,7 @@ async fn graphql_over_the_limit_is_429_rate_limited_with_retry_after_and_ratelim
     assert!(header(&r, "content-type").starts_with("application/json"));
     // Health is never limited; the decisions are counted.
     assert_eq!(app.status_of("/healthz").await, 200);
-    let metrics = app
-        .http
-        .get(app.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains(
             "bff_ratelimit_decisions_total{client=\"web\",outcome=\"allowed\",policy=\"per-ip\"} 3"

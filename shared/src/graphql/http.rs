@@ -654,11 +654,13 @@ async fn serve(
     match coalesce_key {
         Some(key) => {
             let trace = crate::telemetry::current();
+            // The spawned execution's spans stay under this request's span (and trace).
+            let parent = tracing::Span::current();
             let runner = app.clone();
             let (answer, shared) = app
                 .coalescer
                 .answer(key, move || {
-                    let run = execute(runner, job);
+                    let run = execute(runner, job).instrument(parent);
                     // The execution runs in a task of its own: it keeps the request's trace.
                     match trace {
                         Some(t) => crate::telemetry::scope(t, run).boxed(),
