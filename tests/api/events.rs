@@ -275,7 +275,7 @@ async fn each_event_kind_invalidates_the_fragment_on_both_instances() {
         "bff_events_consumed_total",
         "bff_events_redelivered_total",
         "bff_events_outbox{",
-        "bff_events_lag_milliseconds",
+        "bff_events_lag_seconds",
     ] {
         assert!(metrics.contains(family), "{family} missing");
     }

@@ -128,7 +128,7 @@ pub struct Metrics {
     events_last_seen: Mutex<[u64; EVENTS_COUNTERS]>,
     events_outbox: IntGaugeVec,
     events_connected: IntGauge,
-    events_lag: IntGauge,
+    events_lag: prometheus::Gauge,
 
     max_operation_names: usize,
     /// Operation names that own a series. Read-locked on the hot path; write-locked only while
@@ -317,8 +317,8 @@ impl Metrics {
             "bff_events_connected",
             "1 while connected to the event bus (domain events invalidate caches), 0 while caches rely on TTLs only.",
         )?;
-        let events_lag = f.gauge(
-            "bff_events_lag_milliseconds",
+        let events_lag = f.float_gauge(
+            "bff_events_lag_seconds",
             "Age of the last consumed event when this instance handled it.",
         )?;
 
@@ -573,7 +573,9 @@ impl Metrics {
             .with_label_values(&["capacity"])
             .set(saturating_i64(s.outbox_capacity as u64));
         self.events_connected.set(i64::from(s.connected));
-        self.events_lag.set(saturating_i64(s.lag_ms));
+        // Prometheus' base unit is the second.
+        #[allow(clippy::cast_precision_loss)]
+        self.events_lag.set(s.lag_ms as f64 / 1000.0);
     }
 
     /// Renders every family in the Prometheus text exposition format (see [`CONTENT_TYPE`]).
@@ -690,6 +692,14 @@ impl Factory {
         labels: &[&str],
     ) -> Result<IntCounterVec, MetricsError> {
         self.register(name, IntCounterVec::new(self.opts(name, help), labels))
+    }
+
+    fn float_gauge(
+        &self,
+        name: &'static str,
+        help: &str,
+    ) -> Result<prometheus::Gauge, MetricsError> {
+        self.register(name, prometheus::Gauge::with_opts(self.opts(name, help)))
     }
 
     fn gauge(&self, name: &'static str, help: &str) -> Result<IntGauge, MetricsError> {
