@@ -272,3 +272,52 @@ mod tests {
         assert!(!has_graphql_errors(b""));
     }
 }
+
+/// What [`one_query`] measured over its window.
+#[derive(Debug)]
+pub(crate) struct Measured {
+    pub(crate) rps: f64,
+    pub(crate) p50_ms: f64,
+    /// CPU of the whole process (fixtures, BFFs and this load generator) per request, µs.
+    pub(crate) cpu_us: f64,
+}
+
+/// One query POSTed by `concurrency` clients with one `Bearer` token for `duration` (after a
+/// check request and a 1-s warmup); every request in the window must succeed.
+pub(crate) async fn one_query(
+    client: &reqwest::Client,
+    url: String,
+    query: &str,
+    token: &str,
+    concurrency: usize,
+    duration: Duration,
+) -> Result<Measured> {
+    let plan = Arc::new(Plan {
+        url,
+        bodies: vec![Bytes::from(serde_json::to_vec(
+            &serde_json::json!({ "query": query }),
+        )?)],
+        get_urls: Vec::new(),
+        auth: vec![HeaderValue::try_from(format!("Bearer {token}"))?],
+        accept_encoding: None,
+        concurrency,
+        warmup: Duration::from_secs(1),
+        duration,
+    });
+    let first = send(client, &plan, 0).await;
+    ensure!(first.ok, "the first request failed: {:?}", first.error);
+    let (outcome, before, after) = drive(client, plan, crate::procfs::cpu_time_us).await?;
+    let (before, after) = (before?, after?);
+    ensure!(outcome.errors == 0, "{:?}", outcome.first_error);
+    let n = outcome.requests().max(1) as f64;
+    Ok(Measured {
+        rps: outcome.requests() as f64 / outcome.window.as_secs_f64(),
+        p50_ms: outcome
+            .latencies_us
+            .get(outcome.latencies_us.len() / 2)
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0,
+        cpu_us: (after - before) as f64 / n,
+    })
+}

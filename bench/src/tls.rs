@@ -14,15 +14,12 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use bytes::Bytes;
-use reqwest::header::HeaderValue;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{
     harness::Env,
-    load::{self, Plan},
-    procfs,
+    load, procfs,
     scenario::{Bff, WEB_FULL},
 };
 
@@ -131,35 +128,19 @@ async fn keepalive(
     url: String,
     duration: Duration,
 ) -> Result<Row> {
-    let plan = Arc::new(Plan {
+    let m = load::one_query(
+        client,
         url,
-        bodies: vec![Bytes::from(serde_json::to_vec(
-            &serde_json::json!({ "query": WEB_FULL }),
-        )?)],
-        get_urls: Vec::new(),
-        auth: vec![HeaderValue::try_from(format!(
-            "Bearer {}",
-            env.token("u1")?
-        ))?],
-        accept_encoding: None,
-        concurrency: CONCURRENCY,
-        warmup: Duration::from_secs(1),
+        WEB_FULL,
+        &env.token("u1")?,
+        CONCURRENCY,
         duration,
-    });
-    let first = load::send(client, &plan, 0).await;
-    anyhow::ensure!(first.ok, "the first homepage failed: {:?}", first.error);
-    let (outcome, before, after) = load::drive(client, plan, procfs::cpu_time_us).await?;
-    let (before, after) = (before?, after?);
-    let n = outcome.requests().max(1) as f64;
+    )
+    .await?;
     Ok(Row {
-        per_sec: outcome.requests() as f64 / outcome.window.as_secs_f64(),
-        cpu_us: (after - before) as f64 / n,
-        p50_ms: outcome
-            .latencies_us
-            .get(outcome.latencies_us.len() / 2)
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0,
+        per_sec: m.rps,
+        cpu_us: m.cpu_us,
+        p50_ms: m.p50_ms,
     })
 }
 
