@@ -6,9 +6,9 @@
 //!   for `--duration`, starting on a whole second so windows line up; the admitted rate against
 //!   the limit (target ±10%), the admitted count per second, the first second per 100 ms (the
 //!   burst shape), and the most admitted in any 1-s span. Each algorithm runs with the burst a
-//!   deployment would give it; the strict leaky bucket (`burst = 1`) is measured as well. Then an **edge probe** on a fresh key:
-//!   the same 10× rate for only the last 100 ms of one window and the first 100 ms of the next —
-//!   where a fixed window admits twice its limit and a sliding window does not. Both locally
+//!   deployment would give it; the strict leaky bucket (`burst = 1`) is measured as well. Then
+//!   an **edge probe** on a fresh key: the same 10× rate for only the last 100 ms of one window
+//!   and the first 100 ms of the next — where a fixed window admits twice its limit and a sliding window does not. Both locally
 //!   (one BFF) and across two BFFs sharing Redis (requests alternate between them).
 //! - **Cost per decision**: `RateLimiter::check_early` called directly, in-process and against
 //!   Redis (one at a time: the round trip; 64 at a time: throughput).
@@ -47,9 +47,9 @@ const OFFERED: f64 = 10.0 * LIMIT as f64;
 const TOKEN_BURST: u64 = 50;
 /// Leaky bucket burst: 5 units (40 ms of tolerance at 100/s). With `burst = 1` (no tolerance)
 /// GCRA restarts its schedule from each arrival, so every millisecond a request arrives after
-/// its slot is lost for good: a pacer on tokio's 1-ms timer loses ~10% that way on a busy
-/// machine. A few units absorb that jitter without changing the shape (evenly spaced); the
-/// strict `burst = 1` rows are measured too, for the record, outside the target.
+/// its slot is lost for good: a pacer on tokio's 1-ms timer loses 5–11% that way (more on a
+/// busy machine and across two instances). A few units absorb that jitter without changing the
+/// shape (evenly spaced); the strict `burst = 1` rows are measured too, outside the target.
 const LEAKY_BURST: u64 = 5;
 /// In-flight requests of the paced client (enough that the schedule never waits on answers).
 const PACED_CLIENTS: usize = 64;
