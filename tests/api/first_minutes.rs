@@ -68,16 +68,7 @@ async fn tight_data_limits_still_let_introspection_through() {
 #[tokio::test]
 async fn with_introspection_off_graphiql_says_so_and_errors_suggest_nothing() {
     let app = spawn_app_with(web(), |s| s.graphql.introspection = false).await;
-    let page = app
-        .http
-        .get(app.url("/graphql"))
-        .header("accept", "text/html")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = app.browser_get_graphql().await.text().await.unwrap();
     assert!(page.contains("Introspection is off on this server"));
     assert!(page.contains("\"introspection\":false"));
     let (status, body) = app.post_graphql(INTROSPECTION, json!({}), None).await;
@@ -153,13 +144,7 @@ async fn graphiql_opens_on_the_binarys_homepage_query_as_the_readme_shows_it() {
             surface.name
         );
         let app = spawn_app(surface).await;
-        let r = app
-            .http
-            .get(app.url("/graphql"))
-            .header("accept", "text/html")
-            .send()
-            .await
-            .unwrap();
+        let r = app.browser_get_graphql().await;
         assert_eq!(r.headers()["cache-control"], "no-store");
         assert_eq!(
             r.headers()["vary"],

@@ -175,6 +175,16 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `GET /graphql` as a browser asks for it (`Accept: text/html`).
+    pub async fn browser_get_graphql(&self) -> reqwest::Response {
+        self.http
+            .get(self.url("/graphql"))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// The status of `GET path`.
     pub async fn status_of(&self, path: &str) -> StatusCode {
         self.http.get(self.url(path)).send().await.unwrap().status()

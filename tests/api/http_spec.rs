@@ -284,13 +284,7 @@ async fn health_and_readiness() {
 #[tokio::test]
 async fn graphiql_is_served_to_browsers() {
     let app = spawn_app(web()).await;
-    let r = app
-        .http
-        .get(app.url("/graphql"))
-        .header("accept", "text/html")
-        .send()
-        .await
-        .unwrap();
+    let r = app.browser_get_graphql().await;
     assert_eq!(r.status(), 200);
     assert!(
         r.headers()["content-type"]

@@ -240,13 +240,7 @@ async fn the_allow_list_runs_only_its_operations_and_hides_introspection_and_gra
     assert_eq!(app.fixtures.control().stats_of(Backend::Top10).calls, 1);
 
     // No GraphiQL page: a browser gets the JSON refusal.
-    let resp = app
-        .http
-        .get(app.url("/graphql"))
-        .header("accept", "text/html")
-        .send()
-        .await
-        .unwrap();
+    let resp = app.browser_get_graphql().await;
     assert_ne!(resp.headers()["content-type"], "text/html; charset=utf-8");
     std::fs::remove_dir_all(manifest.parent().unwrap()).unwrap();
 }

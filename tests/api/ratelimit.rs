@@ -99,6 +99,17 @@ async fn assert_limited_graphql(r: Response) -> Value {
     body
 }
 
+/// [`assert_limited_graphql`], and the error names the policy that refused.
+async fn assert_limited_by(r: Response, policy: &str) {
+    let body = assert_limited_graphql(r).await;
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains(policy)
+    );
+}
+
 #[tokio::test]
 async fn graphql_over_the_limit_is_429_rate_limited_with_retry_after_and_ratelimit_headers() {
     let app = app_with(vec![policy("per-ip", 3, &[KeyPart::Ip])], |_| {}).await;
@@ -124,13 +135,7 @@ async fn graphql_over_the_limit_is_429_rate_limited_with_retry_after_and_ratelim
         .unwrap();
     let retry: u64 = header(&r, "retry-after").parse().unwrap();
     assert!((1..=3600).contains(&retry) && t == retry, "{t} {retry}");
-    let body = assert_limited_graphql(r).await;
-    assert!(
-        body["errors"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("per-ip")
-    );
+    assert_limited_by(r, "per-ip").await;
     // Legacy JSON clients get the same 429 (a refusal before the request ran).
     let r = app
         .http
@@ -300,24 +305,12 @@ async fn stacked_policies_admit_only_when_all_do_and_a_refusal_charges_neither()
         "{:?}",
         r.headers()
     );
-    let body = assert_limited_graphql(r).await;
-    assert!(
-        body["errors"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("per-user")
-    );
+    assert_limited_by(r, "per-user").await;
     assert_eq!(until_refused(&app, CHEAP, Some(&u2), 10).await.0, 2);
     // 4 charged to the address: one more anonymous request, then the address is refused too.
     let (n, r) = until_refused(&app, CHEAP, None, 10).await;
     assert_eq!(n, 1);
-    let body = assert_limited_graphql(r).await;
-    assert!(
-        body["errors"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("per-ip")
-    );
+    assert_limited_by(r, "per-ip").await;
 }
 
 #[tokio::test]

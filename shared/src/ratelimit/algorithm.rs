@@ -81,15 +81,11 @@ pub(crate) fn evaluate(p: &Params, state: Option<State>, now: i64, cost: u64) ->
             }
             if tokens >= c {
                 tokens -= c;
-                Step {
-                    verdict: Verdict {
-                        allowed: true,
-                        remaining: floor_units(tokens),
-                        reset_us: ceil_us((b - tokens) * per / l),
-                        retry_us: 0,
-                    },
-                    next: Some(State::Tokens { tokens, at: now }),
-                }
+                admitted(
+                    floor_units(tokens),
+                    ceil_us((b - tokens) * per / l),
+                    State::Tokens { tokens, at: now },
+                )
             } else {
                 refused(
                     floor_units(tokens),
@@ -117,15 +113,11 @@ pub(crate) fn evaluate(p: &Params, state: Option<State>, now: i64, cost: u64) ->
                 );
             }
             if allow_at <= t {
-                Step {
-                    verdict: Verdict {
-                        allowed: true,
-                        remaining: floor_units((b * interval - (new_tat - t)) / interval),
-                        reset_us: ceil_us(new_tat - t),
-                        retry_us: 0,
-                    },
-                    next: Some(State::Tat(new_tat)),
-                }
+                admitted(
+                    floor_units((b * interval - (new_tat - t)) / interval),
+                    ceil_us(new_tat - t),
+                    State::Tat(new_tat),
+                )
             } else {
                 refused(
                     floor_units((b * interval - (tat - t)) / interval),
@@ -145,18 +137,14 @@ pub(crate) fn evaluate(p: &Params, state: Option<State>, now: i64, cost: u64) ->
                 return refused(floor_units(l - count), ceil_us(reset), per);
             }
             if count + c <= l {
-                Step {
-                    verdict: Verdict {
-                        allowed: true,
-                        remaining: floor_units(l - count - c),
-                        reset_us: ceil_us(reset),
-                        retry_us: 0,
-                    },
-                    next: Some(State::Fixed {
+                admitted(
+                    floor_units(l - count - c),
+                    ceil_us(reset),
+                    State::Fixed {
                         window: window as i64,
                         count: count + c,
-                    }),
-                }
+                    },
+                )
             } else {
                 refused(floor_units(l - count), ceil_us(reset), reset)
             }
@@ -187,19 +175,15 @@ pub(crate) fn evaluate(p: &Params, state: Option<State>, now: i64, cost: u64) ->
                 return refused(floor_units(l - estimate), ceil_us(reset), per);
             }
             if estimate + c <= l {
-                Step {
-                    verdict: Verdict {
-                        allowed: true,
-                        remaining: floor_units(l - estimate - c),
-                        reset_us: ceil_us(reset),
-                        retry_us: 0,
-                    },
-                    next: Some(State::Sliding {
+                admitted(
+                    floor_units(l - estimate - c),
+                    ceil_us(reset),
+                    State::Sliding {
                         window: window as i64,
                         curr: curr + c,
                         prev,
-                    }),
-                }
+                    },
+                )
             } else {
                 // When would the weighted estimate leave room: later in this window (the
                 // previous window's share decays), or in the next one (this one's does)?
@@ -213,6 +197,18 @@ pub(crate) fn evaluate(p: &Params, state: Option<State>, now: i64, cost: u64) ->
                 refused(floor_units(l - estimate), ceil_us(reset), wait)
             }
         }
+    }
+}
+
+fn admitted(remaining: u64, reset_us: i64, next: State) -> Step {
+    Step {
+        verdict: Verdict {
+            allowed: true,
+            remaining,
+            reset_us,
+            retry_us: 0,
+        },
+        next: Some(next),
     }
 }
 
