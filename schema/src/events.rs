@@ -142,7 +142,28 @@ pub enum DecodeError {
     /// A version this code does not know.
     #[error("unknown envelope version {0}")]
     Version(u32),
+    /// A top-level field version 1 does not define. Version 1 is closed: a producer that needs a
+    /// new field writes a new `specversion`, and consumers are upgraded first.
+    #[error("unknown envelope field `{0}` (version 1 is closed)")]
+    UnknownField(String),
+    /// The id is empty or longer than [`MAX_ID_LEN`].
+    #[error("event id must be 1..={MAX_ID_LEN} characters")]
+    Id,
 }
+
+/// Longest event id accepted (a UUID is 36).
+pub const MAX_ID_LEN: usize = 64;
+
+/// The top-level fields of a version 1 envelope.
+const ENVELOPE_FIELDS: [&str; 7] = [
+    "specversion",
+    "id",
+    "time",
+    "source",
+    "subject",
+    "type",
+    "data",
+];
 
 impl Envelope {
     /// A new event from `source`, stamped now with a fresh id; the subject follows from the data.
@@ -168,13 +189,38 @@ impl Envelope {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Reads wire bytes, refusing unknown versions.
+    /// Reads wire bytes, refusing unknown versions and fields (the data of each type denies
+    /// unknown fields too): a message this code cannot fully understand is never half-applied.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let env: Envelope = serde_json::from_slice(bytes)?;
+        let value: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(bytes)?;
+        if let Some(v) = value.get("specversion").and_then(serde_json::Value::as_u64)
+            && v != u64::from(SPEC_VERSION)
+        {
+            return Err(DecodeError::Version(u32::try_from(v).unwrap_or(u32::MAX)));
+        }
+        if let Some(k) = value
+            .keys()
+            .find(|k| !ENVELOPE_FIELDS.contains(&k.as_str()))
+        {
+            return Err(DecodeError::UnknownField(k.chars().take(64).collect()));
+        }
+        let env: Envelope = serde_json::from_value(serde_json::Value::Object(value))?;
         if env.specversion != SPEC_VERSION {
             return Err(DecodeError::Version(env.specversion));
         }
+        if env.id.is_empty() || env.id.len() > MAX_ID_LEN {
+            return Err(DecodeError::Id);
+        }
         Ok(env)
+    }
+
+    /// The creation time in microseconds since the Unix epoch (`None` when unreadable): the
+    /// order of a user's reports (last writer wins).
+    pub fn time_micros(&self) -> Option<u64> {
+        humantime::parse_rfc3339(&self.time)
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| u64::try_from(d.as_micros()).ok())
     }
 
     /// How long ago the event was created (zero if its clock is ahead or the time is unreadable).
@@ -193,15 +239,76 @@ pub enum WorkQueue {
     PlaybackProgress,
 }
 
-/// Why the bus did not take an event.
+/// Why the bus did not take an event. In every case the event was NOT accepted: nothing of it
+/// will be applied (but see [`PublishError::Unconfirmed`]).
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum PublishError {
-    /// The outbox is full (the broker has been away too long): the event was NOT accepted.
+    /// The outbox is full (the broker has been away too long, or is slow).
     #[error("the event outbox is full ({capacity} events waiting for the broker)")]
     OutboxFull {
         /// Its bound.
         capacity: usize,
     },
+    /// This producer already has its fair share of the outbox waiting: one flooding subject
+    /// cannot refuse everybody else's events.
+    #[error("too many events of one subject waiting for the broker (at most {share})")]
+    SubjectShare {
+        /// The per-subject bound.
+        share: usize,
+    },
+    /// The broker is unreachable and there is no spool to hold the event.
+    #[error("the event broker is unreachable and no spool is configured")]
+    Unavailable,
+    /// The publish was on the wire when the link to the broker died: the broker may or may not
+    /// have it. Answered as not accepted; a retry is harmless (consumers skip older reports and
+    /// known ids).
+    #[error("the event broker did not confirm in time")]
+    Unconfirmed,
+    /// No queue took the event (the broker returned it, twice, after the queue was declared
+    /// again): it was not stored anywhere.
+    #[error("no queue took the event (returned by the broker)")]
+    Returned,
+    /// The encoded event is larger than `events.max_message_bytes`.
+    #[error("the event is {bytes} bytes, over the {max}-byte bound")]
+    TooLarge {
+        /// Its size.
+        bytes: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// The spool is full (`events.spool_max_bytes`).
+    #[error("the event spool is full ({max_bytes} bytes)")]
+    SpoolFull {
+        /// Its bound.
+        max_bytes: u64,
+    },
+    /// Writing to the spool failed.
+    #[error("the event spool could not be written: {0}")]
+    Spool(String),
+    /// The process is shutting down and takes no new events.
+    #[error("shutting down: no new events are accepted")]
+    Draining,
+}
+
+/// How an accepted event is kept: it can no longer be lost by this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// The broker confirmed it (stored in a durable queue; with quorum queues, by a majority).
+    Confirmed,
+    /// The broker was unreachable: written and fsync'd to the local spool, published when the
+    /// broker is back (or when this process starts again).
+    Spooled,
+    /// In-process bus: handed to the consumer in this process (nothing survives the process).
+    InProcess,
+}
+
+/// What a drain at shutdown left behind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Events neither confirmed nor spooled when the grace ran out (lost with this process).
+    pub unsettled: usize,
+    /// Events left in the spool, published by the next process that opens it.
+    pub spooled: u64,
 }
 
 /// Why a consumer could not be started.
@@ -219,6 +326,8 @@ pub enum Handled {
     Applied,
     /// Already applied before (same id): nothing changed.
     Duplicate,
+    /// Older than what was applied already for its subject (last writer wins): dropped.
+    Superseded,
 }
 
 /// A handler's refusal: retried, then dead-lettered after the bus's bound.
@@ -243,6 +352,10 @@ pub trait EventHandler: Send + Sync + 'static {
     /// The subscription was away since `down_since` and is back: events of that time may have
     /// been missed (an instance queue does not outlive its connection).
     fn resumed(&self, _down_since: SystemTime) {}
+
+    /// The subscription is away since `down_since` (the link to the broker failed): events may
+    /// be missed until [`EventHandler::resumed`].
+    fn interrupted(&self, _down_since: SystemTime) {}
 }
 
 /// A running consumer; [`Consumer::stop`] (or dropping it) ends it. A delivery being handled
@@ -334,17 +447,43 @@ pub struct BusStatus {
     pub reconnects: u64,
     /// Consumers (subscriptions and work consumers) currently receiving.
     pub consumers: usize,
+    /// Deliveries dropped as older than what was applied (last writer wins).
+    pub superseded: u64,
+    /// Work publishes the broker returned (no queue took them).
+    pub returned: u64,
+    /// Events refused or dead-lettered for being over `events.max_message_bytes`.
+    pub too_large: u64,
+    /// Events written to the spool (the broker was unreachable).
+    pub spooled: u64,
+    /// Events in the spool, not yet published.
+    pub spool_depth: u64,
+    /// Bytes the spool holds.
+    pub spool_bytes: u64,
+    /// Events neither confirmed nor spooled when a shutdown's grace ran out.
+    pub unsettled: u64,
 }
 
 /// The event bus: domain events on a topic (every subscriber gets each), work on durable queues
-/// (one consumer service). Publishing never waits for the broker: an accepted event sits in a
-/// bounded outbox until the broker confirms it, in order.
+/// (one consumer service). A domain event is handed to a bounded outbox and published in the
+/// background (a lost invalidation is bounded by TTLs); work resolves only once it is durable.
 pub trait EventBus: Send + Sync + fmt::Debug + 'static {
-    /// Accepts a domain event for every subscriber of its type.
+    /// Accepts a domain event for every subscriber of its type (into the outbox: at least once
+    /// while this process lives).
     fn publish(&self, event: &Envelope) -> Result<(), PublishError>;
 
-    /// Accepts work for `queue`.
-    fn send_work(&self, queue: WorkQueue, event: &Envelope) -> Result<(), PublishError>;
+    /// Sends work to `queue`; resolves once the event can no longer be lost by this process
+    /// ([`Accepted`]), or says why it was not accepted, within a bounded time.
+    fn send_work(
+        &self,
+        queue: WorkQueue,
+        event: &Envelope,
+    ) -> BoxFuture<'static, Result<Accepted, PublishError>>;
+
+    /// Stops taking events and waits up to `grace` for every accepted one to be confirmed (or
+    /// spooled); says what it could not settle.
+    fn drain(&self, _grace: std::time::Duration) -> BoxFuture<'_, Drained> {
+        Box::pin(async { Drained::default() })
+    }
 
     /// Subscribes this instance (its own queue) to the domain events of `types`.
     fn subscribe(

@@ -4,9 +4,10 @@
 //! a full outbox, redeliveries and dead letters. Every test has its own exchange and queues, so
 //! they run in parallel; they are deleted at the end.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use bff_fixtures::{FixtureOptions, Fixtures};
+use crate::helpers::*;
+use bff_fixtures::{FixtureOptions, Fixtures, proxy::TcpProxy};
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
     options::{
@@ -19,13 +20,6 @@ use shared::{
     config::{EventsSettings, Secret},
     events::{Envelope, EventBus, Payload, ProgressData, WorkQueue, rabbit::RabbitBus},
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::watch,
-};
-
-use crate::helpers::*;
 
 const BROKER: &str = "127.0.0.1:5672";
 const REPORT: &str = "mutation($id: ID!, $pos: Int!) { reportProgress(titleId: $id, positionSeconds: $pos) { accepted eventId } }";
@@ -60,8 +54,9 @@ impl World {
     async fn new(test: &str) -> World {
         let events = names(test);
         let fixtures = Arc::new(Fixtures::start(FixtureOptions::default()).await.unwrap());
-        let bus: Arc<dyn EventBus> =
-            Arc::new(RabbitBus::start(&url(BROKER), &events, "fixtures").unwrap());
+        let bus: Arc<dyn EventBus> = Arc::new(
+            RabbitBus::start(&url(BROKER), &shared::events::options(&events), "fixtures").unwrap(),
+        );
         fixtures.control().live().attach(bus.clone());
         wait_connected(&*bus, 0).await;
         World {
@@ -324,76 +319,31 @@ async fn progress_is_accepted_with_the_consumer_stopped_and_all_applied_in_order
     world.cleanup().await;
 }
 
-/// A TCP proxy in front of the broker that the test can cut (close everything, refuse new
-/// connections) and restore.
-struct Proxy {
-    addr: SocketAddr,
-    open: watch::Sender<bool>,
+/// A proxy in front of the machine's broker that the test controls.
+async fn proxy() -> TcpProxy {
+    TcpProxy::start(BROKER.parse().unwrap()).await.unwrap()
 }
 
-impl Proxy {
-    async fn start() -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (open, open_rx) = watch::channel(true);
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                if !*open_rx.borrow() {
-                    continue; // refused: dropped at once
-                }
-                let mut open = open_rx.clone();
-                tokio::spawn(async move {
-                    let Ok(upstream) = TcpStream::connect(BROKER).await else {
-                        return;
-                    };
-                    let (mut cr, mut cw) = client.into_split();
-                    let (mut ur, mut uw) = upstream.into_split();
-                    let up = async {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        while let Ok(n) = cr.read(&mut buf).await {
-                            if n == 0 || uw.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                    };
-                    let down = async {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        while let Ok(n) = ur.read(&mut buf).await {
-                            if n == 0 || cw.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                    };
-                    tokio::select! {
-                        () = up => {}
-                        () = down => {}
-                        _ = open.wait_for(|o| !*o) => {}
-                    }
-                });
-            }
-        });
-        Proxy { addr, open }
-    }
-
-    fn addr(&self) -> String {
-        self.addr.to_string()
-    }
-
-    fn cut(&self) {
-        self.open.send_replace(false);
-    }
-
-    fn restore(&self) {
-        self.open.send_replace(true);
-    }
+/// A spool directory of its own for one test.
+fn spool_dir(test: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "bff-spool-{test}-{}",
+        uuid::Uuid::new_v4().simple()
+    ))
 }
 
 #[tokio::test]
-async fn a_broker_cut_mid_stream_loses_nothing_and_duplicates_nothing_in_effect() {
+async fn a_broker_cut_mid_stream_spools_every_report_and_loses_nothing_after() {
     let world = World::new("cut").await;
     world.start_consumer().await;
-    let proxy = Proxy::start().await;
-    let a = world.bff(&proxy.addr(), |_| {}).await;
+    let proxy = proxy().await;
+    let dir = spool_dir("cut");
+    let spool = dir.clone();
+    let a = world
+        .bff(&proxy.addr().to_string(), move |e| {
+            e.spool_dir = Some(spool)
+        })
+        .await;
     let token = a.token("u1");
     let live = world.fixtures.control().live().clone();
     for pos in 0..20 {
@@ -413,11 +363,13 @@ async fn a_broker_cut_mid_stream_loses_nothing_and_duplicates_nothing_in_effect(
     for pos in 20..40 {
         assert!(accepted(&report(&a, &token, "t1", pos).await));
     }
-    assert!(a.bus.status().outbox_depth > 0, "waiting in the outbox");
+    let s = a.bus.status();
+    assert_eq!((s.spooled, s.spool_depth), (20, 20), "on disk: {s:?}");
     proxy.restore();
     assert_eq!(live.wait_applied(40, DEADLINE).await, 40);
-    eventually("outbox drained", || async {
-        a.bus.status().outbox_depth == 0
+    eventually("the spool replayed and emptied", || async {
+        let s = a.bus.status();
+        s.spool_depth == 0 && s.outbox_depth == 0
     })
     .await;
     let positions: Vec<u32> = live
@@ -433,23 +385,29 @@ async fn a_broker_cut_mid_stream_loses_nothing_and_duplicates_nothing_in_effect(
     assert!(a.bus.status().reconnects >= 1);
     drop(a);
     world.cleanup().await;
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
-async fn a_full_outbox_answers_backend_unavailable_naming_events() {
-    let world = World::new("full").await;
-    let proxy = Proxy::start().await;
-    let a = world.bff(&proxy.addr(), |e| e.outbox_capacity = 5).await;
+async fn without_a_spool_a_cut_broker_refuses_reports_at_once_naming_events() {
+    let world = World::new("nospool").await;
+    let proxy = proxy().await;
+    let a = world.bff(&proxy.addr().to_string(), |_| {}).await;
     let token = a.token("u1");
+    for pos in 0..5 {
+        assert!(accepted(&report(&a, &token, "t1", pos).await));
+    }
     proxy.cut();
     eventually("the instance sees the bus down", || async {
         !a.bus.status().connected
     })
     .await;
-    for pos in 0..5 {
-        assert!(accepted(&report(&a, &token, "t1", pos).await));
-    }
+    let started = std::time::Instant::now();
     let body = report(&a, &token, "t1", 5).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused without waiting for the broker"
+    );
     assert_eq!(codes(&body), ["BACKEND_UNAVAILABLE"], "{body}");
     assert_eq!(
         errors(&body)[0]["extensions"]["backend"],
@@ -458,16 +416,21 @@ async fn a_full_outbox_answers_backend_unavailable_naming_events() {
     );
     proxy.restore();
     world.start_consumer().await;
-    // The five accepted ones are not lost.
-    assert_eq!(
-        world
-            .fixtures
-            .control()
-            .live()
-            .wait_applied(5, DEADLINE)
-            .await,
-        5
-    );
+    // The five accepted ones are not lost; the refused one was never sent.
+    let live = world.fixtures.control().live().clone();
+    assert_eq!(live.wait_applied(5, DEADLINE).await, 5);
+    eventually("the instance reconnected", || async {
+        a.bus.status().connected
+    })
+    .await;
+    assert!(accepted(&report(&a, &token, "t1", 6).await));
+    assert_eq!(live.wait_applied(6, DEADLINE).await, 6);
+    let positions: Vec<u32> = live
+        .applied_progress()
+        .iter()
+        .map(|p| p.position_seconds)
+        .collect();
+    assert_eq!(positions, [0, 1, 2, 3, 4, 6], "nothing half-done");
     drop(a);
     world.cleanup().await;
 }
@@ -488,10 +451,12 @@ async fn a_redelivered_event_changes_nothing_twice() {
     world
         .bus
         .send_work(WorkQueue::PlaybackProgress, &event)
+        .await
         .unwrap();
     world
         .bus
         .send_work(WorkQueue::PlaybackProgress, &event)
+        .await
         .unwrap();
     let live = world.fixtures.control().live().clone();
     eventually("both delivered", || async {

@@ -116,7 +116,21 @@ struct Inner {
     /// treated as absent — how a whole kind is dropped at once (after an event-bus outage)
     /// without walking the tiers.
     stored_after: [std::sync::atomic::AtomicU64; 7],
+    /// Since when (micros since the Unix epoch) this instance's event subscription is down; 0
+    /// while it is up. See [`FragmentCache::bus_interrupted`].
+    bus_down_since: std::sync::atomic::AtomicU64,
+    /// `events.max_stale_while_disconnected`, in microseconds.
+    bus_stale_bound: std::sync::atomic::AtomicU64,
 }
+
+/// Kinds that only domain events keep fresh within their (long) TTLs: while the subscription is
+/// down their freshness is cut to `events.max_stale_while_disconnected`.
+const EVENT_KEPT: [FragmentKind; 4] = [
+    FragmentKind::Title,
+    FragmentKind::Top10,
+    FragmentKind::MyList,
+    FragmentKind::ContinueWatching,
+];
 
 /// How long an invalidation is remembered; far longer than any backend call may take.
 const INVALIDATION_MEMORY: Duration = Duration::from_secs(120);
@@ -147,6 +161,8 @@ impl FragmentCache {
                     .build(),
                 next_load_id: std::sync::atomic::AtomicU64::new(0),
                 stored_after: Default::default(),
+                bus_down_since: std::sync::atomic::AtomicU64::new(0),
+                bus_stale_bound: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -171,6 +187,40 @@ impl FragmentCache {
 
     fn ttl(&self, kind: FragmentKind) -> Duration {
         self.inner.settings.kind(kind).ttl
+    }
+
+    /// The event subscription went down at `since`: from `bound` after it, fragments that only
+    /// events keep fresh count as stale once older than `bound` (they are refetched, or served
+    /// stale only if the backend fails too).
+    pub fn bus_interrupted(&self, since: std::time::SystemTime, bound: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.inner.bus_stale_bound.store(
+            u64::try_from(bound.as_micros()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
+        self.inner
+            .bus_down_since
+            .store(micros_since_epoch(since).max(1), Relaxed);
+    }
+
+    /// The event subscription is back (what it missed is dropped by the invalidator).
+    pub fn bus_resumed(&self) {
+        self.inner
+            .bus_down_since
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long a fragment of `kind` stays fresh now: its TTL, or — the subscription down, so
+    /// invalidations may be missed — no longer than the bound.
+    fn fresh_ttl(&self, kind: FragmentKind) -> Duration {
+        use std::sync::atomic::Ordering::Relaxed;
+        let ttl = self.ttl(kind);
+        if self.inner.bus_down_since.load(Relaxed) == 0 || !EVENT_KEPT.contains(&kind) {
+            return ttl;
+        }
+        ttl.min(Duration::from_micros(
+            self.inner.bus_stale_bound.load(Relaxed),
+        ))
     }
 
     fn enabled(&self, kind: FragmentKind) -> bool {
@@ -202,7 +252,7 @@ impl FragmentCache {
 
     /// Counts a value served from the cache at `age` as a hit or a stale hit and says how fresh it was.
     fn served(&self, kind: FragmentKind, age: Duration) -> FragmentUse {
-        let ttl = self.ttl(kind);
+        let ttl = self.fresh_ttl(kind);
         let stats = self.inner.stats.kind(kind);
         if age < ttl {
             stats.hit();
@@ -261,6 +311,28 @@ impl FragmentCache {
             if let Some(value) = T::from_fragment(&found.fragment) {
                 let used = self.served(kind, age);
                 let stale = used.freshness == Freshness::Stale;
+                if stale && age < ttl {
+                    // Stale only because the event subscription is down: refetch now; the
+                    // cached value is the answer only if the backend fails too.
+                    match self.load_coalesced(key, "refresh", make).await {
+                        Ok(fragment) => {
+                            if let Some(fresh) = T::from_fragment(&fragment) {
+                                log.record(FragmentUse {
+                                    kind,
+                                    freshness: Freshness::Loaded,
+                                    age: Duration::ZERO,
+                                    fresh_for: self.fresh_ttl(kind),
+                                });
+                                return Ok(fresh);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "refetch while the event bus is down failed; serving stale");
+                        }
+                    }
+                    log.record(used);
+                    return Ok(value);
+                }
                 log.record(used);
                 if stale {
                     self.refresh_in_background(key, make);
@@ -431,6 +503,7 @@ impl FragmentCache {
         let stats = self.inner.stats.kind(kind);
         let mut missing = Vec::new();
         let mut stale = Vec::new();
+        let mut bus_stale = Vec::new();
         let mut oldest: Option<FragmentUse> = None;
         for id in ids {
             let key = FragmentKey::title(id);
@@ -442,7 +515,11 @@ impl FragmentCache {
                 Some((age, title)) => {
                     let u = self.served(kind, age);
                     if u.freshness == Freshness::Stale {
-                        stale.push(id.clone());
+                        if age < ttl {
+                            bus_stale.push(id.clone());
+                        } else {
+                            stale.push(id.clone());
+                        }
                     }
                     // One entry per request for titles: the least fresh one decides.
                     if oldest.as_ref().is_none_or(|o| {
@@ -480,6 +557,25 @@ impl FragmentCache {
                 .is_none_or(|o| loaded.fresh_for < o.fresh_for)
             {
                 oldest = Some(loaded);
+            }
+        }
+        if !bus_stale.is_empty() {
+            // Stale only because the event subscription is down: refetched now, served stale
+            // only if the catalog fails too.
+            let waits = self.start_or_join_titles(&bus_stale, "refresh", fetch.clone());
+            match futures::future::try_join_all(waits).await {
+                Ok(batches) => {
+                    for fetched in batches {
+                        for id in &bus_stale {
+                            if let Some(t) = fetched.get(id) {
+                                out.insert(id.clone(), t.clone());
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "title refetch while the event bus is down failed; serving stale");
+                }
             }
         }
         if !stale.is_empty() {

@@ -193,9 +193,13 @@ pub enum ReportError {
     /// The catalog could not say whether the title exists.
     #[error(transparent)]
     Catalog(#[from] BackendError),
-    /// The event bus did not take it (its outbox is full, or there is no bus).
+    /// The event bus did not accept it (the broker is away without a spool, the outbox or the
+    /// spool is full, shutting down), or there is no bus.
     #[error("the events service is unavailable")]
     Events,
+    /// This viewer already has their share of reports waiting for the broker.
+    #[error("too many reports waiting; slow down")]
+    Flooding,
 }
 
 impl Composer {
@@ -223,9 +227,11 @@ impl Composer {
     }
 
     /// Accepts a playback position for the viewer: checks the title exists and the position is
-    /// within it, hands a `playback.progress` event to the bus's work queue and returns at once;
-    /// the continue-watching service applies it at its own pace. Until then this instance shows
-    /// it on the viewer's continue-watching row. Returns the event id.
+    /// within it, sends a `playback.progress` event to the bus's work queue and returns once it
+    /// is durable (confirmed by the broker, or spooled while the broker is away); the
+    /// continue-watching service applies it at its own pace, keeping the newest report per title
+    /// (the envelope's time: last writer wins). Until then this instance shows it on the
+    /// viewer's continue-watching row. Returns the event id.
     pub async fn report_progress(
         &self,
         viewer: &Viewer,
@@ -253,12 +259,23 @@ impl Composer {
                 position_seconds,
             }),
         );
-        if let Err(e) = events
+        match events
             .bus
             .send_work(crate::events::WorkQueue::PlaybackProgress, &event)
+            .await
         {
-            tracing::warn!(error = %e, "progress report refused by the event bus");
-            return Err(ReportError::Events);
+            Ok(_) => {}
+            Err(crate::events::PublishError::SubjectShare { share }) => {
+                tracing::warn!(
+                    share,
+                    "progress reports of one viewer over their share; refused"
+                );
+                return Err(ReportError::Flooding);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "progress report not accepted by the event bus");
+                return Err(ReportError::Events);
+            }
         }
         events
             .recent

@@ -1038,12 +1038,42 @@ pub struct EventsSettings {
     pub exchange: String,
     /// Durable work queue of `playback.progress`; its dead-letter queue is `<name>.dlq`.
     pub progress_queue: String,
-    /// Accepted events waiting for the broker's confirm, at most; beyond it writes are refused
-    /// with BACKEND_UNAVAILABLE naming `events` (never dropped silently).
+    /// Events waiting for the broker's confirm, at most; beyond it writes are refused with
+    /// BACKEND_UNAVAILABLE naming `events` (never dropped silently).
     pub outbox_capacity: usize,
+    /// Events of one user waiting for the broker, at most (and 16 times this in the spool): one
+    /// client's flood cannot refuse everybody else's reports.
+    pub outbox_share: usize,
     /// How long a publish may wait for its confirm before the connection counts as broken.
     #[serde(with = "duration")]
     pub confirm_timeout: Duration,
+    /// How long `reportProgress` waits for the broker's confirm before the report is written to
+    /// the spool instead (or refused, without a spool).
+    #[serde(with = "duration")]
+    pub accept_timeout: Duration,
+    /// AMQP heartbeat: a silent link (a partition) is declared down after about two of these,
+    /// and readiness says `events: down`. A `heartbeat=` in `events.url` wins.
+    #[serde(with = "duration")]
+    pub heartbeat: Duration,
+    /// Largest event published or consumed, in bytes; bigger ones are refused on publish and
+    /// dead-lettered on consume (counted, logged with a short sample).
+    pub max_message_bytes: usize,
+    /// Directory of this instance's spool: accepted work goes there (fsync'd) while the broker is
+    /// unreachable, and is published from there when it is back or on the next start. Unset: no
+    /// spool; reports are refused while the broker is away. One instance per directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spool_dir: Option<std::path::PathBuf>,
+    /// Bytes the spool may hold; beyond it reports are refused.
+    pub spool_max_bytes: u64,
+    /// PEM file of the CA that signed the broker's certificate (`amqps://`); unset: the system's
+    /// roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// While this instance's subscription is down, fragments that only events keep fresh
+    /// (titles, top 10s, my list, continue watching) are served for at most this long, then
+    /// refetched (stale-if-error still applies when the backend fails too).
+    #[serde(with = "duration")]
+    pub max_stale_while_disconnected: Duration,
     /// Delay before reconnecting (doubles per failed attempt, up to 10 times this).
     #[serde(with = "duration")]
     pub reconnect_delay: Duration,
@@ -1068,7 +1098,15 @@ impl Default for EventsSettings {
             exchange: "bff.events".into(),
             progress_queue: "bff.playback-progress".into(),
             outbox_capacity: 10_000,
+            outbox_share: 256,
             confirm_timeout: Duration::from_secs(5),
+            accept_timeout: Duration::from_secs(2),
+            heartbeat: Duration::from_secs(5),
+            max_message_bytes: 64 * 1024,
+            spool_dir: None,
+            spool_max_bytes: 256 * 1024 * 1024,
+            tls_ca_file: None,
+            max_stale_while_disconnected: Duration::from_secs(5),
             reconnect_delay: Duration::from_millis(200),
             max_retries: 3,
             prefetch: 64,
@@ -1352,18 +1390,56 @@ impl Settings {
         if let Some(url) = &self.events.url {
             let parsed = reqwest::Url::parse(url.expose())
                 .map_err(|e| invalid("events.url", format!("not a URL: {e}")))?;
-            if parsed.scheme() != "amqp" || parsed.host_str().is_none() {
+            if !matches!(parsed.scheme(), "amqp" | "amqps") || parsed.host_str().is_none() {
                 return Err(invalid(
                     "events.url",
-                    "must be an amqp:// URL with a host, e.g. amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+                    "must be an amqp:// or amqps:// URL with a host, e.g. amqp://guest:guest@127.0.0.1:5672/%2f".into(),
                 ));
             }
         }
         if self.events.outbox_capacity == 0 {
             return Err(invalid("events.outbox_capacity", "must be > 0".into()));
         }
-        if self.events.confirm_timeout.is_zero() {
-            return Err(invalid("events.confirm_timeout", "must be > 0".into()));
+        if self.events.outbox_share == 0 {
+            return Err(invalid("events.outbox_share", "must be > 0".into()));
+        }
+        for (key, d) in [
+            ("events.confirm_timeout", self.events.confirm_timeout),
+            ("events.accept_timeout", self.events.accept_timeout),
+            (
+                "events.max_stale_while_disconnected",
+                self.events.max_stale_while_disconnected,
+            ),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be > 0".into()));
+            }
+        }
+        if self.events.heartbeat < Duration::from_secs(1)
+            || self.events.heartbeat > Duration::from_secs(600)
+        {
+            return Err(invalid(
+                "events.heartbeat",
+                "must be within 1s..=10m (AMQP counts heartbeats in whole seconds)".into(),
+            ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.events.max_message_bytes) {
+            return Err(invalid(
+                "events.max_message_bytes",
+                "must be within 1024..=16777216".into(),
+            ));
+        }
+        if self.events.spool_max_bytes < 64 * 1024 {
+            return Err(invalid(
+                "events.spool_max_bytes",
+                "must be at least 65536".into(),
+            ));
+        }
+        if self.events.spool_dir.is_some() && self.events.url.is_none() {
+            return Err(invalid(
+                "events.spool_dir",
+                "needs events.url: the in-process bus has no broker to be away from".into(),
+            ));
         }
         if self.events.prefetch == 0 {
             return Err(invalid("events.prefetch", "must be > 0".into()));

@@ -11,7 +11,8 @@
 //!
 //! After an outage of the bus ([`EventHandler::resumed`]) every fragment of those kinds (and new
 //! releases) stored before the subscription was bound again is dropped: its invalidation may have
-//! been missed. While the bus is down, TTLs bound staleness as before.
+//! been missed. While the bus is down ([`EventHandler::interrupted`]), those fragments are served
+//! for at most `events.max_stale_while_disconnected`, then refetched.
 
 use std::{sync::Arc, time::SystemTime};
 
@@ -48,6 +49,8 @@ const SEEN_IDS: usize = 100_000;
 /// The handler of one instance's subscription.
 pub struct Invalidator {
     cache: FragmentCache,
+    /// `events.max_stale_while_disconnected`.
+    stale_bound: std::time::Duration,
     /// Row length of this binary (the continue-watching key carries it).
     limit: usize,
     recent: Option<Arc<RecentProgress>>,
@@ -55,10 +58,17 @@ pub struct Invalidator {
 }
 
 impl Invalidator {
-    /// Drops fragments of `cache` (rows of `limit` items) and applied overlays of `recent`.
-    pub fn new(cache: FragmentCache, limit: usize, recent: Option<Arc<RecentProgress>>) -> Self {
+    /// Drops fragments of `cache` (rows of `limit` items) and applied overlays of `recent`;
+    /// while the subscription is down, bounds staleness to `stale_bound`.
+    pub fn new(
+        cache: FragmentCache,
+        limit: usize,
+        recent: Option<Arc<RecentProgress>>,
+        stale_bound: std::time::Duration,
+    ) -> Self {
         Self {
             cache,
+            stale_bound,
             limit,
             recent,
             seen: SeenIds::new(SEEN_IDS),
@@ -116,5 +126,15 @@ impl EventHandler for Invalidator {
         );
         self.cache
             .invalidate_stored_before(&DROPPED_AFTER_OUTAGE, SystemTime::now());
+        self.cache.bus_resumed();
+    }
+
+    fn interrupted(&self, down_since: SystemTime) {
+        tracing::warn!(
+            down_since = %super::rfc3339(down_since),
+            bound = ?self.stale_bound,
+            "event subscription down; fragments kept fresh by events are refetched once older than the bound"
+        );
+        self.cache.bus_interrupted(down_since, self.stale_bound);
     }
 }

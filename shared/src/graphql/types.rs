@@ -410,11 +410,13 @@ impl MyListMutation {
     }
 
     /// Reports where the viewer is in a title (players call this every few seconds).
-    /// Fire-and-forget: answers `accepted` at once and the continue-watching service applies it
-    /// at its own pace; the viewer's next homepage already shows it. A position below 0 or past
-    /// the title's end, or an unknown title, is BAD_USER_INPUT; BACKEND_UNAVAILABLE with
-    /// `backend: "events"` means the report was not accepted (retry later). Requires a signed-in
-    /// viewer with the `progress:write` scope.
+    /// Fire-and-forget: answers `accepted` once the report is durable (the event broker
+    /// confirmed it, or it is on this instance's disk while the broker is away), and the
+    /// continue-watching service applies it at its own pace, keeping the newest report; the
+    /// viewer's next homepage already shows it. A position below 0 or past the title's end, or
+    /// an unknown title, is BAD_USER_INPUT; BACKEND_UNAVAILABLE with `backend: "events"` means
+    /// the report was not accepted (retry later); RATE_LIMITED means too many of this viewer's
+    /// reports are waiting. Requires a signed-in viewer with the `progress:write` scope.
     async fn report_progress(
         &self,
         ctx: &Context<'_>,
@@ -444,6 +446,9 @@ impl MyListMutation {
             Err(crate::compose::ReportError::BadInput(m)) => Err(ErrorCode::BadUserInput.error(m)),
             Err(crate::compose::ReportError::Catalog(e)) => Err(backend_error(&e)),
             Err(crate::compose::ReportError::Events) => Err(crate::error::events_unavailable()),
+            Err(crate::compose::ReportError::Flooding) => Err(ErrorCode::RateLimited.error(
+                "too many reports of this viewer are waiting for the event broker; retry later",
+            )),
         }
     }
 }

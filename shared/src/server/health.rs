@@ -177,7 +177,7 @@ fn events_detail(s: &crate::events::BusStatus) -> serde_json::Value {
         if !s.connected {
             o.insert(
                 "caches".into(),
-                "invalidated by TTL only until the bus is back".into(),
+                "fragments kept fresh by events are refetched after events.max_stale_while_disconnected until the bus is back".into(),
             );
         }
     }

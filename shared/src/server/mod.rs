@@ -166,6 +166,7 @@ impl Application {
                     cache.clone(),
                     settings.profile.items_per_row,
                     Some(recent.clone()),
+                    settings.events.max_stale_while_disconnected,
                 )),
             )
             .await?;
@@ -377,6 +378,8 @@ impl Application {
         let grace = self.server.shutdown_grace;
         let delay = self.server.shutdown_delay;
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let stopping_at = Arc::new(parking_lot::Mutex::new(None::<tokio::time::Instant>));
+        let stopping_mark = stopping_at.clone();
         let serve = conn::serve(self.listener, self.router, opts, async move {
             shutdown.await;
             // Readiness goes false first; the listener stays open for `shutdown_delay` so load
@@ -385,6 +388,7 @@ impl Application {
             tracing::info!(delay = ?delay, "shutting down: readiness is false");
             tokio::time::sleep(delay).await;
             tracing::info!("no longer accepting; draining in-flight requests");
+            *stopping_mark.lock() = Some(tokio::time::Instant::now());
             let _ = stopping_tx.send(());
         });
         let drain_deadline = async move {
@@ -411,6 +415,21 @@ impl Application {
             task.abort();
         }
         self.subscription.stop().await;
+        // Accepted work is confirmed or spooled already; what the bus still holds gets the rest
+        // of a grace period (logged and counted if it cannot be settled).
+        let left = stopping_at
+            .lock()
+            .map_or(grace, |at| grace.saturating_sub(at.elapsed()));
+        let drained = self
+            .events
+            .drain(left.max(std::time::Duration::from_millis(100)))
+            .await;
+        if drained.unsettled > 0 {
+            tracing::error!(
+                unsettled = drained.unsettled,
+                "events lost at shutdown: neither confirmed by the broker nor spooled"
+            );
+        }
         result
     }
 }

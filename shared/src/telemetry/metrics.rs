@@ -86,7 +86,7 @@ impl Drop for InFlightGuard {
 }
 
 /// The event bus's own counters mirrored by [`Metrics::set_events`].
-const EVENTS_COUNTERS: usize = 8;
+const EVENTS_COUNTERS: usize = 13;
 
 /// The cache's own counters in the order of [`Metrics::set_cache`]'s arguments.
 const CACHE_COUNTERS: usize = 5;
@@ -127,6 +127,7 @@ pub struct Metrics {
     events_counters: [IntCounterVec; EVENTS_COUNTERS],
     events_last_seen: Mutex<[u64; EVENTS_COUNTERS]>,
     events_outbox: IntGaugeVec,
+    events_spool: IntGaugeVec,
     events_connected: IntGauge,
     events_lag: prometheus::Gauge,
 
@@ -307,11 +308,41 @@ impl Metrics {
                 "Connections to the event broker made after the first.",
                 &[],
             )?,
+            f.counter(
+                "bff_events_superseded_total",
+                "Deliveries dropped as older than what was applied for their subject (last writer wins).",
+                &[],
+            )?,
+            f.counter(
+                "bff_events_returned_total",
+                "Work publishes the broker returned because no queue took them (declared again and retried, then refused).",
+                &[],
+            )?,
+            f.counter(
+                "bff_events_too_large_total",
+                "Events refused on publish or dead-lettered on consume for being over events.max_message_bytes.",
+                &[],
+            )?,
+            f.counter(
+                "bff_events_spooled_total",
+                "Events written to the local spool (the broker was unreachable or too slow to confirm).",
+                &[],
+            )?,
+            f.counter(
+                "bff_events_unsettled_total",
+                "Events neither confirmed by the broker nor spooled when a shutdown's grace ran out (lost).",
+                &[],
+            )?,
         ];
         let events_outbox = f.gauge_vec(
             "bff_events_outbox",
             "The event outbox: state=depth is events accepted and not yet confirmed by the broker, state=capacity its bound (writes are refused beyond it).",
             &["state"],
+        )?;
+        let events_spool = f.gauge_vec(
+            "bff_events_spool",
+            "The local event spool: unit=events is accepted events waiting there for the broker, unit=bytes the bytes it holds.",
+            &["unit"],
         )?;
         let events_connected = f.gauge(
             "bff_events_connected",
@@ -347,6 +378,7 @@ impl Metrics {
             events_counters,
             events_last_seen: Mutex::new([0; EVENTS_COUNTERS]),
             events_outbox,
+            events_spool,
             events_connected,
             events_lag,
             max_operation_names,
@@ -546,6 +578,11 @@ impl Metrics {
             s.failed,
             s.dead_lettered,
             s.reconnects,
+            s.superseded,
+            s.returned,
+            s.too_large,
+            s.spooled,
+            s.unsettled,
         ];
         let mut last = self
             .events_last_seen
@@ -572,6 +609,12 @@ impl Metrics {
         self.events_outbox
             .with_label_values(&["capacity"])
             .set(saturating_i64(s.outbox_capacity as u64));
+        self.events_spool
+            .with_label_values(&["events"])
+            .set(saturating_i64(s.spool_depth));
+        self.events_spool
+            .with_label_values(&["bytes"])
+            .set(saturating_i64(s.spool_bytes));
         self.events_connected.set(i64::from(s.connected));
         // Prometheus' base unit is the second.
         #[allow(clippy::cast_precision_loss)]

@@ -14,10 +14,9 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 
 use super::{
-    Attempts, BusError, BusStatus, Consumer, ConsumerTask, Counters, Envelope, EventBus,
-    EventHandler, PublishError, Settle, WorkQueue, deliver,
+    Accepted, Attempts, BusError, BusOptions, BusStatus, Consumer, ConsumerTask, Counters,
+    Envelope, EventBus, EventHandler, PublishError, Settle, WorkQueue, deliver,
 };
-use crate::config::EventsSettings;
 
 type Body = Arc<[u8]>;
 
@@ -53,6 +52,7 @@ impl Drop for Running {
 pub struct InProcessBus {
     capacity: usize,
     max_retries: u32,
+    max_message_bytes: usize,
     counters: Arc<Counters>,
     subscribers: Arc<Mutex<Vec<Subscriber>>>,
     queues: Mutex<HashMap<WorkQueue, Arc<Queue>>>,
@@ -66,11 +66,12 @@ impl std::fmt::Debug for InProcessBus {
 }
 
 impl InProcessBus {
-    /// A bus with the bounds of `settings`.
-    pub fn new(settings: &EventsSettings) -> Self {
+    /// A bus with the bounds of `options`.
+    pub fn new(options: &BusOptions) -> Self {
         Self {
-            capacity: settings.outbox_capacity,
-            max_retries: settings.max_retries,
+            capacity: options.outbox_capacity,
+            max_retries: options.max_retries,
+            max_message_bytes: options.max_message_bytes,
             counters: Arc::default(),
             subscribers: Arc::default(),
             queues: Mutex::default(),
@@ -98,9 +99,41 @@ impl InProcessBus {
     }
 }
 
+impl InProcessBus {
+    fn encoded(&self, event: &Envelope) -> Result<Body, PublishError> {
+        let body = event.to_bytes();
+        if body.len() > self.max_message_bytes {
+            self.counters.too_large.fetch_add(1, Ordering::Relaxed);
+            return Err(PublishError::TooLarge {
+                bytes: body.len(),
+                max: self.max_message_bytes,
+            });
+        }
+        Ok(Arc::from(body))
+    }
+
+    fn enqueue(&self, queue: WorkQueue, event: &Envelope) -> Result<Accepted, PublishError> {
+        let body = self.encoded(event)?;
+        let q = self.queue(queue);
+        {
+            let mut items = q.items.lock();
+            if items.len() >= self.capacity {
+                return Err(PublishError::OutboxFull {
+                    capacity: self.capacity,
+                });
+            }
+            items.push_back(body);
+        }
+        self.counters.published.fetch_add(1, Ordering::Relaxed);
+        self.counters.confirmed.fetch_add(1, Ordering::Relaxed);
+        q.arrived.notify_one();
+        Ok(Accepted::InProcess)
+    }
+}
+
 impl EventBus for InProcessBus {
     fn publish(&self, event: &Envelope) -> Result<(), PublishError> {
-        let body: Body = Arc::from(event.to_bytes());
+        let body: Body = self.encoded(event)?;
         self.counters.published.fetch_add(1, Ordering::Relaxed);
         self.counters.confirmed.fetch_add(1, Ordering::Relaxed);
         let kind = event.kind();
@@ -115,21 +148,13 @@ impl EventBus for InProcessBus {
         Ok(())
     }
 
-    fn send_work(&self, queue: WorkQueue, event: &Envelope) -> Result<(), PublishError> {
-        let q = self.queue(queue);
-        {
-            let mut items = q.items.lock();
-            if items.len() >= self.capacity {
-                return Err(PublishError::OutboxFull {
-                    capacity: self.capacity,
-                });
-            }
-            items.push_back(Arc::from(event.to_bytes()));
-        }
-        self.counters.published.fetch_add(1, Ordering::Relaxed);
-        self.counters.confirmed.fetch_add(1, Ordering::Relaxed);
-        q.arrived.notify_one();
-        Ok(())
+    fn send_work(
+        &self,
+        queue: WorkQueue,
+        event: &Envelope,
+    ) -> BoxFuture<'static, Result<Accepted, PublishError>> {
+        let result = self.enqueue(queue, event);
+        async move { result }.boxed()
     }
 
     fn subscribe(
@@ -145,6 +170,7 @@ impl EventBus for InProcessBus {
         let (consumer, task) = Consumer::pair();
         let counters = self.counters.clone();
         let attempts = Attempts::new(self.max_retries);
+        let max = self.max_message_bytes;
         let ConsumerTask {
             mut cancelled,
             done,
@@ -160,7 +186,7 @@ impl EventBus for InProcessBus {
                 };
                 let mut redelivered = false;
                 // A topic event has no queue to go back to: retry in place, up to the bound.
-                while deliver(&body, redelivered, &handler, &attempts, &counters).await
+                while deliver(&body, redelivered, max, &handler, &attempts, &counters).await
                     == Settle::Retry
                 {
                     redelivered = true;
@@ -179,6 +205,7 @@ impl EventBus for InProcessBus {
         let (consumer, task) = Consumer::pair();
         let counters = self.counters.clone();
         let attempts = Attempts::new(self.max_retries);
+        let max = self.max_message_bytes;
         let ConsumerTask {
             mut cancelled,
             done,
@@ -200,7 +227,7 @@ impl EventBus for InProcessBus {
                 // it for the next one, like an unacknowledged delivery.
                 let settle = tokio::select! {
                     _ = &mut cancelled => break,
-                    s = deliver(&body, redelivered, &handler, &attempts, &counters) => s,
+                    s = deliver(&body, redelivered, max, &handler, &attempts, &counters) => s,
                 };
                 match settle {
                     Settle::Ack => {

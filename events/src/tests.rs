@@ -12,10 +12,9 @@ use futures::{FutureExt, future::BoxFuture};
 use parking_lot::Mutex;
 
 use super::{
-    Delivery, EventBus, EventHandler, Handled, HandlerError, Payload, ProgressData, TitleUpdated,
-    WorkQueue, memory::InProcessBus,
+    BusOptions, Delivery, Envelope, EventBus, EventHandler, Handled, HandlerError, Payload,
+    ProgressData, TitleUpdated, WorkQueue, memory::InProcessBus,
 };
-use crate::{config::EventsSettings, events::Envelope};
 
 /// Records what it applied; refuses ids listed in `refuse` every time; skips ids it applied.
 #[derive(Default)]
@@ -75,11 +74,11 @@ fn progress(user: &str, pos: u32) -> Envelope {
     )
 }
 
-fn settings(capacity: usize) -> EventsSettings {
-    EventsSettings {
+fn settings(capacity: usize) -> BusOptions {
+    BusOptions {
         outbox_capacity: capacity,
         max_retries: 2,
-        ..EventsSettings::default()
+        ..BusOptions::default()
     }
 }
 
@@ -88,6 +87,7 @@ async fn work_waits_while_no_consumer_runs_and_is_applied_in_order_after() {
     let bus = InProcessBus::new(&settings(100));
     for pos in 0..20 {
         bus.send_work(WorkQueue::PlaybackProgress, &progress("u1", pos))
+            .await
             .unwrap();
     }
     assert_eq!(bus.depth(WorkQueue::PlaybackProgress), 20);
@@ -116,10 +116,12 @@ async fn a_full_queue_refuses_instead_of_dropping() {
     let bus = InProcessBus::new(&settings(3));
     for pos in 0..3 {
         bus.send_work(WorkQueue::PlaybackProgress, &progress("u1", pos))
+            .await
             .unwrap();
     }
     assert!(
         bus.send_work(WorkQueue::PlaybackProgress, &progress("u1", 9))
+            .await
             .is_err()
     );
 }
@@ -131,8 +133,12 @@ async fn a_refused_event_is_retried_a_bounded_number_of_times_then_dead_lettered
     let good = progress("u1", 2);
     let rec = Arc::new(Recorder::default());
     rec.refuse.lock().push(poison.id.clone());
-    bus.send_work(WorkQueue::PlaybackProgress, &poison).unwrap();
-    bus.send_work(WorkQueue::PlaybackProgress, &good).unwrap();
+    bus.send_work(WorkQueue::PlaybackProgress, &poison)
+        .await
+        .unwrap();
+    bus.send_work(WorkQueue::PlaybackProgress, &good)
+        .await
+        .unwrap();
     let _consumer = bus
         .consume_work(WorkQueue::PlaybackProgress, Arc::new(Handle(rec.clone())))
         .await
@@ -180,4 +186,47 @@ async fn every_subscriber_gets_each_event_of_its_types_only() {
     assert_eq!(b.wait_for(2).await, 2);
     assert_eq!(a.wait_for(1).await, 1);
     assert_eq!(a.applied.lock().len(), 1);
+}
+
+#[tokio::test]
+async fn oversized_and_unknown_field_messages_are_dead_lettered_not_applied() {
+    let bus = InProcessBus::new(&BusOptions {
+        max_message_bytes: 400,
+        ..settings(100)
+    });
+    let big = Envelope::new(
+        "test",
+        Payload::TitleUpdated(TitleUpdated {
+            title_id: "t".repeat(500),
+        }),
+    );
+    // Refused on publish, counted.
+    assert!(matches!(
+        bus.publish(&big),
+        Err(super::PublishError::TooLarge { max: 400, .. })
+    ));
+    assert_eq!(bus.status().too_large, 1);
+    // On consume (a producer with a larger bound): dead-lettered, counted, not applied.
+    let rec = Arc::new(Recorder::default());
+    let handler: Arc<dyn EventHandler> = Arc::new(Handle(rec.clone()));
+    let counters = super::Counters::default();
+    let attempts = super::Attempts::new(2);
+    let settle = super::deliver(&big.to_bytes(), false, 400, &handler, &attempts, &counters).await;
+    assert_eq!(settle, super::Settle::DeadLetter);
+    assert_eq!(counters.too_large.load(Ordering::Relaxed), 1);
+    // A field version 1 does not define: refused as poison (documented policy: v1 is closed).
+    let mut v: serde_json::Value = serde_json::from_slice(&progress("u1", 1).to_bytes()).unwrap();
+    v["traceparent"] = "00-abc".into();
+    let settle = super::deliver(
+        &serde_json::to_vec(&v).unwrap(),
+        false,
+        400,
+        &handler,
+        &attempts,
+        &counters,
+    )
+    .await;
+    assert_eq!(settle, super::Settle::DeadLetter);
+    assert_eq!(counters.dead_lettered.load(Ordering::Relaxed), 2);
+    assert!(rec.applied.lock().is_empty());
 }
