@@ -55,6 +55,8 @@ use super::{
 const PUBLISH_WINDOW: usize = 256;
 /// The longest a reconnect delay grows to, as a multiple of `events.reconnect_delay`.
 const MAX_BACKOFF_FACTOR: u32 = 10;
+/// How often the link's state is checked besides its error events.
+const LINK_CHECK: Duration = Duration::from_millis(250);
 /// Times the broker may return one work event (no queue took it) before it is refused: once
 /// is an operator's deleted queue (declared again right away), twice means something routes it
 /// nowhere on purpose.
@@ -647,6 +649,36 @@ async fn run(
             let _ = failed.send(why);
         })
     };
+    // The connection's own word on its health: an idle publisher and a consumer between
+    // deliveries do not always hear that the socket closed, so the link is watched directly
+    // (its error events, and its state now and then).
+    let watcher = {
+        let failed = failed_tx.clone();
+        let mut events = Box::pin(conn.events_listener());
+        let status = conn.status().clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LINK_CHECK);
+            loop {
+                tokio::select! {
+                    e = events.next() => match e {
+                        Some(lapin::Event::Error(e)) => {
+                            let _ = failed.send(broken("connection", e));
+                            return;
+                        }
+                        Some(_) => {}
+                        None => {
+                            let _ = failed.send("the connection closed".to_owned());
+                            return;
+                        }
+                    },
+                    _ = tick.tick() => if !status.connected() {
+                        let _ = failed.send("the connection is no longer connected".to_owned());
+                        return;
+                    },
+                }
+            }
+        })
+    };
     let why = 'run: loop {
         // Start a consumer for every registered spec not yet running on this connection.
         let specs: Vec<Arc<Spec>> = inner.specs.lock().clone();
@@ -687,6 +719,7 @@ async fn run(
         }
     };
     publisher.abort();
+    watcher.abort();
     for (_, (spec, t)) in tasks {
         t.abort();
         // An aborted task cannot say so itself: nothing consumes until the next connection.
