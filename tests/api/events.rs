@@ -531,3 +531,179 @@ async fn poison_messages_go_to_the_dead_letter_queue_without_blocking_the_queue(
     let _ = conn.close(200, "bye".into()).await;
     world.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_silent_partition_shows_events_down_within_about_two_heartbeats() {
+    let world = World::new("silent").await;
+    let proxy = proxy().await;
+    let a = world
+        .bff(&proxy.addr().to_string(), |e| {
+            e.heartbeat = Duration::from_secs(1);
+        })
+        .await;
+    // No bytes move, the sockets stay open: only heartbeats can tell.
+    proxy.silence();
+    let started = std::time::Instant::now();
+    eventually("the instance sees the bus down", || async {
+        !a.bus.status().connected
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "a 1 s heartbeat notices a silent partition in about two heartbeats, took {took:?}"
+    );
+    assert_eq!(a.readyz().await["events"]["status"], "down");
+    proxy.restore();
+    eventually("reconnected", || async { a.bus.status().connected }).await;
+    drop(a);
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_deleted_work_queue_is_declared_again_and_no_report_is_confirmed_into_nothing() {
+    let world = World::new("deleted").await;
+    let a = world.bff(BROKER, |_| {}).await;
+    let token = a.token("u1");
+    assert!(accepted(&report(&a, &token, "t1", 1).await));
+    // An operator deletes the work queue (a migration, an x-expires policy).
+    let conn = Connection::connect(&url(BROKER), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_delete(
+        world.events.progress_queue.as_str().into(),
+        QueueDeleteOptions::default(),
+    )
+    .await
+    .unwrap();
+    // Reports go on: each is returned once (no queue), the queue is declared again, and the
+    // report is confirmed into it — none is confirmed into nothing.
+    for pos in 2..=20 {
+        assert!(accepted(&report(&a, &token, "t1", pos).await), "{pos}");
+    }
+    assert!(a.bus.status().returned >= 1, "{:?}", a.bus.status());
+    world.start_consumer().await;
+    let live = world.fixtures.control().live().clone();
+    // The one report sent before the deletion went with the queue; every later one is applied.
+    assert_eq!(live.wait_applied(19, DEADLINE).await, 19);
+    assert_eq!(live.applied_position("u1", "t1"), Some(20));
+    let _ = conn.close(200, "bye".into()).await;
+    drop(a);
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn cut_from_the_bus_an_instance_serves_titles_boundedly_stale_then_refetches() {
+    let world = World::new("stale").await;
+    let proxy = proxy().await;
+    let a = world
+        .bff(&proxy.addr().to_string(), |e| {
+            e.max_stale_while_disconnected = Duration::from_millis(300);
+        })
+        .await;
+    let name = |body: &Value| {
+        body["data"]["title"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let q = r#"{ title(id: "t3") { name } }"#;
+    let (_, before) = a.post_graphql(q, json!({}), None).await;
+    let original = name(&before);
+    assert!(!original.is_empty(), "{before}");
+    proxy.cut();
+    eventually("the instance sees the bus down", || async {
+        !a.bus.status().connected
+    })
+    .await;
+    // The catalog changes; its event cannot reach this instance.
+    world
+        .fixtures
+        .control()
+        .live()
+        .edit_title("t3", "Edited while cut off");
+    // Within the 5-minute TTL, but past the bound: refetched, not served stale for the outage.
+    eventually("the edit is served", || async {
+        name(&a.post_graphql(q, json!({}), None).await.1) == "Edited while cut off"
+    })
+    .await;
+    // The catalog down too: stale-if-error still answers.
+    a.fault(bff_fixtures::Backend::Catalog, error_rate(1.0));
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let (_, body) = a.post_graphql(q, json!({}), None).await;
+    assert_eq!(name(&body), "Edited while cut off", "{body}");
+    proxy.restore();
+    drop(a);
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn amqps_with_a_verified_certificate_carries_reports_and_an_untrusted_one_is_refused() {
+    // A TLS listener of the test's own in front of the machine's broker (its configuration is
+    // never touched), with a certificate from a CA made now.
+    let pki = crate::pki::Pki::new("amqps");
+    let server = pki.issue("broker", "localhost", false);
+    let front = crate::pki::tls_front(BROKER.parse().unwrap(), &server, None).await;
+    let tls_url = format!("amqps://guest:guest@127.0.0.1:{}/%2f", front.port());
+    let events = names("amqps");
+    let fixtures = Arc::new(Fixtures::start(FixtureOptions::default()).await.unwrap());
+    let services = shared::events::from_settings(
+        &EventsSettings {
+            url: Some(Secret::new(tls_url.clone())),
+            tls_ca_file: Some(pki.ca_file()),
+            ..events.clone()
+        },
+        "fixtures",
+    )
+    .unwrap();
+    fixtures.control().live().attach(services.clone());
+    fixtures
+        .control()
+        .live()
+        .start_progress_consumer(Duration::ZERO)
+        .await
+        .unwrap();
+    wait_connected(&*services, 1).await;
+    // Trusting the test CA: connected over TLS, reports accepted and applied.
+    let ca = pki.ca_file();
+    let (e1, url1) = (events.clone(), tls_url.clone());
+    let a = spawn_app_on(web(), fixtures.clone(), move |s| {
+        s.events = EventsSettings {
+            url: Some(Secret::new(url1)),
+            tls_ca_file: Some(ca),
+            ..e1
+        };
+    })
+    .await;
+    wait_connected(&*a.bus, 1).await;
+    let token = a.token("u1");
+    assert!(accepted(&report(&a, &token, "t1", 42).await));
+    let live = fixtures.control().live().clone();
+    assert_eq!(live.wait_applied(1, DEADLINE).await, 1);
+    // Not trusting it (the system's roots only): the certificate is refused, nothing connects.
+    let (e2, url2) = (events.clone(), tls_url.clone());
+    let b = spawn_app_on(web(), fixtures.clone(), move |s| {
+        s.events = EventsSettings {
+            url: Some(Secret::new(url2)),
+            ..e2
+        };
+    })
+    .await;
+    eventually("the first TLS handshake fails", || async {
+        b.bus.status().down_since.is_some()
+    })
+    .await;
+    let s = b.bus.status();
+    assert!(!s.connected && s.reconnects == 0, "{s:?}");
+    let body = report(&b, &token, "t1", 43).await;
+    assert_eq!(codes(&body), ["BACKEND_UNAVAILABLE"], "{body}");
+    drop((a, b));
+    World {
+        fixtures,
+        bus: services,
+        events,
+    }
+    .cleanup()
+    .await;
+}
