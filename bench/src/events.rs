@@ -271,23 +271,37 @@ async fn run(env: &Env, events: &EventsSettings, live: &Arc<bff_fixtures::Live>)
 
     // The spool: an instance cut from the broker by a proxy.
     let proxy = bff_fixtures::proxy::TcpProxy::start("127.0.0.1:5672".parse()?).await?;
-    let spool_dir = std::env::temp_dir().join(format!("bff-bench-spool-{}", uuid::Uuid::new_v4().simple()));
+    let spool_dir =
+        std::env::temp_dir().join(format!("bff-bench-spool-{}", uuid::Uuid::new_v4().simple()));
     let mut cut_events = events.clone();
-    cut_events.url = Some(Secret::new(format!("amqp://guest:guest@{}/%2f", proxy.addr())));
+    cut_events.url = Some(Secret::new(format!(
+        "amqp://guest:guest@{}/%2f",
+        proxy.addr()
+    )));
     cut_events.spool_dir = Some(spool_dir.clone());
     let c = env.spawn_bff(Bff::Web, |s| s.events = cut_events).await?;
-    wait("the spooling instance's link", || c.bus().status().connected).await?;
+    wait("the spooling instance's link", || {
+        c.bus().status().connected
+    })
+    .await?;
     proxy.cut();
     wait("the link to drop", || !c.bus().status().connected).await?;
     let spool = burst(&c.graphql_url(), &tokens, SPOOLED, CLIENTS).await?;
-    ensure!(spool.refused == 0, "{} reports refused while spooling", spool.refused);
+    ensure!(
+        spool.refused == 0,
+        "{} reports refused while spooling",
+        spool.refused
+    );
     ensure!(
         c.bus().status().spool_depth == SPOOLED as u64,
         "every report is in the spool"
     );
     let replay_started = Instant::now();
     proxy.restore();
-    wait("the spool to be published", || c.bus().status().spool_depth == 0).await?;
+    wait("the spool to be published", || {
+        c.bus().status().spool_depth == 0
+    })
+    .await?;
     let replay_s = replay_started.elapsed().as_secs_f64();
     eprintln!(
         "[events] spool: {SPOOLED} reports accepted at {:.0}/s (p50 {:.2} ms, p99 {:.2} ms); published in {replay_s:.2} s once the link was back",

@@ -653,6 +653,26 @@ mod tests {
     }
 
     #[test]
+    fn version_one_is_closed_unknown_fields_anywhere_are_refused() {
+        let good = serde_json::to_value(&samples()[4]).unwrap();
+        let mut top = good.clone();
+        top["extra"] = "x".into();
+        assert!(matches!(
+            Envelope::from_bytes(&serde_json::to_vec(&top).unwrap()),
+            Err(DecodeError::UnknownField(f)) if f == "extra"
+        ));
+        let mut data = good.clone();
+        data["data"]["priority"] = 1.into();
+        assert!(Envelope::from_bytes(&serde_json::to_vec(&data).unwrap()).is_err());
+        let mut long_id = good;
+        long_id["id"] = "x".repeat(MAX_ID_LEN + 1).into();
+        assert!(matches!(
+            Envelope::from_bytes(&serde_json::to_vec(&long_id).unwrap()),
+            Err(DecodeError::Id)
+        ));
+    }
+
+    #[test]
     fn seen_ids_forget_the_oldest_beyond_their_bound() {
         let seen = SeenIds::new(2);
         assert!(seen.first_time("a"));
