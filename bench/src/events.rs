@@ -340,28 +340,7 @@ async fn run(env: &Env, events: &EventsSettings, live: &Arc<bff_fixtures::Live>)
 
 /// Deletes the scenario's queues and exchange.
 async fn cleanup(events: &EventsSettings) {
-    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-    let Ok(conn) = lapin::Connection::connect(BROKER, lapin::ConnectionProperties::default()).await
-    else {
-        return;
-    };
-    if let Ok(ch) = conn.create_channel().await {
-        for q in [
-            events.progress_queue.clone(),
-            format!("{}.dlq", events.progress_queue),
-        ] {
-            let _ = ch
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        let _ = ch
-            .exchange_delete(
-                events.exchange.as_str().into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await;
-    }
-    let _ = conn.close(200, "bye".into()).await;
+    shared::events::rabbit::delete_topology(BROKER, &events.exchange, &events.progress_queue).await;
 }
 
 pub(crate) fn render(r: &Report) -> String {

@@ -166,26 +166,7 @@ impl Stack {
     }
 
     async fn cleanup(self) {
-        let conn =
-            lapin::Connection::connect(&amqp(BROKER), lapin::ConnectionProperties::default())
-                .await
-                .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        for q in [self.queue.clone(), format!("{}.dlq", self.queue)] {
-            let _ = ch
-                .queue_delete(
-                    q.as_str().into(),
-                    lapin::options::QueueDeleteOptions::default(),
-                )
-                .await;
-        }
-        let _ = ch
-            .exchange_delete(
-                self.exchange.as_str().into(),
-                lapin::options::ExchangeDeleteOptions::default(),
-            )
-            .await;
-        let _ = conn.close(200, "bye".into()).await;
+        bff_events::rabbit::delete_topology(&amqp(BROKER), &self.exchange, &self.queue).await;
         drop(self.services);
     }
 }

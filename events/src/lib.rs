@@ -208,6 +208,21 @@ impl Attempts {
     }
 }
 
+impl Counters {
+    /// `event`'s wire bytes, or the refusal (counted) when they are over `max` bytes.
+    pub(crate) fn encode(&self, event: &Envelope, max: usize) -> Result<Arc<[u8]>, PublishError> {
+        let body = event.to_bytes();
+        if body.len() > max {
+            self.too_large.fetch_add(1, Ordering::Relaxed);
+            return Err(PublishError::TooLarge {
+                bytes: body.len(),
+                max,
+            });
+        }
+        Ok(Arc::from(body))
+    }
+}
+
 /// At most this many bytes of a poison message go into its log line.
 const SAMPLE_BYTES: usize = 96;
 

@@ -101,15 +101,7 @@ impl InProcessBus {
 
 impl InProcessBus {
     fn encoded(&self, event: &Envelope) -> Result<Body, PublishError> {
-        let body = event.to_bytes();
-        if body.len() > self.max_message_bytes {
-            self.counters.too_large.fetch_add(1, Ordering::Relaxed);
-            return Err(PublishError::TooLarge {
-                bytes: body.len(),
-                max: self.max_message_bytes,
-            });
-        }
-        Ok(Arc::from(body))
+        self.counters.encode(event, self.max_message_bytes)
     }
 
     fn enqueue(&self, queue: WorkQueue, event: &Envelope) -> Result<Accepted, PublishError> {

@@ -271,15 +271,7 @@ impl Inner {
     }
 
     fn encoded(&self, event: &Envelope) -> Result<Arc<[u8]>, PublishError> {
-        let body = event.to_bytes();
-        if body.len() > self.max_message_bytes {
-            self.counters.too_large.fetch_add(1, Ordering::Relaxed);
-            return Err(PublishError::TooLarge {
-                bytes: body.len(),
-                max: self.max_message_bytes,
-            });
-        }
-        Ok(Arc::from(body))
+        self.counters.encode(event, self.max_message_bytes)
     }
 
     /// Accepts work: confirmed by the broker, or spooled, or refused — within
@@ -1040,4 +1032,25 @@ impl EventBus for RabbitBus {
         self.inner.counters.fill(&mut s);
         s
     }
+}
+
+/// Deletes `exchange`, the work queue `queue` and its dead-letter queue from the broker at `url`:
+/// for tests and tear-down tooling that made names of their own. Best effort: what does not
+/// exist is skipped.
+pub async fn delete_topology(url: &str, exchange: &str, queue: &str) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let Ok(conn) = Connection::connect(url, ConnectionProperties::default()).await else {
+        return;
+    };
+    if let Ok(ch) = conn.create_channel().await {
+        for q in [queue.to_owned(), format!("{queue}.dlq")] {
+            let _ = ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = ch
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    let _ = conn.close(200, "bye".into()).await;
 }

@@ -10,9 +10,7 @@ use crate::helpers::*;
 use bff_fixtures::{FixtureOptions, Fixtures, proxy::TcpProxy};
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
-    options::{
-        BasicPublishOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
-    },
+    options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions},
     types::FieldTable,
 };
 use serde_json::{Value, json};
@@ -88,25 +86,12 @@ impl World {
 
     /// Deletes this test's exchange and queues.
     async fn cleanup(self) {
-        let conn = Connection::connect(&url(BROKER), ConnectionProperties::default())
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        for q in [
-            self.events.progress_queue.clone(),
-            format!("{}.dlq", self.events.progress_queue),
-        ] {
-            let _ = ch
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        let _ = ch
-            .exchange_delete(
-                self.events.exchange.as_str().into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await;
-        let _ = conn.close(200, "bye".into()).await;
+        shared::events::rabbit::delete_topology(
+            &url(BROKER),
+            &self.events.exchange,
+            &self.events.progress_queue,
+        )
+        .await;
     }
 }
 

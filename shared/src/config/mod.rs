@@ -1093,24 +1093,26 @@ pub struct EventsSettings {
 
 impl Default for EventsSettings {
     fn default() -> Self {
+        // The transport's defaults, declared once in `bff_events::BusOptions`.
+        let bus = bff_events::BusOptions::default();
         Self {
             url: None,
-            exchange: "bff.events".into(),
-            progress_queue: "bff.playback-progress".into(),
-            outbox_capacity: 10_000,
-            outbox_share: 256,
-            confirm_timeout: Duration::from_secs(5),
-            accept_timeout: Duration::from_secs(2),
-            heartbeat: Duration::from_secs(5),
-            max_message_bytes: 64 * 1024,
+            exchange: bus.exchange,
+            progress_queue: bus.progress_queue,
+            outbox_capacity: bus.outbox_capacity,
+            outbox_share: bus.outbox_share,
+            confirm_timeout: bus.confirm_timeout,
+            accept_timeout: bus.accept_timeout,
+            heartbeat: bus.heartbeat,
+            max_message_bytes: bus.max_message_bytes,
             spool_dir: None,
-            spool_max_bytes: 256 * 1024 * 1024,
+            spool_max_bytes: bus.spool_max_bytes,
             tls_ca_file: None,
             max_stale_while_disconnected: Duration::from_secs(5),
-            reconnect_delay: Duration::from_millis(200),
-            max_retries: 3,
-            prefetch: 64,
-            quorum_queues: false,
+            reconnect_delay: bus.reconnect_delay,
+            max_retries: bus.max_retries,
+            prefetch: bus.prefetch,
+            quorum_queues: bus.quorum_queues,
             read_your_writes_ttl: Duration::from_secs(30),
         }
     }
