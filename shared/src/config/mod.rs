@@ -104,6 +104,24 @@ pub struct ServerSettings {
     /// Proxies and load balancers whose `X-Forwarded-For` / `Forwarded` headers are believed
     /// (`server.trusted_proxies`); from any other peer the socket address is the client's.
     pub trusted_proxies: Vec<Cidr>,
+    /// Which forwarding header the trusted proxies append (`server.forwarded_header`):
+    /// `x-forwarded-for` (the default: nginx, HAProxy, Envoy and the cloud load balancers append
+    /// it) or `forwarded` (RFC 7239). Only that family is read; the other is the client's own
+    /// and ignored, so a client behind a proxy that appends one cannot pick its address with
+    /// the other.
+    pub forwarded_header: ForwardedHeader,
+}
+
+/// `server.forwarded_header`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, …`.
+    #[default]
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1, …` (RFC 7239).
+    #[serde(rename = "forwarded")]
+    Forwarded,
 }
 
 impl Default for ServerSettings {
@@ -121,6 +139,7 @@ impl Default for ServerSettings {
             max_header_bytes: 32 * 1024,
             http2: Http2Settings::default(),
             trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::default(),
         }
     }
 }

@@ -206,7 +206,10 @@ impl Application {
         let auth = Arc::new(Authenticator::new(&settings.auth));
         let auth_tasks = auth.start();
         let edge = Edge {
-            trusted: Arc::new(TrustedProxies(settings.server.trusted_proxies.clone())),
+            trusted: Arc::new(TrustedProxies {
+                cidrs: settings.server.trusted_proxies.clone(),
+                header: settings.server.forwarded_header,
+            }),
             observe: Arc::new(Observe {
                 client,
                 metrics: metrics.clone(),
