@@ -552,6 +552,14 @@ async fn serve(
             Err(Refusal::BadVariables(msg)) => {
                 return reject(request_error, mode, ErrorCode::BadUserInput, &msg);
             }
+            Err(Refusal::Invalid(msg)) => {
+                return reject(
+                    request_error,
+                    mode,
+                    ErrorCode::GraphqlValidationFailed,
+                    &msg,
+                );
+            }
             Err(e @ Refusal::IntrospectionOff) => {
                 return reject(
                     request_error,
