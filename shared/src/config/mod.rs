@@ -1194,6 +1194,143 @@ pub enum ConfigError {
     },
 }
 
+/// Two-label public suffixes (and shared-hosting domains) that anyone can register below: a
+/// credentialed `https://*.co.uk` or `https://*.github.io` would let strangers' sites read the
+/// signed-in user's data. Not the whole Public Suffix List (which has thousands of entries and
+/// changes weekly): the common ones, so the usual mistakes are caught at start.
+const SHARED_SUFFIXES: &[&str] = &[
+    "ac.uk",
+    "co.uk",
+    "gov.uk",
+    "ltd.uk",
+    "me.uk",
+    "net.uk",
+    "org.uk",
+    "plc.uk",
+    "sch.uk",
+    "com.au",
+    "net.au",
+    "org.au",
+    "edu.au",
+    "gov.au",
+    "co.nz",
+    "net.nz",
+    "org.nz",
+    "co.jp",
+    "ne.jp",
+    "or.jp",
+    "ac.jp",
+    "go.jp",
+    "co.kr",
+    "or.kr",
+    "com.br",
+    "net.br",
+    "org.br",
+    "com.cn",
+    "net.cn",
+    "org.cn",
+    "com.hk",
+    "com.tw",
+    "com.sg",
+    "com.my",
+    "co.in",
+    "net.in",
+    "org.in",
+    "co.id",
+    "co.il",
+    "co.za",
+    "org.za",
+    "com.mx",
+    "com.ar",
+    "com.tr",
+    "com.ua",
+    "com.pl",
+    "co.th",
+    "com.vn",
+    "com.ph",
+    "com.pk",
+    "com.ng",
+    "com.eg",
+    "com.sa",
+    "com.co",
+    "com.pe",
+    "com.es",
+    "co.it",
+    "com.ru",
+    "github.io",
+    "gitlab.io",
+    "herokuapp.com",
+    "vercel.app",
+    "netlify.app",
+    "pages.dev",
+    "workers.dev",
+    "web.app",
+    "firebaseapp.com",
+    "appspot.com",
+    "azurewebsites.net",
+    "azurestaticapps.net",
+    "cloudfront.net",
+    "amazonaws.com",
+    "blogspot.com",
+    "ngrok.io",
+    "ngrok-free.app",
+    "fly.dev",
+    "onrender.com",
+    "glitch.me",
+    "repl.co",
+    "surge.sh",
+    "now.sh",
+    "codeberg.page",
+    "wordpress.com",
+];
+
+/// Why a wildcard origin may not be combined with credentials, if it may not: only
+/// `scheme://*.<domain>[:port]` is accepted, the `*` the whole first label and `<domain>` a
+/// registrable domain (at least two labels of letters, digits and `-`, an alphabetic top-level
+/// label, not one of [`SHARED_SUFFIXES`]). Everything else (`https://*`, `https://*.com`,
+/// `https://a*.example.com`, `https://*.co.uk`, `https://*.example.com:*`) would let sites the
+/// operator does not control act as the signed-in user.
+fn cors_credentialed_wildcard(origin: &str) -> Result<(), &'static str> {
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or("a wildcard scheme is never allowed")?;
+    let host = rest
+        .strip_prefix("*.")
+        .ok_or("the `*` must be the whole first host label, followed by `.`")?;
+    let domain = match host.rsplit_once(':') {
+        Some((domain, port)) => {
+            if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+                return Err("the port must be a number");
+            }
+            domain
+        }
+        None => host,
+    };
+    let domain = domain.to_ascii_lowercase();
+    let labels: Vec<&str> = domain.split('.').collect();
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if labels.len() < 2 || !labels.iter().all(label_ok) {
+        return Err("below `*.` must be a domain of two or more labels (example.com)");
+    }
+    if !labels
+        .last()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_alphabetic()))
+    {
+        return Err("the domain must end in a top-level domain, not an address");
+    }
+    if SHARED_SUFFIXES.contains(&domain.as_str()) {
+        return Err("that domain is a public suffix: anyone can register a site below it");
+    }
+    Ok(())
+}
+
 /// Where one layer of settings comes from; used to name the culprit in errors.
 #[derive(Debug, Clone)]
 enum Origin {
@@ -1481,6 +1618,17 @@ impl Settings {
                     &format!("cors.allowed_origins[{i}]"),
                     format!(
                         "`{o}`: an origin is scheme://host[:port] with at most one `*`, e.g. https://*.example.com"
+                    ),
+                ));
+            }
+            if self.cors.allow_credentials
+                && o.contains('*')
+                && let Err(why) = cors_credentialed_wildcard(o)
+            {
+                return Err(invalid(
+                    &format!("cors.allowed_origins[{i}]"),
+                    format!(
+                        "`{o}` with cors.allow_credentials = true: {why}; a wildcard is accepted with credentials only as the first label below a named registrable domain (https://*.example.com)"
                     ),
                 ));
             }

@@ -270,3 +270,52 @@ fn rate_limit_policies_are_validated_naming_key_and_source() {
         "{msg}"
     );
 }
+
+#[test]
+fn credentialed_wildcard_origins_are_refused_except_below_a_registrable_domain() {
+    let with = |origin: &str, credentials: bool| {
+        let text = format!(
+            "[cors]\nallowed_origins = [\"https://app.example.com\", {origin:?}]\nallow_credentials = {credentials}\n"
+        );
+        load(Some(&text), &[]).0
+    };
+    for bad in [
+        "https://*",
+        "http://*",
+        "https://*.com",
+        "https://*.co.uk",
+        "https://*.github.io",
+        "https://*.CO.UK",
+        "https://a*.example.com",
+        "https://*example.com",
+        "https://*.example.com:*",
+        "https://*.example.com:",
+        "https://*.127.0.0.1",
+        "https://*.-x.com",
+        "https://x.*.example.com",
+        "https://*.example..com",
+        "*://app.example.com",
+        "*",
+    ] {
+        let msg = with(bad, true).unwrap_err().to_string();
+        assert!(msg.contains("cors.allowed_origins"), "{bad}: {msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+        // Without credentials the same patterns are not an account-takeover risk.
+        if bad.starts_with("https://") && bad.matches('*').count() == 1 {
+            assert!(with(bad, false).is_ok(), "{bad} without credentials");
+        }
+    }
+    for good in [
+        "https://*.example.com",
+        "https://*.EXAMPLE.com",
+        "https://*.example.com:8443",
+        "http://*.dev.example.co.uk",
+        "https://*.my-app.io",
+    ] {
+        assert!(
+            with(good, true).is_ok(),
+            "{good}: {:?}",
+            with(good, true).err()
+        );
+    }
+}
