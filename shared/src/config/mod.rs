@@ -457,6 +457,11 @@ pub struct AuthSettings {
     /// Scope each mutation requires, by field name; a token without it gets `FORBIDDEN` naming
     /// the scope. Scopes come from the `scope` claim (space separated) or `scp` (an array).
     pub mutation_scopes: BTreeMap<String, String>,
+    /// Most bytes of one document read from an identity provider (`auth.max_jwks_bytes`): the
+    /// OpenID discovery document, the JWKS, a `jwks_file`. Larger ones are abandoned while
+    /// reading (the keys held are kept, the failure logged): a provider's key set is a few
+    /// kilobytes, and a compromised or broken one must not be able to fill memory.
+    pub max_jwks_bytes: usize,
 }
 
 impl Default for AuthSettings {
@@ -476,6 +481,7 @@ impl Default for AuthSettings {
             .into_iter()
             .map(|(m, s)| (m.to_owned(), s.to_owned()))
             .collect(),
+            max_jwks_bytes: 1024 * 1024,
         }
     }
 }
@@ -1679,6 +1685,12 @@ impl Settings {
                     "must be longer than server.request_budget ({})",
                     humantime::format_duration(self.server.request_budget)
                 ),
+            ));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.auth.max_jwks_bytes) {
+            return Err(invalid(
+                "auth.max_jwks_bytes",
+                "must be between 1024 and 67108864 (64 MiB); a key set is a few kilobytes".into(),
             ));
         }
         for (i, iss) in self.auth.issuers.iter().enumerate() {
