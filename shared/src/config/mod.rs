@@ -16,7 +16,9 @@ use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, time::Dura
 use serde::{Deserialize, Serialize};
 
 pub use names::{BackendId, Cidr, FragmentKind, Strategy};
-pub use ratelimit::{Algorithm, Cost, KeyPart, PolicySettings, RateLimitSettings, Scope};
+pub use ratelimit::{
+    Algorithm, Cost, FailedAuthSettings, KeyPart, PolicySettings, RateLimitSettings, Scope,
+};
 pub use secret::Secret;
 
 use crate::profile::ClientProfile;

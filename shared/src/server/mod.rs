@@ -225,6 +225,11 @@ impl Application {
                 auth: auth.clone(),
                 graphql: true,
                 client_cert_identity: settings.tls.client_cert_identity,
+                failed_auth: crate::ratelimit::FailedAuth::new(
+                    &settings.rate_limits,
+                    metrics.clone(),
+                )?
+                .map(Arc::new),
             },
             ratelimit,
         };
