@@ -334,8 +334,8 @@ pub struct GraphqlSettings {
     pub max_batch: usize,
     /// Whether introspection queries are answered.
     pub introspection: bool,
-    /// Bytes of parsed documents kept for repeated operations, each weighed by its text and its
-    /// parsed nodes (`graphql.document_cache_bytes`); 0 parses every request afresh.
+    /// Bytes of parsed documents kept for repeated operations, each weighed by its parsed nodes
+    /// (`graphql.document_cache_bytes`); 0 parses every request afresh.
     pub document_cache_bytes: u64,
     /// Write row items and titles straight to JSON instead of through the engine's value tree
     /// (`graphql.direct_json`); the answers are the same, `false` is for comparing the two.
