@@ -319,3 +319,65 @@ fn credentialed_wildcard_origins_are_refused_except_below_a_registrable_domain()
         );
     }
 }
+
+#[test]
+fn edge_bounds_are_validated_naming_the_key() {
+    for (var, value, key) in [
+        (
+            "BFF_RATE_LIMITS__IPV6_PREFIX",
+            "0",
+            "rate_limits.ipv6_prefix",
+        ),
+        (
+            "BFF_RATE_LIMITS__IPV6_PREFIX",
+            "129",
+            "rate_limits.ipv6_prefix",
+        ),
+        (
+            "BFF_RATE_LIMITS__FAILED_AUTH__PERIOD",
+            "0s",
+            "rate_limits.failed_auth.period",
+        ),
+        (
+            "BFF_RATE_LIMITS__FAILED_AUTH__LIMIT",
+            "2000000000",
+            "rate_limits.failed_auth.limit",
+        ),
+        (
+            "BFF_RATE_LIMITS__FAILED_AUTH__ALGORITHM",
+            "lottery",
+            "rate_limits.failed_auth.algorithm",
+        ),
+        ("BFF_AUTH__MAX_JWKS_BYTES", "10", "auth.max_jwks_bytes"),
+        (
+            "BFF_AUTH__MAX_JWKS_BYTES",
+            "1000000000",
+            "auth.max_jwks_bytes",
+        ),
+        (
+            "BFF_SERVER__FORWARDED_HEADER",
+            "x-real-ip",
+            "server.forwarded_header",
+        ),
+    ] {
+        let (r, _) = load(None, &[(var, value)]);
+        let msg = r.unwrap_err().to_string();
+        assert!(
+            msg.contains(key) && msg.contains(var),
+            "{var}={value}: {msg}"
+        );
+    }
+    let (s, _) = load(None, &[]);
+    let s = s.unwrap();
+    assert_eq!(s.rate_limits.ipv6_prefix, 64);
+    assert_eq!(s.rate_limits.failed_auth.limit, 30);
+    assert_eq!(s.auth.max_jwks_bytes, 1024 * 1024);
+    assert_eq!(s.server.forwarded_header, ForwardedHeader::XForwardedFor);
+    let (s, _) = load(
+        Some("[server]\nforwarded_header = \"forwarded\"\n[rate_limits.failed_auth]\nlimit = 0\n"),
+        &[],
+    );
+    let s = s.unwrap();
+    assert_eq!(s.server.forwarded_header, ForwardedHeader::Forwarded);
+    assert_eq!(s.rate_limits.failed_auth.limit, 0);
+}

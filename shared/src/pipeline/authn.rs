@@ -24,7 +24,7 @@ use axum::{
 
 use super::client_addr::ClientAddr;
 use crate::{
-    auth::{Authenticator, ClientCert, Identity},
+    auth::{AuthError, Authenticator, ClientCert, Identity},
     error::{ErrorCode, json_error},
 };
 
@@ -92,7 +92,11 @@ pub(crate) async fn authenticate(
         }
         Err(e) => {
             tracing::info!(error = %e, "request refused by authentication");
-            if let Some(limit) = &stage.failed_auth {
+            // A provider whose keys are not loaded is not the client's failure: counting it
+            // would lock out every signed-in user of an address during an outage.
+            if let Some(limit) = &stage.failed_auth
+                && !matches!(e, AuthError::KeysUnavailable)
+            {
                 limit.failed(ip).await;
             }
             let mut resp = if stage.graphql {
