@@ -485,10 +485,17 @@ fn store(
 /// charges one failure). Looking and charging are two decisions, so concurrent requests from
 /// one address may each be verified before the first failure is counted: at most the limit
 /// plus the requests in flight at once get verified.
+///
+/// Only addresses this instance saw fail within the period are looked up: a signed-in user
+/// whose address never failed costs no store decision (no Redis round trip per request). An
+/// address failing at another instance is looked up here after its first failure here, so
+/// across a fleet sharing Redis each instance verifies at most one token more than the limit.
 pub struct FailedAuth {
     policy: Arc<Policy>,
     store: Arc<dyn Store>,
     ipv6_prefix: u8,
+    /// Keys of addresses that failed here within the period (bounded like the local store).
+    suspects: moka::sync::Cache<String, ()>,
 }
 
 impl FailedAuth {
@@ -511,18 +518,29 @@ impl FailedAuth {
         }
         let policy = Arc::new(Policy::new(&settings.failed_auth.policy()));
         let store = store(settings, std::slice::from_ref(&policy), metrics, clock)?;
+        // A sliding window remembers the previous period too: twice the period covers every
+        // algorithm's memory of a failure.
+        let suspects = moka::sync::Cache::builder()
+            .max_capacity(settings.max_keys)
+            .time_to_live(settings.failed_auth.period.saturating_mul(2))
+            .build();
         Ok(Some(Self {
             policy,
             store,
             ipv6_prefix: settings.ipv6_prefix,
+            suspects,
         }))
     }
 
-    fn check(&self, ip: IpAddr, cost: u64) -> Check {
+    fn key(&self, ip: IpAddr) -> String {
         let mut key = String::with_capacity(48);
         key.push_str(&self.policy.name);
         key.push('|');
         push_part(&mut key, "ip=", &ip_key(ip, self.ipv6_prefix));
+        key
+    }
+
+    fn check(&self, key: String, cost: u64) -> Check {
         Check {
             policy: self.policy.clone(),
             key,
@@ -533,7 +551,11 @@ impl FailedAuth {
     /// `Some(refusal)` when `ip` has used up its failures: the request is refused (`429`)
     /// without verifying anything. Charges nothing (a decision of cost 0 reads the state).
     pub async fn refuses(&self, ip: IpAddr) -> Option<Outcome> {
-        let checks = [self.check(ip, 0)];
+        let key = self.key(ip);
+        if !self.suspects.contains_key(&key) {
+            return None;
+        }
+        let checks = [self.check(key, 0)];
         let mut verdicts = self.store.decide(&checks).await;
         let mut v = verdicts.pop()?;
         if v.allowed && v.remaining > 0 {
@@ -551,7 +573,9 @@ impl FailedAuth {
 
     /// Counts one failed authentication from `ip`.
     pub async fn failed(&self, ip: IpAddr) {
-        let checks = [self.check(ip, 1)];
+        let key = self.key(ip);
+        self.suspects.insert(key.clone(), ());
+        let checks = [self.check(key, 1)];
         self.store.decide(&checks).await;
     }
 }
