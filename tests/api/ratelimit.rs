@@ -705,3 +705,35 @@ async fn in_redis_batches_and_failed_authentications_are_counted_across_two_inst
     }
     assert_eq!(statuses, [401, 401, 401, 401, 429, 429]);
 }
+
+#[tokio::test]
+async fn ambiguous_and_malformed_credentials_count_as_failures_too() {
+    let app = spawn_app_with(web(), failed_auth(4)).await;
+    let xff: &[(&str, &[u8])] = &[("x-forwarded-for", b"198.51.100.40")];
+    let twice = |app: &TestApp| {
+        app.http
+            .post(app.url("/graphql"))
+            .header("content-type", "application/json")
+            .header("x-forwarded-for", "198.51.100.40")
+            .header("authorization", "Bearer a")
+            .header("authorization", "Bearer b")
+            .json(&json!({ "query": CHEAP }))
+            .send()
+    };
+    assert_eq!(twice(&app).await.unwrap().status(), 400);
+    let basic: &[(&str, &[u8])] = &[
+        ("x-forwarded-for", b"198.51.100.40"),
+        ("authorization", b"Basic dXNlcjpwYXNz"),
+    ];
+    assert_eq!(from(&app, basic, None).await.status(), 401);
+    let junk: &[(&str, &[u8])] = &[
+        ("x-forwarded-for", b"198.51.100.40"),
+        ("authorization", b"Bearer \xff\xfe"),
+    ];
+    assert_eq!(from(&app, junk, None).await.status(), 401);
+    assert_eq!(from(&app, xff, Some("x.y.z")).await.status(), 401);
+    // Four failures: whatever the shape of the next credential, it is not looked at.
+    assert_eq!(twice(&app).await.unwrap().status(), 429);
+    assert_eq!(from(&app, basic, None).await.status(), 429);
+    assert_eq!(from(&app, xff, Some("x.y.z")).await.status(), 429);
+}

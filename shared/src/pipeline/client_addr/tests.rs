@@ -295,3 +295,21 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn a_header_of_thousands_of_elements_is_walked_only_as_far_as_trust_goes() {
+    let t = xff(&["10.0.0.0/8"]);
+    // 30 KB of client-written elements, then the proxy's: one element is read.
+    let mut line = "6.6.6.6, ".repeat(3_000);
+    line.push_str("198.51.100.7");
+    let h = headers(&[("x-forwarded-for", line.as_bytes())]);
+    assert_eq!(t.resolve(ip(PROXY), &h), ip("198.51.100.7"));
+    // Thousands of trusted hops: the leftmost, every element read once.
+    let line = vec!["10.1.2.3"; 3_000].join(",");
+    let h = headers(&[("x-forwarded-for", line.as_bytes())]);
+    assert_eq!(t.resolve(ip(PROXY), &h), ip("10.1.2.3"));
+    // Hundreds of lines: one list.
+    let mut lines: Vec<(&str, &[u8])> = vec![("x-forwarded-for", b"6.6.6.6"); 500];
+    lines.push(("x-forwarded-for", b"198.51.100.8"));
+    assert_eq!(t.resolve(ip(PROXY), &headers(&lines)), ip("198.51.100.8"));
+}
