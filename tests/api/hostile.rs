@@ -799,3 +799,77 @@ async fn hostile_batches_are_charged_per_item_whatever_the_items_are() {
         .unwrap();
     assert_eq!(r.status(), 429);
 }
+
+/// A REST backend that answers every call with `size` bytes, streamed without a length, and
+/// counts what it managed to hand over.
+async fn flooding_backend(size: u64) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    };
+    let served = Arc::new(AtomicU64::new(0));
+    let counter = served.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(move || {
+        let served = counter.clone();
+        async move {
+            const CHUNK: u64 = 64 * 1024;
+            let stream = futures::stream::unfold(0u64, move |sent| {
+                let served = served.clone();
+                async move {
+                    if sent >= size {
+                        return None;
+                    }
+                    served.fetch_add(CHUNK, Ordering::SeqCst);
+                    let chunk = axum::body::Bytes::from(vec![b' '; CHUNK as usize]);
+                    Some((Ok::<_, std::io::Error>(chunk), sent + CHUNK))
+                }
+            });
+            axum::body::Body::from_stream(stream)
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, served)
+}
+
+#[tokio::test]
+async fn a_backend_answering_100_mb_is_cut_off_at_its_bound_and_only_its_row_fails() {
+    use std::sync::atomic::Ordering;
+    let (base, served) = flooding_backend(100 * 1024 * 1024).await;
+    let app = spawn_app_with(web(), |s| {
+        s.backends.top10.url = format!("{base}/top10");
+        s.backends.top10.endpoints.clear();
+        s.backends.top10.max_response_bytes = 256 * 1024;
+    })
+    .await;
+    let body = app.homepage("kind", None).await;
+    let rows = body["data"]["homepage"]["rows"].as_array().unwrap();
+    assert!(rows.iter().any(|r| r["kind"] == "NEW_RELEASES"), "{body}");
+    assert!(
+        rows.iter().any(Value::is_null),
+        "the TOP_10 row is null: {body}"
+    );
+    let errors = errors(&body);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["extensions"]["code"] == "BACKEND_UNAVAILABLE"
+                && e["extensions"]["backend"] == "top10"),
+        "{body}"
+    );
+    // Every attempt (retries included) was abandoned near the bound.
+    let served = served.load(Ordering::SeqCst);
+    assert!(served < 32 * 1024 * 1024, "{served} of 100 MB handed over");
+    // A too-small bound is refused at start, naming the key.
+    let binary = (web().defaults)();
+    let opts = shared::config::LoadOptions {
+        env: vec![(
+            "BFF_BACKENDS__TOP10__MAX_RESPONSE_BYTES".into(),
+            "10".into(),
+        )],
+        ..Default::default()
+    };
+    let err = Settings::load(&binary, &opts).unwrap_err().to_string();
+    assert!(err.contains("backends.top10.max_response_bytes"), "{err}");
+}

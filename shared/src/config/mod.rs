@@ -587,6 +587,15 @@ pub struct BackendSettings {
     /// that verify it themselves.
     #[serde(default)]
     pub forward_token: bool,
+    /// Largest answer body read from this REST backend (`backends.<name>.max_response_bytes`):
+    /// a larger one is abandoned while it is read and the call fails as the backend's own
+    /// failure. gRPC answers are bounded by tonic's 4 MiB message limit.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+}
+
+fn default_max_response_bytes() -> usize {
+    8 * 1024 * 1024
 }
 
 fn default_timeout() -> Duration {
@@ -795,6 +804,7 @@ impl BackendSettings {
             tls: BackendTlsSettings::default(),
             forward_scopes: false,
             forward_token: false,
+            max_response_bytes: default_max_response_bytes(),
         }
     }
 
@@ -1510,6 +1520,12 @@ impl Settings {
                 return Err(invalid(
                     &format!("backends.{}.timeout", b.name()),
                     "must be > 0".into(),
+                ));
+            }
+            if s.max_response_bytes < 1024 {
+                return Err(invalid(
+                    &format!("backends.{}.max_response_bytes", b.name()),
+                    "must be at least 1024".into(),
                 ));
             }
         }
