@@ -134,6 +134,14 @@ async fn a_provider_down_at_start_makes_tokens_unavailable_and_the_instance_unre
         (503, vec!["BACKEND_UNAVAILABLE".to_owned()]),
         "{body}"
     );
+    // The provider's outage is not the clients' failed authentication: never 429, however
+    // many signed-in requests arrive meanwhile (the limit is 30 a minute).
+    for _ in 0..40 {
+        let (s, _) = app
+            .post_graphql("{ viewer { id } }", json!({}), Some(&token))
+            .await;
+        assert_eq!(s, 503);
+    }
     // Anonymous requests are still served; readiness says why not.
     let body = app.homepage("kind", None).await;
     assert_eq!(kinds(&body), ["TOP_10", "NEW_RELEASES"]);
@@ -458,4 +466,124 @@ async fn cors_answers_preflights_and_credentialed_requests_for_allowed_origins()
         err.contains("cors.allowed_origins") && err.contains("credentials"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn behind_a_forwarded_proxy_only_forwarded_counts_and_x_forwarded_for_is_the_clients() {
+    let app = spawn_app_with(web(), |s| {
+        s.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        s.server.forwarded_header = shared::config::ForwardedHeader::Forwarded;
+        s.ip_rules.deny = vec!["203.0.113.0/24".parse().unwrap()];
+    })
+    .await;
+    let get = |headers: Vec<(&'static str, &'static str)>| {
+        let app = &app;
+        async move {
+            let mut req = app.http.get(app.url("/healthz"));
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            req.send().await.unwrap().status()
+        }
+    };
+    // The proxy appended `for=203.0.113.66` (denied); the client's X-Forwarded-For is ignored.
+    assert_eq!(
+        get(vec![
+            ("x-forwarded-for", "198.51.100.1"),
+            ("forwarded", "for=203.0.113.66;proto=https"),
+        ])
+        .await,
+        403
+    );
+    assert_eq!(
+        get(vec![(
+            "forwarded",
+            "for=unknown, For=\"203.0.113.66:4711\""
+        )])
+        .await,
+        403
+    );
+    assert_eq!(
+        get(vec![
+            ("forwarded", "for=203.0.113.66"),
+            ("forwarded", "for=198.51.100.7")
+        ])
+        .await,
+        200,
+        "the last line is the proxy's"
+    );
+    // X-Forwarded-For alone is the client's own: the proxy (127.0.0.1) is all that is known.
+    assert_eq!(get(vec![("x-forwarded-for", "203.0.113.66")]).await, 200);
+}
+
+#[test]
+fn a_bad_forwarded_header_family_is_refused_at_start_naming_the_key() {
+    let binary = (web().defaults)();
+    let opts = shared::config::LoadOptions {
+        env: vec![("BFF_SERVER__FORWARDED_HEADER".into(), "x-real-ip".into())],
+        ..Default::default()
+    };
+    let err = Settings::load(&binary, &opts).unwrap_err().to_string();
+    assert!(
+        err.contains("server.forwarded_header") && err.contains("BFF_SERVER__FORWARDED_HEADER"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn credentialed_wildcards_are_refused_at_start_except_below_a_registrable_domain() {
+    let binary = (web().defaults)();
+    for origin in [
+        "https://*",
+        "https://*.com",
+        "https://*.co.uk",
+        "https://a*.example.com",
+    ] {
+        let opts = shared::config::LoadOptions {
+            env: vec![
+                (
+                    "BFF_CORS__ALLOWED_ORIGINS".into(),
+                    format!("[\"{origin}\"]"),
+                ),
+                ("BFF_CORS__ALLOW_CREDENTIALS".into(), "true".into()),
+            ],
+            ..Default::default()
+        };
+        let err = Settings::load(&binary, &opts).unwrap_err().to_string();
+        assert!(err.contains("cors.allowed_origins[0]"), "{origin}: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+    }
+    // The accepted shape works, for its subdomains only.
+    let app = spawn_app_with(web(), |s| {
+        s.cors.allowed_origins = vec!["https://*.example.com".into()];
+        s.cors.allow_credentials = true;
+    })
+    .await;
+    for (origin, allowed) in [
+        ("https://app.example.com", true),
+        ("https://a.b.example.com", true),
+        ("https://example.com", false),
+        ("https://example.com.evil.test", false),
+        ("https://evilexample.com", false),
+        ("http://app.example.com", false),
+    ] {
+        let r = app
+            .http
+            .post(app.url("/graphql"))
+            .header("origin", origin)
+            .header("content-type", "application/json")
+            .json(&json!({ "query": "{ __typename }" }))
+            .send()
+            .await
+            .unwrap();
+        let echoed = r
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(
+            echoed.as_deref() == Some(origin),
+            allowed,
+            "{origin}: {echoed:?}"
+        );
+    }
 }

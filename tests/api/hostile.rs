@@ -632,3 +632,244 @@ async fn pass_through_routes_send_the_bffs_own_trace_context() {
         Some("congo=t61rcWkgMzE")
     );
 }
+
+#[tokio::test]
+async fn typename_only_documents_are_validated_like_any_other() {
+    let app = spawn_app(web()).await;
+    for q in [
+        "{ __typename @x }",
+        "{ __typename @include(if: 1) }",
+        "{ __typename @skip(if: \"yes\") }",
+        "{ __typename @include }",
+        "{ __typename @skip(if: true) @skip(if: true) }",
+        "{ __typename(id: 1) }",
+        "{ __typename { x } }",
+        "{ a: __typename @deprecated }",
+        "{ ...F } fragment F on Query { __typename @x }",
+        "query($v: String!) { __typename @include(if: $v) }",
+        "{ homepage { __typename @x } }",
+        "mutation { __typename @x }",
+    ] {
+        let (status, body) = app.post_graphql(q, json!({ "v": "s" }), None).await;
+        assert_eq!(status, 400, "{q}: {body}");
+        assert_eq!(codes(&body), ["GRAPHQL_VALIDATION_FAILED"], "{q}: {body}");
+        assert!(body["data"].is_null(), "{q}: nothing ran: {body}");
+    }
+    // Over GET as well (queries only), and in the legacy JSON mode (200 with the error).
+    let r = app
+        .http
+        .get(app.url("/graphql"))
+        .query(&[("query", "{ __typename @x }")])
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(codes(&body), ["GRAPHQL_VALIDATION_FAILED"], "{body}");
+    // What is valid still answers.
+    for (q, vars) in [
+        ("{ __typename }", json!({})),
+        ("{ t: __typename @include(if: true) }", json!({})),
+        // (A variable used only on `__typename` is not: the engine's unused-variable rule does
+        // not see `__typename` either, and refuses it; stricter than the spec, never looser.)
+        (
+            "query($b: Boolean!) { __typename @include(if: $b) homepage @include(if: $b) { region } }",
+            json!({ "b": true }),
+        ),
+    ] {
+        let (status, body) = app.post_graphql(q, vars, None).await;
+        assert_eq!(status, 200, "{q}: {body}");
+        assert!(body["errors"].is_null(), "{q}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn forged_forwarding_headers_on_raw_sockets_never_choose_the_address() {
+    // Behind a trusted proxy (this test on 127.0.0.1) that appends X-Forwarded-For; every
+    // request below carries the address the proxy saw last, which is denied.
+    let app = spawn_app_with(web(), |s| {
+        s.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        s.ip_rules.deny = vec!["203.0.113.0/24".parse().unwrap()];
+    })
+    .await;
+    let forged: [&[u8]; 9] = [
+        b"Forwarded: for=198.51.100.1\r\nX-Forwarded-For: 203.0.113.66\r\n",
+        b"Forwarded: for=unknown\r\nX-Forwarded-For: 203.0.113.66\r\n",
+        b"Forwarded: For=\"_hidden\"\r\nX-Forwarded-For: 203.0.113.66\r\n",
+        b"X-Forwarded-For: \xff\xfe, 203.0.113.66\r\n",
+        b"X-Forwarded-For: \xff\xfe\r\nX-Forwarded-For: 203.0.113.66\r\n",
+        b"X-Forwarded-For: 198.51.100.1, 203.0.113.66\r\n",
+        b"X-Forwarded-For: 198.51.100.1,,\"\r\nx-forwarded-for: 203.0.113.66:4711\r\n",
+        b"X-Forwarded-For: [2001:db8::1]:80, 203.0.113.66\r\nFORWARDED: for=\"[2001:db8::2]\"\r\n",
+        b"x-FORWARDED-for: 127.0.0.1, unknown, 203.0.113.66\r\n",
+    ];
+    for headers in forged {
+        let mut req = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".to_vec();
+        req.extend_from_slice(headers);
+        req.extend_from_slice(b"\r\n");
+        let answer = raw(app.addr, &req, Duration::from_secs(5)).await;
+        assert!(
+            status_line(&answer).contains(" 403 "),
+            "{}: {answer}",
+            String::from_utf8_lossy(headers)
+        );
+    }
+    // Where the proxy's own entry is unreadable, nobody vouched for a client: the proxy stands.
+    let answer = raw(
+        app.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Forwarded-For: 203.0.113.66, unknown\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(status_line(&answer).contains(" 200 "), "{answer}");
+    others_are_served(&app).await;
+}
+
+#[tokio::test]
+async fn hostile_batches_are_charged_per_item_whatever_the_items_are() {
+    use shared::config::{Algorithm, Cost, KeyPart, PolicySettings, Scope};
+    let app = spawn_app_with(web(), |s| {
+        s.graphql.max_batch = 20;
+        s.rate_limits.policies = vec![PolicySettings {
+            name: "per-ip".into(),
+            algorithm: Algorithm::FixedWindow,
+            limit: 12,
+            period: Duration::from_secs(3600),
+            burst: None,
+            key: vec![KeyPart::Ip],
+            scope: Scope::Graphql,
+            cost: Cost::One,
+        }];
+    })
+    .await;
+    // Items that are not operations (numbers, nulls, arrays, broken queries) are charged as
+    // each would be alone: the request reached the server either way.
+    let items: Vec<Value> = vec![
+        json!(1),
+        json!(null),
+        json!([]),
+        json!({ "query": "{" }),
+        json!({ "query": "{ __typename @x }" }),
+        json!({}),
+        json!({ "query": "{ __typename }" }),
+        json!("{ __typename }"),
+        json!({ "query": "{ __typename }", "extensions": { "persistedQuery": { "version": 1, "sha256Hash": "00" } } }),
+        json!({ "query": "{ __typename }" }),
+    ];
+    let r = app
+        .http
+        .post(app.url("/graphql"))
+        .header("content-type", "application/json")
+        .json(&items)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let state = r.headers()["ratelimit"].to_str().unwrap().to_owned();
+    assert!(state.starts_with("\"per-ip\";r=2;"), "{state}");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body.as_array().unwrap().len(), 10);
+    // Two left: a batch of five runs two, refuses three; then everything is refused.
+    let five: Vec<Value> = (0..5)
+        .map(|_| json!({ "query": "{ __typename }" }))
+        .collect();
+    let r = app
+        .http
+        .post(app.url("/graphql"))
+        .header("content-type", "application/json")
+        .json(&five)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    let limited = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| codes(a) == ["RATE_LIMITED"])
+        .count();
+    assert_eq!(limited, 3, "{body}");
+    let r = app
+        .http
+        .post(app.url("/graphql"))
+        .header("content-type", "application/json")
+        .json(&five)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+}
+
+/// A REST backend that answers every call with `size` bytes, streamed without a length, and
+/// counts what it managed to hand over.
+async fn flooding_backend(size: u64) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    };
+    let served = Arc::new(AtomicU64::new(0));
+    let counter = served.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(move || {
+        let served = counter.clone();
+        async move {
+            const CHUNK: u64 = 64 * 1024;
+            let stream = futures::stream::unfold(0u64, move |sent| {
+                let served = served.clone();
+                async move {
+                    if sent >= size {
+                        return None;
+                    }
+                    served.fetch_add(CHUNK, Ordering::SeqCst);
+                    let chunk = axum::body::Bytes::from(vec![b' '; CHUNK as usize]);
+                    Some((Ok::<_, std::io::Error>(chunk), sent + CHUNK))
+                }
+            });
+            axum::body::Body::from_stream(stream)
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, served)
+}
+
+#[tokio::test]
+async fn a_backend_answering_100_mb_is_cut_off_at_its_bound_and_only_its_row_fails() {
+    use std::sync::atomic::Ordering;
+    let (base, served) = flooding_backend(100 * 1024 * 1024).await;
+    let app = spawn_app_with(web(), |s| {
+        s.backends.top10.url = format!("{base}/top10");
+        s.backends.top10.endpoints.clear();
+        s.backends.top10.max_response_bytes = 256 * 1024;
+    })
+    .await;
+    let body = app.homepage("kind", None).await;
+    let rows = body["data"]["homepage"]["rows"].as_array().unwrap();
+    assert!(rows.iter().any(|r| r["kind"] == "NEW_RELEASES"), "{body}");
+    assert!(
+        rows.iter().any(Value::is_null),
+        "the TOP_10 row is null: {body}"
+    );
+    let errors = errors(&body);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["extensions"]["code"] == "BACKEND_UNAVAILABLE"
+                && e["extensions"]["backend"] == "top10"),
+        "{body}"
+    );
+    // Every attempt (retries included) was abandoned near the bound.
+    let served = served.load(Ordering::SeqCst);
+    assert!(served < 32 * 1024 * 1024, "{served} of 100 MB handed over");
+    // A too-small bound is refused at start, naming the key.
+    let binary = (web().defaults)();
+    let opts = shared::config::LoadOptions {
+        env: vec![(
+            "BFF_BACKENDS__TOP10__MAX_RESPONSE_BYTES".into(),
+            "10".into(),
+        )],
+        ..Default::default()
+    };
+    let err = Settings::load(&binary, &opts).unwrap_err().to_string();
+    assert!(err.contains("backends.top10.max_response_bytes"), "{err}");
+}

@@ -78,3 +78,51 @@ async fn an_unknown_title_is_bad_user_input_and_a_failed_write_is_not_retried() 
     assert_eq!(codes(&body), ["BACKEND_UNAVAILABLE"]);
     assert_eq!(app.control().stats().get(Backend::MyList).calls, 1);
 }
+
+#[tokio::test]
+async fn a_malformed_or_unknown_title_id_is_bad_user_input_before_any_write() {
+    let app = spawn_app(web()).await;
+    let token = app.token("u1");
+    // Ids the BFF's own syntax check refuses: no backend is called at all.
+    let long = "t".repeat(65);
+    for id in [
+        "",
+        "t1/../t2",
+        "t 1",
+        "t1%2F",
+        "t1\u{0}",
+        "ť1",
+        long.as_str(),
+    ] {
+        for mutation in [ADD, REMOVE] {
+            app.control().reset();
+            let (status, body) = app
+                .post_graphql(mutation, json!({ "id": id }), Some(&token))
+                .await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(codes(&body), ["BAD_USER_INPUT"], "{id:?}: {body}");
+            assert_eq!(app.control().stats().total_calls(), 0, "{id:?}");
+        }
+    }
+    // Ids of the right syntax that the catalog does not know (malformed for the my-list service,
+    // which once answered 400 → BACKEND_UNAVAILABLE): refused before the write is sent.
+    for id in ["abc", "t0", "x1", "T1", "t999999", "t-1", "t1_"] {
+        for mutation in [ADD, REMOVE] {
+            app.control().reset();
+            let (_, body) = app
+                .post_graphql(mutation, json!({ "id": id }), Some(&token))
+                .await;
+            assert_eq!(codes(&body), ["BAD_USER_INPUT"], "{id:?}: {body}");
+            assert_eq!(
+                app.control().stats().get(Backend::MyList).calls,
+                0,
+                "{id:?} never reaches the my-list service"
+            );
+        }
+    }
+    // A real title still goes through.
+    let (_, body) = app
+        .post_graphql(ADD, json!({ "id": "t7" }), Some(&token))
+        .await;
+    assert!(body["errors"].is_null(), "{body}");
+}

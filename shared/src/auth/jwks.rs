@@ -8,6 +8,12 @@
 //! EdDSA), intersected with the issuer's allow-list; the token's `alg` merely has to be among
 //! them. Symmetric (`oct`) keys in a JWKS are never used, so an RSA public key can never serve as
 //! an HMAC secret ("alg confusion").
+//!
+//! Every document read (discovery, JWKS, file) is bounded by `auth.max_jwks_bytes`: a declared
+//! `Content-Length` over it is refused before the body is read, and the body is read chunk by
+//! chunk and abandoned (the connection dropped) as soon as it passes the bound, so a provider
+//! that answers with a huge document costs at most the bound in memory. A refused document is a
+//! failed fetch like any other: logged once per outage, and the keys held are kept.
 
 use std::{
     collections::HashMap,
@@ -107,6 +113,8 @@ pub(crate) enum FetchError {
     Parse(String),
     #[error("the discovery document has no jwks_uri")]
     NoJwksUri,
+    #[error("{0}: larger than auth.max_jwks_bytes ({1} bytes); abandoned")]
+    TooLarge(String, usize),
 }
 
 /// One issuer: its settings, its keys, and how to fetch them.
@@ -115,6 +123,8 @@ pub(crate) struct Issuer {
     pub(crate) audiences: Vec<String>,
     pub(crate) algorithms: Vec<Algorithm>,
     refresh: Duration,
+    /// `auth.max_jwks_bytes`: the most bytes of one document read.
+    max_bytes: usize,
     source: Source,
     http: reqwest::Client,
     keys: RwLock<Option<Arc<Keys>>>,
@@ -132,7 +142,7 @@ pub(crate) struct Issuer {
 }
 
 impl Issuer {
-    pub(crate) fn new(s: &IssuerSettings) -> Result<Arc<Self>, String> {
+    pub(crate) fn new(s: &IssuerSettings, max_bytes: usize) -> Result<Arc<Self>, String> {
         let source = match (&s.jwks_url, &s.jwks_file) {
             (Some(url), _) => Source::Url(url.clone()),
             (None, Some(file)) => Source::File(file.clone()),
@@ -160,6 +170,7 @@ impl Issuer {
             audiences: s.audiences.clone(),
             algorithms,
             refresh: s.refresh,
+            max_bytes,
             source,
             http: http.build().map_err(|e| e.to_string())?,
             keys: RwLock::new(None),
@@ -189,9 +200,7 @@ impl Issuer {
     async fn fetch_jwks(&self) -> Result<JwkSet, FetchError> {
         let text = match &self.source {
             // A small local file, read in place: not worth a blocking-pool round trip.
-            Source::File(path) => {
-                std::fs::read_to_string(path).map_err(|e| FetchError::File(path.clone(), e))?
-            }
+            Source::File(path) => self.read_file(path)?,
             Source::Url(url) => self.get(url).await?,
             Source::Discovery(url) => {
                 let doc: serde_json::Value = serde_json::from_str(&self.get(url).await?)
@@ -214,9 +223,45 @@ impl Issuer {
         if !resp.status().is_success() {
             return Err(FetchError::Http(format!("{url}: HTTP {}", resp.status())));
         }
-        resp.text()
+        let too_large = || FetchError::TooLarge(url.to_owned(), self.max_bytes);
+        if resp
+            .content_length()
+            .is_some_and(|n| n > self.max_bytes as u64)
+        {
+            return Err(too_large());
+        }
+        // Chunk by chunk: a body without a length (or lying about it) is abandoned as soon as
+        // it passes the bound, never held whole.
+        let mut resp = resp;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
             .await
-            .map_err(|e| FetchError::Http(e.to_string()))
+            .map_err(|e| FetchError::Http(crate::upstream::rest::error_chain(&e)))?
+        {
+            if body.len() + chunk.len() > self.max_bytes {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        String::from_utf8(body).map_err(|_| FetchError::Parse(format!("{url}: not UTF-8")))
+    }
+
+    /// A key-set file, at most `max_bytes` of it (one byte more is read to tell).
+    fn read_file(&self, path: &std::path::Path) -> Result<String, FetchError> {
+        use std::io::Read as _;
+        let file = std::fs::File::open(path).map_err(|e| FetchError::File(path.into(), e))?;
+        let mut text = String::new();
+        file.take(self.max_bytes as u64 + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| FetchError::File(path.into(), e))?;
+        if text.len() > self.max_bytes {
+            return Err(FetchError::TooLarge(
+                path.display().to_string(),
+                self.max_bytes,
+            ));
+        }
+        Ok(text)
     }
 
     /// Fetches the key set now and installs it; a failure keeps the keys held.

@@ -226,10 +226,11 @@ impl Authenticator {
                 validation,
             }
         });
+        let max_jwks_bytes = settings.max_jwks_bytes;
         let issuers = settings
             .issuers
             .iter()
-            .filter_map(|s| match jwks::Issuer::new(s) {
+            .filter_map(|s| match jwks::Issuer::new(s, max_jwks_bytes) {
                 Ok(i) => Some(i),
                 Err(e) => {
                     // Config validation checked the shape; a CA file that cannot be read is

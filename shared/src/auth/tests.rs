@@ -468,3 +468,207 @@ fn maturity_ceilings_read_labels_and_ages() {
     assert_eq!(maturity_age("R"), 17);
     assert_eq!(maturity_age("Unrated"), u8::MAX);
 }
+
+/// A stub identity provider: discovery and JWKS over HTTP, switchable to answers far larger
+/// than any key set, counting the bytes it actually handed to the connection.
+mod huge_idp {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU8, AtomicU64, Ordering},
+    };
+
+    use axum::{
+        Router, body::Body, extract::State, http::header, response::Response, routing::get,
+    };
+    use bytes::Bytes;
+
+    /// What the stub answers.
+    pub(super) const GOOD: u8 = 0;
+    /// A JWKS of [`HUGE`] bytes, streamed without a length.
+    pub(super) const HUGE_STREAMED: u8 = 1;
+    /// A JWKS declaring [`HUGE`] bytes in `Content-Length`.
+    pub(super) const HUGE_DECLARED: u8 = 2;
+    /// A discovery document of [`HUGE`] bytes, streamed.
+    pub(super) const HUGE_DISCOVERY: u8 = 3;
+    /// 150 MB, the probe's size.
+    pub(super) const HUGE: u64 = 150 * 1024 * 1024;
+    const CHUNK: usize = 64 * 1024;
+
+    #[derive(Clone)]
+    pub(super) struct Stub {
+        pub(super) mode: Arc<AtomicU8>,
+        pub(super) served: Arc<AtomicU64>,
+        pub(super) good: Bytes,
+        pub(super) base: String,
+    }
+
+    fn huge(served: Arc<AtomicU64>, prefix: &'static [u8]) -> Body {
+        let chunks = HUGE / CHUNK as u64;
+        let stream = futures::stream::unfold(0u64, move |i| {
+            let served = served.clone();
+            async move {
+                if i >= chunks {
+                    return None;
+                }
+                let mut chunk = vec![b' '; CHUNK];
+                if i == 0 {
+                    chunk[..prefix.len()].copy_from_slice(prefix);
+                }
+                served.fetch_add(CHUNK as u64, Ordering::SeqCst);
+                Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), i + 1))
+            }
+        });
+        Body::from_stream(stream)
+    }
+
+    async fn discovery(State(s): State<Stub>) -> Response {
+        if s.mode.load(Ordering::SeqCst) == HUGE_DISCOVERY {
+            return Response::new(huge(s.served.clone(), b"{\"issuer\":\""));
+        }
+        let doc = serde_json::json!({ "issuer": s.base, "jwks_uri": format!("{}/jwks", s.base) });
+        Response::new(Body::from(doc.to_string()))
+    }
+
+    async fn jwks(State(s): State<Stub>) -> Response {
+        match s.mode.load(Ordering::SeqCst) {
+            HUGE_STREAMED => Response::new(huge(s.served.clone(), b"{\"keys\":[")),
+            HUGE_DECLARED => {
+                let mut r = Response::new(huge(s.served.clone(), b"{\"keys\":["));
+                r.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HUGE.to_string().parse().unwrap());
+                r
+            }
+            _ => Response::new(Body::from(s.good.clone())),
+        }
+    }
+
+    pub(super) async fn start(good: Bytes, mode: u8) -> Stub {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let stub = Stub {
+            mode: Arc::new(AtomicU8::new(mode)),
+            served: Arc::new(AtomicU64::new(0)),
+            good,
+            base,
+        };
+        let app = Router::new()
+            .route("/.well-known/openid-configuration", get(discovery))
+            .route("/jwks", get(jwks))
+            .with_state(stub.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        stub
+    }
+}
+
+fn discovered(iss: &str) -> IssuerSettings {
+    IssuerSettings {
+        jwks_file: None,
+        ..issuer(iss, std::path::Path::new(""), &["bff"])
+    }
+}
+
+/// Waits until the first issuer reports a fetch error (the background fetch at start).
+async fn first_error(auth: &Authenticator) -> String {
+    for _ in 0..400 {
+        if let Some(e) = auth.issuer_status()[0]["lastError"].as_str() {
+            return e.to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no fetch error reported");
+}
+
+const SMALL_BOUND: usize = 64 * 1024;
+
+#[tokio::test]
+async fn a_huge_jwks_is_abandoned_past_max_jwks_bytes_and_the_held_keys_stay() {
+    use std::sync::atomic::Ordering;
+    let k1 = test_key(Algorithm::ES256, Some("k1"));
+    let good = serde_json::to_vec(&JwkSet {
+        keys: vec![k1.jwk.clone()],
+    })
+    .unwrap();
+    let stub = huge_idp::start(good.into(), huge_idp::GOOD).await;
+    let auth = Authenticator::new(&AuthSettings {
+        issuers: vec![discovered(&stub.base)],
+        max_jwks_bytes: SMALL_BOUND,
+        ..AuthSettings::default()
+    });
+    loaded(&auth).await;
+    let c = claims(&stub.base, json!("bff"));
+    assert!(
+        auth.authenticate(Some(&bearer(&k1.sign(c.clone()))))
+            .await
+            .is_ok()
+    );
+
+    // The provider now answers 150 MB without a length; a token's unknown kid fetches it.
+    stub.mode.store(huge_idp::HUGE_STREAMED, Ordering::SeqCst);
+    let k2 = test_key(Algorithm::ES256, Some("k2"));
+    assert_eq!(
+        auth.authenticate(Some(&bearer(&k2.sign(c.clone())))).await,
+        Err(AuthError::Invalid)
+    );
+    let status = &auth.issuer_status()[0];
+    let error = status["lastError"].as_str().unwrap();
+    assert!(
+        error.contains("max_jwks_bytes") && error.contains("/jwks"),
+        "{error}"
+    );
+    // Abandoned while reading: what the stub could push before the connection was dropped is
+    // the bound plus what the socket buffers hold, nowhere near the document.
+    let served = stub.served.load(Ordering::SeqCst);
+    assert!(
+        served < 32 * 1024 * 1024,
+        "{served} bytes of {} were produced",
+        huge_idp::HUGE
+    );
+    // The keys held are kept.
+    assert_eq!(status["keys"], 1);
+    assert!(auth.authenticate(Some(&bearer(&k1.sign(c)))).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_declared_huge_jwks_or_discovery_document_is_refused_before_reading() {
+    use std::sync::atomic::Ordering;
+    for (mode, names) in [
+        (huge_idp::HUGE_DECLARED, "/jwks"),
+        (huge_idp::HUGE_DISCOVERY, "openid-configuration"),
+    ] {
+        let stub = huge_idp::start(bytes::Bytes::new(), mode).await;
+        let auth = Authenticator::new(&AuthSettings {
+            issuers: vec![discovered(&stub.base)],
+            max_jwks_bytes: SMALL_BOUND,
+            ..AuthSettings::default()
+        });
+        let _tasks = auth.start();
+        let error = first_error(&auth).await;
+        assert!(
+            error.contains("max_jwks_bytes") && error.contains(names),
+            "{error}"
+        );
+        assert!(!auth.ready());
+        let served = stub.served.load(Ordering::SeqCst);
+        assert!(served < 32 * 1024 * 1024, "{served}");
+    }
+}
+
+#[tokio::test]
+async fn a_jwks_file_over_the_bound_is_refused() {
+    let file = temp_file("huge");
+    let k1 = test_key(Algorithm::ES256, Some("k1"));
+    write_jwks(&file, &[&k1]);
+    // Padding after the JSON keeps it valid, and past the bound.
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(&" ".repeat(SMALL_BOUND));
+    std::fs::write(&file, text).unwrap();
+    let auth = Authenticator::new(&AuthSettings {
+        issuers: vec![issuer("https://idp.test/", &file, &["bff"])],
+        max_jwks_bytes: SMALL_BOUND,
+        ..AuthSettings::default()
+    });
+    let _tasks = auth.start();
+    let error = first_error(&auth).await;
+    assert!(error.contains("max_jwks_bytes"), "{error}");
+    let _ = std::fs::remove_file(file);
+}

@@ -607,6 +607,18 @@ impl Composer {
         present: bool,
         rq: &RequestContext,
     ) -> Result<Option<bool>, BackendError> {
+        // The title must exist before the write goes out, as for `report_progress`: an id the
+        // catalog does not know (malformed for the my-list service, or just unknown) is the
+        // client's mistake, answered `BAD_USER_INPUT`; sent on, the service would refuse it and
+        // that refusal would read as the service failing. The catalog lookup is a shared,
+        // cached fragment.
+        if !self
+            .hydrate(&[title_id.to_owned()], rq)
+            .await?
+            .contains_key(title_id)
+        {
+            return Ok(None);
+        }
         let user = &viewer.user_id;
         let cx = rq.call(Some(user), rq.deadline);
         let changed = self

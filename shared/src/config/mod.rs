@@ -16,7 +16,9 @@ use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, time::Dura
 use serde::{Deserialize, Serialize};
 
 pub use names::{BackendId, Cidr, FragmentKind, Strategy};
-pub use ratelimit::{Algorithm, Cost, KeyPart, PolicySettings, RateLimitSettings, Scope};
+pub use ratelimit::{
+    Algorithm, Cost, FailedAuthSettings, KeyPart, PolicySettings, RateLimitSettings, Scope,
+};
 pub use secret::Secret;
 
 use crate::profile::ClientProfile;
@@ -104,6 +106,24 @@ pub struct ServerSettings {
     /// Proxies and load balancers whose `X-Forwarded-For` / `Forwarded` headers are believed
     /// (`server.trusted_proxies`); from any other peer the socket address is the client's.
     pub trusted_proxies: Vec<Cidr>,
+    /// Which forwarding header the trusted proxies append (`server.forwarded_header`):
+    /// `x-forwarded-for` (the default: nginx, HAProxy, Envoy and the cloud load balancers append
+    /// it) or `forwarded` (RFC 7239). Only that family is read; the other is the client's own
+    /// and ignored, so a client behind a proxy that appends one cannot pick its address with
+    /// the other.
+    pub forwarded_header: ForwardedHeader,
+}
+
+/// `server.forwarded_header`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, …`.
+    #[default]
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1, …` (RFC 7239).
+    #[serde(rename = "forwarded")]
+    Forwarded,
 }
 
 impl Default for ServerSettings {
@@ -121,6 +141,7 @@ impl Default for ServerSettings {
             max_header_bytes: 32 * 1024,
             http2: Http2Settings::default(),
             trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::default(),
         }
     }
 }
@@ -313,7 +334,7 @@ pub struct GraphqlSettings {
     pub max_batch: usize,
     /// Whether introspection queries are answered.
     pub introspection: bool,
-    /// Approximate bytes of parsed documents kept for repeated operations
+    /// Bytes of parsed documents kept for repeated operations, each weighed by its parsed nodes
     /// (`graphql.document_cache_bytes`); 0 parses every request afresh.
     pub document_cache_bytes: u64,
     /// Write row items and titles straight to JSON instead of through the engine's value tree
@@ -438,6 +459,11 @@ pub struct AuthSettings {
     /// Scope each mutation requires, by field name; a token without it gets `FORBIDDEN` naming
     /// the scope. Scopes come from the `scope` claim (space separated) or `scp` (an array).
     pub mutation_scopes: BTreeMap<String, String>,
+    /// Most bytes of one document read from an identity provider (`auth.max_jwks_bytes`): the
+    /// OpenID discovery document, the JWKS, a `jwks_file`. Larger ones are abandoned while
+    /// reading (the keys held are kept, the failure logged): a provider's key set is a few
+    /// kilobytes, and a compromised or broken one must not be able to fill memory.
+    pub max_jwks_bytes: usize,
 }
 
 impl Default for AuthSettings {
@@ -457,6 +483,7 @@ impl Default for AuthSettings {
             .into_iter()
             .map(|(m, s)| (m.to_owned(), s.to_owned()))
             .collect(),
+            max_jwks_bytes: 1024 * 1024,
         }
     }
 }
@@ -560,6 +587,15 @@ pub struct BackendSettings {
     /// that verify it themselves.
     #[serde(default)]
     pub forward_token: bool,
+    /// Largest answer body read from this REST backend (`backends.<name>.max_response_bytes`):
+    /// a larger one is abandoned while it is read and the call fails as the backend's own
+    /// failure. gRPC answers are bounded by tonic's 4 MiB message limit.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+}
+
+fn default_max_response_bytes() -> usize {
+    8 * 1024 * 1024
 }
 
 fn default_timeout() -> Duration {
@@ -768,6 +804,7 @@ impl BackendSettings {
             tls: BackendTlsSettings::default(),
             forward_scopes: false,
             forward_token: false,
+            max_response_bytes: default_max_response_bytes(),
         }
     }
 
@@ -1215,6 +1252,143 @@ pub enum ConfigError {
     },
 }
 
+/// Two-label public suffixes (and shared-hosting domains) that anyone can register below: a
+/// credentialed `https://*.co.uk` or `https://*.github.io` would let strangers' sites read the
+/// signed-in user's data. Not the whole Public Suffix List (which has thousands of entries and
+/// changes weekly): the common ones, so the usual mistakes are caught at start.
+const SHARED_SUFFIXES: &[&str] = &[
+    "ac.uk",
+    "co.uk",
+    "gov.uk",
+    "ltd.uk",
+    "me.uk",
+    "net.uk",
+    "org.uk",
+    "plc.uk",
+    "sch.uk",
+    "com.au",
+    "net.au",
+    "org.au",
+    "edu.au",
+    "gov.au",
+    "co.nz",
+    "net.nz",
+    "org.nz",
+    "co.jp",
+    "ne.jp",
+    "or.jp",
+    "ac.jp",
+    "go.jp",
+    "co.kr",
+    "or.kr",
+    "com.br",
+    "net.br",
+    "org.br",
+    "com.cn",
+    "net.cn",
+    "org.cn",
+    "com.hk",
+    "com.tw",
+    "com.sg",
+    "com.my",
+    "co.in",
+    "net.in",
+    "org.in",
+    "co.id",
+    "co.il",
+    "co.za",
+    "org.za",
+    "com.mx",
+    "com.ar",
+    "com.tr",
+    "com.ua",
+    "com.pl",
+    "co.th",
+    "com.vn",
+    "com.ph",
+    "com.pk",
+    "com.ng",
+    "com.eg",
+    "com.sa",
+    "com.co",
+    "com.pe",
+    "com.es",
+    "co.it",
+    "com.ru",
+    "github.io",
+    "gitlab.io",
+    "herokuapp.com",
+    "vercel.app",
+    "netlify.app",
+    "pages.dev",
+    "workers.dev",
+    "web.app",
+    "firebaseapp.com",
+    "appspot.com",
+    "azurewebsites.net",
+    "azurestaticapps.net",
+    "cloudfront.net",
+    "amazonaws.com",
+    "blogspot.com",
+    "ngrok.io",
+    "ngrok-free.app",
+    "fly.dev",
+    "onrender.com",
+    "glitch.me",
+    "repl.co",
+    "surge.sh",
+    "now.sh",
+    "codeberg.page",
+    "wordpress.com",
+];
+
+/// Why a wildcard origin may not be combined with credentials, if it may not: only
+/// `scheme://*.<domain>[:port]` is accepted, the `*` the whole first label and `<domain>` a
+/// registrable domain (at least two labels of letters, digits and `-`, an alphabetic top-level
+/// label, not one of [`SHARED_SUFFIXES`]). Everything else (`https://*`, `https://*.com`,
+/// `https://a*.example.com`, `https://*.co.uk`, `https://*.example.com:*`) would let sites the
+/// operator does not control act as the signed-in user.
+fn cors_credentialed_wildcard(origin: &str) -> Result<(), &'static str> {
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or("a wildcard scheme is never allowed")?;
+    let host = rest
+        .strip_prefix("*.")
+        .ok_or("the `*` must be the whole first host label, followed by `.`")?;
+    let domain = match host.rsplit_once(':') {
+        Some((domain, port)) => {
+            if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+                return Err("the port must be a number");
+            }
+            domain
+        }
+        None => host,
+    };
+    let domain = domain.to_ascii_lowercase();
+    let labels: Vec<&str> = domain.split('.').collect();
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if labels.len() < 2 || !labels.iter().all(label_ok) {
+        return Err("below `*.` must be a domain of two or more labels (example.com)");
+    }
+    if !labels
+        .last()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_alphabetic()))
+    {
+        return Err("the domain must end in a top-level domain, not an address");
+    }
+    if SHARED_SUFFIXES.contains(&domain.as_str()) {
+        return Err("that domain is a public suffix: anyone can register a site below it");
+    }
+    Ok(())
+}
+
 /// Where one layer of settings comes from; used to name the culprit in errors.
 #[derive(Debug, Clone)]
 enum Origin {
@@ -1388,6 +1562,12 @@ impl Settings {
                     "must be > 0".into(),
                 ));
             }
+            if s.max_response_bytes < 1024 {
+                return Err(invalid(
+                    &format!("backends.{}.max_response_bytes", b.name()),
+                    "must be at least 1024".into(),
+                ));
+            }
         }
         if let Some(url) = &self.events.url {
             let parsed = reqwest::Url::parse(url.expose())
@@ -1543,6 +1723,17 @@ impl Settings {
                     ),
                 ));
             }
+            if self.cors.allow_credentials
+                && o.contains('*')
+                && let Err(why) = cors_credentialed_wildcard(o)
+            {
+                return Err(invalid(
+                    &format!("cors.allowed_origins[{i}]"),
+                    format!(
+                        "`{o}` with cors.allow_credentials = true: {why}; a wildcard is accepted with credentials only as the first label below a named registrable domain (https://*.example.com)"
+                    ),
+                ));
+            }
         }
         let tls = &self.tls;
         if tls.cert_file.is_some() != tls.key_file.is_some() {
@@ -1590,6 +1781,12 @@ impl Settings {
                     "must be longer than server.request_budget ({})",
                     humantime::format_duration(self.server.request_budget)
                 ),
+            ));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.auth.max_jwks_bytes) {
+            return Err(invalid(
+                "auth.max_jwks_bytes",
+                "must be between 1024 and 67108864 (64 MiB); a key set is a few kilobytes".into(),
             ));
         }
         for (i, iss) in self.auth.issuers.iter().enumerate() {

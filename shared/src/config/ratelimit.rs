@@ -23,6 +23,16 @@ pub struct RateLimitSettings {
     /// Most keys the in-process store holds (also the local fallback of the Redis store); past
     /// it the least useful keys are dropped, so a flood of distinct keys cannot grow memory.
     pub max_keys: u64,
+    /// How many leading bits of an IPv6 client address make its `ip` key
+    /// (`rate_limits.ipv6_prefix`, default 64): one subscriber, one host or one cloud VM is
+    /// handed a whole /64 and can pick any address in it, so per-address keys would give it
+    /// 2^64 buckets. IPv4 addresses are keyed whole (/32).
+    pub ipv6_prefix: u8,
+    /// Requests whose credentials do not verify, counted per client address
+    /// (`rate_limits.failed_auth`): past the limit, a request presenting a token is refused
+    /// with `429` before the token is looked at, so a flood of forged tokens costs no
+    /// verification work. `limit = 0` turns it off.
+    pub failed_auth: FailedAuthSettings,
     /// The policies; a request is admitted only when every policy that applies admits it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<PolicySettings>,
@@ -35,7 +45,51 @@ impl Default for RateLimitSettings {
             redis_timeout: Duration::from_millis(50),
             key_prefix: "bff:rl:".to_owned(),
             max_keys: 100_000,
+            ipv6_prefix: 64,
+            failed_auth: FailedAuthSettings::default(),
             policies: Vec::new(),
+        }
+    }
+}
+
+/// `rate_limits.failed_auth`: failed authentications allowed per client address.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailedAuthSettings {
+    /// Failed authentications admitted per `period` from one address (an IPv6 address counts
+    /// as its `ipv6_prefix` network); `0` turns the limit off. Default 30 a minute: a person
+    /// mistyping or an app with an expired token stays far below it, a token-guessing loop
+    /// does not.
+    pub limit: u64,
+    /// The period `limit` is counted over.
+    #[serde(with = "duration")]
+    pub period: Duration,
+    /// How failures are counted (as for a policy); default `sliding_window`.
+    pub algorithm: Algorithm,
+}
+
+impl Default for FailedAuthSettings {
+    fn default() -> Self {
+        Self {
+            limit: 30,
+            period: Duration::from_secs(60),
+            algorithm: Algorithm::SlidingWindow,
+        }
+    }
+}
+
+impl FailedAuthSettings {
+    /// The policy the limiter runs for it (`failed-auth`, keyed by the client address).
+    pub fn policy(&self) -> PolicySettings {
+        PolicySettings {
+            name: "failed-auth".to_owned(),
+            algorithm: self.algorithm,
+            limit: self.limit,
+            period: self.period,
+            burst: None,
+            key: vec![KeyPart::Ip],
+            scope: Scope::All,
+            cost: Cost::One,
         }
     }
 }
@@ -228,6 +282,34 @@ pub(super) fn validate(s: &RateLimitSettings, routes: &[&str]) -> Result<(), (St
     }
     if s.max_keys == 0 {
         return err("max_keys", "must be > 0".into());
+    }
+    if !(1..=128).contains(&s.ipv6_prefix) {
+        return err(
+            "ipv6_prefix",
+            format!(
+                "{}: must be 1..=128 (bits of an IPv6 address that key it; 64 = one subscriber's /64)",
+                s.ipv6_prefix
+            ),
+        );
+    }
+    let fa = &s.failed_auth;
+    if fa.limit > MAX_UNITS {
+        return err(
+            "failed_auth.limit",
+            format!("must be 0 (off) ..={MAX_UNITS}"),
+        );
+    }
+    if fa.limit > 0 && fa.period < Duration::from_millis(1) {
+        return err("failed_auth.period", "must be at least 1ms".into());
+    }
+    if fa.period > Duration::from_secs(366 * 24 * 3600) {
+        return err("failed_auth.period", "must be at most a year".into());
+    }
+    if s.policies.iter().any(|p| p.name == "failed-auth") {
+        return err(
+            "policies",
+            "the name `failed-auth` is taken by rate_limits.failed_auth".into(),
+        );
     }
     if s.key_prefix.len() > 64 {
         return err("key_prefix", "must be at most 64 bytes".into());

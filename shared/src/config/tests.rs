@@ -270,3 +270,114 @@ fn rate_limit_policies_are_validated_naming_key_and_source() {
         "{msg}"
     );
 }
+
+#[test]
+fn credentialed_wildcard_origins_are_refused_except_below_a_registrable_domain() {
+    let with = |origin: &str, credentials: bool| {
+        let text = format!(
+            "[cors]\nallowed_origins = [\"https://app.example.com\", {origin:?}]\nallow_credentials = {credentials}\n"
+        );
+        load(Some(&text), &[]).0
+    };
+    for bad in [
+        "https://*",
+        "http://*",
+        "https://*.com",
+        "https://*.co.uk",
+        "https://*.github.io",
+        "https://*.CO.UK",
+        "https://a*.example.com",
+        "https://*example.com",
+        "https://*.example.com:*",
+        "https://*.example.com:",
+        "https://*.127.0.0.1",
+        "https://*.-x.com",
+        "https://x.*.example.com",
+        "https://*.example..com",
+        "*://app.example.com",
+        "*",
+    ] {
+        let msg = with(bad, true).unwrap_err().to_string();
+        assert!(msg.contains("cors.allowed_origins"), "{bad}: {msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+        // Without credentials the same patterns are not an account-takeover risk.
+        if bad.starts_with("https://") && bad.matches('*').count() == 1 {
+            assert!(with(bad, false).is_ok(), "{bad} without credentials");
+        }
+    }
+    for good in [
+        "https://*.example.com",
+        "https://*.EXAMPLE.com",
+        "https://*.example.com:8443",
+        "http://*.dev.example.co.uk",
+        "https://*.my-app.io",
+    ] {
+        assert!(
+            with(good, true).is_ok(),
+            "{good}: {:?}",
+            with(good, true).err()
+        );
+    }
+}
+
+#[test]
+fn edge_bounds_are_validated_naming_the_key() {
+    for (var, value, key) in [
+        (
+            "BFF_RATE_LIMITS__IPV6_PREFIX",
+            "0",
+            "rate_limits.ipv6_prefix",
+        ),
+        (
+            "BFF_RATE_LIMITS__IPV6_PREFIX",
+            "129",
+            "rate_limits.ipv6_prefix",
+        ),
+        (
+            "BFF_RATE_LIMITS__FAILED_AUTH__PERIOD",
+            "0s",
+            "rate_limits.failed_auth.period",
+        ),
+        (
+            "BFF_RATE_LIMITS__FAILED_AUTH__LIMIT",
+            "2000000000",
+            "rate_limits.failed_auth.limit",
+        ),
+        (
+            "BFF_RATE_LIMITS__FAILED_AUTH__ALGORITHM",
+            "lottery",
+            "rate_limits.failed_auth.algorithm",
+        ),
+        ("BFF_AUTH__MAX_JWKS_BYTES", "10", "auth.max_jwks_bytes"),
+        (
+            "BFF_AUTH__MAX_JWKS_BYTES",
+            "1000000000",
+            "auth.max_jwks_bytes",
+        ),
+        (
+            "BFF_SERVER__FORWARDED_HEADER",
+            "x-real-ip",
+            "server.forwarded_header",
+        ),
+    ] {
+        let (r, _) = load(None, &[(var, value)]);
+        let msg = r.unwrap_err().to_string();
+        assert!(
+            msg.contains(key) && msg.contains(var),
+            "{var}={value}: {msg}"
+        );
+    }
+    let (s, _) = load(None, &[]);
+    let s = s.unwrap();
+    assert_eq!(s.rate_limits.ipv6_prefix, 64);
+    assert_eq!(s.rate_limits.failed_auth.limit, 30);
+    assert_eq!(s.auth.max_jwks_bytes, 1024 * 1024);
+    assert_eq!(s.server.forwarded_header, ForwardedHeader::XForwardedFor);
+    let (s, _) = load(
+        Some("[server]\nforwarded_header = \"forwarded\"\n[rate_limits.failed_auth]\nlimit = 0\n"),
+        &[],
+    );
+    let s = s.unwrap();
+    assert_eq!(s.server.forwarded_header, ForwardedHeader::Forwarded);
+    assert_eq!(s.rate_limits.failed_auth.limit, 0);
+}

@@ -92,6 +92,10 @@ pub enum Refusal {
     /// (→ `GRAPHQL_VALIDATION_FAILED`, rather than the engine's silent `null`).
     #[error("introspection is disabled on this server")]
     IntrospectionOff,
+    /// The document breaks a validation rule the engine does not check
+    /// (→ `GRAPHQL_VALIDATION_FAILED`).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// The schema as far as the analysis needs it: object fields' types, input types, root names.
@@ -514,6 +518,105 @@ fn shape_limits(
     Ok(())
 }
 
+/// Validates every `__typename` the operation reaches (through its fragments). The engine's
+/// validator never visits a `__typename` field (async-graphql 7.2 skips it in its visitor), so
+/// without this `{ __typename @x }`, `{ __typename @include(if: 1) }` or
+/// `{ __typename(a: 1) { b } }` would run unchecked. The rules are the spec's for this field:
+/// no arguments, no selection, and only `@skip` / `@include` (each at most once) with one `if`
+/// that is a Boolean literal or a variable the operation declares as `Boolean!` (or `Boolean`
+/// with a non-null default).
+fn check_typenames(doc: &ExecutableDocument, op: &OperationDefinition) -> Result<(), Refusal> {
+    use async_graphql::parser::types::Field;
+    use async_graphql_value::{ConstValue, Value};
+
+    fn field(f: &Field, op: &OperationDefinition) -> Result<(), Refusal> {
+        let bad = |why: String| Err(Refusal::Invalid(format!("`__typename`: {why}")));
+        if !f.arguments.is_empty() {
+            return bad("takes no arguments".into());
+        }
+        if !f.selection_set.node.items.is_empty() {
+            return bad("is a scalar and takes no selection".into());
+        }
+        for (i, d) in f.directives.iter().enumerate() {
+            let name = d.node.name.node.as_str();
+            if name != "skip" && name != "include" {
+                return bad(format!("unknown directive `@{name}`"));
+            }
+            if f.directives[..i].iter().any(|o| o.node.name.node == name) {
+                return bad(format!("`@{name}` is used twice"));
+            }
+            let [(arg, value)] = d.node.arguments.as_slice() else {
+                return bad(format!("`@{name}` takes exactly one argument, `if`"));
+            };
+            if arg.node != "if" {
+                return bad(format!("`@{name}` has no argument `{}`", arg.node));
+            }
+            match &value.node {
+                Value::Boolean(_) => {}
+                Value::Variable(var) => {
+                    let declared = op
+                        .variable_definitions
+                        .iter()
+                        .find(|v| v.node.name.node == *var);
+                    let ok = declared.is_some_and(|v| {
+                        let ty = &v.node.var_type.node;
+                        matches!(&ty.base, BaseType::Named(n) if n == "Boolean")
+                            && (!ty.nullable
+                                || v.node
+                                    .default_value
+                                    .as_ref()
+                                    .is_some_and(|d| !matches!(d.node, ConstValue::Null)))
+                    });
+                    if !ok {
+                        return bad(format!(
+                            "`@{name}(if: ${var})` needs a variable declared as `Boolean!`"
+                        ));
+                    }
+                }
+                _ => return bad(format!("`@{name}(if:)` must be a Boolean")),
+            }
+        }
+        Ok(())
+    }
+
+    fn set<'a>(
+        doc: &'a ExecutableDocument,
+        op: &OperationDefinition,
+        selections: &'a SelectionSet,
+        seen: &mut HashSet<&'a str>,
+        depth: u32,
+    ) -> Result<(), Refusal> {
+        if depth > MAX_WALK_DEPTH {
+            return Err(Refusal::TooComplex("the document nests too deeply".into()));
+        }
+        for s in &selections.items {
+            match &s.node {
+                Selection::Field(f) => {
+                    if f.node.name.node == "__typename" {
+                        field(&f.node, op)?;
+                    }
+                    set(doc, op, &f.node.selection_set.node, seen, depth + 1)?;
+                }
+                Selection::InlineFragment(f) => {
+                    set(doc, op, &f.node.selection_set.node, seen, depth + 1)?;
+                }
+                Selection::FragmentSpread(spread) => {
+                    // Each fragment once: its `__typename`s do not change with where it is spread.
+                    let name = spread.node.fragment_name.node.as_str();
+                    if let Some(f) = doc.fragments.get(name)
+                        && seen.insert(name)
+                    {
+                        set(doc, op, &f.node.selection_set.node, seen, depth + 1)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    set(doc, op, &op.selection_set.node, &mut HashSet::new(), 0)
+}
+
 /// Lexical tokens of a GraphQL document (names, numbers, strings, punctuators; whitespace,
 /// commas and comments are not tokens), counted without parsing and stopping past `max`: `Err`
 /// with the count reached when there are more. The parser's cost grows with tokens, so this bound
@@ -596,6 +699,7 @@ pub fn analyze(
     };
     let sub = walk.set(&op.selection_set.node, root, false, 0)?;
     shape_limits(doc, op, limits)?;
+    check_typenames(doc, op)?;
     let analysis = Analysis {
         cost: sub.cost,
         fields: sub.fields,

@@ -350,7 +350,8 @@ async fn post(
 }
 
 /// A batch (a JSON array of requests, as Apollo's and Relay's batching links send): each runs as
-/// if sent alone, with the same identity and the same limits, at once; the answer is the array of
+/// if sent alone, with the same identity and the same limits (every rate-limit policy charges
+/// each operation, and admits or refuses each on its own), at once; the answer is the array of
 /// their answers, in order, with `200`. At most `graphql.max_batch` operations (`1`, the default,
 /// turns batching off); never stored by a shared cache.
 async fn batch(
@@ -375,24 +376,43 @@ async fn batch(
     if let Some(msg) = refusal {
         return reject(StatusCode::BAD_REQUEST, mode, ErrorCode::BadUserInput, &msg);
     }
-    let answers = futures::future::join_all(items.into_iter().map(|item| {
-        let (app, identity) = (app.clone(), identity.clone());
-        async move {
-            let Json::Object(map) = item else {
-                let body = error_body(
-                    ErrorCode::BadUserInput,
-                    "each batched request must be a JSON object",
-                );
-                return Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-            };
-            let resp = serve(app, identity, Method::POST, mode, map).await;
-            // Answers are in memory already (`Pieces`); this only joins them.
-            axum::body::to_bytes(resp.into_body(), usize::MAX)
-                .await
-                .unwrap_or_else(|_| Bytes::from_static(b"{}"))
-        }
-    }))
-    .await;
+    // Rate limits count operations: the pipeline's stage charged this HTTP request once (the
+    // first operation); each further one is charged now, in order, before any runs. Admission
+    // is per operation, as if each were sent alone: those over a limit get `RATE_LIMITED` in
+    // their place, the others run. After the first refusal the rest are refused without asking
+    // again (a refused check charges nothing and would only repeat the answer).
+    let mut refused: Vec<Option<String>> = vec![None];
+    for _ in 1..items.len() {
+        let last = refused.last().cloned().flatten();
+        let verdict = match last {
+            Some(msg) => Some(msg),
+            None => crate::pipeline::ratelimit::batched_operation().await,
+        };
+        refused.push(verdict);
+    }
+    let answers =
+        futures::future::join_all(items.into_iter().zip(refused).map(|(item, refused)| {
+            let (app, identity) = (app.clone(), identity.clone());
+            async move {
+                if let Some(msg) = refused {
+                    let body = error_body(ErrorCode::RateLimited, &msg);
+                    return Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+                }
+                let Json::Object(map) = item else {
+                    let body = error_body(
+                        ErrorCode::BadUserInput,
+                        "each batched request must be a JSON object",
+                    );
+                    return Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+                };
+                let resp = serve(app, identity, Method::POST, mode, map).await;
+                // Answers are in memory already (`Pieces`); this only joins them.
+                axum::body::to_bytes(resp.into_body(), usize::MAX)
+                    .await
+                    .unwrap_or_else(|_| Bytes::from_static(b"{}"))
+            }
+        }))
+        .await;
     let mut pieces = Vec::with_capacity(answers.len() * 2 + 1);
     pieces.push(Bytes::from_static(b"["));
     for (i, a) in answers.into_iter().enumerate() {
@@ -551,6 +571,14 @@ async fn serve(
             }
             Err(Refusal::BadVariables(msg)) => {
                 return reject(request_error, mode, ErrorCode::BadUserInput, &msg);
+            }
+            Err(Refusal::Invalid(msg)) => {
+                return reject(
+                    request_error,
+                    mode,
+                    ErrorCode::GraphqlValidationFailed,
+                    &msg,
+                );
             }
             Err(e @ Refusal::IntrospectionOff) => {
                 return reject(

@@ -212,6 +212,10 @@ impl Persisted {
             valid: AtomicBool::new(false),
         });
         self.apq.insert(hash.clone(), known.clone());
+        // moka applies evictions in batches of hundreds; a flood of one-off registrations
+        // (each up to the body limit) would be held far past `apq_cache_bytes` until the next
+        // batch. Registering is the rare path (a client's first sight of an operation).
+        self.apq.run_pending_tasks();
         Ok(Resolved {
             query: known.query.clone(),
             hash: Some(hash),
@@ -433,5 +437,40 @@ mod tests {
             .to_string();
         assert!(err.contains("is not the SHA-256 of its body"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The document cache's probe, on the other cache a client fills: 1,200 one-off 120 KB
+    /// registrations never hold more than `apq_cache_bytes`, at any moment.
+    #[test]
+    fn a_flood_of_one_off_registrations_stays_within_the_apq_budget() {
+        let mut s = settings(PersistedMode::Apq, None);
+        s.apq_cache_bytes = 4 * 1024 * 1024;
+        let p = Persisted::new(&s).unwrap();
+        // What is alive is what the cache holds (applied or still pending in moka's buffers):
+        // each registration's text is watched through a weak reference.
+        let mut watched = Vec::new();
+        let mut most = 0;
+        for i in 0..1_200 {
+            let query = format!(
+                "{{ q{i}: title(id: \"{}\") {{ id }} }}",
+                "x".repeat(120_000)
+            );
+            let hash = sha256_hex(&query);
+            let resolved = p.resolve(Some(query), &ext(&hash)).unwrap();
+            watched.push(Arc::downgrade(&resolved.query));
+            drop(resolved);
+            let alive: usize = watched
+                .iter()
+                .filter_map(std::sync::Weak::upgrade)
+                .map(|q| q.len() + 64)
+                .sum();
+            most = most.max(alive);
+        }
+        // Within the budget plus the one registration being decided (moka frees a candidate
+        // it does not admit a moment later); without evicting at once, ~16 MB.
+        assert!(
+            most as u64 <= s.apq_cache_bytes + 128 * 1024,
+            "{most} bytes of registered queries alive at most"
+        );
     }
 }

@@ -3,8 +3,17 @@
 //! viewer on the request's extensions as an [`Identity`], or the request is anonymous. A token that does not verify is refused here (`401` with `WWW-Authenticate`; two
 //! `Authorization` headers `400`) — never silently anonymous — so nothing below ever sees an
 //! unverified identity. What a viewer may do is decided further down (scopes, claims).
+//!
+//! Failures are counted per client address (`rate_limits.failed_auth`); once an address is over
+//! that limit, a request presenting an `Authorization` header is refused with `429` before its
+//! token is parsed or any key set is consulted, so a flood of forged tokens costs no
+//! verification work. Requests without credentials are never refused by it: anonymous traffic
+//! is the rate-limit policies' business.
 
-use std::sync::Arc;
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+};
 
 use axum::{
     extract::{Request, State},
@@ -13,9 +22,10 @@ use axum::{
     response::Response,
 };
 
+use super::client_addr::ClientAddr;
 use crate::{
-    auth::{Authenticator, ClientCert, Identity},
-    error::json_error,
+    auth::{AuthError, Authenticator, ClientCert, Identity},
+    error::{ErrorCode, json_error},
 };
 
 /// The stage's state: the verifier, and whether refusals are GraphQL answers (negotiated by
@@ -26,6 +36,8 @@ pub(crate) struct Authn {
     pub(crate) graphql: bool,
     /// `tls.client_cert_identity`: a verified client certificate without a token is a viewer.
     pub(crate) client_cert_identity: bool,
+    /// `rate_limits.failed_auth`, when on.
+    pub(crate) failed_auth: Option<Arc<crate::ratelimit::FailedAuth>>,
 }
 
 /// The middleware.
@@ -34,6 +46,37 @@ pub(crate) async fn authenticate(
     mut req: Request,
     next: Next,
 ) -> Response {
+    // The client-address stage runs first on every request; without it (an in-process router)
+    // the request is from nowhere in particular.
+    let ip = req
+        .extensions()
+        .get::<ClientAddr>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.0);
+    let presents_token = req.headers().contains_key(header::AUTHORIZATION);
+    if presents_token
+        && let Some(limit) = &stage.failed_auth
+        && let Some(refused) = limit.refuses(ip).await
+    {
+        tracing::info!(client_address = %ip, "credentials not checked: too many failed authentications from this address");
+        let msg = refused.message();
+        let mut resp = if stage.graphql {
+            crate::graphql::http::refusal(
+                req.headers(),
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                &msg,
+            )
+        } else {
+            json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                &msg,
+                None,
+            )
+        };
+        refused.apply(resp.headers_mut());
+        return resp;
+    }
     let verdict = match stage.auth.authenticate_headers(req.headers()).await {
         // No token: a service client may be known by its verified certificate.
         Ok(None) if stage.client_cert_identity => match req.extensions().get::<ClientCert>() {
@@ -49,6 +92,13 @@ pub(crate) async fn authenticate(
         }
         Err(e) => {
             tracing::info!(error = %e, "request refused by authentication");
+            // A provider whose keys are not loaded is not the client's failure: counting it
+            // would lock out every signed-in user of an address during an outage.
+            if let Some(limit) = &stage.failed_auth
+                && !matches!(e, AuthError::KeysUnavailable)
+            {
+                limit.failed(ip).await;
+            }
             let mut resp = if stage.graphql {
                 crate::graphql::http::refusal(req.headers(), e.status(), e.code(), &e.to_string())
             } else {

@@ -1,14 +1,22 @@
 //! The client address, the first thing the pipeline decides: the socket peer's address, or —
 //! only when that peer is one of `server.trusted_proxies` — the address the proxies say they
-//! forwarded for (`Forwarded: for=…`, RFC 7239, else `X-Forwarded-For`). Walking the chain from
-//! the right, each trusted hop hands over to the one it names; the first address that is not a
-//! trusted proxy is the client. A hop that cannot be read ("unknown", an obfuscated name, junk)
-//! ends the walk at the last trusted proxy, so a forged header from outside can never choose
-//! the address. The result goes on the request as [`ClientAddr`]: logs, client-address rules and
-//! rate limits all use it.
+//! forwarded for, read from the one header family `server.forwarded_header` names
+//! (`X-Forwarded-For`, or RFC 7239 `Forwarded: for=…`); the other family is whatever the client
+//! sent and is never read.
+//!
+//! The walk is nginx's `real_ip_recursive` (Envoy's `xff_num_trusted_hops` with CIDRs instead of
+//! a count): the header lines are one list in order; from its right end, each element is the
+//! address the hop to its right received the request from. While that address is a trusted
+//! proxy, the walk moves one element left; the first untrusted address is the client. An element
+//! that cannot be read (`unknown`, an obfuscated `_name`, junk, non-ASCII bytes) ends the walk:
+//! the client is then the last address a trusted hop vouched for, so nothing written further
+//! left — where the client writes — can choose the address. Lines are read as bytes and split
+//! from the right, so a line holding a byte that is not text never erases the element a trusted
+//! proxy appended after it. The result goes on the request as [`ClientAddr`]: logs,
+//! client-address rules and rate limits all use it.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
 };
 
@@ -19,19 +27,22 @@ use axum::{
     response::Response,
 };
 
-use crate::config::Cidr;
+use crate::config::{Cidr, ForwardedHeader};
 
 /// The request's client address, as the pipeline decided it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
 
-/// The proxies whose forwarding headers are believed.
+/// The proxies whose forwarding headers are believed, and which header they append.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct TrustedProxies(pub(crate) Vec<Cidr>);
+pub(crate) struct TrustedProxies {
+    pub(crate) cidrs: Vec<Cidr>,
+    pub(crate) header: ForwardedHeader,
+}
 
 impl TrustedProxies {
     fn trusts(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|c| c.contains(ip))
+        self.cidrs.iter().any(|c| c.contains(ip))
     }
 
     /// The client address of a request from `peer` with `headers`.
@@ -40,9 +51,27 @@ impl TrustedProxies {
         if !self.trusts(peer) {
             return peer;
         }
-        let hops = forwarded_for(headers);
+        let name = match self.header {
+            ForwardedHeader::XForwardedFor => "x-forwarded-for",
+            ForwardedHeader::Forwarded => "forwarded",
+        };
+        // Last line first, each line's last element first: the order the hops appended them.
+        let elements = headers
+            .get_all(name)
+            .iter()
+            .rev()
+            .flat_map(|line| line.as_bytes().rsplit(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            // RFC 9110 §5.6.1: empty list elements are ignored, not errors.
+            .filter(|e| !e.is_empty());
         let mut client = peer;
-        for hop in hops.iter().rev() {
+        for element in elements {
+            let hop = match self.header {
+                ForwardedHeader::XForwardedFor => node(element),
+                ForwardedHeader::Forwarded => forwarded_for(element).and_then(node),
+            };
+            // Unreadable: the trusted hop that wrote it did not say whom it received from; the
+            // last address vouched for stands.
             let Some(ip) = hop else {
                 return client;
             };
@@ -55,48 +84,66 @@ impl TrustedProxies {
     }
 }
 
-/// The forwarded-for chain, leftmost (original client) first; `None` for a hop that is not an
-/// address. `Forwarded` wins when present: it is the standard, and a proxy that sets it is expected
-/// to keep it whole.
-fn forwarded_for(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
-    let forwarded: Vec<&str> = headers
-        .get_all(http::header::FORWARDED)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    if !forwarded.is_empty() {
-        return forwarded
-            .iter()
-            .flat_map(|v| v.split(','))
-            .filter_map(|element| {
-                element.split(';').find_map(|pair| {
-                    let (k, v) = pair.split_once('=')?;
-                    k.trim().eq_ignore_ascii_case("for").then(|| node(v.trim()))
-                })
-            })
-            .collect();
+/// The `for` parameter of one `Forwarded` element (`for=…;proto=…;by=…`, names in any case);
+/// `None` when it has none or names it twice (RFC 7239 §4: each parameter at most once).
+fn forwarded_for(element: &[u8]) -> Option<&[u8]> {
+    let mut found = None;
+    for pair in element.split(|b| *b == b';') {
+        let pair = pair.trim_ascii();
+        let Some(eq) = pair.iter().position(|b| *b == b'=') else {
+            continue;
+        };
+        let (name, value) = (&pair[..eq], &pair[eq + 1..]);
+        if name.trim_ascii().eq_ignore_ascii_case(b"for") {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(value.trim_ascii());
+        }
     }
-    headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|hop| node(hop.trim()))
-        .collect()
+    found
 }
 
-/// One node: `192.0.2.60`, `192.0.2.60:4711`, `"[2001:db8::17]:4711"`, `2001:db8::17`.
-fn node(raw: &str) -> Option<IpAddr> {
-    let raw = raw.trim_matches('"');
-    if let Ok(ip) = raw.parse::<IpAddr>() {
+/// One node, as bytes: `192.0.2.60`, `192.0.2.60:4711`, `[2001:db8::17]:4711`, `2001:db8::17`,
+/// `[2001:db8::17]`, each optionally quoted (RFC 7239 quotes anything with a colon), a port
+/// number or an obfuscated port (`_p1`). `unknown`, obfuscated names (`_abc`), zone ids,
+/// non-ASCII bytes and anything else are `None`.
+fn node(raw: &[u8]) -> Option<IpAddr> {
+    let raw = match raw {
+        [b'"', inner @ .., b'"'] => inner,
+        other => other,
+    };
+    let text = std::str::from_utf8(raw).ok()?;
+    if !text.is_ascii() {
+        return None;
+    }
+    if let Some(rest) = text.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']')?;
+        if !after.is_empty() && !port(after.strip_prefix(':')?) {
+            return None;
+        }
+        return ip.parse::<Ipv6Addr>().ok().map(IpAddr::V6);
+    }
+    if let Ok(ip) = text.parse::<IpAddr>() {
         return Some(ip);
     }
-    if let Ok(sock) = raw.parse::<SocketAddr>() {
-        return Some(sock.ip());
+    // `a.b.c.d:port`: only IPv4 takes a port without brackets (a bare IPv6 is all colons).
+    let (ip, p) = text.rsplit_once(':')?;
+    let ip = ip.parse::<Ipv4Addr>().ok()?;
+    port(p).then_some(IpAddr::V4(ip))
+}
+
+/// A port (`0`–`65535`) or an obfuscated one (`_` and letters, digits, `.`, `_`, `-`).
+fn port(p: &str) -> bool {
+    match p.strip_prefix('_') {
+        Some(obf) => {
+            !obf.is_empty()
+                && obf
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        }
+        None => !p.is_empty() && p.len() <= 5 && p.parse::<u16>().is_ok(),
     }
-    raw.strip_prefix('[')
-        .and_then(|r| r.split(']').next())
-        .and_then(|ip| ip.parse().ok())
 }
 
 /// The middleware.
@@ -117,82 +164,4 @@ pub(crate) async fn client_addr(
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-
-    fn trusted(cidrs: &[&str]) -> TrustedProxies {
-        TrustedProxies(cidrs.iter().map(|c| c.parse().unwrap()).collect())
-    }
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        h
-    }
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn an_untrusted_peer_is_the_client_whatever_it_claims() {
-        let t = trusted(&["10.0.0.0/8"]);
-        let forged = headers(&[("x-forwarded-for", "1.2.3.4"), ("forwarded", "for=5.6.7.8")]);
-        assert_eq!(t.resolve(ip("203.0.113.9"), &forged), ip("203.0.113.9"));
-        assert_eq!(
-            TrustedProxies::default().resolve(ip("10.0.0.1"), &forged),
-            ip("10.0.0.1")
-        );
-    }
-
-    #[test]
-    fn trusted_hops_hand_over_right_to_left() {
-        let t = trusted(&["10.0.0.0/8", "2001:db8::/32"]);
-        // A client prepending a forged hop cannot choose: the rightmost untrusted one wins.
-        let h = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.1.1.1")]);
-        assert_eq!(t.resolve(ip("10.0.0.2"), &h), ip("198.51.100.7"));
-        // Several header lines are one list.
-        let h = headers(&[
-            ("x-forwarded-for", "198.51.100.7"),
-            ("x-forwarded-for", "10.1.1.1"),
-        ]);
-        assert_eq!(t.resolve(ip("10.0.0.2"), &h), ip("198.51.100.7"));
-        // All trusted: the leftmost.
-        let h = headers(&[("x-forwarded-for", "10.9.9.9, 10.1.1.1")]);
-        assert_eq!(t.resolve(ip("10.0.0.2"), &h), ip("10.9.9.9"));
-        // Forwarded, with ports, quotes and IPv6; it wins over X-Forwarded-For.
-        let h = headers(&[
-            (
-                "forwarded",
-                "for=\"[2001:db8:cafe::17]:4711\";proto=https, for=198.51.100.8:80",
-            ),
-            ("x-forwarded-for", "1.1.1.1"),
-        ]);
-        assert_eq!(t.resolve(ip("10.0.0.2"), &h), ip("198.51.100.8"));
-        let h = headers(&[("forwarded", "for=198.51.100.9, for=\"[2001:db8::1]\"")]);
-        assert_eq!(t.resolve(ip("10.0.0.2"), &h), ip("198.51.100.9"));
-        // An IPv4-mapped IPv6 peer is its IPv4 address.
-        assert_eq!(
-            t.resolve(ip("::ffff:10.0.0.2"), &headers(&[])),
-            ip("10.0.0.2")
-        );
-    }
-
-    #[test]
-    fn an_unreadable_hop_stops_at_the_last_trusted_proxy() {
-        let t = trusted(&["10.0.0.0/8"]);
-        for junk in ["unknown", "_hidden", "not an ip", "", "1.2.3.4.5"] {
-            let h = headers(&[("x-forwarded-for", &format!("6.6.6.6, {junk}, 10.1.1.1"))]);
-            assert_eq!(t.resolve(ip("10.0.0.2"), &h), ip("10.1.1.1"), "{junk:?}");
-        }
-        let h = headers(&[("forwarded", "for=unknown")]);
-        assert_eq!(t.resolve(ip("10.0.0.2"), &h), ip("10.0.0.2"));
-    }
-}
+mod tests;

@@ -112,6 +112,25 @@ fn refusal(graphql: bool, headers: &http::HeaderMap, outcome: &Outcome) -> Respo
     }
 }
 
+/// One more operation of a batch, charged to the policies that need only the client: the stage
+/// charged the HTTP request (the batch's first operation) before the body was read; each further
+/// operation is charged here, once the body shows how many there are, so a batch of `n` costs
+/// what `n` requests sent alone would. `Some(message)` when a policy refuses this operation
+/// (nothing is charged for it then). `None` outside the stage (no policies configured).
+pub(crate) async fn batched_operation() -> Option<String> {
+    let late = LATE.try_with(Arc::clone).ok()?;
+    let outcome = late.limiter.check_early(&late.subject).await;
+    if outcome.is_empty() {
+        return None;
+    }
+    let refused = (!outcome.allowed()).then(|| outcome.message());
+    if let Some(msg) = &refused {
+        tracing::info!(client_address = %late.subject.ip, "batched operation refused by a rate limit: {msg}");
+    }
+    late.decided.lock().extend(outcome);
+    refused
+}
+
 /// The policies that need the operation, decided once the GraphQL service has measured it:
 /// `Some(message)` when one refuses (the service answers `429 RATE_LIMITED`; this stage adds
 /// the headers). `None` outside the stage (no policies configured).

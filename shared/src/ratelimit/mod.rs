@@ -229,9 +229,26 @@ impl Outcome {
         self.decided.iter().map(|(p, v)| (p.name(), v))
     }
 
-    /// Adds another stage's decisions.
+    /// Adds later decisions (another stage's, or a batch's next operation's). A policy decided
+    /// again keeps one entry describing the state after both: refused if either refused, the
+    /// fewest units left and the longest waits (a batch's operations may hit several keys of
+    /// one policy; the headers name the most constrained one).
     pub fn extend(&mut self, other: Outcome) {
-        self.decided.extend(other.decided);
+        for (policy, v) in other.decided {
+            match self
+                .decided
+                .iter_mut()
+                .find(|(p, _)| Arc::ptr_eq(p, &policy))
+            {
+                Some((_, seen)) => {
+                    seen.allowed &= v.allowed;
+                    seen.remaining = seen.remaining.min(v.remaining);
+                    seen.reset_us = seen.reset_us.max(v.reset_us);
+                    seen.retry_us = seen.retry_us.max(v.retry_us);
+                }
+                None => self.decided.push((policy, v)),
+            }
+        }
     }
 
     /// `Retry-After` in whole seconds (at least 1): until the last refusing policy would admit.
@@ -308,6 +325,8 @@ pub struct RateLimiter {
     store: Arc<dyn Store>,
     client: &'static str,
     metrics: Option<Arc<Metrics>>,
+    /// Leading bits of an IPv6 address in its `ip` key (`rate_limits.ipv6_prefix`).
+    ipv6_prefix: u8,
 }
 
 impl RateLimiter {
@@ -337,27 +356,13 @@ impl RateLimiter {
             .iter()
             .map(|p| Arc::new(Policy::new(p)))
             .collect();
-        let local = local::LocalStore::new(&policies, settings.max_keys, clock);
-        let store: Arc<dyn Store> = if settings.store == "local" {
-            Arc::new(local)
-        } else {
-            Arc::new(redis::RedisStore::new(
-                &settings.store,
-                redis::RedisOptions {
-                    timeout: settings.redis_timeout,
-                    prefix: settings.key_prefix.clone(),
-                    time: redis::TimeSource::Server,
-                    retry_after_failure: redis::RETRY_AFTER_FAILURE,
-                },
-                local,
-                metrics.clone(),
-            )?)
-        };
+        let store = store(settings, &policies, metrics.clone(), clock)?;
         Ok(Some(Self {
             policies,
             store,
             client,
             metrics,
+            ipv6_prefix: settings.ipv6_prefix,
         }))
     }
 
@@ -385,7 +390,7 @@ impl RateLimiter {
                 _ => false,
             })
             .map(|p| Check {
-                key: key_of(p, subject, self.client, None),
+                key: key_of(p, subject, self.client, None, self.ipv6_prefix),
                 policy: p.clone(),
                 cost: 1,
             })
@@ -410,6 +415,7 @@ impl RateLimiter {
                     subject,
                     self.client,
                     Some(op.name.unwrap_or("anonymous")),
+                    self.ipv6_prefix,
                 ),
                 policy: p.clone(),
                 cost: match p.cost {
@@ -448,23 +454,156 @@ impl RateLimiter {
     }
 }
 
+/// The store `settings` name for `policies`: in process, or Redis with an in-process fallback.
+fn store(
+    settings: &RateLimitSettings,
+    policies: &[Arc<Policy>],
+    metrics: Option<Arc<Metrics>>,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<dyn Store>, RateLimitError> {
+    let local = local::LocalStore::new(policies, settings.max_keys, clock);
+    Ok(if settings.store == "local" {
+        Arc::new(local)
+    } else {
+        Arc::new(redis::RedisStore::new(
+            &settings.store,
+            redis::RedisOptions {
+                timeout: settings.redis_timeout,
+                prefix: settings.key_prefix.clone(),
+                time: redis::TimeSource::Server,
+                retry_after_failure: redis::RETRY_AFTER_FAILURE,
+            },
+            local,
+            metrics,
+        )?)
+    })
+}
+
+/// The failed-authentication limit (`rate_limits.failed_auth`): failures are counted per client
+/// address, and a request presenting credentials from an address over the limit is refused
+/// before they are verified ([`FailedAuth::refuses`] looks without charging; [`FailedAuth::failed`]
+/// charges one failure). Looking and charging are two decisions, so concurrent requests from
+/// one address may each be verified before the first failure is counted: at most the limit
+/// plus the requests in flight at once get verified.
+///
+/// Only addresses this instance saw fail within the period are looked up: a signed-in user
+/// whose address never failed costs no store decision (no Redis round trip per request). An
+/// address failing at another instance is looked up here after its first failure here, so
+/// across a fleet sharing Redis each instance verifies at most one token more than the limit.
+pub struct FailedAuth {
+    policy: Arc<Policy>,
+    store: Arc<dyn Store>,
+    ipv6_prefix: u8,
+    /// Keys of addresses that failed here within the period (bounded like the local store).
+    suspects: moka::sync::Cache<String, ()>,
+}
+
+impl FailedAuth {
+    /// The limit `settings` describe, `None` when `failed_auth.limit` is 0.
+    pub fn new(
+        settings: &RateLimitSettings,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Option<Self>, RateLimitError> {
+        Self::with_clock(settings, metrics, Arc::new(SystemClock::default()))
+    }
+
+    /// [`FailedAuth::new`] with a given clock for the in-process store.
+    pub fn with_clock(
+        settings: &RateLimitSettings,
+        metrics: Option<Arc<Metrics>>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Option<Self>, RateLimitError> {
+        if settings.failed_auth.limit == 0 {
+            return Ok(None);
+        }
+        let policy = Arc::new(Policy::new(&settings.failed_auth.policy()));
+        let store = store(settings, std::slice::from_ref(&policy), metrics, clock)?;
+        // A sliding window remembers the previous period too: twice the period covers every
+        // algorithm's memory of a failure.
+        let suspects = moka::sync::Cache::builder()
+            .max_capacity(settings.max_keys)
+            .time_to_live(settings.failed_auth.period.saturating_mul(2))
+            .build();
+        Ok(Some(Self {
+            policy,
+            store,
+            ipv6_prefix: settings.ipv6_prefix,
+            suspects,
+        }))
+    }
+
+    fn key(&self, ip: IpAddr) -> String {
+        let mut key = String::with_capacity(48);
+        key.push_str(&self.policy.name);
+        key.push('|');
+        push_part(&mut key, "ip=", &ip_key(ip, self.ipv6_prefix));
+        key
+    }
+
+    fn check(&self, key: String, cost: u64) -> Check {
+        Check {
+            policy: self.policy.clone(),
+            key,
+            cost,
+        }
+    }
+
+    /// `Some(refusal)` when `ip` has used up its failures: the request is refused (`429`)
+    /// without verifying anything. Charges nothing (a decision of cost 0 reads the state).
+    pub async fn refuses(&self, ip: IpAddr) -> Option<Outcome> {
+        let key = self.key(ip);
+        if !self.suspects.contains_key(&key) {
+            return None;
+        }
+        let checks = [self.check(key, 0)];
+        let mut verdicts = self.store.decide(&checks).await;
+        let mut v = verdicts.pop()?;
+        if v.allowed && v.remaining > 0 {
+            return None;
+        }
+        // Exhausted: refused until the quota is whole again, at the latest.
+        v.allowed = false;
+        if v.retry_us <= 0 {
+            v.retry_us = v.reset_us;
+        }
+        Some(Outcome {
+            decided: vec![(self.policy.clone(), v)],
+        })
+    }
+
+    /// Counts one failed authentication from `ip`.
+    pub async fn failed(&self, ip: IpAddr) {
+        let key = self.key(ip);
+        self.suspects.insert(key.clone(), ());
+        let checks = [self.check(key, 1)];
+        self.store.decide(&checks).await;
+    }
+}
+
 /// Longest key part kept as it is; longer (or unusual) values are hashed, so a client cannot
 /// make keys (memory, Redis key length) as large as it likes.
 const MAX_PART: usize = 64;
 
 /// The key of `policy` for `subject`: `name|part|part…`, each part tagged and either kept as it
 /// is (short, of safe characters) or replaced by a hash.
-fn key_of(policy: &Policy, subject: &Subject, client: &str, operation: Option<&str>) -> String {
+fn key_of(
+    policy: &Policy,
+    subject: &Subject,
+    client: &str,
+    operation: Option<&str>,
+    ipv6_prefix: u8,
+) -> String {
     let mut key = String::with_capacity(64);
+    let ip = ip_key(subject.ip, ipv6_prefix);
     key.push_str(&policy.name);
     for part in &policy.key {
         key.push('|');
         match part {
-            KeyPart::Ip => push_part(&mut key, "ip=", &subject.ip.to_string()),
+            KeyPart::Ip => push_part(&mut key, "ip=", &ip),
             // Anonymous requests are keyed by address, tagged apart from any subject.
             KeyPart::User => match &subject.user {
                 Some(u) => push_part(&mut key, "u=", u),
-                None => push_part(&mut key, "a=", &subject.ip.to_string()),
+                None => push_part(&mut key, "a=", &ip),
             },
             KeyPart::Client => push_part(&mut key, "c=", client),
             KeyPart::Operation => push_part(&mut key, "o=", operation.unwrap_or("anonymous")),
@@ -472,6 +611,21 @@ fn key_of(policy: &Policy, subject: &Subject, client: &str, operation: Option<&s
         }
     }
     key
+}
+
+/// The client address as a key: IPv4 whole (`192.0.2.7`), IPv6 as its network of `prefix` bits
+/// (`2001:db8:1:2::/64`), so every address one client can pick from its allocation shares one
+/// key. An IPv4-mapped IPv6 address is its IPv4 address.
+pub(crate) fn ip_key(ip: IpAddr, prefix: u8) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let prefix = prefix.min(128);
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            let net = std::net::Ipv6Addr::from(u128::from(v6) & mask);
+            format!("{net}/{prefix}")
+        }
+    }
 }
 
 fn push_part(key: &mut String, tag: &str, value: &str) {

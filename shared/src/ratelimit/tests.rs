@@ -334,24 +334,24 @@ fn keys_stay_small_and_unambiguous_whatever_the_client_sends() {
     let p = Policy::new(&s);
     let anon = subject("203.0.113.5");
     let huge = "Q".repeat(100_000);
-    let k = key_of(&p, &anon, "web", Some(&huge));
+    let k = key_of(&p, &anon, "web", Some(&huge), 64);
     assert!(k.len() < 100, "{k}");
     assert!(k.starts_with("k|a=203.0.113.5|o=#"), "{k}");
-    assert_ne!(k, key_of(&p, &anon, "web", Some(&"Q".repeat(99_999))));
+    assert_ne!(k, key_of(&p, &anon, "web", Some(&"Q".repeat(99_999)), 64));
     // A user whose id looks like an anonymous key does not share its bucket.
     let tricky = Subject {
         user: Some("a=203.0.113.5".into()),
         ..anon.clone()
     };
     assert_ne!(
-        key_of(&p, &tricky, "web", Some("Home")),
-        key_of(&p, &anon, "web", Some("Home"))
+        key_of(&p, &tricky, "web", Some("Home"), 64),
+        key_of(&p, &anon, "web", Some("Home"), 64)
     );
     let spaced = Subject {
         user: Some("u1|o=Home".into()),
         ..anon
     };
-    assert!(!key_of(&p, &spaced, "web", Some("X")).contains("u1|o=Home"));
+    assert!(!key_of(&p, &spaced, "web", Some("X"), 64).contains("u1|o=Home"));
 }
 
 // ---- Redis -------------------------------------------------------------------------------
@@ -712,4 +712,131 @@ async fn a_redis_slower_than_the_timeout_is_decided_locally() {
         "{text}"
     );
     held.abort();
+}
+
+#[test]
+fn ipv6_keys_are_their_prefix_and_ipv4_keys_are_whole() {
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert_eq!(
+        ip_key(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), 64),
+        "2001:db8:1:2::/64"
+    );
+    assert_eq!(ip_key(ip("2001:db8:1:2::1"), 64), "2001:db8:1:2::/64");
+    assert_eq!(ip_key(ip("2001:db8:1:3::1"), 64), "2001:db8:1:3::/64");
+    assert_eq!(ip_key(ip("2001:db8:1:2::1"), 48), "2001:db8:1::/48");
+    assert_eq!(ip_key(ip("2001:db8::1"), 128), "2001:db8::1/128");
+    assert_eq!(ip_key(ip("2001:db8::1"), 1), "::/1");
+    assert_eq!(ip_key(ip("192.0.2.7"), 64), "192.0.2.7");
+    // An IPv4-mapped address is its IPv4 address, never a /64 every IPv4 client would share.
+    assert_eq!(ip_key(ip("::ffff:192.0.2.7"), 64), "192.0.2.7");
+    assert_ne!(ip_key(ip("::ffff:192.0.2.8"), 64), "192.0.2.7");
+}
+
+#[tokio::test]
+async fn eight_addresses_of_one_ipv6_64_share_one_bucket() {
+    let clock = Arc::new(ManualClock::at(T0));
+    let mut p = policy("v6", Algorithm::FixedWindow, 5, Duration::from_secs(3600));
+    p.key = vec![KeyPart::User];
+    let l = limiter(
+        vec![
+            policy("v6ip", Algorithm::FixedWindow, 5, Duration::from_secs(3600)),
+            p,
+        ],
+        clock,
+    );
+    let mut ok = 0;
+    for i in 1..=8 {
+        let s = subject(&format!("2001:db8:77:1:{i:x}::{i:x}"));
+        ok += admitted(&l, &s, 1).await;
+    }
+    assert_eq!(
+        ok, 5,
+        "one /64 is one client, for `ip` and the anonymous `user` key alike"
+    );
+    // The neighbouring /64 and IPv4 clients have buckets of their own.
+    assert_eq!(admitted(&l, &subject("2001:db8:77:2::1"), 1).await, 1);
+    assert_eq!(admitted(&l, &subject("192.0.2.1"), 1).await, 1);
+    assert_eq!(admitted(&l, &subject("192.0.2.2"), 1).await, 1);
+}
+
+#[tokio::test]
+async fn a_wider_ipv6_prefix_groups_more() {
+    let clock = Arc::new(ManualClock::at(T0));
+    let s = RateLimitSettings {
+        ipv6_prefix: 48,
+        ..settings(vec![policy(
+            "v6",
+            Algorithm::FixedWindow,
+            3,
+            Duration::from_secs(3600),
+        )])
+    };
+    let l = RateLimiter::with_clock(&s, "web", None, clock)
+        .unwrap()
+        .unwrap();
+    let mut ok = 0;
+    for i in 1..=6 {
+        ok += admitted(&l, &subject(&format!("2001:db8:77:{i:x}::1")), 1).await;
+    }
+    assert_eq!(ok, 3);
+}
+
+#[tokio::test]
+async fn failed_authentications_refuse_once_over_the_limit_and_recover_after_the_period() {
+    let clock = Arc::new(ManualClock::at(T0));
+    let mut s = settings(vec![]);
+    s.failed_auth.limit = 3;
+    s.failed_auth.period = Duration::from_secs(60);
+    s.failed_auth.algorithm = Algorithm::FixedWindow;
+    let fa = FailedAuth::with_clock(&s, None, clock.clone())
+        .unwrap()
+        .unwrap();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    // Looking charges nothing: any number of looks before a failure.
+    for _ in 0..10 {
+        assert!(fa.refuses(ip("192.0.2.1")).await.is_none());
+    }
+    for _ in 0..3 {
+        assert!(fa.refuses(ip("192.0.2.1")).await.is_none());
+        fa.failed(ip("192.0.2.1")).await;
+    }
+    let refused = fa.refuses(ip("192.0.2.1")).await.unwrap();
+    assert!(!refused.allowed());
+    assert_eq!(refused.retry_after_secs(), 60);
+    let mut h = http::HeaderMap::new();
+    refused.apply(&mut h);
+    assert_eq!(h["ratelimit"], "\"failed-auth\";r=0;t=60");
+    assert_eq!(h["retry-after"], "60");
+    // Another address, and another /64, are their own; the same /64 is the same client.
+    assert!(fa.refuses(ip("192.0.2.2")).await.is_none());
+    for _ in 0..3 {
+        fa.failed(ip("2001:db8:1:1::1")).await;
+    }
+    assert!(fa.refuses(ip("2001:db8:1:1:ffff::9")).await.is_some());
+    assert!(fa.refuses(ip("2001:db8:1:2::1")).await.is_none());
+    // The window passes: verified again.
+    clock.advance(Duration::from_secs(60));
+    assert!(fa.refuses(ip("192.0.2.1")).await.is_none());
+    // Off with limit 0.
+    s.failed_auth.limit = 0;
+    assert!(FailedAuth::new(&s, None).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn failed_authentications_in_redis_look_without_charging() {
+    let clock = Arc::new(ManualClock::at(T0));
+    let mut s = settings(vec![]);
+    s.store = REDIS.into();
+    s.key_prefix = format!("bff:test:fa:{}:{}:", std::process::id(), line!());
+    s.redis_timeout = Duration::from_secs(2);
+    s.failed_auth.limit = 2;
+    let fa = FailedAuth::with_clock(&s, None, clock).unwrap().unwrap();
+    let ip: IpAddr = "198.51.100.77".parse().unwrap();
+    for _ in 0..20 {
+        assert!(fa.refuses(ip).await.is_none(), "a look is free");
+    }
+    fa.failed(ip).await;
+    assert!(fa.refuses(ip).await.is_none());
+    fa.failed(ip).await;
+    assert!(fa.refuses(ip).await.is_some());
 }

@@ -207,7 +207,10 @@ impl Application {
         let auth = Arc::new(Authenticator::new(&settings.auth));
         let auth_tasks = auth.start();
         let edge = Edge {
-            trusted: Arc::new(TrustedProxies(settings.server.trusted_proxies.clone())),
+            trusted: Arc::new(TrustedProxies {
+                cidrs: settings.server.trusted_proxies.clone(),
+                header: settings.server.forwarded_header,
+            }),
             observe: Arc::new(Observe {
                 client,
                 metrics: metrics.clone(),
@@ -223,6 +226,11 @@ impl Application {
                 auth: auth.clone(),
                 graphql: true,
                 client_cert_identity: settings.tls.client_cert_identity,
+                failed_auth: crate::ratelimit::FailedAuth::new(
+                    &settings.rate_limits,
+                    metrics.clone(),
+                )?
+                .map(Arc::new),
             },
             ratelimit,
         };

@@ -56,6 +56,8 @@ pub(crate) struct RestBackend {
     pub(crate) policy: BackendPolicy<RestEndpoint>,
     /// `forward_scopes` / `forward_token` of this backend.
     forward: (bool, bool),
+    /// `max_response_bytes` of this backend.
+    max_response: usize,
 }
 
 impl RestBackend {
@@ -96,6 +98,7 @@ impl RestBackend {
             client,
             policy: BackendPolicy::new(name, s, endpoints, metrics),
             forward: (s.forward_scopes, s.forward_token),
+            max_response: s.max_response_bytes,
         };
         let tasks = discovery::start_rest(&backend.policy, &backend.client, s);
         Ok((backend, tasks))
@@ -150,7 +153,7 @@ impl RestBackend {
                     .request(&ep, cx, method.clone(), path)
                     .query(query)
                     .header(reqwest::header::ACCEPT, "application/json");
-                async move { decode(req.send().await).await }
+                async move { decode(req.send().await, self.max_response).await }
             })
             .await
     }
@@ -158,6 +161,7 @@ impl RestBackend {
 
 async fn decode<T: DeserializeOwned>(
     sent: Result<reqwest::Response, reqwest::Error>,
+    max: usize,
 ) -> Result<Option<T>, Failure> {
     let resp = sent.map_err(|e| transport(&e))?;
     let status = resp.status();
@@ -170,10 +174,32 @@ async fn decode<T: DeserializeOwned>(
     if !status.is_success() {
         return Err(Failure::Rejected(format!("HTTP {status}")));
     }
-    let body = resp.bytes().await.map_err(|e| transport(&e))?;
+    let body = bounded_body(resp, max).await?;
     serde_json::from_slice(&body)
         .map(Some)
         .map_err(|e| Failure::Rejected(format!("bad JSON: {e}")))
+}
+
+/// The body, read chunk by chunk and abandoned (the connection dropped) once it passes `max`
+/// bytes, or refused at once when its declared length does: a backend answering far more than
+/// any answer of its API is failing, and must not fill memory on the way.
+async fn bounded_body(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, Failure> {
+    let too_large = || {
+        Failure::Unavailable(format!(
+            "answer larger than {max} bytes (max_response_bytes); abandoned"
+        ))
+    };
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| transport(&e))? {
+        if body.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 pub(crate) fn transport(e: &reqwest::Error) -> Failure {

@@ -586,3 +586,49 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn typename_is_validated_like_any_other_field() {
+    let invalid = |q: &str| matches!(run(q, &LOOSE), Err(Refusal::Invalid(_)));
+    for q in [
+        "{ __typename @x }",
+        "{ __typename @include(if: 1) }",
+        "{ __typename @include(if: \"true\") }",
+        "{ __typename @include(if: null) }",
+        "{ __typename @skip }",
+        "{ __typename @skip(if: true, also: 1) }",
+        "{ __typename @skip(when: true) }",
+        "{ __typename @skip(if: true) @skip(if: false) }",
+        "{ __typename @deprecated }",
+        "{ __typename(a: 1) }",
+        "{ __typename { x } }",
+        "{ t: __typename @x }",
+        "{ homepage { __typename @x } }",
+        "{ ... on Query { __typename @x } }",
+        "{ ...F } fragment F on Query { __typename @nope }",
+        "query { __typename @include(if: $undeclared) }",
+        "query($b: String!) { __typename @include(if: $b) }",
+        "query($b: Boolean) { __typename @include(if: $b) }",
+        "query($b: Boolean = null) { __typename @include(if: $b) }",
+        "query($b: [Boolean!]!) { __typename @include(if: $b) }",
+        "mutation { __typename @x }",
+    ] {
+        assert!(invalid(q), "{q} must be refused");
+    }
+    for q in [
+        "{ __typename }",
+        "{ t: __typename }",
+        "{ __typename @include(if: true) }",
+        "{ __typename @skip(if: false) @include(if: true) }",
+        "query($b: Boolean!) { __typename @include(if: $b) }",
+        "query($b: Boolean = true) { __typename @skip(if: $b) }",
+        "{ homepage { __typename rows { __typename } } }",
+        "{ ...F ...F } fragment F on Query { __typename @skip(if: false) }",
+    ] {
+        assert!(
+            run(q, &LOOSE).is_ok(),
+            "{q} must pass: {:?}",
+            run(q, &LOOSE)
+        );
+    }
+}
