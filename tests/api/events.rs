@@ -497,7 +497,26 @@ async fn poison_messages_go_to_the_dead_letter_queue_without_blocking_the_queue(
             position_seconds: 2,
         }),
     );
-    for body in [b"not json".to_vec(), refused.to_bytes(), good.to_bytes()] {
+    // A valid envelope of 30 MiB (over events.max_message_bytes) and one with a field version 1
+    // does not define: poison too, never applied.
+    let huge = Envelope::new(
+        "test",
+        Payload::PlaybackProgress(ProgressData {
+            user_id: "u3".into(),
+            title_id: "t".repeat(30 * 1024 * 1024),
+            position_seconds: 3,
+        }),
+    );
+    let mut unknown: Value = serde_json::from_slice(&good.to_bytes()).unwrap();
+    unknown["id"] = "another-id".into();
+    unknown["priority"] = "high".into();
+    for body in [
+        b"not json".to_vec(),
+        refused.to_bytes(),
+        huge.to_bytes(),
+        serde_json::to_vec(&unknown).unwrap(),
+        good.to_bytes(),
+    ] {
         ch.basic_publish(
             "".into(),
             queue.as_str().into(),
@@ -511,7 +530,7 @@ async fn poison_messages_go_to_the_dead_letter_queue_without_blocking_the_queue(
     let live = world.fixtures.control().live().clone();
     assert_eq!(live.wait_applied(1, DEADLINE).await, 1);
     let dlq = format!("{queue}.dlq");
-    eventually("two dead letters", || async {
+    eventually("four dead letters", || async {
         let q = ch
             .queue_declare(
                 dlq.as_str().into(),
@@ -523,11 +542,14 @@ async fn poison_messages_go_to_the_dead_letter_queue_without_blocking_the_queue(
             )
             .await
             .unwrap();
-        q.message_count() == 2
+        q.message_count() == 4
     })
     .await;
     // Refused: 1 try + max_retries (2) retries.
     assert_eq!(live.progress_stats().refused, 3);
+    assert_eq!(live.applied_progress().len(), 1, "only the good one");
+    let s = world.bus.status();
+    assert_eq!((s.too_large, s.dead_lettered), (1, 4), "{s:?}");
     let _ = conn.close(200, "bye".into()).await;
     world.cleanup().await;
 }
@@ -706,4 +728,40 @@ async fn amqps_with_a_verified_certificate_carries_reports_and_an_untrusted_one_
     }
     .cleanup()
     .await;
+}
+
+#[tokio::test]
+async fn one_users_flood_gets_their_share_refused_and_nobody_elses() {
+    let world = World::new("share").await;
+    let proxy = proxy().await;
+    let dir = spool_dir("share");
+    let spool = dir.clone();
+    let a = world
+        .bff(&proxy.addr().to_string(), move |e| {
+            e.spool_dir = Some(spool);
+            // 16 × 2 = 32 spooled reports per user while the broker is away.
+            e.outbox_share = 2;
+        })
+        .await;
+    proxy.cut();
+    eventually("the instance sees the bus down", || async {
+        !a.bus.status().connected
+    })
+    .await;
+    let flooder = a.token("u1");
+    for pos in 0..32 {
+        assert!(accepted(&report(&a, &flooder, "t1", pos).await), "{pos}");
+    }
+    let body = report(&a, &flooder, "t1", 32).await;
+    assert_eq!(codes(&body), ["RATE_LIMITED"], "{body}");
+    // Everybody else still gets in.
+    let other = a.token("u2");
+    assert!(accepted(&report(&a, &other, "t1", 1).await));
+    proxy.restore();
+    world.start_consumer().await;
+    let live = world.fixtures.control().live().clone();
+    assert_eq!(live.wait_applied(33, DEADLINE).await, 33);
+    drop(a);
+    world.cleanup().await;
+    let _ = std::fs::remove_dir_all(dir);
 }
