@@ -230,3 +230,85 @@ async fn oversized_and_unknown_field_messages_are_dead_lettered_not_applied() {
     assert_eq!(counters.dead_lettered.load(Ordering::Relaxed), 2);
     assert!(rec.applied.lock().is_empty());
 }
+
+/// A broker address nothing listens on (a port bound and released at once).
+fn dead_broker() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    format!("amqp://guest:guest@127.0.0.1:{port}/%2f")
+}
+
+fn title(n: u32) -> Envelope {
+    Envelope::new(
+        "catalog",
+        Payload::TitleUpdated(TitleUpdated {
+            title_id: format!("t{n}"),
+        }),
+    )
+}
+
+#[tokio::test]
+async fn a_drain_counts_what_it_could_not_settle_and_spools_it_when_it_can() {
+    // No spool: three domain events wait for a broker that never answers.
+    let url = dead_broker();
+    let bus = super::rabbit::RabbitBus::start(&url, &settings(100), "test").unwrap();
+    for n in 0..3 {
+        bus.publish(&title(n)).unwrap();
+    }
+    let drained = bus.drain(Duration::from_millis(100)).await;
+    assert_eq!(drained.unsettled, 3);
+    assert_eq!(bus.status().unsettled, 3);
+    // Draining: nothing new is taken.
+    assert_eq!(bus.publish(&title(9)), Err(super::PublishError::Draining));
+
+    // With a spool: the same events are saved for the next start, none lost.
+    let dir = std::env::temp_dir().join(format!("bff-drain-{}", uuid::Uuid::new_v4().simple()));
+    let bus = super::rabbit::RabbitBus::start(
+        &url,
+        &BusOptions {
+            spool_dir: Some(dir.clone()),
+            ..settings(100)
+        },
+        "test",
+    )
+    .unwrap();
+    for n in 0..3 {
+        bus.publish(&title(n)).unwrap();
+    }
+    // Work while the broker is away goes straight to the spool.
+    assert_eq!(
+        bus.send_work(WorkQueue::PlaybackProgress, &progress("u1", 1))
+            .await,
+        Ok(super::Accepted::Spooled)
+    );
+    let drained = bus.drain(Duration::from_millis(200)).await;
+    assert_eq!((drained.unsettled, drained.spooled), (0, 4));
+    drop(bus);
+    // The next process on this spool finds all four (once the dropped bus's tasks have let go of
+    // its lock).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let spool = loop {
+        match super::spool::Spool::open(&dir, 1 << 20) {
+            Ok(s) => break s,
+            Err(super::spool::SpoolError::Locked(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(spool.depth().0, 4);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn without_a_spool_work_is_refused_at_once_while_the_broker_is_away() {
+    let bus = super::rabbit::RabbitBus::start(&dead_broker(), &settings(100), "test").unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        bus.send_work(WorkQueue::PlaybackProgress, &progress("u1", 1))
+            .await,
+        Err(super::PublishError::Unavailable)
+    );
+    assert!(started.elapsed() < Duration::from_millis(500));
+}

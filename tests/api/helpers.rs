@@ -300,3 +300,13 @@ pub const WEB_FULL: &str = "{ homepage(region: \"US\") { region hero { id name }
 
 /// Every title field the mobile surface has.
 pub const MOBILE_FULL: &str = "{ homepage(region: \"US\") { region rows { kind heading items { rank reason progress { positionSeconds durationSeconds fraction } title { id name synopsis year maturityRating runtimeMinutes genres image(width: 171, dpr: 2) { url width height } } } } } }";
+
+/// Fails in one line naming the server when nothing answers on Redis's port (the tests of
+/// fleet-wide rate limits use the machine's Redis).
+pub fn require_redis() {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 6379));
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).is_ok(),
+        "Redis is not running on 127.0.0.1:6379; start it with `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\"`"
+    );
+}

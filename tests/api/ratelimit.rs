@@ -357,6 +357,7 @@ async fn a_per_operation_policy_takes_huge_operation_names_without_growing_keys(
 
 #[tokio::test]
 async fn policies_in_redis_are_shared_by_two_instances() {
+    crate::helpers::require_redis();
     let prefix = format!("bff:test:e2e:{}:{}:", std::process::id(), line!());
     let limits = |s: &mut Settings| {
         s.rate_limits.store = "redis://127.0.0.1:6379".into();
@@ -671,6 +672,7 @@ async fn successful_authentications_are_never_counted_and_a_zero_limit_turns_it_
 
 #[tokio::test]
 async fn in_redis_batches_and_failed_authentications_are_counted_across_two_instances() {
+    crate::helpers::require_redis();
     let prefix = format!("bff:test:e2e:{}:{}:", std::process::id(), line!());
     let limits = |s: &mut Settings| {
         s.rate_limits.store = "redis://127.0.0.1:6379".into();

@@ -365,6 +365,15 @@ fn unique_prefix(test: &str) -> String {
     )
 }
 
+/// Fails in one line naming the server when nothing answers on Redis's port.
+fn require_redis() {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 6379));
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok(),
+        "Redis is not running on 127.0.0.1:6379; start it with `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\"`"
+    );
+}
+
 fn redis_store(
     url: &str,
     prefix: &str,
@@ -372,6 +381,9 @@ fn redis_store(
     time: TimeSource,
     metrics: Option<Arc<Metrics>>,
 ) -> RedisStore {
+    if url == REDIS {
+        require_redis();
+    }
     let local = local::LocalStore::new(policies, 1_000, Arc::new(SystemClock::default()));
     RedisStore::new(
         url,
