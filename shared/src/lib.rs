@@ -16,9 +16,10 @@
 //! - [`auth`]: bearer JWT → verified [`auth::Viewer`].
 //! - [`body`]: request bodies held to a size and a deadline.
 //! - [`compose`]: the parallel homepage plan and title hydration.
-//! - [`events`]: the event bus (in-process or RabbitMQ), its outbox, and the instance's
-//!   invalidation by domain events.
-//! - [`cache`]: fragment cache (L1 moka; tier boundary for a shared tier), coalescing, SWR.
+//! - [`events`]: builds the event bus (the `bff-events` crate: in-process or RabbitMQ, outbox,
+//!   spool) from `events.*`; transport only.
+//! - [`cache`]: fragment cache (L1 moka; tier boundary for a shared tier), coalescing, SWR, and
+//!   the instance's invalidation by domain events.
 //! - [`profile`]: client profiles (rows, limits) and trimming rules.
 //! - [`upstream`]: the policy layer and one client per backend (reqwest, tonic).
 //! - [`domain`]: plain values passed between the layers.

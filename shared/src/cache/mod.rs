@@ -6,13 +6,15 @@
 //! trait), coalescing of concurrent loads ([`FragmentCache::get_or_load`], [`FragmentCache::titles`]),
 //! stale-while-revalidate and stale-if-error, invalidation for read-your-writes, per-kind counters
 //! ([`stats`]), and the per-request record of which fragments were used ([`CacheLog`]) from which
-//! `Cache-Control` and the `extensions.cache` report are derived. Does not own what to load: callers
+//! `Cache-Control` and the `extensions.cache` report are derived, and what a domain event from the
+//! bus makes stale ([`invalidate`]). Does not own what to load: callers
 //! pass the loader (the upstream call), so the cache never talks to a backend itself.
 //!
 //! Safety of per-user fragments rests on the key: it is built from a [`UserId`], which only
 //! `auth` creates from a verified token — no client header can name another user's entry.
 
 mod fragment;
+pub mod invalidate;
 pub mod key;
 pub mod stats;
 pub mod tier;

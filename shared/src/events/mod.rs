@@ -1,9 +1,7 @@
-//! The BFF's side of the event bus. The transports (in-process, RabbitMQ with its outbox and
-//! spool) live in the `bff-events` crate, which the fixture services share; this module builds
-//! the bus the settings ask for ([`from_settings`]) and holds what a domain event means to a BFF
-//! instance ([`invalidate`]): drop the fragments it makes stale, on every instance.
-
-pub mod invalidate;
+//! The BFF's side of the event bus: transport only. The transports (in-process, RabbitMQ with its
+//! outbox and spool) live in the `bff-events` crate, which the fixture services share; this module
+//! builds the bus the settings ask for ([`from_settings`]). What a domain event means to a BFF
+//! instance lives beside the cache it invalidates (`crate::cache::invalidate`).
 
 use std::sync::Arc;
 

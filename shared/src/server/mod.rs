@@ -161,11 +161,18 @@ impl Application {
         ));
         let subscription = events
             .subscribe(
-                &crate::events::invalidate::SUBSCRIBED,
-                Arc::new(crate::events::invalidate::Invalidator::new(
+                &crate::cache::invalidate::SUBSCRIBED,
+                Arc::new(crate::cache::invalidate::Invalidator::new(
                     cache.clone(),
                     settings.profile.items_per_row,
-                    Some(recent.clone()),
+                    Some({
+                        let recent = recent.clone();
+                        Arc::new(
+                            move |user: &crate::domain::UserId, title: &str, position: u32| {
+                                recent.applied(user, title, position);
+                            },
+                        )
+                    }),
                     settings.events.max_stale_while_disconnected,
                 )),
             )

@@ -18,12 +18,15 @@ use std::{sync::Arc, time::SystemTime};
 
 use futures::{FutureExt, future::BoxFuture};
 
-use super::{Delivery, EventHandler, Handled, HandlerError, Payload, SeenIds};
-use crate::{
-    cache::{FragmentCache, FragmentKey, FragmentKind},
-    compose::progress::RecentProgress,
-    domain::{Region, UserId},
-};
+use super::{FragmentCache, FragmentKey, FragmentKind};
+use bff_events::{Delivery, EventHandler, Handled, HandlerError, Payload, SeenIds};
+
+use crate::domain::{Region, UserId};
+
+/// Told when the service applied a user's progress (the title and position), so that whoever
+/// overlays not-yet-applied reports (composition's read-your-writes) can let go of it. A
+/// callback rather than a type: the cache sits below composition and names nothing above it.
+pub type ProgressApplied = Arc<dyn Fn(&UserId, &str, u32) + Send + Sync>;
 
 /// The event types an instance subscribes to.
 pub const SUBSCRIBED: [&str; 4] = [
@@ -53,24 +56,24 @@ pub struct Invalidator {
     stale_bound: std::time::Duration,
     /// Row length of this binary (the continue-watching key carries it).
     limit: usize,
-    recent: Option<Arc<RecentProgress>>,
+    applied: Option<ProgressApplied>,
     seen: SeenIds,
 }
 
 impl Invalidator {
-    /// Drops fragments of `cache` (rows of `limit` items) and applied overlays of `recent`;
-    /// while the subscription is down, bounds staleness to `stale_bound`.
+    /// Drops fragments of `cache` (rows of `limit` items), tells `applied` about applied
+    /// progress; while the subscription is down, bounds staleness to `stale_bound`.
     pub fn new(
         cache: FragmentCache,
         limit: usize,
-        recent: Option<Arc<RecentProgress>>,
+        applied: Option<ProgressApplied>,
         stale_bound: std::time::Duration,
     ) -> Self {
         Self {
             cache,
             stale_bound,
             limit,
-            recent,
+            applied,
             seen: SeenIds::new(SEEN_IDS),
         }
     }
@@ -94,8 +97,8 @@ impl EventHandler for Invalidator {
                 .ok_or_else(|| HandlerError(format!("bad region `{}`", t.region))),
             Payload::MyListChanged(m) => user(&m.user_id).map(|u| FragmentKey::my_list(&u)),
             Payload::ContinueWatchingChanged(p) => user(&p.user_id).map(|u| {
-                if let Some(recent) = &self.recent {
-                    recent.applied(&u, &p.title_id, p.position_seconds);
+                if let Some(applied) = &self.applied {
+                    applied(&u, &p.title_id, p.position_seconds);
                 }
                 FragmentKey::continue_watching(&u, self.limit)
             }),
@@ -121,7 +124,7 @@ impl EventHandler for Invalidator {
 
     fn resumed(&self, down_since: SystemTime) {
         tracing::info!(
-            down_since = %super::rfc3339(down_since),
+            down_since = %bff_events::rfc3339(down_since),
             "event subscription resumed; dropping fragments that may have missed an invalidation"
         );
         self.cache
@@ -131,7 +134,7 @@ impl EventHandler for Invalidator {
 
     fn interrupted(&self, down_since: SystemTime) {
         tracing::warn!(
-            down_since = %super::rfc3339(down_since),
+            down_since = %bff_events::rfc3339(down_since),
             bound = ?self.stale_bound,
             "event subscription down; fragments kept fresh by events are refetched once older than the bound"
         );
