@@ -7,13 +7,21 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 
+#[cfg(feature = "demo")]
+use crate::demo;
 use crate::{
     compose::Composer,
     config::{ConfigError, LoadOptions, Settings},
-    demo,
     server::{Application, ServerError, StartOptions, Surface},
     upstream::Upstream,
 };
+
+/// The running demo environment. Without the `demo` feature (a production build) there is none:
+/// the type has no values.
+#[cfg(feature = "demo")]
+type Demo = demo::Demo;
+#[cfg(not(feature = "demo"))]
+enum Demo {}
 
 /// Command-line flags.
 #[derive(Debug, Parser)]
@@ -68,8 +76,14 @@ pub enum RunError {
     #[error(transparent)]
     Server(#[from] ServerError),
     /// Demo set-up failure.
+    #[cfg(feature = "demo")]
     #[error(transparent)]
     Demo(#[from] demo::DemoError),
+    /// `--demo` on a build without the fixtures.
+    #[error(
+        "this build leaves out the demo and its fixture backends (built without the `demo` feature); run a development build, or point the BFF at real backends"
+    )]
+    NoDemo,
     /// Trace export could not be set up.
     #[error("cannot set up trace export: {0}")]
     Telemetry(#[from] crate::telemetry::otel::OtelError),
@@ -197,23 +211,8 @@ async fn serve(surface: &Surface, cli: Cli) -> Result<(), RunError> {
         tracing::warn!("{w}");
     }
 
-    let demo = if cli.demo {
-        Some(demo::start(&mut settings).await?)
-    } else {
-        None
-    };
-    let graphiql_headers = demo
-        .as_ref()
-        .map(|d| serde_json::json!({ "Authorization": format!("Bearer {}", d.token) }).to_string());
-    let app = Application::build(
-        settings,
-        surface,
-        StartOptions {
-            graphiql_headers,
-            events: demo.as_ref().map(|d| d.events.clone()),
-        },
-    )
-    .await?;
+    let demo = start_demo(cli.demo, &mut settings).await?;
+    let app = Application::build(settings, surface, demo_options(demo.as_ref())).await?;
     let addr = app.local_addr().map_err(ServerError::Serve)?;
 
     println!("{} listening on http://{addr}", surface.name);
@@ -223,20 +222,74 @@ async fn serve(surface: &Surface, cli: Cli) -> Result<(), RunError> {
         println!("  admin     http://{admin}/readyz (backend detail)  http://{admin}/metrics");
     }
     if let Some(d) = &demo {
-        println!(
-            "  fixtures  REST http://{}  gRPC http://{}",
-            d.fixtures.rest_addr(),
-            d.fixtures.grpc_addr()
-        );
-        println!("  fixture admin: {}/stats", d.fixtures.admin_url());
-        println!("demo token: {}", d.token);
+        print_demo(d);
     }
     app.run_until_stopped(shutdown_signal()).await?;
     if let Some(d) = demo {
-        d.fixtures.stop().await;
+        stop_demo(d).await;
     }
     telemetry.shutdown().await;
     Ok(())
+}
+
+/// The demo environment `--demo` asks for (the settings rewritten to use it).
+#[cfg(feature = "demo")]
+async fn start_demo(wanted: bool, settings: &mut Settings) -> Result<Option<Demo>, RunError> {
+    Ok(if wanted {
+        Some(demo::start(settings).await?)
+    } else {
+        None
+    })
+}
+
+#[cfg(not(feature = "demo"))]
+async fn start_demo(wanted: bool, _settings: &mut Settings) -> Result<Option<Demo>, RunError> {
+    if wanted {
+        return Err(RunError::NoDemo);
+    }
+    Ok(None)
+}
+
+/// GraphiQL pre-filled with the demo token, and the bus the demo's fixtures publish on.
+#[cfg(feature = "demo")]
+fn demo_options(demo: Option<&Demo>) -> StartOptions {
+    StartOptions {
+        graphiql_headers: demo.map(|d| {
+            serde_json::json!({ "Authorization": format!("Bearer {}", d.token) }).to_string()
+        }),
+        events: demo.map(|d| d.events.clone()),
+    }
+}
+
+#[cfg(not(feature = "demo"))]
+fn demo_options(_demo: Option<&Demo>) -> StartOptions {
+    StartOptions::default()
+}
+
+#[cfg(feature = "demo")]
+fn print_demo(d: &Demo) {
+    println!(
+        "  fixtures  REST http://{}  gRPC http://{}",
+        d.fixtures.rest_addr(),
+        d.fixtures.grpc_addr()
+    );
+    println!("  fixture admin: {}/stats", d.fixtures.admin_url());
+    println!("demo token: {}", d.token);
+}
+
+#[cfg(not(feature = "demo"))]
+fn print_demo(d: &Demo) {
+    match *d {}
+}
+
+#[cfg(feature = "demo")]
+async fn stop_demo(d: Demo) {
+    d.fixtures.stop().await;
+}
+
+#[cfg(not(feature = "demo"))]
+async fn stop_demo(d: Demo) {
+    match d {}
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

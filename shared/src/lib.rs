@@ -24,7 +24,9 @@
 //! - [`upstream`]: the policy layer and one client per backend (reqwest, tonic).
 //! - [`domain`]: plain values passed between the layers.
 //! - [`error`]: the closed list of client error codes.
-//! - [`demo`]: `--demo` (fixtures in-process, demo token).
+//! - `demo`: `--demo` (fixtures in-process, demo token); only with the `demo` cargo feature, which
+//!   the binaries turn on by default and a production build leaves out
+//!   (`--no-default-features`), so the production library links no fixture backend.
 //! - [`telemetry`]: logging set-up.
 
 pub mod auth;
@@ -33,6 +35,7 @@ pub mod cache;
 pub mod cli;
 pub mod compose;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod domain;
 pub mod error;

@@ -545,21 +545,7 @@ impl Metrics {
                     .entry(kind.to_owned())
                     .or_insert([0; CACHE_COUNTERS]),
             };
-            for ((counter, &now), previous) in self
-                .cache_counters
-                .iter()
-                .zip(&observed)
-                .zip(last.iter_mut())
-            {
-                let delta = if now >= *previous {
-                    now - *previous
-                } else {
-                    now
-                };
-                // Called even with 0 so each series exists (at 0) from the first scrape on.
-                counter.with_label_values(&[kind]).inc_by(delta);
-                *previous = now;
-            }
+            add_deltas(&self.cache_counters, &[kind], &observed, last);
         }
         self.cache_bytes
             .with_label_values(&[kind])
@@ -588,20 +574,7 @@ impl Metrics {
             .events_last_seen
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        for ((counter, &now), previous) in self
-            .events_counters
-            .iter()
-            .zip(&observed)
-            .zip(last.iter_mut())
-        {
-            let delta = if now >= *previous {
-                now - *previous
-            } else {
-                now
-            };
-            counter.with_label_values(&[] as &[&str]).inc_by(delta);
-            *previous = now;
-        }
+        add_deltas(&self.events_counters, &[], &observed, &mut last[..]);
         drop(last);
         self.events_outbox
             .with_label_values(&["depth"])
@@ -805,6 +778,23 @@ fn status_label(status: u16, digits: &mut [u8; 3]) -> &str {
 
 fn saturating_i64<T: TryInto<i64>>(value: T) -> i64 {
     value.try_into().unwrap_or(i64::MAX)
+}
+
+/// Adds to each counter (labelled `labels`) what its source counted since the last scrape: the
+/// one delta loop behind every mirrored counter set. A value *lower* than last time means the
+/// source was reset (rebuilt), so the whole new value counts as new events: the exported counter
+/// never decreases and `rate()` stays right across the reset. Called even with 0, so each series
+/// exists from the first scrape on.
+fn add_deltas(counters: &[IntCounterVec], labels: &[&str], observed: &[u64], last: &mut [u64]) {
+    for ((counter, &now), previous) in counters.iter().zip(observed).zip(last.iter_mut()) {
+        let delta = if now >= *previous {
+            now - *previous
+        } else {
+            now
+        };
+        counter.with_label_values(labels).inc_by(delta);
+        *previous = now;
+    }
 }
 
 #[cfg(test)]
