@@ -22,7 +22,7 @@ use axum::{
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
-use crate::error::{ErrorCode, json_error};
+use crate::{error::ErrorCode, refusal::json_error};
 
 /// Why a request body was cut off: always the client's doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -207,3 +207,16 @@ pub struct TitleBatch {
     /// Titles that exist, by id; an id the catalog does not know is simply absent.
     pub titles: std::collections::HashMap<String, Arc<Title>>,
 }
+
+/// Who a backend call is made for, as the upstream layer carries it: the verified user, and what
+/// of the viewer's credentials backends configured for it may receive. Built by `auth` from a
+/// verified viewer; upstream never sees the viewer itself.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    /// The verified user id (`x-user-id`).
+    pub user: UserId,
+    /// The verified scopes, space separated (`forward_scopes`); `None` when there are none.
+    pub scopes: Option<Arc<str>>,
+    /// The bearer token as received (`forward_token`).
+    pub token: Option<Arc<str>>,
+}

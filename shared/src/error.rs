@@ -1,10 +1,9 @@
-//! The closed list of error codes clients may see (`extensions.code`), and the one place where
-//! internal errors become GraphQL errors. Upstream bodies and internal `Display` text never reach
-//! a client: every conversion here picks a fixed, client-safe message.
+//! The closed list of error codes clients may see (`extensions.code`). The ground: it imports
+//! no other module. Upstream bodies and internal `Display` text never reach a client: every
+//! conversion picks a fixed, client-safe message (backend failures in `crate::graphql`, the
+//! answers of stages outside GraphQL in `crate::refusal`).
 
 use async_graphql::ErrorExtensions;
-
-use crate::upstream::{BackendError, BackendId};
 
 /// Every `extensions.code` a response can carry (DESIGN.md "Public contract").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,63 +54,6 @@ impl ErrorCode {
     pub fn error(self, message: impl Into<String>) -> async_graphql::Error {
         async_graphql::Error::new(message).extend_with(|_, e| e.set("code", self.as_str()))
     }
-}
-
-/// A one-error GraphQL response body (with the request's trace id, like every error we send).
-pub(crate) fn error_body(code: ErrorCode, message: &str) -> serde_json::Value {
-    let mut ext = serde_json::json!({ "code": code.as_str() });
-    if let Some(t) = crate::telemetry::current() {
-        ext["traceId"] = t.trace.trace_id_hex().into();
-    }
-    serde_json::json!({ "errors": [{ "message": message, "extensions": ext }] })
-}
-
-/// An answer outside GraphQL execution (a pipeline stage's refusal, a pass-through route's
-/// failure) in the same error shape: `application/json`, never stored by a cache, with
-/// `extensions.backend` when a backend is to blame.
-pub(crate) fn json_error(
-    status: http::StatusCode,
-    code: ErrorCode,
-    message: &str,
-    backend: Option<&str>,
-) -> axum::response::Response {
-    use axum::response::IntoResponse as _;
-    let mut body = error_body(code, message);
-    if let (Some(b), Some(ext)) = (backend, body["errors"][0]["extensions"].as_object_mut()) {
-        ext.insert("backend".into(), b.into());
-    }
-    (
-        status,
-        [
-            (
-                http::header::CONTENT_TYPE,
-                "application/json; charset=utf-8",
-            ),
-            (http::header::CACHE_CONTROL, "no-store"),
-        ],
-        body.to_string(),
-    )
-        .into_response()
-}
-
-/// A GraphQL error for a failed backend call, naming the backend in `extensions.backend`.
-pub fn backend_error(err: &BackendError) -> async_graphql::Error {
-    let backend: BackendId = err.backend();
-    let (code, message) = if err.is_timeout() {
-        (
-            ErrorCode::BackendTimeout,
-            format!("the {backend} service did not answer in time"),
-        )
-    } else {
-        (
-            ErrorCode::BackendUnavailable,
-            format!("the {backend} service is unavailable"),
-        )
-    };
-    async_graphql::Error::new(message).extend_with(|_, e| {
-        e.set("code", code.as_str());
-        e.set("backend", backend.name());
-    })
 }
 
 /// `BACKEND_UNAVAILABLE` naming `events`: the event bus did not accept a write (its outbox is

@@ -23,7 +23,8 @@
 //! - [`profile`]: client profiles (rows, limits) and trimming rules.
 //! - [`upstream`]: the policy layer and one client per backend (reqwest, tonic).
 //! - [`domain`]: plain values passed between the layers.
-//! - [`error`]: the closed list of client error codes.
+//! - `refusal`: the one shape of an answer outside GraphQL execution (status, code, trace id).
+//! - [`error`]: the closed list of client error codes; the ground, importing nothing.
 //! - `demo`: `--demo` (fixtures in-process, demo token); only with the `demo` cargo feature, which
 //!   the binaries turn on by default and a production build leaves out
 //!   (`--no-default-features`), so the production library links no fixture backend.
@@ -46,6 +47,7 @@ pub mod pipeline;
 pub mod profile;
 pub(crate) mod proxy;
 pub mod ratelimit;
+pub(crate) mod refusal;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;

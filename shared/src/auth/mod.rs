@@ -39,6 +39,23 @@ pub struct Viewer {
 }
 
 impl Viewer {
+    /// What backend calls made for this viewer carry of it.
+    pub fn subject(&self) -> crate::domain::Subject {
+        crate::domain::Subject {
+            user: self.user_id.clone(),
+            scopes: (!self.scopes.is_empty()).then(|| {
+                Arc::from(
+                    self.scopes
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                )
+            }),
+            token: self.token.clone(),
+        }
+    }
+
     /// A viewer with no scopes, ceiling or token (a verified client certificate; tests).
     pub fn new(user_id: UserId) -> Self {
         Self {

@@ -60,7 +60,11 @@ impl RequestContext {
             .viewer
             .as_ref()
             .filter(|v| user.is_some_and(|u| *u == v.user_id));
-        let mut cx = CallContext::for_viewer(viewer, deadline, self.trace.clone());
+        let mut cx = CallContext::for_subject(
+            viewer.map(crate::auth::Viewer::subject),
+            deadline,
+            self.trace.clone(),
+        );
         // A per-user call is only ever made for the viewer; should that change, the user still
         // comes from here and nothing of the viewer's token travels with it.
         if viewer.is_none() {

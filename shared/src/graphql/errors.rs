@@ -67,7 +67,7 @@ pub(crate) fn classify(resp: &mut async_graphql::Response, hide_suggestions: boo
     }
 }
 
-pub(crate) use crate::error::error_body;
+pub(crate) use crate::refusal::error_body;
 
 /// Adds `extensions.traceId` to every error of an executed response, so a client reporting an
 /// error hands operators the id that finds the request's whole path.

@@ -235,3 +235,24 @@ where
         builder.disable_introspection().disable_suggestions()
     }
 }
+
+/// A GraphQL error for a failed backend call, naming the backend in `extensions.backend`.
+pub fn backend_error(err: &crate::upstream::BackendError) -> async_graphql::Error {
+    let backend: crate::upstream::BackendId = err.backend();
+    let (code, message) = if err.is_timeout() {
+        (
+            crate::error::ErrorCode::BackendTimeout,
+            format!("the {backend} service did not answer in time"),
+        )
+    } else {
+        (
+            crate::error::ErrorCode::BackendUnavailable,
+            format!("the {backend} service is unavailable"),
+        )
+    };
+    use async_graphql::ErrorExtensions as _;
+    async_graphql::Error::new(message).extend_with(|_, e| {
+        e.set("code", code.as_str());
+        e.set("backend", backend.name());
+    })
+}

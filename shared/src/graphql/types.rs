@@ -12,7 +12,8 @@ use super::{Inline, Rendered, RenderedList, TitleView, composer, request, requir
 use crate::{
     compose::{HomeRow, Homepage, RowItem as ComposedItem},
     domain::{Profile, Region},
-    error::{ErrorCode, backend_error},
+    error::ErrorCode,
+    graphql::backend_error,
     profile::{ClientProfile, RowKind},
 };
 

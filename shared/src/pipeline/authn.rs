@@ -25,7 +25,8 @@ use axum::{
 use super::client_addr::ClientAddr;
 use crate::{
     auth::{AuthError, Authenticator, ClientCert, Identity},
-    error::{ErrorCode, json_error},
+    error::ErrorCode,
+    refusal::json_error,
 };
 
 /// The stage's state: the verifier, and whether refusals are GraphQL answers (negotiated by

@@ -14,11 +14,7 @@ use axum::{
 };
 
 use super::client_addr::ClientAddr;
-use crate::{
-    config::Cidr,
-    error::{ErrorCode, json_error},
-    telemetry::metrics::Metrics,
-};
+use crate::{config::Cidr, error::ErrorCode, refusal::json_error, telemetry::metrics::Metrics};
 
 /// One set of rules and where it applies.
 pub(crate) struct IpRules {

@@ -22,8 +22,9 @@ use parking_lot::Mutex;
 use super::client_addr::ClientAddr;
 use crate::{
     auth::Identity,
-    error::{ErrorCode, json_error},
+    error::ErrorCode,
     ratelimit::{Operation, Outcome, RateLimiter, Subject, Target},
+    refusal::json_error,
 };
 
 /// The stage's state: the limiter and the group of routes it stands before.

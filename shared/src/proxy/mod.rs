@@ -28,8 +28,9 @@ use crate::{
     auth::Identity,
     body::BodyWatch,
     config::RouteSettings,
-    error::{ErrorCode, json_error as error},
+    error::ErrorCode,
     pipeline::{Edge, ip_rules::IpRules, limits::BodyLimit},
+    refusal::json_error as error,
     upstream::policy::Failure,
     upstream::{CallContext, CallKind, Upstream, rest::RestBackend, rest::transport},
 };
@@ -205,7 +206,11 @@ async fn proxy(route: &Route, req: Request) -> Response {
         CallKind::Write
     };
     let body = Mutex::new(Some(body));
-    let cx = CallContext::for_viewer(viewer.as_deref(), None, crate::telemetry::current());
+    let cx = CallContext::for_subject(
+        viewer.as_deref().map(crate::auth::Viewer::subject),
+        None,
+        crate::telemetry::current(),
+    );
     let method = parts.method.clone();
     // A failure is the client's when its body broke (too large, too slow, malformed), or when
     // the attempt ran out of time while the body was still arriving (a stalled upload). A

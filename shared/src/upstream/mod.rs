@@ -49,26 +49,27 @@ pub struct CallContext {
 pub(crate) const SCOPES_HEADER: &str = "x-user-scopes";
 
 impl CallContext {
-    /// A call made for `viewer` (`None`: shared data, no identity at all).
-    pub(crate) fn for_viewer(
-        viewer: Option<&crate::auth::Viewer>,
+    /// A call made for `subject` (`None`: shared data, no identity at all).
+    pub(crate) fn for_subject(
+        subject: Option<crate::domain::Subject>,
         deadline: Option<Instant>,
         trace: Option<Arc<crate::telemetry::RequestTrace>>,
     ) -> Self {
-        Self {
-            user: viewer.map(|v| v.user_id.clone()),
-            deadline,
-            trace,
-            scopes: viewer.filter(|v| !v.scopes.is_empty()).map(|v| {
-                Arc::from(
-                    v.scopes
-                        .iter()
-                        .map(String::as_str)
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                )
-            }),
-            token: viewer.and_then(|v| v.token.clone()),
+        match subject {
+            Some(s) => Self {
+                user: Some(s.user),
+                deadline,
+                trace,
+                scopes: s.scopes,
+                token: s.token,
+            },
+            None => Self {
+                user: None,
+                deadline,
+                trace,
+                scopes: None,
+                token: None,
+            },
         }
     }
 
