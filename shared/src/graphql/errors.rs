@@ -67,8 +67,6 @@ pub(crate) fn classify(resp: &mut async_graphql::Response, hide_suggestions: boo
     }
 }
 
-pub(crate) use crate::refusal::error_body;
-
 /// Adds `extensions.traceId` to every error of an executed response, so a client reporting an
 /// error hands operators the id that finds the request's whole path.
 pub(crate) fn stamp_trace_id(resp: &mut async_graphql::Response) {

@@ -28,12 +28,16 @@ use tracing::Instrument;
 use super::{
     analysis::{Analysis, Refusal},
     coalesce::{Coalescer, Key},
-    errors::{Outcome, classify, error_body, stamp_trace_id},
+    errors::{Outcome, classify, stamp_trace_id},
     json::Chunks,
     persisted::{Persisted, PersistedError},
 };
 use crate::{
-    auth::Identity, config::GraphqlSettings, error::ErrorCode, telemetry::metrics::Metrics,
+    auth::Identity,
+    config::GraphqlSettings,
+    error::ErrorCode,
+    refusal::{Mode, VARY, error_body, negotiate, reject, respond_body},
+    telemetry::metrics::Metrics,
 };
 use crate::{
     cache::{CacheLog, Freshness},
@@ -64,117 +68,6 @@ pub(crate) fn router(service: Arc<GraphqlService>) -> axum::Router {
     axum::Router::new()
         .route("/graphql", axum::routing::get(get).post(post))
         .with_state(service)
-}
-
-/// A refusal in the GraphQL error shape, in the media type `Accept` asks for (JSON when it asks
-/// for neither): for stages before the service that refuse a GraphQL request.
-pub(crate) fn refusal(
-    headers: &HeaderMap,
-    status: StatusCode,
-    code: ErrorCode,
-    message: &str,
-) -> Response {
-    reject(
-        status,
-        negotiate(headers).unwrap_or(Mode::Json),
-        code,
-        message,
-    )
-}
-
-const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json; charset=utf-8";
-const JSON: &str = "application/json; charset=utf-8";
-
-/// Which media type the client gets back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// `application/graphql-response+json`: request errors get 4xx.
-    GraphqlResponse,
-    /// Legacy `application/json`: well-formed requests always get 200.
-    Json,
-}
-
-impl Mode {
-    fn content_type(self) -> &'static str {
-        match self {
-            Self::GraphqlResponse => GRAPHQL_RESPONSE_JSON,
-            Self::Json => JSON,
-        }
-    }
-}
-
-/// Picks the response media type from `Accept` (q-values honoured); `None` → 406.
-fn negotiate(headers: &HeaderMap) -> Option<Mode> {
-    // Several Accept headers mean the same as one with their values joined.
-    let accept = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join(",");
-    if accept.trim().is_empty() {
-        return Some(Mode::Json);
-    }
-    let mut best: Option<(f32, Mode)> = None;
-    for part in accept.split(',') {
-        let mut params = part.split(';');
-        let media = params.next().unwrap_or("").trim().to_ascii_lowercase();
-        let q = params
-            .filter_map(|p| p.trim().strip_prefix("q="))
-            .find_map(|q| q.trim().parse::<f32>().ok())
-            .unwrap_or(1.0);
-        if q <= 0.0 {
-            continue;
-        }
-        let mode = match media.as_str() {
-            "application/graphql-response+json" => Mode::GraphqlResponse,
-            "application/json" | "application/*" | "*/*" => Mode::Json,
-            _ => continue,
-        };
-        // Equal weights prefer graphql-response+json, the spec's preferred type.
-        let better = match best {
-            None => true,
-            Some((bq, bm)) => {
-                q > bq || (q == bq && mode == Mode::GraphqlResponse && bm == Mode::Json)
-            }
-        };
-        if better {
-            best = Some((q, mode));
-        }
-    }
-    best.map(|(_, m)| m)
-}
-
-fn respond(status: StatusCode, mode: Mode, body: &Json) -> Response {
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
-    respond_body(status, mode, bytes)
-}
-
-/// What every GraphQL answer depends on besides its URL and body: the viewer (personalized
-/// rows), the media type asked for, and the encoding. A shared cache must key on all three, or it
-/// could hand a signed-in viewer the anonymous homepage or a JSON client the wrong content type.
-const VARY: &str = "authorization, accept, accept-encoding";
-
-fn respond_body(status: StatusCode, mode: Mode, body: impl Into<Body>) -> Response {
-    (
-        status,
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(mode.content_type()),
-            ),
-            (header::VARY, HeaderValue::from_static(VARY)),
-            // Executed answers replace it with their own policy ([`cache_control`]); refusals
-            // (some, like 405, are cacheable by default) are never stored.
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        ],
-        body.into(),
-    )
-        .into_response()
-}
-
-fn reject(status: StatusCode, mode: Mode, code: ErrorCode, message: &str) -> Response {
-    respond(status, mode, &error_body(code, message))
 }
 
 /// The request parameters after decoding, before GraphQL parsing.

@@ -61,7 +61,7 @@ pub(crate) async fn authenticate(
         tracing::info!(client_address = %ip, "credentials not checked: too many failed authentications from this address");
         let msg = refused.message();
         let mut resp = if stage.graphql {
-            crate::graphql::http::refusal(
+            crate::refusal::refusal(
                 req.headers(),
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::RateLimited,
@@ -101,7 +101,7 @@ pub(crate) async fn authenticate(
                 limit.failed(ip).await;
             }
             let mut resp = if stage.graphql {
-                crate::graphql::http::refusal(req.headers(), e.status(), e.code(), &e.to_string())
+                crate::refusal::refusal(req.headers(), e.status(), e.code(), &e.to_string())
             } else {
                 json_error(e.status(), e.code(), &e.to_string(), None)
             };

@@ -97,7 +97,7 @@ pub(crate) async fn limit(State(stage): State<RateLimit>, req: Request, next: Ne
 fn refusal(graphql: bool, headers: &http::HeaderMap, outcome: &Outcome) -> Response {
     let msg = outcome.message();
     if graphql {
-        crate::graphql::http::refusal(
+        crate::refusal::refusal(
             headers,
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RateLimited,
