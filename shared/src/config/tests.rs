@@ -381,3 +381,27 @@ fn edge_bounds_are_validated_naming_the_key() {
     assert_eq!(s.server.forwarded_header, ForwardedHeader::Forwarded);
     assert_eq!(s.rate_limits.failed_auth.limit, 0);
 }
+
+/// Every TOML example in the README is a config the BFF starts with (a `#` line inside a block
+/// is a comment to TOML too).
+#[test]
+fn every_toml_example_in_the_readme_loads() {
+    let readme = include_str!("../../../README.md");
+    let mut rest = readme;
+    let mut checked = 0;
+    while let Some(at) = rest.find("```toml\n") {
+        let start = at + "```toml\n".len();
+        let Some(len) = rest[start..].find("```") else {
+            break;
+        };
+        let block = &rest[start..start + len];
+        let (s, _) = load(Some(block), &[]);
+        assert!(
+            s.is_ok(),
+            "this README example does not load: {s:?}\n{block}"
+        );
+        checked += 1;
+        rest = &rest[start + len..];
+    }
+    assert!(checked >= 3, "found {checked} TOML examples");
+}

@@ -182,10 +182,14 @@ impl GraphiqlAssets {
     // Set by the server; JSON with "<" escaped, so it cannot end this script.
     const config = {config};
     // graphql-ws needs an absolute ws:// or wss:// URL: derive it from where this page was loaded.
-    const wsUrl = /^wss?:/.test(config.subscriptionEndpoint)
+    // No subscription endpoint (none is served yet): GraphiQL gets no WebSocket URL at all.
+    const wsUrl = !config.subscriptionEndpoint ? undefined
+      : /^wss?:/.test(config.subscriptionEndpoint)
       ? config.subscriptionEndpoint
       : (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + config.subscriptionEndpoint;
-    const fetcher = GraphiQL.createFetcher({{ url: config.endpoint, subscriptionUrl: wsUrl }});
+    const fetcher = GraphiQL.createFetcher(wsUrl
+      ? {{ url: config.endpoint, subscriptionUrl: wsUrl }}
+      : {{ url: config.endpoint }});
     ReactDOM.createRoot(document.getElementById('graphiql')).render(
       React.createElement(GraphiQL, {{
         fetcher,
@@ -225,8 +229,9 @@ impl GraphiqlAssets {
 pub struct Page<'a> {
     /// GraphQL endpoint path, e.g. `/graphql`.
     pub endpoint: &'a str,
-    /// Subscriptions path, e.g. `/graphql/ws` (the page turns it into `ws(s)://host/...`).
-    pub subscription_endpoint: &'a str,
+    /// Subscriptions path, e.g. `/graphql/ws` (the page turns it into `ws(s)://host/...`); `None`:
+    /// no subscription endpoint is served.
+    pub subscription_endpoint: Option<&'a str>,
     /// JSON object text prefilled in the headers editor (the demo token), if any.
     pub headers: Option<&'a str>,
     /// The binary's name, e.g. `bff-web`, for the editor's opening comment.
@@ -411,7 +416,7 @@ mod tests {
     fn test_page() -> Page<'static> {
         Page {
             endpoint: "/graphql",
-            subscription_endpoint: "/graphql/ws",
+            subscription_endpoint: Some("/graphql/ws"),
             headers: None,
             binary: "bff-test",
             example_query: "{ homepage { rows { kind } } }",

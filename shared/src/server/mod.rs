@@ -255,7 +255,9 @@ impl Application {
             graphiql_page: graphiql.as_ref().map(|assets| {
                 Bytes::from(assets.page(&graphiql::Page {
                     endpoint: "/graphql",
-                    subscription_endpoint: "/graphql/ws",
+                    // Subscriptions are not served yet (the live-homepage issue): GraphiQL
+                    // must not be pointed at a WebSocket endpoint that answers 404.
+                    subscription_endpoint: None,
                     headers: opts.graphiql_headers.as_deref(),
                     binary: surface.name,
                     example_query: surface.example_query,
