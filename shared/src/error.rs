@@ -65,3 +65,15 @@ pub fn events_unavailable() -> async_graphql::Error {
             e.set("backend", "events");
         })
 }
+
+/// `Display` of an error and its sources, for logs.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

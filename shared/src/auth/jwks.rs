@@ -219,7 +219,7 @@ impl Issuer {
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| FetchError::Http(crate::upstream::rest::error_chain(&e)))?;
+            .map_err(|e| FetchError::Http(crate::error::error_chain(&e)))?;
         if !resp.status().is_success() {
             return Err(FetchError::Http(format!("{url}: HTTP {}", resp.status())));
         }
@@ -237,7 +237,7 @@ impl Issuer {
         while let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|e| FetchError::Http(crate::upstream::rest::error_chain(&e)))?
+            .map_err(|e| FetchError::Http(crate::error::error_chain(&e)))?
         {
             if body.len() + chunk.len() > self.max_bytes {
                 return Err(too_large());

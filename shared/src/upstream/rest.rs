@@ -208,20 +208,8 @@ pub(crate) fn transport(e: &reqwest::Error) -> Failure {
     } else if e.is_builder() {
         // The request could not even be built (a header or URL we made is invalid): never sent,
         // so nothing is known about the backend.
-        Failure::Rejected(error_chain(e))
+        Failure::Rejected(crate::error::error_chain(e))
     } else {
-        Failure::Transport(error_chain(e))
+        Failure::Transport(crate::error::error_chain(e))
     }
-}
-
-/// `Display` of an error and its sources, for logs.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }
