@@ -43,6 +43,8 @@ pub mod error;
 mod escape;
 pub mod events;
 pub mod graphql;
+#[cfg(test)]
+mod layering;
 pub mod pipeline;
 pub mod profile;
 pub(crate) mod proxy;
