@@ -1,10 +1,10 @@
 //! The BFF resolver core shared by `bff-web` and `bff-mobile`: everything that fetches, composes,
 //! secures and serves. A binary adds only its GraphQL surface and client profile.
 //!
-//! # Layout (each layer talks to the one below it)
+//! # Layout (each layer talks to the one below it; a test keeps the module graph acyclic)
 //! - [`cli`]: flags and the `run` entry point every binary calls.
-//! - [`config`]: typed settings; defaults < TOML < `BFF_` env < flags. The ground: it imports no
-//!   other layer.
+//! - [`config`]: typed settings; defaults < TOML < `BFF_` env < flags. Near the ground: it imports
+//!   only the client profile's plain types.
 //! - [`server`]: listeners, the connection stage (timeouts, connection cap), assembly of the
 //!   routers, GraphiQL, health/readiness, graceful shutdown.
 //! - [`pipeline`]: the stages before the service, in order: client address → observe →
