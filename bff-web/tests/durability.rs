@@ -211,7 +211,10 @@ impl Instance {
 impl Drop for Instance {
     fn drop(&mut self) {
         self.kill();
-        let _ = std::fs::remove_file(&self.log);
+        // Kept when a test fails: its message names the log.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 

@@ -33,9 +33,9 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connect as _, Connection, ConnectionProperties,
     ExchangeKind,
     options::{
-        BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
-        BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-        QueueBindOptions, QueueDeclareOptions,
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+        BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
+        ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
     },
     types::{AMQPValue, FieldTable},
 };
@@ -55,6 +55,8 @@ use super::{
 const PUBLISH_WINDOW: usize = 256;
 /// The longest a reconnect delay grows to, as a multiple of `events.reconnect_delay`.
 const MAX_BACKOFF_FACTOR: u32 = 10;
+/// How long a stopped consumer's channel may take to close before the connection is remade.
+const CHANNEL_CLOSE: Duration = Duration::from_secs(5);
 /// How often the link's state is checked besides its error events.
 const LINK_CHECK: Duration = Duration::from_millis(250);
 /// Times the broker may return one work event (no queue took it) before it is refused: once
@@ -227,7 +229,7 @@ impl RabbitBus {
             // Wait until the consumer on the current connection has closed its channel (its
             // unacknowledged deliveries are back in the queue), bounded in case it is stuck.
             let mut running = spec.running.subscribe();
-            let _ = tokio::time::timeout(Duration::from_secs(5), running.wait_for(|r| !*r)).await;
+            let _ = tokio::time::timeout(CHANNEL_CLOSE * 2, running.wait_for(|r| !*r)).await;
             drop(done);
         });
         consumer
@@ -692,14 +694,25 @@ async fn run(
                     held,
                     tokio::spawn(async move {
                         let result = consume(&inner, &channel, &spec, missed_since).await;
-                        let _ = tokio::time::timeout(
-                            Duration::from_secs(1),
+                        // Closing the channel hands its unacknowledged deliveries back to the
+                        // queue. A channel that does not close in time would keep them until the
+                        // connection dies, so the connection is remade instead.
+                        let closed = tokio::time::timeout(
+                            CHANNEL_CLOSE,
                             channel.close(200, "done".into()),
                         )
                         .await;
                         spec.running.send_replace(false);
-                        if let Err(why) = result {
-                            let _ = failed.send(why);
+                        match result {
+                            Err(why) => {
+                                let _ = failed.send(why);
+                            }
+                            Ok(()) if !matches!(closed, Ok(Ok(()))) => {
+                                let _ = failed.send(
+                                    "a stopped consumer's channel did not close; remaking the connection so its deliveries go back to the queue".to_owned(),
+                                );
+                            }
+                            Ok(()) => {}
                         }
                     }),
                 ),
@@ -804,6 +817,18 @@ async fn publish(inner: &Inner, ch: &Channel) -> String {
     }
 }
 
+/// A stopped consumer: the broker must stop pushing to it at once (what it already pushed goes
+/// back to the queue when the channel closes), or deliveries would pile up, unread, on a
+/// consumer nobody polls.
+async fn cancel(ch: &Channel, tag: &str) -> Result<(), String> {
+    let _ = tokio::time::timeout(
+        CHANNEL_CLOSE,
+        ch.basic_cancel(tag.into(), BasicCancelOptions::default()),
+    )
+    .await;
+    Ok(())
+}
+
 /// Consumes for `spec` on `ch` until stopped (Ok) or the channel fails (Err).
 async fn consume(
     inner: &Inner,
@@ -853,15 +878,17 @@ async fn consume(
             name
         }
     };
+    let tag = format!("{}-{}", inner.instance, spec.id);
     let mut consumer = ch
         .basic_consume(
             queue.as_str().into(),
-            format!("{}-{}", inner.instance, spec.id).into(),
+            tag.as_str().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await
         .map_err(|e| broken("consume", e))?;
+
     spec.running.send_replace(true);
     // Bound and consuming again: from here on nothing is missed, so what the outage may have
     // hidden can be dropped now.
@@ -870,17 +897,23 @@ async fn consume(
     }
     loop {
         let delivery = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return Ok(()),
+            _ = stop.wait_for(|s| *s) => None,
             d = consumer.next() => match d {
-                Some(Ok(d)) => d,
+                Some(Ok(d)) => Some(d),
                 Some(Err(e)) => return Err(broken("delivery", e)),
                 None => return Err("the broker cancelled the consumer".to_owned()),
             },
         };
+        let Some(delivery) = delivery else {
+            return cancel(ch, &tag).await;
+        };
         let settle = tokio::select! {
             // Stopped mid-way: not acknowledged, so the broker delivers it again later.
-            _ = stop.wait_for(|s| *s) => return Ok(()),
-            s = deliver(&delivery.data, delivery.redelivered, inner.max_message_bytes, &spec.handler, &spec.attempts, &inner.counters) => s,
+            _ = stop.wait_for(|s| *s) => None,
+            s = deliver(&delivery.data, delivery.redelivered, inner.max_message_bytes, &spec.handler, &spec.attempts, &inner.counters) => Some(s),
+        };
+        let Some(settle) = settle else {
+            return cancel(ch, &tag).await;
         };
         let settled = match settle {
             Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
