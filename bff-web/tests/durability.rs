@@ -59,15 +59,10 @@ struct Stack {
 
 impl Stack {
     async fn new(test: &str) -> Stack {
-        let up = tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect(BROKER),
-        )
-        .await
-        .is_ok_and(|c| c.is_ok());
-        assert!(
-            up,
-            "RabbitMQ is not running on {BROKER} (guest/guest); start it with `rabbitmq-server -detached`"
+        bff_fixtures::proxy::require_server(
+            BROKER,
+            "RabbitMQ (guest/guest)",
+            "rabbitmq-server -detached",
         );
         let exchange = format!(
             "bfftest.durability.{test}.{}",

@@ -164,6 +164,19 @@ impl Counters {
         s.spooled = r(&self.spooled);
         s.unsettled = r(&self.unsettled);
     }
+
+    /// `event`'s wire bytes, or the refusal (counted) when they are over `max` bytes.
+    pub(crate) fn encode(&self, event: &Envelope, max: usize) -> Result<Arc<[u8]>, PublishError> {
+        let body = event.to_bytes();
+        if body.len() > max {
+            self.too_large.fetch_add(1, Ordering::Relaxed);
+            return Err(PublishError::TooLarge {
+                bytes: body.len(),
+                max,
+            });
+        }
+        Ok(Arc::from(body))
+    }
 }
 
 /// What became of one delivery, for the transport to settle (ack, retry, dead-letter).
@@ -205,21 +218,6 @@ impl Attempts {
 
     fn done(&self, id: &str) {
         self.counts.lock().remove(id);
-    }
-}
-
-impl Counters {
-    /// `event`'s wire bytes, or the refusal (counted) when they are over `max` bytes.
-    pub(crate) fn encode(&self, event: &Envelope, max: usize) -> Result<Arc<[u8]>, PublishError> {
-        let body = event.to_bytes();
-        if body.len() > max {
-            self.too_large.fetch_add(1, Ordering::Relaxed);
-            return Err(PublishError::TooLarge {
-                bytes: body.len(),
-                max,
-            });
-        }
-        Ok(Arc::from(body))
     }
 }
 

@@ -160,3 +160,19 @@ pub(crate) fn respond_body(status: StatusCode, mode: Mode, body: impl Into<Body>
 pub(crate) fn reject(status: StatusCode, mode: Mode, code: ErrorCode, message: &str) -> Response {
     respond(status, mode, &error_body(code, message))
 }
+
+/// A pipeline stage's refusal: in the GraphQL error shape and media type `Accept` asks for when
+/// the stage guards the GraphQL service, else the plain JSON error of pass-through routes.
+pub(crate) fn stage_refusal(
+    graphql: bool,
+    headers: &HeaderMap,
+    status: StatusCode,
+    code: ErrorCode,
+    message: &str,
+) -> Response {
+    if graphql {
+        refusal(headers, status, code, message)
+    } else {
+        json_error(status, code, message, None)
+    }
+}

@@ -304,9 +304,45 @@ pub const MOBILE_FULL: &str = "{ homepage(region: \"US\") { region rows { kind h
 /// Fails in one line naming the server when nothing answers on Redis's port (the tests of
 /// fleet-wide rate limits use the machine's Redis).
 pub fn require_redis() {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 6379));
-    assert!(
-        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).is_ok(),
-        "Redis is not running on 127.0.0.1:6379; start it with `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\"`"
+    bff_fixtures::proxy::require_server(
+        "127.0.0.1:6379",
+        "Redis",
+        "redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\"",
     );
+}
+
+/// Fails in one line naming the server when nothing answers on RabbitMQ's port.
+pub fn require_rabbitmq() {
+    bff_fixtures::proxy::require_server(
+        "127.0.0.1:5672",
+        "RabbitMQ (guest/guest)",
+        "rabbitmq-server -detached",
+    );
+}
+
+/// The media type GraphQL-over-HTTP clients ask for (request errors then get 4xx).
+pub const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
+
+impl TestApp {
+    /// POSTs `body` as JSON to `/graphql` as it is (a batch, a malformed request), with `accept`
+    /// and a bearer `token` when given: the whole response.
+    pub async fn post_body(
+        &self,
+        body: &Value,
+        accept: Option<&str>,
+        token: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(self.url("/graphql"))
+            .header("content-type", "application/json")
+            .json(body);
+        if let Some(a) = accept {
+            req = req.header("accept", a);
+        }
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.unwrap()
+    }
 }

@@ -756,14 +756,7 @@ async fn hostile_batches_are_charged_per_item_whatever_the_items_are() {
         json!({ "query": "{ __typename }", "extensions": { "persistedQuery": { "version": 1, "sha256Hash": "00" } } }),
         json!({ "query": "{ __typename }" }),
     ];
-    let r = app
-        .http
-        .post(app.url("/graphql"))
-        .header("content-type", "application/json")
-        .json(&items)
-        .send()
-        .await
-        .unwrap();
+    let r = app.post_body(&json!(items), None, None).await;
     assert_eq!(r.status(), 200);
     let state = r.headers()["ratelimit"].to_str().unwrap().to_owned();
     assert!(state.starts_with("\"per-ip\";r=2;"), "{state}");
@@ -773,14 +766,7 @@ async fn hostile_batches_are_charged_per_item_whatever_the_items_are() {
     let five: Vec<Value> = (0..5)
         .map(|_| json!({ "query": "{ __typename }" }))
         .collect();
-    let r = app
-        .http
-        .post(app.url("/graphql"))
-        .header("content-type", "application/json")
-        .json(&five)
-        .send()
-        .await
-        .unwrap();
+    let r = app.post_body(&json!(five), None, None).await;
     let body: Value = r.json().await.unwrap();
     let limited = body
         .as_array()
@@ -789,14 +775,7 @@ async fn hostile_batches_are_charged_per_item_whatever_the_items_are() {
         .filter(|a| codes(a) == ["RATE_LIMITED"])
         .count();
     assert_eq!(limited, 3, "{body}");
-    let r = app
-        .http
-        .post(app.url("/graphql"))
-        .header("content-type", "application/json")
-        .json(&five)
-        .send()
-        .await
-        .unwrap();
+    let r = app.post_body(&json!(five), None, None).await;
     assert_eq!(r.status(), 429);
 }
 

@@ -19,16 +19,7 @@ fn pq(hash: &str) -> Value {
 
 impl TestApp {
     async fn post_json(&self, body: Value, token: Option<&str>) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .post(self.url("/graphql"))
-            .header("content-type", "application/json")
-            .header("accept", "application/graphql-response+json")
-            .json(&body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.unwrap();
+        let resp = self.post_body(&body, Some(GRAPHQL_RESPONSE), token).await;
         (resp.status(), resp.json().await.unwrap())
     }
 

@@ -41,18 +41,23 @@ async fn app_with(policies: Vec<PolicySettings>, more: impl FnOnce(&mut Settings
     .await
 }
 
+/// A key prefix of this test's own on the machine's Redis (which must be running).
+fn redis_prefix(line: u32) -> String {
+    crate::helpers::require_redis();
+    format!("bff:test:e2e:{}:{line}:", std::process::id())
+}
+
+/// Policies kept in the machine's Redis under `prefix`.
+fn in_redis(s: &mut Settings, prefix: &str) {
+    s.rate_limits.store = "redis://127.0.0.1:6379".into();
+    s.rate_limits.key_prefix = prefix.to_owned();
+    s.rate_limits.redis_timeout = Duration::from_secs(2);
+}
+
 /// POSTs a GraphQL request, returning the whole response.
 async fn post(app: &TestApp, body: Value, token: Option<&str>) -> Response {
-    let mut req = app
-        .http
-        .post(app.url("/graphql"))
-        .header("content-type", "application/json")
-        .header("accept", "application/graphql-response+json")
-        .json(&body);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    req.send().await.unwrap()
+    app.post_body(&body, Some(crate::helpers::GRAPHQL_RESPONSE), token)
+        .await
 }
 
 async fn query(app: &TestApp, q: &str, token: Option<&str>) -> Response {
@@ -357,13 +362,8 @@ async fn a_per_operation_policy_takes_huge_operation_names_without_growing_keys(
 
 #[tokio::test]
 async fn policies_in_redis_are_shared_by_two_instances() {
-    crate::helpers::require_redis();
-    let prefix = format!("bff:test:e2e:{}:{}:", std::process::id(), line!());
-    let limits = |s: &mut Settings| {
-        s.rate_limits.store = "redis://127.0.0.1:6379".into();
-        s.rate_limits.key_prefix = prefix.clone();
-        s.rate_limits.redis_timeout = Duration::from_secs(2);
-    };
+    let prefix = redis_prefix(line!());
+    let limits = |s: &mut Settings| in_redis(s, &prefix);
     let mut p = policy("fleet", 4, &[KeyPart::Ip]);
     p.algorithm = Algorithm::SlidingWindow;
     let a = app_with(vec![p.clone()], limits).await;
@@ -672,12 +672,9 @@ async fn successful_authentications_are_never_counted_and_a_zero_limit_turns_it_
 
 #[tokio::test]
 async fn in_redis_batches_and_failed_authentications_are_counted_across_two_instances() {
-    crate::helpers::require_redis();
-    let prefix = format!("bff:test:e2e:{}:{}:", std::process::id(), line!());
+    let prefix = redis_prefix(line!());
     let limits = |s: &mut Settings| {
-        s.rate_limits.store = "redis://127.0.0.1:6379".into();
-        s.rate_limits.key_prefix = prefix.clone();
-        s.rate_limits.redis_timeout = Duration::from_secs(2);
+        in_redis(s, &prefix);
         s.rate_limits.failed_auth.limit = 4;
         s.graphql.max_batch = 10;
     };

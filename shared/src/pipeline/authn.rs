@@ -26,7 +26,7 @@ use super::client_addr::ClientAddr;
 use crate::{
     auth::{AuthError, Authenticator, ClientCert, Identity},
     error::ErrorCode,
-    refusal::json_error,
+    refusal::stage_refusal,
 };
 
 /// The stage's state: the verifier, and whether refusals are GraphQL answers (negotiated by
@@ -59,22 +59,13 @@ pub(crate) async fn authenticate(
         && let Some(refused) = limit.refuses(ip).await
     {
         tracing::info!(client_address = %ip, "credentials not checked: too many failed authentications from this address");
-        let msg = refused.message();
-        let mut resp = if stage.graphql {
-            crate::refusal::refusal(
-                req.headers(),
-                StatusCode::TOO_MANY_REQUESTS,
-                ErrorCode::RateLimited,
-                &msg,
-            )
-        } else {
-            json_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                ErrorCode::RateLimited,
-                &msg,
-                None,
-            )
-        };
+        let mut resp = stage_refusal(
+            stage.graphql,
+            req.headers(),
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            &refused.message(),
+        );
         refused.apply(resp.headers_mut());
         return resp;
     }
@@ -100,11 +91,13 @@ pub(crate) async fn authenticate(
             {
                 limit.failed(ip).await;
             }
-            let mut resp = if stage.graphql {
-                crate::refusal::refusal(req.headers(), e.status(), e.code(), &e.to_string())
-            } else {
-                json_error(e.status(), e.code(), &e.to_string(), None)
-            };
+            let mut resp = stage_refusal(
+                stage.graphql,
+                req.headers(),
+                e.status(),
+                e.code(),
+                &e.to_string(),
+            );
             if e.status() == StatusCode::UNAUTHORIZED {
                 resp.headers_mut().insert(
                     header::WWW_AUTHENTICATE,

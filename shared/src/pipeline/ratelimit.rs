@@ -24,7 +24,7 @@ use crate::{
     auth::Identity,
     error::ErrorCode,
     ratelimit::{Operation, Outcome, RateLimiter, Subject, Target},
-    refusal::json_error,
+    refusal::stage_refusal,
 };
 
 /// The stage's state: the limiter and the group of routes it stands before.
@@ -95,22 +95,13 @@ pub(crate) async fn limit(State(stage): State<RateLimit>, req: Request, next: Ne
 }
 
 fn refusal(graphql: bool, headers: &http::HeaderMap, outcome: &Outcome) -> Response {
-    let msg = outcome.message();
-    if graphql {
-        crate::refusal::refusal(
-            headers,
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::RateLimited,
-            &msg,
-        )
-    } else {
-        json_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::RateLimited,
-            &msg,
-            None,
-        )
-    }
+    stage_refusal(
+        graphql,
+        headers,
+        StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::RateLimited,
+        &outcome.message(),
+    )
 }
 
 /// One more operation of a batch, charged to the policies that need only the client: the stage
