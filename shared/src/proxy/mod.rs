@@ -175,7 +175,7 @@ async fn proxy(route: &Route, req: Request) -> Response {
     // client's to pass through.
     for h in [
         header::AUTHORIZATION.as_str(),
-        crate::upstream::rest::USER_ID_HEADER,
+        crate::upstream::USER_ID_HEADER,
         crate::upstream::SCOPES_HEADER,
         crate::telemetry::trace::TRACEPARENT,
         crate::telemetry::trace::TRACESTATE,

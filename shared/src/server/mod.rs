@@ -4,7 +4,7 @@
 //! connection stage ([`conn`]) until a shutdown future resolves, then drains in-flight requests
 //! within a bound.
 //!
-//! Owns process-level wiring only; the GraphQL protocol lives in `crate::graphql::http`, the stages
+//! Owns process-level wiring only; the GraphQL protocol lives in `crate::graphql::service`, the stages
 //! in `crate::pipeline`, the schema in the binaries.
 
 mod conn;
@@ -28,7 +28,7 @@ use crate::{
     cache::FragmentCache,
     compose::Composer,
     config::{GraphqlSettings, ServerSettings, Settings},
-    graphql::{self, GraphqlExecutor, http::GraphqlService},
+    graphql::{self, GraphqlExecutor, service::GraphqlService},
     pipeline::{
         Edge, authn::Authn, client_addr::TrustedProxies, ip_rules::IpRules, limits::BodyLimit,
         observe::Observe,
@@ -247,7 +247,7 @@ impl Application {
         let graphql = Arc::new(GraphqlService {
             schema,
             persisted,
-            coalescer: Default::default(),
+            coalescer: graphql::service::coalescer(),
             settings: settings.graphql.clone(),
             request_budget: settings.server.request_budget,
             max_body_bytes: settings.server.max_body_bytes,
@@ -288,7 +288,7 @@ impl Application {
 
         let mut router = edge
             .around_service(
-                graphql::http::router(graphql),
+                graphql::service::router(graphql),
                 body_limit,
                 crate::ratelimit::Target::Graphql,
             )

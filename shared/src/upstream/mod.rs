@@ -45,6 +45,9 @@ pub struct CallContext {
     pub token: Option<Arc<str>>,
 }
 
+/// The header carrying the verified user id to backends (REST header, gRPC metadata).
+pub(crate) const USER_ID_HEADER: &str = "x-user-id";
+
 /// The header carrying the verified scopes to backends that ask for them.
 pub(crate) const SCOPES_HEADER: &str = "x-user-scopes";
 
