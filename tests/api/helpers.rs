@@ -346,3 +346,17 @@ impl TestApp {
         req.send().await.unwrap()
     }
 }
+
+/// Polls `check` until it holds (every 10 ms, at most 20 s): for what happens in another task or
+/// process, asserted on its outcome rather than on how long it took.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

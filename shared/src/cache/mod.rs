@@ -13,6 +13,7 @@
 //! Safety of per-user fragments rests on the key: it is built from a [`UserId`], which only
 //! `auth` creates from a verified token — no client header can name another user's entry.
 
+mod clock;
 mod fragment;
 pub mod invalidate;
 pub mod key;
@@ -33,6 +34,7 @@ use futures::{
     future::{BoxFuture, Shared},
 };
 
+pub use clock::Clock;
 pub use fragment::{Cacheable, Fragment};
 pub use key::{FragmentKey, FragmentKind};
 pub use stats::{CacheStats, KindStats};
@@ -106,6 +108,8 @@ pub struct FragmentCache {
 
 struct Inner {
     settings: CacheSettings,
+    /// What `stored_at` and ages are read from.
+    clock: Clock,
     tiers: Vec<Arc<dyn Tier>>,
     stats: Arc<CacheStats>,
     inflight: Mutex<HashMap<String, (u64, InFlight)>>,
@@ -134,15 +138,25 @@ const EVENT_KEPT: [FragmentKind; 4] = [
     FragmentKind::ContinueWatching,
 ];
 
+/// How long an entry of a kind with these settings can be served at all: TTL + max-stale.
+pub(crate) fn kept_for(s: &crate::config::KindSettings) -> Duration {
+    s.ttl.saturating_add(s.max_stale)
+}
+
 /// How long an invalidation is remembered; far longer than any backend call may take.
 const INVALIDATION_MEMORY: Duration = Duration::from_secs(120);
 
 impl FragmentCache {
     /// A cache with an L1 memory tier bounded by `settings.max_bytes`.
     pub fn new(settings: CacheSettings) -> Self {
+        Self::with_clock(settings, Clock::default())
+    }
+
+    /// [`Self::new`] reading time from `clock`.
+    pub fn with_clock(settings: CacheSettings, clock: Clock) -> Self {
         let stats = Arc::new(CacheStats::default());
-        let l1: Arc<dyn Tier> = Arc::new(MemoryTier::new(&settings, stats.clone()));
-        Self::with_tiers(settings, vec![l1], stats)
+        let l1: Arc<dyn Tier> = Arc::new(MemoryTier::new(&settings, stats.clone(), clock.clone()));
+        Self::with_tiers(settings, vec![l1], stats, clock)
     }
 
     /// A cache over explicit tiers, first = nearest (a shared tier would go after L1).
@@ -150,10 +164,12 @@ impl FragmentCache {
         settings: CacheSettings,
         tiers: Vec<Arc<dyn Tier>>,
         stats: Arc<CacheStats>,
+        clock: Clock,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 settings,
+                clock,
                 tiers,
                 stats,
                 inflight: Mutex::new(HashMap::new()),
@@ -180,6 +196,11 @@ impl FragmentCache {
     /// Per-kind counters.
     pub fn stats(&self) -> &Arc<CacheStats> {
         &self.inner.stats
+    }
+
+    /// The clock ages are read from.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
     }
 
     /// Settings in force.
@@ -232,7 +253,11 @@ impl FragmentCache {
     async fn lookup(&self, kind: FragmentKind, key: &str) -> Option<Stored> {
         for (i, tier) in self.inner.tiers.iter().enumerate() {
             if let Some(found) = tier.get(key).await {
-                if !self.storable(kind, found.stored_at) {
+                // Past TTL + max-stale it can no longer be served (a tier's own expiry runs on
+                // its own clock, and a shared tier's only approximately).
+                let expired =
+                    found.age(&self.inner.clock) >= kept_for(self.inner.settings.kind(kind));
+                if expired || !self.storable(kind, found.stored_at) {
                     tier.remove(key).await;
                     continue;
                 }
@@ -309,7 +334,7 @@ impl FragmentCache {
         }
         let k = key.as_str();
         if let Some(found) = self.lookup(kind, k).await {
-            let age = found.age();
+            let age = found.age(&self.inner.clock);
             if let Some(value) = T::from_fragment(&found.fragment) {
                 let used = self.served(kind, age);
                 let stale = used.freshness == Freshness::Stale;
@@ -373,7 +398,7 @@ impl FragmentCache {
             .next_load_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let started = Instant::now();
-        let started_wall = std::time::SystemTime::now();
+        let started_wall = self.inner.clock.now();
         let cache = self.clone();
         let owned_key = key.clone();
         let load = make();
@@ -389,7 +414,10 @@ impl FragmentCache {
                     || !cache.storable(owned_key.kind(), started_wall);
                 if !stale_by_write {
                     cache
-                        .store(owned_key.as_str(), Stored::now(fragment.clone()))
+                        .store(
+                            owned_key.as_str(),
+                            Stored::now(fragment.clone(), &cache.inner.clock),
+                        )
                         .await;
                 }
             }
@@ -509,11 +537,10 @@ impl FragmentCache {
         let mut oldest: Option<FragmentUse> = None;
         for id in ids {
             let key = FragmentKey::title(id);
-            match self
-                .lookup(kind, key.as_str())
-                .await
-                .and_then(|s| Some((s.age(), <Title as Cacheable>::from_fragment(&s.fragment)?)))
-            {
+            match self.lookup(kind, key.as_str()).await.and_then(|s| {
+                let age = s.age(&self.inner.clock);
+                Some((age, <Title as Cacheable>::from_fragment(&s.fragment)?))
+            }) {
                 Some((age, title)) => {
                     let u = self.served(kind, age);
                     if u.freshness == Freshness::Stale {
@@ -628,7 +655,7 @@ impl FragmentCache {
             let cache = self.clone();
             let batch_ids = to_fetch.clone();
             let started = Instant::now();
-            let started_wall = std::time::SystemTime::now();
+            let started_wall = self.inner.clock.now();
             let fut = async move {
                 let result = fetch(batch_ids.clone()).await.map(Arc::new);
                 if let Ok(titles) = &result {
@@ -642,7 +669,10 @@ impl FragmentCache {
                             || !cache.storable(FragmentKind::Title, started_wall);
                         if !invalidated {
                             cache
-                                .store(key.as_str(), Stored::now(Fragment::Title(title.clone())))
+                                .store(
+                                    key.as_str(),
+                                    Stored::now(Fragment::Title(title.clone()), &cache.inner.clock),
+                                )
                                 .await;
                         }
                     }
