@@ -43,7 +43,7 @@ use tier::{MemoryTier, Stored, Tier};
 use crate::{
     config::CacheSettings,
     domain::Title,
-    upstream::{BackendError, BackendId},
+    upstream::{BackendError, BackendId, Deadline},
 };
 
 type LoadResult = Result<Fragment, BackendError>;
@@ -112,8 +112,10 @@ struct Inner {
     clock: Clock,
     tiers: Vec<Arc<dyn Tier>>,
     stats: Arc<CacheStats>,
-    inflight: Mutex<HashMap<String, (u64, InFlight)>>,
-    titles_inflight: Mutex<HashMap<String, TitlesInFlight>>,
+    /// Loads in flight by key: an id, the load, and its deadline (the latest of its waiters').
+    inflight: Mutex<HashMap<String, (u64, InFlight, Deadline)>>,
+    /// Title batches in flight by id, with the batch's deadline.
+    titles_inflight: Mutex<HashMap<String, (TitlesInFlight, Deadline)>>,
     /// When each recently invalidated key was invalidated: loads that started earlier must not
     /// write their (possibly pre-write) answer back.
     invalidated: moka::sync::Cache<String, Instant>,
@@ -303,11 +305,13 @@ impl FragmentCache {
     /// The fragment at `key`, from the cache when fresh enough, else from `load`. Concurrent misses
     /// on one key share one load. A fragment past its TTL but within `max_stale` is returned at once
     /// and refreshed in the background (one refresh at a time); if that refresh fails the stale
-    /// value keeps being served until `max_stale` runs out.
+    /// value keeps being served until `max_stale` runs out. `deadline` is the one the caller's
+    /// `load` calls under: a load shared with later callers runs until the latest of theirs.
     pub async fn get_or_load<T, F, Fut>(
         &self,
         key: &FragmentKey,
         log: &CacheLog,
+        deadline: &Deadline,
         load: F,
     ) -> Result<Arc<T>, BackendError>
     where
@@ -341,7 +345,7 @@ impl FragmentCache {
                 if stale && age < ttl {
                     // Stale only because the event subscription is down: refetch now; the
                     // cached value is the answer only if the backend fails too.
-                    match self.load_coalesced(key, "refresh", make).await {
+                    match self.load_coalesced(key, "refresh", deadline, make).await {
                         Ok(fragment) => {
                             if let Some(fresh) = T::from_fragment(&fragment) {
                                 log.record(FragmentUse {
@@ -362,13 +366,13 @@ impl FragmentCache {
                 }
                 log.record(used);
                 if stale {
-                    self.refresh_in_background(key, make);
+                    self.refresh_in_background(key, deadline, make);
                 }
                 return Ok(value);
             }
         }
         self.inner.stats.kind(kind).miss();
-        let fragment = self.load_coalesced(key, "miss", make).await?;
+        let fragment = self.load_coalesced(key, "miss", deadline, make).await?;
         log.record(FragmentUse {
             kind,
             freshness: Freshness::Loaded,
@@ -378,19 +382,22 @@ impl FragmentCache {
         T::from_fragment(&fragment).ok_or_else(|| mismatch(kind))
     }
 
-    /// Joins the load in flight for `key`, or starts one that stores its answer when it succeeds.
+    /// Joins the load in flight for `key` (extending its deadline to the caller's), or starts one
+    /// under `deadline` that stores its answer when it succeeds.
     fn load_coalesced(
         &self,
         key: &FragmentKey,
         reason: &'static str,
+        deadline: &Deadline,
         make: impl FnOnce() -> BoxFuture<'static, LoadResult>,
     ) -> InFlight {
         let mut inflight = match self.inner.inflight.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some((_, running)) = inflight.get(key.as_str()) {
+        if let Some((_, running, shared_deadline)) = inflight.get(key.as_str()) {
             self.inner.stats.kind(key.kind()).coalesced();
+            shared_deadline.extend_to(deadline.get());
             return running.clone();
         }
         let id = self
@@ -437,13 +444,15 @@ impl FragmentCache {
         }
         .boxed()
         .shared();
-        inflight.insert(key.as_str().to_owned(), (id, fut.clone()));
+        inflight.insert(key.as_str().to_owned(), (id, fut.clone(), deadline.clone()));
         fut
     }
 
     fn finish_load(&self, key: &str, id: u64) {
         if let Ok(mut inflight) = self.inner.inflight.lock()
-            && inflight.get(key).is_some_and(|(running, _)| *running == id)
+            && inflight
+                .get(key)
+                .is_some_and(|(running, _, _)| *running == id)
         {
             inflight.remove(key);
         }
@@ -452,6 +461,7 @@ impl FragmentCache {
     fn refresh_in_background(
         &self,
         key: &FragmentKey,
+        deadline: &Deadline,
         make: impl FnOnce() -> BoxFuture<'static, LoadResult>,
     ) {
         let already = self
@@ -463,7 +473,7 @@ impl FragmentCache {
         if already {
             return;
         }
-        let refresh = self.load_coalesced(key, "refresh", make);
+        let refresh = self.load_coalesced(key, "refresh", deadline, make);
         let kind = key.kind();
         tokio::spawn(async move {
             if let Err(e) = refresh.await {
@@ -506,11 +516,12 @@ impl FragmentCache {
 
     /// Titles by id: cached ones one by one, the rest with ONE `fetch` for the ids nobody is
     /// fetching yet; ids another request is already fetching are awaited, not fetched again.
-    /// Unknown ids are simply absent from the answer.
+    /// Unknown ids are simply absent from the answer. `deadline` as for [`Self::get_or_load`].
     pub async fn titles<F, Fut>(
         &self,
         ids: &[String],
         log: &CacheLog,
+        deadline: &Deadline,
         fetch: F,
     ) -> Result<HashMap<String, Arc<Title>>, BackendError>
     where
@@ -567,7 +578,7 @@ impl FragmentCache {
         if !missing.is_empty() {
             // Our own batch and the batches we joined run concurrently: awaiting them one by one
             // would not even start our fetch until the others had finished.
-            let waits = self.start_or_join_titles(&missing, "miss", fetch.clone());
+            let waits = self.start_or_join_titles(&missing, "miss", deadline, fetch.clone());
             for fetched in futures::future::try_join_all(waits).await? {
                 for id in &missing {
                     if let Some(t) = fetched.get(id) {
@@ -591,7 +602,7 @@ impl FragmentCache {
         if !bus_stale.is_empty() {
             // Stale only because the event subscription is down: refetched now, served stale
             // only if the catalog fails too.
-            let waits = self.start_or_join_titles(&bus_stale, "refresh", fetch.clone());
+            let waits = self.start_or_join_titles(&bus_stale, "refresh", deadline, fetch.clone());
             match futures::future::try_join_all(waits).await {
                 Ok(batches) => {
                     for fetched in batches {
@@ -608,7 +619,7 @@ impl FragmentCache {
             }
         }
         if !stale.is_empty() {
-            let refresh = self.start_or_join_titles(&stale, "refresh", fetch);
+            let refresh = self.start_or_join_titles(&stale, "refresh", deadline, fetch);
             tokio::spawn(async move {
                 for r in refresh {
                     if let Err(e) = r.await {
@@ -629,6 +640,7 @@ impl FragmentCache {
         &self,
         ids: &[String],
         reason: &'static str,
+        deadline: &Deadline,
         fetch: F,
     ) -> Vec<TitlesInFlight>
     where
@@ -644,8 +656,9 @@ impl FragmentCache {
         let mut to_fetch = Vec::new();
         for id in ids {
             match inflight.get(id) {
-                Some(running) => {
+                Some((running, shared_deadline)) => {
                     stats.coalesced();
+                    shared_deadline.extend_to(deadline.get());
                     waits.push(running.clone());
                 }
                 None => to_fetch.push(id.clone()),
@@ -699,7 +712,7 @@ impl FragmentCache {
             .boxed()
             .shared();
             for id in &to_fetch {
-                inflight.insert(id.clone(), fut.clone());
+                inflight.insert(id.clone(), (fut.clone(), deadline.clone()));
             }
             waits.push(fut);
         }

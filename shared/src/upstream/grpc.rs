@@ -145,7 +145,7 @@ impl GrpcBackend {
         for chunk in ids.chunks(MAX_BATCH) {
             let titles = self
                 .policy
-                .call(CallKind::Read, cx.deadline, |ch, timeout| {
+                .call(CallKind::Read, &cx.deadline, |ch, timeout| {
                     let req = request(
                         cx,
                         pb_catalog::BatchGetTitlesRequest {
@@ -177,7 +177,7 @@ impl GrpcBackend {
         };
         let answer = self
             .policy
-            .call(CallKind::Read, cx.deadline, |ch, timeout| {
+            .call(CallKind::Read, &cx.deadline, |ch, timeout| {
                 let req = request(cx, msg.clone(), timeout, self.forward);
                 async move {
                     match RecommendationsClient::new(ch)

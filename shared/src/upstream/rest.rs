@@ -175,7 +175,7 @@ impl RestBackend {
             CallKind::Write
         };
         self.policy
-            .call(kind, cx.deadline, |ep, _| {
+            .call(kind, &cx.deadline, |ep, _| {
                 let req = self
                     .request(&ep, cx, method.clone(), path)
                     .query(query)
