@@ -17,6 +17,7 @@ mod clock;
 mod fragment;
 pub mod invalidate;
 pub mod key;
+pub mod l2;
 pub mod stats;
 pub mod tier;
 
