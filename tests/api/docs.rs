@@ -286,14 +286,21 @@ fn accepted_keys() -> BTreeSet<String> {
     }
     let mut keys = BTreeSet::new();
     walk(&[], "", &mut keys);
-    // The fragment kinds are fields of `cache`, one table each of the same shape.
+    // The fragment kinds are fields of `cache`, one table each of the same shape; so would be
+    // the backends, were they fields rather than a map.
     let kinds: Vec<&str> = FragmentKind::ALL.iter().map(|k| k.name()).collect();
+    let backends: Vec<&str> = BackendId::ALL.iter().map(|b| b.name()).collect();
     keys.into_iter()
         .map(|k| {
             let segs: Vec<&str> = k.split('.').collect();
             match segs[..] {
                 ["cache", kind, ref rest @ ..] if kinds.contains(&kind) && !rest.is_empty() => {
                     format!("cache.<kind>.{}", rest.join("."))
+                }
+                ["backends", name, ref rest @ ..]
+                    if backends.contains(&name) && !rest.is_empty() =>
+                {
+                    format!("backends.<name>.{}", rest.join("."))
                 }
                 _ => k,
             }
