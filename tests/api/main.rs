@@ -5,6 +5,7 @@
 
 mod auth;
 mod cache;
+mod docs;
 mod edge;
 mod events;
 mod failures;

@@ -311,7 +311,7 @@ pub struct GraphqlSettings {
     /// Most data fields one operation may select, fragments expanded (each field counts 1).
     pub max_complexity: usize,
     /// Highest estimated cost accepted (`graphql.max_cost`): fields, backend calls and list sizes,
-    /// as the README's cost model describes.
+    /// as the cost model of `docs/edge.md` describes.
     pub max_cost: u64,
     /// Largest answer body (`graphql.max_response_bytes`): a bigger one is replaced by a
     /// `QUERY_TOO_COMPLEX` error, whatever the estimate said.
@@ -988,7 +988,8 @@ impl KindSettings {
 }
 
 impl Default for CacheSettings {
-    /// DESIGN.md's TTLs. Max-stale windows: long for slow-changing data, short for playback state.
+    /// The TTLs of `docs/caching.md`: how long a change may go unseen when no event says so.
+    /// Max-stale windows: long for slow-changing data, short for playback state.
     fn default() -> Self {
         Self {
             enabled: true,

@@ -196,30 +196,6 @@ fn secrets_never_print() {
     assert!(!s.redacted_toml().contains("super-secret-value-123"));
 }
 
-/// The README's stacked-policies example is a valid config and means what the README says.
-#[test]
-fn the_readme_rate_limit_example_loads() {
-    let readme = include_str!("../../../README.md");
-    let from = readme
-        .find("Per IP for everybody, and per signed-in user")
-        .unwrap();
-    let block = &readme[from..];
-    let start = block.find("```toml\n").unwrap() + "```toml\n".len();
-    let end = start + block[start..].find("```").unwrap();
-    let (s, _) = load(Some(&block[start..end]), &[]);
-    let s = s.unwrap();
-    let r = &s.rate_limits;
-    assert_eq!(r.store, "redis://redis.internal:6379");
-    assert_eq!(r.redis_timeout, Duration::from_millis(50));
-    assert_eq!(r.key_prefix, "bff:rl:");
-    let names: Vec<&str> = r.policies.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["per-ip", "per-user", "user-cost", "writes"]);
-    assert_eq!(r.policies[0].scope, Scope::All);
-    assert_eq!(r.policies[1].effective_burst(), 20);
-    assert!(!r.policies[1].needs_operation());
-    assert!(r.policies[2].needs_operation() && r.policies[3].needs_operation());
-}
-
 #[test]
 fn rate_limit_policies_are_validated_naming_key_and_source() {
     let base = "[[rate_limits.policies]]\nname = \"p\"\nalgorithm = \"token_bucket\"\nlimit = 10\nperiod = \"1s\"\nkey = [\"ip\"]\n";
@@ -380,28 +356,4 @@ fn edge_bounds_are_validated_naming_the_key() {
     let s = s.unwrap();
     assert_eq!(s.server.forwarded_header, ForwardedHeader::Forwarded);
     assert_eq!(s.rate_limits.failed_auth.limit, 0);
-}
-
-/// Every TOML example in the README is a config the BFF starts with (a `#` line inside a block
-/// is a comment to TOML too).
-#[test]
-fn every_toml_example_in_the_readme_loads() {
-    let readme = include_str!("../../../README.md");
-    let mut rest = readme;
-    let mut checked = 0;
-    while let Some(at) = rest.find("```toml\n") {
-        let start = at + "```toml\n".len();
-        let Some(len) = rest[start..].find("```") else {
-            break;
-        };
-        let block = &rest[start..start + len];
-        let (s, _) = load(Some(block), &[]);
-        assert!(
-            s.is_ok(),
-            "this README example does not load: {s:?}\n{block}"
-        );
-        checked += 1;
-        rest = &rest[start + len..];
-    }
-    assert!(checked >= 3, "found {checked} TOML examples");
 }
