@@ -12,11 +12,7 @@ use super::{
     CallContext, UpstreamInitError, discovery,
     policy::{BackendPolicy, CallKind, Failure},
 };
-use crate::{
-    config::BackendSettings,
-    telemetry::metrics::Metrics,
-    telemetry::trace::{REQUEST_ID, TRACEPARENT, TRACESTATE},
-};
+use crate::{config::BackendSettings, telemetry::metrics::Metrics, telemetry::trace::REQUEST_ID};
 
 /// The header carrying the verified user id to backends.
 pub(crate) const USER_ID_HEADER: &str = "x-user-id";
@@ -124,11 +120,8 @@ impl RestBackend {
         }
         if let Some(t) = &cx.trace {
             req = req
-                .header(TRACEPARENT, t.trace.outgoing())
+                .headers(t.trace.outgoing())
                 .header(REQUEST_ID, t.request_id.as_ref());
-            if let Some(state) = &t.trace.tracestate {
-                req = req.header(TRACESTATE, state.as_str());
-            }
         }
         req
     }
