@@ -173,9 +173,19 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         renewed.der.to_vec(),
         "the renewed certificate is served"
     );
+    assert!(
+        app.metric_sum("bff_tls_reloads_total", &["result=\"ok\""])
+            .await
+            >= 1.0
+    );
     // A broken file is refused and the running certificate kept.
     std::fs::write(&renewed.key, "not a key").unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the broken key is refused", || async {
+        app.metric_sum("bff_tls_reloads_total", &["result=\"error\""])
+            .await
+            >= 1.0
+    })
+    .await;
     assert_eq!(
         presented(app.addr, &pki.ca_file()).await,
         renewed.der.to_vec()

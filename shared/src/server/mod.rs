@@ -196,7 +196,7 @@ impl Application {
             .enabled
             .then(|| graphiql::GraphiqlAssets::locate(settings.graphiql.assets_dir.as_deref()));
         let tls = if settings.tls.enabled() {
-            Some(tls::Tls::load(&settings.tls)?)
+            Some(tls::Tls::load(&settings.tls, metrics.clone())?)
         } else {
             None
         };

@@ -145,6 +145,8 @@ metric_families! {
             "Client connections closed on arrival, by reason (limit: server.max_connections reached).";
         ip_refused: IntCounterVec["scope"] = "bff_ip_refused_total",
             "Requests refused by the client-address rules, by scope (global or the pass-through route's prefix).";
+        tls_reloads: IntCounterVec["result"] = "bff_tls_reloads_total",
+            "Reloads of the listener's TLS certificate, key and client CA after they changed on disk or on SIGHUP, by result (ok; error = the new files were refused and the running certificate kept).";
 
         // GraphQL execution.
         graphql_operations: IntCounterVec["operation", "type", "outcome"] = "bff_graphql_operations_total",
@@ -329,6 +331,14 @@ impl Metrics {
         self.family
             .ratelimit_decisions
             .with_label_values(&[policy, outcome])
+            .inc();
+    }
+
+    /// Counts one reload of the listener's TLS files (`ok`) or one refused (`error`).
+    pub fn tls_reload(&self, ok: bool) {
+        self.family
+            .tls_reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
     }
 
