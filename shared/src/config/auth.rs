@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Secret, duration};
+use super::{Invalid, Secret, check_url, duration, invalid};
 
 /// Token verification (`auth.*`): identity providers' JWKS-signed tokens (`[[auth.issuers]]`), and
 /// HS256 with a shared secret for development.
@@ -62,6 +62,69 @@ impl Default for AuthSettings {
             .collect(),
             max_jwks_bytes: 1024 * 1024,
         }
+    }
+}
+
+// Two checks rather than one: `Settings::validate` runs the rate limits' between them, where
+// they stood when all checks were one function, so a config with several mistakes reports
+// the same one first.
+impl AuthSettings {
+    /// Checks the key-set size bound and each identity provider.
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        if !(1024..=64 * 1024 * 1024).contains(&self.max_jwks_bytes) {
+            return Err(invalid(
+                "auth.max_jwks_bytes",
+                "must be between 1024 and 67108864 (64 MiB); a key set is a few kilobytes".into(),
+            ));
+        }
+        for (i, iss) in self.issuers.iter().enumerate() {
+            let key = format!("auth.issuers[{i}]");
+            check_url(&iss.issuer).map_err(|m| invalid(&format!("{key}.issuer"), m))?;
+            if let Some(u) = &iss.jwks_url {
+                check_url(u).map_err(|m| invalid(&format!("{key}.jwks_url"), m))?;
+            }
+            if iss.jwks_url.is_some() && iss.jwks_file.is_some() {
+                return Err(invalid(&key, "set jwks_url or jwks_file, not both".into()));
+            }
+            if iss.audiences.is_empty() {
+                return Err(invalid(
+                    &format!("{key}.audiences"),
+                    "name at least one audience: a token meant for another service must not be accepted here".into(),
+                ));
+            }
+            if iss.algorithms.is_empty() {
+                return Err(invalid(
+                    &format!("{key}.algorithms"),
+                    "must not be empty".into(),
+                ));
+            }
+            for a in &iss.algorithms {
+                if !ISSUER_ALGORITHMS.contains(&a.as_str()) {
+                    return Err(invalid(
+                        &format!("{key}.algorithms"),
+                        format!(
+                            "`{a}` is not an asymmetric JWS algorithm (one of {})",
+                            ISSUER_ALGORITHMS.join(", ")
+                        ),
+                    ));
+                }
+            }
+            if self.issuers[..i].iter().any(|o| o.issuer == iss.issuer) {
+                return Err(invalid(&format!("{key}.issuer"), "listed twice".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the HS256 secret's length.
+    pub(super) fn validate_hs256_secret(&self) -> Result<(), Invalid> {
+        if matches!(&self.hs256_secret, Some(s) if s.expose().len() < 16) {
+            return Err(invalid(
+                "auth.hs256_secret",
+                "must be at least 16 bytes".into(),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use super::{BackendId, BackendTlsSettings, Cidr, Strategy, duration};
+use super::{BackendId, BackendTlsSettings, Cidr, Invalid, Strategy, check_url, duration, invalid};
 
 /// One backend service and the policy every call to it goes through.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -415,5 +415,76 @@ impl BackendsSettings {
             BackendId::Catalog => &mut self.catalog,
             BackendId::Recommendations => &mut self.recommendations,
         }
+    }
+
+    /// Checks each GraphQL backend: its URLs, timeout and answer bound.
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        for b in BackendId::ALL {
+            let s = self.get(b);
+            let key = format!("backends.{}.url", b.name());
+            for url in s.endpoint_urls() {
+                check_url(&url).map_err(|m| invalid(&key, m))?;
+            }
+            if s.timeout.is_zero() {
+                return Err(invalid(
+                    &format!("backends.{}.timeout", b.name()),
+                    "must be > 0".into(),
+                ));
+            }
+            if s.max_response_bytes < 1024 {
+                return Err(invalid(
+                    &format!("backends.{}.max_response_bytes", b.name()),
+                    "must be at least 1024".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the backends only pass-through routes use (each must be used by a route, with http(s)
+    /// URLs) and the routes themselves (prefix, and a REST backend behind it).
+    pub(super) fn validate_routes(&self, routes: &[RouteSettings]) -> Result<(), Invalid> {
+        for (name, b) in &self.extra {
+            if !routes.iter().any(|r| &r.backend == name) {
+                return Err(invalid(
+                    &format!("backends.{name}"),
+                    "unknown backend: not one of the seven GraphQL backends and no route uses it"
+                        .into(),
+                ));
+            }
+            for url in b.endpoint_urls() {
+                check_url(&url).map_err(|m| invalid(&format!("backends.{name}.url"), m))?;
+            }
+        }
+        for (i, r) in routes.iter().enumerate() {
+            let key = format!("routes[{i}]");
+            if !r.prefix.starts_with('/') || r.prefix.len() < 2 || r.prefix.ends_with('/') {
+                return Err(invalid(
+                    &format!("{key}.prefix"),
+                    "must start with `/` and not end with one, e.g. \"/api/images\"".into(),
+                ));
+            }
+            if ["/graphql", "/healthz", "/readyz", "/metrics", "/graphiql"]
+                .iter()
+                .any(|p| r.prefix == *p || r.prefix.starts_with(&format!("{p}/")))
+            {
+                return Err(invalid(
+                    &format!("{key}.prefix"),
+                    "collides with a built-in endpoint".into(),
+                ));
+            }
+            // A built-in backend is REST when it has a REST path; an `extra` one always is.
+            let rest = match r.backend.parse::<BackendId>() {
+                Ok(b) => b.rest_path().is_some(),
+                Err(_) => self.extra.contains_key(&r.backend),
+            };
+            if !rest {
+                return Err(invalid(
+                    &format!("{key}.backend"),
+                    format!("`{}` is not a configured REST backend", r.backend),
+                ));
+            }
+        }
+        Ok(())
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{FragmentKind, duration};
+use super::{FragmentKind, Invalid, duration, invalid};
 
 /// Fragment cache (`cache.*`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -98,5 +98,18 @@ impl CacheSettings {
             FragmentKind::MyList => &mut self.my_list,
             FragmentKind::Profile => &mut self.profile,
         }
+    }
+
+    /// Checks every kind's TTL.
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        for kind in FragmentKind::ALL {
+            if self.kind(kind).ttl.is_zero() {
+                return Err(invalid(
+                    &format!("cache.{kind}.ttl"),
+                    "must be > 0 (disable the kind instead)".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 }

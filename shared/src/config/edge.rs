@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Cidr, duration};
+use super::{Cidr, Invalid, duration, invalid};
 
 /// Client-address rules (`ip_rules.*` globally, and the same keys on a route).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -69,6 +69,43 @@ impl Default for CorsSettings {
             allow_credentials: false,
             max_age: Duration::from_secs(600),
         }
+    }
+}
+
+impl CorsSettings {
+    /// Checks each allowed origin's shape, and what may be combined with credentials.
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        if self.allow_credentials && self.allowed_origins.iter().any(|o| o == "*") {
+            return Err(invalid(
+                "cors.allowed_origins",
+                "`*` cannot be combined with cors.allow_credentials = true (browsers refuse it, and it would let any site act as the signed-in user); list the origins".into(),
+            ));
+        }
+        for (i, o) in self.allowed_origins.iter().enumerate() {
+            if o != "*" && !(o.starts_with("https://") || o.starts_with("http://"))
+                || o.matches('*').count() > 1
+                || o.ends_with('/')
+            {
+                return Err(invalid(
+                    &format!("cors.allowed_origins[{i}]"),
+                    format!(
+                        "`{o}`: an origin is scheme://host[:port] with at most one `*`, e.g. https://*.example.com"
+                    ),
+                ));
+            }
+            if self.allow_credentials
+                && o.contains('*')
+                && let Err(why) = cors_credentialed_wildcard(o)
+            {
+                return Err(invalid(
+                    &format!("cors.allowed_origins[{i}]"),
+                    format!(
+                        "`{o}` with cors.allow_credentials = true: {why}; a wildcard is accepted with credentials only as the first label below a named registrable domain (https://*.example.com)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

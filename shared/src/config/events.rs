@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Secret, duration};
+use super::{Invalid, Secret, duration, invalid};
 
 /// The event bus (`events.*`): domain events from the services invalidate every instance's
 /// fragments; fire-and-forget writes (playback progress) go to a durable work queue.
@@ -99,5 +99,79 @@ impl Default for EventsSettings {
             quorum_queues: bus.quorum_queues,
             read_your_writes_ttl: Duration::from_secs(30),
         }
+    }
+}
+
+impl EventsSettings {
+    /// Checks the broker URL, the bounds and timeouts, and the exchange and queue names.
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        if let Some(url) = &self.url {
+            let parsed = reqwest::Url::parse(url.expose())
+                .map_err(|e| invalid("events.url", format!("not a URL: {e}")))?;
+            if !matches!(parsed.scheme(), "amqp" | "amqps") || parsed.host_str().is_none() {
+                return Err(invalid(
+                    "events.url",
+                    "must be an amqp:// or amqps:// URL with a host, e.g. amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+                ));
+            }
+        }
+        if self.outbox_capacity == 0 {
+            return Err(invalid("events.outbox_capacity", "must be > 0".into()));
+        }
+        if self.outbox_share == 0 {
+            return Err(invalid("events.outbox_share", "must be > 0".into()));
+        }
+        for (key, d) in [
+            ("events.confirm_timeout", self.confirm_timeout),
+            ("events.accept_timeout", self.accept_timeout),
+            (
+                "events.max_stale_while_disconnected",
+                self.max_stale_while_disconnected,
+            ),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be > 0".into()));
+            }
+        }
+        if self.heartbeat < Duration::from_secs(1) || self.heartbeat > Duration::from_secs(600) {
+            return Err(invalid(
+                "events.heartbeat",
+                "must be within 1s..=10m (AMQP counts heartbeats in whole seconds)".into(),
+            ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.max_message_bytes) {
+            return Err(invalid(
+                "events.max_message_bytes",
+                "must be within 1024..=16777216".into(),
+            ));
+        }
+        if self.spool_max_bytes < 64 * 1024 {
+            return Err(invalid(
+                "events.spool_max_bytes",
+                "must be at least 65536".into(),
+            ));
+        }
+        if self.spool_dir.is_some() && self.url.is_none() {
+            return Err(invalid(
+                "events.spool_dir",
+                "needs events.url: the in-process bus has no broker to be away from".into(),
+            ));
+        }
+        if self.prefetch == 0 {
+            return Err(invalid("events.prefetch", "must be > 0".into()));
+        }
+        for (key, name) in [
+            ("events.exchange", &self.exchange),
+            ("events.progress_queue", &self.progress_queue),
+        ] {
+            if name.is_empty() || name.len() > 200 || name.starts_with("amq.") {
+                return Err(invalid(
+                    key,
+                    "must be 1-200 characters and not start with `amq.` (reserved by the broker)"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
     }
 }

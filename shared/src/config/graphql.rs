@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use super::duration;
+use super::{Invalid, duration, invalid};
 
 /// GraphQL limits (decided before execution, on the fragment-expanded operation; see
 /// `graphql::analysis`), answer limits, and the document cache.
@@ -114,6 +114,38 @@ impl Default for GraphqlSettings {
             persisted: PersistedSettings::default(),
             coalesce: true,
         }
+    }
+}
+
+impl GraphqlSettings {
+    /// Checks the limits, the persisted-operation mode, and that an operation may run longer than
+    /// `request_budget` (`server.request_budget`).
+    pub(super) fn validate(&self, request_budget: Duration) -> Result<(), Invalid> {
+        if self.max_depth == 0 {
+            return Err(invalid("graphql.max_depth", "must be > 0".into()));
+        }
+        if self.max_batch == 0 || self.max_batch > 100 {
+            return Err(invalid(
+                "graphql.max_batch",
+                "must be between 1 (no batching) and 100".into(),
+            ));
+        }
+        if self.persisted.mode == PersistedMode::AllowList && self.persisted.manifest.is_none() {
+            return Err(invalid(
+                "graphql.persisted.manifest",
+                "allow_list mode needs a manifest of the operations to allow".into(),
+            ));
+        }
+        if self.timeout <= request_budget {
+            return Err(invalid(
+                "graphql.timeout",
+                format!(
+                    "must be longer than server.request_budget ({})",
+                    humantime::format_duration(request_budget)
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -43,7 +43,6 @@ pub use telemetry::{LogFormat, LogSettings, MetricsSettings, OtlpSettings, Telem
 pub use tls::{BackendTlsSettings, ClientAuth, TlsSettings};
 
 use crate::profile::ClientProfile;
-use edge::cors_credentialed_wildcard;
 
 /// Everything a BFF binary can be configured with.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -273,299 +272,34 @@ impl Settings {
         Ok((settings, warnings))
     }
 
+    /// Checks every section; the first value refused is reported with where it came from.
     fn validate(&self, origins: &BTreeMap<String, Origin>) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
-            key: key.to_owned(),
-            source_name: origin_of(origins, key),
-            message,
-        };
-        for b in BackendId::ALL {
-            let s = self.backends.get(b);
-            let key = format!("backends.{}.url", b.name());
-            for url in s.endpoint_urls() {
-                check_url(&url).map_err(|m| invalid(&key, m))?;
-            }
-            if s.timeout.is_zero() {
-                return Err(invalid(
-                    &format!("backends.{}.timeout", b.name()),
-                    "must be > 0".into(),
-                ));
-            }
-            if s.max_response_bytes < 1024 {
-                return Err(invalid(
-                    &format!("backends.{}.max_response_bytes", b.name()),
-                    "must be at least 1024".into(),
-                ));
-            }
-        }
-        if let Some(url) = &self.events.url {
-            let parsed = reqwest::Url::parse(url.expose())
-                .map_err(|e| invalid("events.url", format!("not a URL: {e}")))?;
-            if !matches!(parsed.scheme(), "amqp" | "amqps") || parsed.host_str().is_none() {
-                return Err(invalid(
-                    "events.url",
-                    "must be an amqp:// or amqps:// URL with a host, e.g. amqp://guest:guest@127.0.0.1:5672/%2f".into(),
-                ));
-            }
-        }
-        if self.events.outbox_capacity == 0 {
-            return Err(invalid("events.outbox_capacity", "must be > 0".into()));
-        }
-        if self.events.outbox_share == 0 {
-            return Err(invalid("events.outbox_share", "must be > 0".into()));
-        }
-        for (key, d) in [
-            ("events.confirm_timeout", self.events.confirm_timeout),
-            ("events.accept_timeout", self.events.accept_timeout),
-            (
-                "events.max_stale_while_disconnected",
-                self.events.max_stale_while_disconnected,
-            ),
-        ] {
-            if d.is_zero() {
-                return Err(invalid(key, "must be > 0".into()));
-            }
-        }
-        if self.events.heartbeat < Duration::from_secs(1)
-            || self.events.heartbeat > Duration::from_secs(600)
-        {
-            return Err(invalid(
-                "events.heartbeat",
-                "must be within 1s..=10m (AMQP counts heartbeats in whole seconds)".into(),
-            ));
-        }
-        if !(1024..=16 * 1024 * 1024).contains(&self.events.max_message_bytes) {
-            return Err(invalid(
-                "events.max_message_bytes",
-                "must be within 1024..=16777216".into(),
-            ));
-        }
-        if self.events.spool_max_bytes < 64 * 1024 {
-            return Err(invalid(
-                "events.spool_max_bytes",
-                "must be at least 65536".into(),
-            ));
-        }
-        if self.events.spool_dir.is_some() && self.events.url.is_none() {
-            return Err(invalid(
-                "events.spool_dir",
-                "needs events.url: the in-process bus has no broker to be away from".into(),
-            ));
-        }
-        if self.events.prefetch == 0 {
-            return Err(invalid("events.prefetch", "must be > 0".into()));
-        }
-        for (key, name) in [
-            ("events.exchange", &self.events.exchange),
-            ("events.progress_queue", &self.events.progress_queue),
-        ] {
-            if name.is_empty() || name.len() > 200 || name.starts_with("amq.") {
-                return Err(invalid(
-                    key,
-                    "must be 1-200 characters and not start with `amq.` (reserved by the broker)"
-                        .into(),
-                ));
-            }
-        }
-        for (name, b) in &self.backends.extra {
-            if !self.routes.iter().any(|r| &r.backend == name) {
-                return Err(invalid(
-                    &format!("backends.{name}"),
-                    "unknown backend: not one of the seven GraphQL backends and no route uses it"
-                        .into(),
-                ));
-            }
-            for url in b.endpoint_urls() {
-                check_url(&url).map_err(|m| invalid(&format!("backends.{name}.url"), m))?;
-            }
-        }
-        for (i, r) in self.routes.iter().enumerate() {
-            let key = format!("routes[{i}]");
-            if !r.prefix.starts_with('/') || r.prefix.len() < 2 || r.prefix.ends_with('/') {
-                return Err(invalid(
-                    &format!("{key}.prefix"),
-                    "must start with `/` and not end with one, e.g. \"/api/images\"".into(),
-                ));
-            }
-            if ["/graphql", "/healthz", "/readyz", "/metrics", "/graphiql"]
-                .iter()
-                .any(|p| r.prefix == *p || r.prefix.starts_with(&format!("{p}/")))
-            {
-                return Err(invalid(
-                    &format!("{key}.prefix"),
-                    "collides with a built-in endpoint".into(),
-                ));
-            }
-            // A built-in backend is REST when it has a REST path; an `extra` one always is.
-            let rest = match r.backend.parse::<BackendId>() {
-                Ok(b) => b.rest_path().is_some(),
-                Err(_) => self.backends.extra.contains_key(&r.backend),
-            };
-            if !rest {
-                return Err(invalid(
-                    &format!("{key}.backend"),
-                    format!("`{}` is not a configured REST backend", r.backend),
-                ));
-            }
-        }
-        if self.server.request_budget.is_zero() {
-            return Err(invalid("server.request_budget", "must be > 0".into()));
-        }
-        for kind in FragmentKind::ALL {
-            if self.cache.kind(kind).ttl.is_zero() {
-                return Err(invalid(
-                    &format!("cache.{kind}.ttl"),
-                    "must be > 0 (disable the kind instead)".into(),
-                ));
-            }
-        }
-        if self.server.max_body_bytes == 0 {
-            return Err(invalid("server.max_body_bytes", "must be > 0".into()));
-        }
-        for (key, d) in [
-            (
-                "server.header_read_timeout",
-                self.server.header_read_timeout,
-            ),
-            ("server.body_read_timeout", self.server.body_read_timeout),
-            ("server.idle_timeout", self.server.idle_timeout),
-        ] {
-            if d.is_zero() {
-                return Err(invalid(key, "must be > 0".into()));
-            }
-        }
-        if self.cors.allow_credentials && self.cors.allowed_origins.iter().any(|o| o == "*") {
-            return Err(invalid(
-                "cors.allowed_origins",
-                "`*` cannot be combined with cors.allow_credentials = true (browsers refuse it, and it would let any site act as the signed-in user); list the origins".into(),
-            ));
-        }
-        for (i, o) in self.cors.allowed_origins.iter().enumerate() {
-            if o != "*" && !(o.starts_with("https://") || o.starts_with("http://"))
-                || o.matches('*').count() > 1
-                || o.ends_with('/')
-            {
-                return Err(invalid(
-                    &format!("cors.allowed_origins[{i}]"),
-                    format!(
-                        "`{o}`: an origin is scheme://host[:port] with at most one `*`, e.g. https://*.example.com"
-                    ),
-                ));
-            }
-            if self.cors.allow_credentials
-                && o.contains('*')
-                && let Err(why) = cors_credentialed_wildcard(o)
-            {
-                return Err(invalid(
-                    &format!("cors.allowed_origins[{i}]"),
-                    format!(
-                        "`{o}` with cors.allow_credentials = true: {why}; a wildcard is accepted with credentials only as the first label below a named registrable domain (https://*.example.com)"
-                    ),
-                ));
-            }
-        }
-        let tls = &self.tls;
-        if tls.cert_file.is_some() != tls.key_file.is_some() {
-            return Err(invalid(
-                "tls",
-                "set both tls.cert_file and tls.key_file, or neither".into(),
-            ));
-        }
-        if tls.client_ca_file.is_some() && !tls.enabled() {
-            return Err(invalid(
-                "tls.client_ca_file",
-                "client certificates need TLS: set tls.cert_file and tls.key_file".into(),
-            ));
-        }
-        if tls.client_cert_identity && tls.client_ca_file.is_none() {
-            return Err(invalid(
-                "tls.client_cert_identity",
-                "needs tls.client_ca_file to verify client certificates against".into(),
-            ));
-        }
-        if self.server.max_connections == 0 {
-            return Err(invalid("server.max_connections", "must be > 0".into()));
-        }
-        if self.graphql.max_depth == 0 {
-            return Err(invalid("graphql.max_depth", "must be > 0".into()));
-        }
-        if self.graphql.max_batch == 0 || self.graphql.max_batch > 100 {
-            return Err(invalid(
-                "graphql.max_batch",
-                "must be between 1 (no batching) and 100".into(),
-            ));
-        }
-        if self.graphql.persisted.mode == PersistedMode::AllowList
-            && self.graphql.persisted.manifest.is_none()
-        {
-            return Err(invalid(
-                "graphql.persisted.manifest",
-                "allow_list mode needs a manifest of the operations to allow".into(),
-            ));
-        }
-        if self.graphql.timeout <= self.server.request_budget {
-            return Err(invalid(
-                "graphql.timeout",
-                format!(
-                    "must be longer than server.request_budget ({})",
-                    humantime::format_duration(self.server.request_budget)
-                ),
-            ));
-        }
-        if !(1024..=64 * 1024 * 1024).contains(&self.auth.max_jwks_bytes) {
-            return Err(invalid(
-                "auth.max_jwks_bytes",
-                "must be between 1024 and 67108864 (64 MiB); a key set is a few kilobytes".into(),
-            ));
-        }
-        for (i, iss) in self.auth.issuers.iter().enumerate() {
-            let key = format!("auth.issuers[{i}]");
-            check_url(&iss.issuer).map_err(|m| invalid(&format!("{key}.issuer"), m))?;
-            if let Some(u) = &iss.jwks_url {
-                check_url(u).map_err(|m| invalid(&format!("{key}.jwks_url"), m))?;
-            }
-            if iss.jwks_url.is_some() && iss.jwks_file.is_some() {
-                return Err(invalid(&key, "set jwks_url or jwks_file, not both".into()));
-            }
-            if iss.audiences.is_empty() {
-                return Err(invalid(
-                    &format!("{key}.audiences"),
-                    "name at least one audience: a token meant for another service must not be accepted here".into(),
-                ));
-            }
-            if iss.algorithms.is_empty() {
-                return Err(invalid(
-                    &format!("{key}.algorithms"),
-                    "must not be empty".into(),
-                ));
-            }
-            for a in &iss.algorithms {
-                if !ISSUER_ALGORITHMS.contains(&a.as_str()) {
-                    return Err(invalid(
-                        &format!("{key}.algorithms"),
-                        format!(
-                            "`{a}` is not an asymmetric JWS algorithm (one of {})",
-                            ISSUER_ALGORITHMS.join(", ")
-                        ),
-                    ));
-                }
-            }
-            if self.auth.issuers[..i]
-                .iter()
-                .any(|o| o.issuer == iss.issuer)
-            {
-                return Err(invalid(&format!("{key}.issuer"), "listed twice".into()));
-            }
-        }
+        self.check()
+            .map_err(|Invalid { key, message }| ConfigError::Invalid {
+                source_name: origin_of(origins, &key),
+                key,
+                message,
+            })
+    }
+
+    /// The sections' checks, in the order they ran when they were one function (some sections'
+    /// checks are split around others' to keep it), so a config with several mistakes reports
+    /// the same one first.
+    fn check(&self) -> Result<(), Invalid> {
+        self.backends.validate()?;
+        self.events.validate()?;
+        self.backends.validate_routes(&self.routes)?;
+        self.server.validate_request_budget()?;
+        self.cache.validate()?;
+        self.server.validate_request_limits()?;
+        self.cors.validate()?;
+        self.tls.validate()?;
+        self.server.validate_connection_limit()?;
+        self.graphql.validate(self.server.request_budget)?;
+        self.auth.validate()?;
         let prefixes: Vec<&str> = self.routes.iter().map(|r| r.prefix.as_str()).collect();
-        ratelimit::validate(&self.rate_limits, &prefixes)
-            .map_err(|(key, msg)| invalid(&format!("rate_limits.{key}"), msg))?;
-        if matches!(&self.auth.hs256_secret, Some(s) if s.expose().len() < 16) {
-            return Err(invalid(
-                "auth.hs256_secret",
-                "must be at least 16 bytes".into(),
-            ));
-        }
+        self.rate_limits.validate(&prefixes)?;
+        self.auth.validate_hs256_secret()?;
         self.profile
             .validate()
             .map_err(|(key, msg)| invalid(&format!("profile.{key}"), msg))
@@ -581,6 +315,23 @@ impl Settings {
     }
 }
 
+/// A value a section refuses: its full dotted key and why. [`Settings::validate`] adds where the
+/// value came from.
+#[derive(Debug)]
+struct Invalid {
+    key: String,
+    message: String,
+}
+
+/// [`Invalid`] at `key`.
+fn invalid(key: &str, message: String) -> Invalid {
+    Invalid {
+        key: key.to_owned(),
+        message,
+    }
+}
+
+/// Why `url` is not an http(s) URL with a host, if it is not.
 fn check_url(url: &str) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}`: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {

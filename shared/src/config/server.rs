@@ -6,7 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Cidr, duration};
+use super::{Cidr, Invalid, duration, invalid};
 
 /// HTTP server limits.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,6 +86,43 @@ impl Default for ServerSettings {
             trusted_proxies: Vec::new(),
             forwarded_header: ForwardedHeader::default(),
         }
+    }
+}
+
+// Three checks rather than one: `Settings::validate` runs them where they stood when all
+// checks were one function, so a config with several mistakes reports the same one first.
+impl ServerSettings {
+    /// Checks the request budget.
+    pub(super) fn validate_request_budget(&self) -> Result<(), Invalid> {
+        if self.request_budget.is_zero() {
+            return Err(invalid("server.request_budget", "must be > 0".into()));
+        }
+        Ok(())
+    }
+
+    /// Checks the body bound and the read and idle timeouts.
+    pub(super) fn validate_request_limits(&self) -> Result<(), Invalid> {
+        if self.max_body_bytes == 0 {
+            return Err(invalid("server.max_body_bytes", "must be > 0".into()));
+        }
+        for (key, d) in [
+            ("server.header_read_timeout", self.header_read_timeout),
+            ("server.body_read_timeout", self.body_read_timeout),
+            ("server.idle_timeout", self.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be > 0".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the connection cap.
+    pub(super) fn validate_connection_limit(&self) -> Result<(), Invalid> {
+        if self.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be > 0".into()));
+        }
+        Ok(())
     }
 }
 

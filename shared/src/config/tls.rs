@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use super::duration;
+use super::{Invalid, duration, invalid};
 
 /// TLS termination (`tls.*`): on when `cert_file` and `key_file` are set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,6 +49,30 @@ impl TlsSettings {
     /// Whether TLS is configured.
     pub fn enabled(&self) -> bool {
         self.cert_file.is_some() || self.key_file.is_some()
+    }
+
+    /// Checks that the certificate and key come together, and that client certificates have TLS and
+    /// a CA to be verified against.
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(invalid(
+                "tls",
+                "set both tls.cert_file and tls.key_file, or neither".into(),
+            ));
+        }
+        if self.client_ca_file.is_some() && !self.enabled() {
+            return Err(invalid(
+                "tls.client_ca_file",
+                "client certificates need TLS: set tls.cert_file and tls.key_file".into(),
+            ));
+        }
+        if self.client_cert_identity && self.client_ca_file.is_none() {
+            return Err(invalid(
+                "tls.client_cert_identity",
+                "needs tls.client_ca_file to verify client certificates against".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
