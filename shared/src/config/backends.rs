@@ -4,9 +4,18 @@
 //! pass-through routes with the backends only they use. Only the settings live here; the policy
 //! layer and the clients are `crate::upstream`'s.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    ops::{Index, IndexMut},
+    time::Duration,
+};
 
-use serde::{Deserialize, Serialize};
+use serde::{
+    Deserialize, Deserializer, Serialize, Serializer,
+    de::{self, MapAccess, Visitor},
+    ser::SerializeMap,
+};
 
 use super::{BackendId, BackendTlsSettings, Cidr, Invalid, Strategy, check_url, duration, invalid};
 
@@ -342,25 +351,16 @@ impl RouteSettings {
     }
 }
 
-/// The seven GraphQL backends, plus any other backends pass-through routes use.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The GraphQL backends' settings, one per [`BackendId`], plus any other backends pass-through
+/// routes use.
+///
+/// In TOML each is a table under `backends` named as the backend is (`[backends.top10]`,
+/// `[backends.images]`): a name that is no [`BackendId`] is a route-only backend (`extra`).
+#[derive(Debug, Clone)]
 pub struct BackendsSettings {
-    /// `profile` (REST).
-    pub profile: BackendSettings,
-    /// `continue_watching` (REST).
-    pub continue_watching: BackendSettings,
-    /// `my_list` (REST).
-    pub my_list: BackendSettings,
-    /// `top10` (REST).
-    pub top10: BackendSettings,
-    /// `new_releases` (REST).
-    pub new_releases: BackendSettings,
-    /// `catalog` (gRPC).
-    pub catalog: BackendSettings,
-    /// `recommendations` (gRPC).
-    pub recommendations: BackendSettings,
+    /// The GraphQL backends' settings, each at its [`BackendId::index`].
+    by_id: [BackendSettings; BackendId::COUNT],
     /// Backends only pass-through routes use (REST), by name.
-    #[serde(flatten)]
     pub extra: BTreeMap<String, BackendSettings>,
 }
 
@@ -375,52 +375,33 @@ impl BackendsSettings {
 
     /// Settings with each backend's URL from `url_of`.
     pub fn at(url_of: impl Fn(BackendId) -> String) -> Self {
-        let s = |b| BackendSettings {
-            required: b == BackendId::Catalog,
-            ..BackendSettings::at(url_of(b))
-        };
         Self {
-            profile: s(BackendId::Profile),
-            continue_watching: s(BackendId::ContinueWatching),
-            my_list: s(BackendId::MyList),
-            top10: s(BackendId::Top10),
-            new_releases: s(BackendId::NewReleases),
-            catalog: s(BackendId::Catalog),
-            recommendations: s(BackendId::Recommendations),
+            by_id: BackendId::ALL.map(|b| BackendSettings {
+                required: b == BackendId::Catalog,
+                ..BackendSettings::at(url_of(b))
+            }),
             extra: BTreeMap::new(),
         }
     }
 
     /// The settings of one backend.
     pub fn get(&self, b: BackendId) -> &BackendSettings {
-        match b {
-            BackendId::Profile => &self.profile,
-            BackendId::ContinueWatching => &self.continue_watching,
-            BackendId::MyList => &self.my_list,
-            BackendId::Top10 => &self.top10,
-            BackendId::NewReleases => &self.new_releases,
-            BackendId::Catalog => &self.catalog,
-            BackendId::Recommendations => &self.recommendations,
-        }
+        &self.by_id[b.index()]
     }
 
     /// Mutable settings of one backend.
     pub fn get_mut(&mut self, b: BackendId) -> &mut BackendSettings {
-        match b {
-            BackendId::Profile => &mut self.profile,
-            BackendId::ContinueWatching => &mut self.continue_watching,
-            BackendId::MyList => &mut self.my_list,
-            BackendId::Top10 => &mut self.top10,
-            BackendId::NewReleases => &mut self.new_releases,
-            BackendId::Catalog => &mut self.catalog,
-            BackendId::Recommendations => &mut self.recommendations,
-        }
+        &mut self.by_id[b.index()]
+    }
+
+    /// Every GraphQL backend with its settings, in [`BackendId::ALL`]'s order.
+    pub fn iter(&self) -> impl Iterator<Item = (BackendId, &BackendSettings)> {
+        BackendId::ALL.into_iter().zip(&self.by_id)
     }
 
     /// Checks each GraphQL backend: its URLs, timeout and answer bound.
     pub(super) fn validate(&self) -> Result<(), Invalid> {
-        for b in BackendId::ALL {
-            let s = self.get(b);
+        for (b, s) in self.iter() {
             let key = format!("backends.{}.url", b.name());
             for url in s.endpoint_urls() {
                 check_url(&url).map_err(|m| invalid(&key, m))?;
@@ -486,5 +467,89 @@ impl BackendsSettings {
             }
         }
         Ok(())
+    }
+}
+
+impl Index<BackendId> for BackendsSettings {
+    type Output = BackendSettings;
+
+    fn index(&self, b: BackendId) -> &BackendSettings {
+        self.get(b)
+    }
+}
+
+impl IndexMut<BackendId> for BackendsSettings {
+    fn index_mut(&mut self, b: BackendId) -> &mut BackendSettings {
+        self.get_mut(b)
+    }
+}
+
+/// The shape serde's `flatten` gave the seven named fields and `extra`: one map, the GraphQL
+/// backends first (in [`BackendId::ALL`]'s order), then the route-only ones by name.
+impl Serialize for BackendsSettings {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (b, settings) in self.iter() {
+            map.serialize_entry(b.name(), settings)?;
+        }
+        for (name, settings) in &self.extra {
+            map.serialize_entry(name, settings)?;
+        }
+        map.end()
+    }
+}
+
+/// Reads the map [`Serialize`] writes, with the errors serde's `flatten` gave: a GraphQL backend
+/// is read where it stands, so a bad value is reported at its key
+/// (`backends.top10.timeout`); route-only backends are read once the map is, and a bad value in
+/// one is reported at `backends`; every GraphQL backend must be present (the built-in defaults
+/// always provide them).
+impl<'de> Deserialize<'de> for BackendsSettings {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(BackendsVisitor)
+    }
+}
+
+struct BackendsVisitor;
+
+impl<'de> Visitor<'de> for BackendsVisitor {
+    type Value = BackendsSettings;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("struct BackendsSettings")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut by_id: [Option<BackendSettings>; BackendId::COUNT] = Default::default();
+        let mut route_only = Vec::new();
+        while let Some(name) = map.next_key::<String>()? {
+            match name.parse::<BackendId>() {
+                Ok(b) => {
+                    let slot = &mut by_id[b.index()];
+                    if slot.is_some() {
+                        return Err(de::Error::duplicate_field(b.name()));
+                    }
+                    *slot = Some(map.next_value()?);
+                }
+                Err(_) => route_only.push((name, map.next_value::<toml::Value>()?)),
+            }
+        }
+        let by_id: Vec<BackendSettings> = BackendId::ALL
+            .into_iter()
+            .zip(by_id)
+            .map(|(b, s)| s.ok_or_else(|| de::Error::missing_field(b.name())))
+            .collect::<Result<_, _>>()?;
+        let by_id = <[BackendSettings; BackendId::COUNT]>::try_from(by_id)
+            .map_err(|v| de::Error::invalid_length(v.len(), &"one entry per GraphQL backend"))?;
+        // The message alone: the key path ends at `backends`, as it did.
+        let extra = route_only
+            .into_iter()
+            .map(|(name, value)| {
+                BackendSettings::deserialize(value)
+                    .map(|s| (name, s))
+                    .map_err(|e| de::Error::custom(e.message()))
+            })
+            .collect::<Result<_, A::Error>>()?;
+        Ok(BackendsSettings { by_id, extra })
     }
 }
