@@ -484,8 +484,9 @@ impl IndexMut<BackendId> for BackendsSettings {
     }
 }
 
-/// The shape serde's `flatten` gave the seven named fields and `extra`: one map, the GraphQL
-/// backends first (in [`BackendId::ALL`]'s order), then the route-only ones by name.
+/// One map keyed by backend name (`[backends.<name>]`): the GraphQL backends first, in
+/// [`BackendId::ALL`]'s order, then the route-only ones: the shape config files are written in,
+/// and what `--print-config` prints.
 impl Serialize for BackendsSettings {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
@@ -499,11 +500,11 @@ impl Serialize for BackendsSettings {
     }
 }
 
-/// Reads the map [`Serialize`] writes, with the errors serde's `flatten` gave: a GraphQL backend
-/// is read where it stands, so a bad value is reported at its key
-/// (`backends.top10.timeout`); route-only backends are read once the map is, and a bad value in
-/// one is reported at `backends`; every GraphQL backend must be present (the built-in defaults
-/// always provide them).
+/// Reads the map [`Serialize`] writes. A name that parses as a [`BackendId`] is a GraphQL backend,
+/// read where it stands, so a bad value is reported at its key (`backends.top10.timeout`); any
+/// other name is a route-only backend, read once the whole map is and reported at `backends`
+/// (both exactly as when these were seven named fields and a `flatten`ed map, so no error
+/// message changed). Every GraphQL backend must be present: the built-in defaults always are.
 impl<'de> Deserialize<'de> for BackendsSettings {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_map(BackendsVisitor)
@@ -541,7 +542,8 @@ impl<'de> Visitor<'de> for BackendsVisitor {
             .collect::<Result<_, _>>()?;
         let by_id = <[BackendSettings; BackendId::COUNT]>::try_from(by_id)
             .map_err(|v| de::Error::invalid_length(v.len(), &"one entry per GraphQL backend"))?;
-        // The message alone: the key path ends at `backends`, as it did.
+        // Read outside the map, so the error's key path ends at `backends`; the message alone,
+        // without toml's own "in `key`" line.
         let extra = route_only
             .into_iter()
             .map(|(name, value)| {

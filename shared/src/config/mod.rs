@@ -5,6 +5,21 @@
 //! var, or the flag) and why. Unknown keys in the file are rejected; unknown `BFF_` variables under
 //! a known section are rejected, while variables whose first segment is no section at all (other
 //! tools also use the `BFF_` prefix) are ignored with a warning.
+//!
+//! This file holds [`Settings`], [`ConfigError`] and the layering; each section's settings and
+//! their checks live in its own file, and everything is re-exported here:
+//! - `server`: `server.*` (limits, timeouts, shutdown, HTTP/2, forwarding header) and `admin.*`.
+//! - `tls`: the listener's `tls.*` and a backend's `backends.<name>.tls.*`.
+//! - `edge`: the client-address rules (`ip_rules.*`) and `cors.*`.
+//! - `auth`: `auth.*` and `[[auth.issuers]]`.
+//! - `graphql`: `graphql.*` (with `graphql.persisted.*`) and `graphiql.*`.
+//! - `backends`: `backends.<name>.*` (one per [`BackendId`], plus route-only ones) and
+//!   `[[routes]]`.
+//! - `cache`: `cache.*`.
+//! - `ratelimit`: `rate_limits.*`.
+//! - `events`: `events.*`.
+//! - `telemetry`: `log.*`, `metrics.*`, `telemetry.otlp.*`.
+//! - `names`, `duration`, `secret`: the names settings are keyed by, human durations, secrets.
 
 mod auth;
 mod backends;
