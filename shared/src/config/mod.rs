@@ -19,6 +19,7 @@
 //! - `ratelimit`: `rate_limits.*`.
 //! - `events`: `events.*`.
 //! - `telemetry`: `log.*`, `metrics.*`, `telemetry.otlp.*`.
+//! - `reload`: `reload.*`, and which keys a reload can apply and which need a restart.
 //! - `names`, `duration`, `secret`: the names settings are keyed by, human durations, secrets.
 
 mod auth;
@@ -30,6 +31,7 @@ mod events;
 mod graphql;
 mod names;
 mod ratelimit;
+mod reload;
 mod secret;
 mod server;
 mod telemetry;
@@ -52,6 +54,8 @@ pub use names::{BackendId, Cidr, FragmentKind, Strategy};
 pub use ratelimit::{
     Algorithm, Cost, FailedAuthSettings, KeyPart, PolicySettings, RateLimitSettings, Scope,
 };
+pub use reload::ReloadSettings;
+pub(crate) use reload::same;
 pub use secret::Secret;
 pub use server::{AdminSettings, ForwardedHeader, Http2Settings, ServerSettings};
 pub use telemetry::{LogFormat, LogSettings, MetricsSettings, OtlpSettings, TelemetrySettings};
@@ -99,6 +103,8 @@ pub struct Settings {
     pub rate_limits: RateLimitSettings,
     /// The event bus (`events.*`): in-process unless `events.url` names a RabbitMQ broker.
     pub events: EventsSettings,
+    /// Reloading the config file without a restart (`reload.*`).
+    pub reload: ReloadSettings,
 }
 
 /// Why settings could not be loaded.
@@ -197,6 +203,7 @@ impl Settings {
             cors: CorsSettings::default(),
             rate_limits: RateLimitSettings::default(),
             events: EventsSettings::default(),
+            reload: ReloadSettings::default(),
         }
     }
 

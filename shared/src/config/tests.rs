@@ -414,3 +414,71 @@ fn backends_are_one_table_each_by_name_in_toml_and_indexed_by_backend_in_code() 
     let again = again.unwrap();
     assert_eq!(again.redacted_toml(), text);
 }
+
+/// A reload keeps the running value of what only a restart applies and names it; everything
+/// else of the new config stays as loaded.
+#[test]
+fn a_reload_keeps_restart_only_keys_and_names_them() {
+    let running = Settings::defaults(&binary());
+    let mut new = running.clone();
+    new.listen = "127.0.0.1:4999".parse().unwrap();
+    new.admin.listen = Some("127.0.0.1:9464".parse().unwrap());
+    new.tls.cert_file = Some("cert.pem".into());
+    new.tls.key_file = Some("key.pem".into());
+    new.server.max_connections = 7;
+    new.events.url = Some(Secret::new("amqp://elsewhere"));
+    new.cache.max_bytes = 1;
+    new.log.format = LogFormat::Json;
+    new.log.level = "debug".to_owned();
+    new.cache.top10.ttl = Duration::from_secs(5);
+    new.server.request_budget = Duration::from_secs(2);
+    let kept = new.keep_restart_only(&running);
+    assert_eq!(
+        kept,
+        [
+            "listen",
+            "admin.listen",
+            "tls (turning TLS on)",
+            "server.max_connections",
+            "log.format",
+            "events",
+            "cache.max_bytes"
+        ]
+    );
+    assert_eq!(new.listen, running.listen);
+    assert_eq!(new.admin.listen, None);
+    assert!(!new.tls.enabled());
+    assert_eq!(new.server.max_connections, running.server.max_connections);
+    assert!(new.events.url.is_none());
+    assert_eq!(new.cache.max_bytes, running.cache.max_bytes);
+    assert_eq!(new.log.format, LogFormat::Text);
+    // Applied by the reload:
+    assert_eq!(new.log.level, "debug");
+    assert_eq!(new.cache.top10.ttl, Duration::from_secs(5));
+    assert_eq!(
+        new.changed_keys(&running),
+        ["cache.top10", "log.level", "server.request_budget"]
+    );
+    assert!(running.changed_keys(&running.clone()).is_empty());
+}
+
+/// Lists and tables are named down to their section's key; a list that appears or goes is named
+/// too.
+#[test]
+fn changed_keys_name_each_section_key_that_differs() {
+    let running = Settings::defaults(&binary());
+    let mut new = running.clone();
+    new.ip_rules.deny = vec!["10.9.9.9/32".parse().unwrap()];
+    new.routes = vec![RouteSettings::new("/api/top10", "top10")];
+    new.backends.get_mut(BackendId::Top10).url = "http://127.0.0.1:1/top10".into();
+    new.auth.hs256_secret = Some(Secret::new("another-secret-0123456789abcdef"));
+    assert_eq!(
+        new.changed_keys(&running),
+        [
+            "auth.hs256_secret",
+            "backends.top10",
+            "ip_rules.deny",
+            "routes"
+        ]
+    );
+}
