@@ -7,7 +7,8 @@
 //! stale-while-revalidate and stale-if-error, invalidation for read-your-writes, per-kind counters
 //! ([`stats`]), and the per-request record of which fragments were used ([`CacheLog`]) from which
 //! `Cache-Control` and the `extensions.cache` report are derived, and what a domain event from the
-//! bus makes stale ([`invalidate`]). Does not own what to load: callers
+//! bus makes stale ([`invalidate`]). Each kind's freshness is read at every lookup, so a config
+//! reload changes it without dropping what is cached ([`FragmentCache::reconfigure`]). Does not own what to load: callers
 //! pass the loader (the upstream call), so the cache never talks to a backend itself.
 //!
 //! Safety of per-user fragments rests on the key: it is built from a [`UserId`], which only
@@ -108,7 +109,8 @@ pub struct FragmentCache {
 }
 
 struct Inner {
-    settings: CacheSettings,
+    /// Read at every lookup; a config reload replaces it ([`FragmentCache::reconfigure`]).
+    settings: arc_swap::ArcSwap<CacheSettings>,
     /// What `stored_at` and ages are read from.
     clock: Clock,
     tiers: Vec<Arc<dyn Tier>>,
@@ -171,7 +173,7 @@ impl FragmentCache {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                settings,
+                settings: arc_swap::ArcSwap::from_pointee(settings),
                 clock,
                 tiers,
                 stats,
@@ -207,12 +209,23 @@ impl FragmentCache {
     }
 
     /// Settings in force.
-    pub fn settings(&self) -> &CacheSettings {
-        &self.inner.settings
+    pub fn settings(&self) -> Arc<CacheSettings> {
+        self.inner.settings.load_full()
+    }
+
+    /// Applies new settings (a config reload): from now on every lookup and load uses the new
+    /// TTLs, max-stale windows and switches; what is cached stays, judged by the new freshness
+    /// (an entry past the new TTL is stale, past the new TTL + max-stale gone). The byte budget
+    /// of the L1 tier is fixed when it is made and does not change here.
+    pub fn reconfigure(&self, settings: CacheSettings) {
+        for tier in &self.inner.tiers {
+            tier.reconfigure(&settings);
+        }
+        self.inner.settings.store(Arc::new(settings));
     }
 
     fn ttl(&self, kind: FragmentKind) -> Duration {
-        self.inner.settings.kind(kind).ttl
+        self.inner.settings.load().kind(kind).ttl
     }
 
     /// The event subscription went down at `since`: from `bound` after it, fragments that only
@@ -250,16 +263,18 @@ impl FragmentCache {
     }
 
     fn enabled(&self, kind: FragmentKind) -> bool {
-        self.inner.settings.enabled && self.inner.settings.kind(kind).enabled
+        let settings = self.inner.settings.load();
+        settings.enabled && settings.kind(kind).enabled
     }
 
     async fn lookup(&self, kind: FragmentKind, key: &str) -> Option<Stored> {
+        let keep = kept_for(self.inner.settings.load().kind(kind));
         for (i, tier) in self.inner.tiers.iter().enumerate() {
             if let Some(found) = tier.get(key).await {
                 // Past TTL + max-stale it can no longer be served (a tier's own expiry runs on
-                // its own clock, and a shared tier's only approximately).
-                let expired =
-                    found.age(&self.inner.clock) >= kept_for(self.inner.settings.kind(kind));
+                // its own clock, and a shared tier's only approximately; both were set with the
+                // settings of when the entry was stored, which a reload may have changed since).
+                let expired = found.age(&self.inner.clock) >= keep;
                 if expired || !self.storable(kind, found.stored_at) {
                     tier.remove(key).await;
                     continue;

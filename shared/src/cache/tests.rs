@@ -561,3 +561,65 @@ async fn a_shared_load_runs_until_the_latest_deadline_of_its_waiters() {
     assert_eq!(a.await.unwrap().unwrap().len(), 1);
     assert_eq!(b.await.unwrap().unwrap().len(), 1);
 }
+
+/// A reload's new TTLs judge what is already cached: the entry stays (no load), is fresh for
+/// the new TTL, and past it is served stale and refreshed, as any entry of that TTL would be.
+#[tokio::test]
+async fn new_ttls_apply_to_entries_already_cached_without_dropping_them() {
+    let clock = Clock::default();
+    let cache = FragmentCache::with_clock(
+        settings(Duration::from_secs(300), Duration::from_secs(600)),
+        clock.clone(),
+    );
+    let backend = Backend::default();
+    let key = FragmentKey::top10(&region());
+    backend.read(&cache, &key, 3).await.unwrap();
+    clock.advance(Duration::from_secs(20));
+    let log = CacheLog::default();
+    cache
+        .get_or_load(&key, &log, &Deadline::default(), backend.load(4))
+        .await
+        .unwrap();
+    let fresh_for = log.max_age().unwrap();
+    assert!(fresh_for > Duration::from_secs(270), "{fresh_for:?}");
+
+    // Shorter than the entry's age: the same entry is now stale, served at once and refreshed.
+    let mut shorter = settings(Duration::from_secs(300), Duration::from_secs(600));
+    shorter.top10.ttl = Duration::from_secs(10);
+    cache.reconfigure(shorter.clone());
+    assert_eq!(cache.settings().top10.ttl, Duration::from_secs(10));
+    let log = CacheLog::default();
+    let v = cache
+        .get_or_load(&key, &log, &Deadline::default(), backend.load(4))
+        .await
+        .unwrap();
+    assert_eq!(v.len(), 3, "the cached entry was kept and served");
+    assert_eq!(log.uses()[0].freshness, Freshness::Stale);
+    assert_eq!(cache.stats().kind(FragmentKind::Top10).snapshot().misses, 1);
+
+    // Longer than its age: fresh again, for what is left of the new TTL.
+    let mut longer = shorter;
+    longer.top10.ttl = Duration::from_secs(3600);
+    cache.reconfigure(longer);
+    while cache
+        .inner
+        .inflight
+        .lock()
+        .unwrap()
+        .contains_key(key.as_str())
+    {
+        tokio::task::yield_now().await;
+    }
+    let log = CacheLog::default();
+    cache
+        .get_or_load(&key, &log, &Deadline::default(), backend.load(5))
+        .await
+        .unwrap();
+    assert_eq!(log.uses()[0].freshness, Freshness::Fresh);
+    assert!(log.max_age().unwrap() > Duration::from_secs(3500));
+    assert_eq!(
+        backend.calls(),
+        2,
+        "one load, one refresh when it turned stale"
+    );
+}

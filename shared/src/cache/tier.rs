@@ -51,10 +51,17 @@ pub trait Tier: Send + Sync {
     fn maintain(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+
+    /// The cache's settings changed (a config reload): a tier that expires entries by itself
+    /// keeps what it stores from now on for the new TTL + max-stale of its kind. Entries already
+    /// held keep the expiry they were stored with; the cache judges their freshness by the new
+    /// settings at every lookup.
+    fn reconfigure(&self, _settings: &CacheSettings) {}
 }
 
 /// Keeps each entry for its kind's TTL + max-stale: past that it can no longer be served at all.
-struct KeepFor([Duration; 7], Clock);
+/// The keep times are the current settings' (a reload replaces them).
+struct KeepFor(Arc<arc_swap::ArcSwap<[Duration; 7]>>, Clock);
 
 impl Expiry<String, Stored> for KeepFor {
     fn expire_after_create(
@@ -63,7 +70,7 @@ impl Expiry<String, Stored> for KeepFor {
         value: &Stored,
         _now: std::time::Instant,
     ) -> Option<Duration> {
-        Some(self.0[value.fragment.kind() as usize].saturating_sub(value.age(&self.1)))
+        Some(self.0.load()[value.fragment.kind() as usize].saturating_sub(value.age(&self.1)))
     }
 
     fn expire_after_update(
@@ -81,17 +88,24 @@ impl Expiry<String, Stored> for KeepFor {
 pub struct MemoryTier {
     cache: moka::future::Cache<String, Stored>,
     stats: Arc<CacheStats>,
+    /// Each kind's TTL + max-stale, read by the expiry at every insert.
+    keep: Arc<arc_swap::ArcSwap<[Duration; 7]>>,
+}
+
+/// How long entries of each kind may be kept under `settings`.
+fn keep_times(settings: &CacheSettings) -> [Duration; 7] {
+    FragmentKind::ALL.map(|k| super::kept_for(settings.kind(k)))
 }
 
 impl MemoryTier {
     /// Bounded by `settings.max_bytes`; counts bytes and evictions into `stats`.
     pub fn new(settings: &CacheSettings, stats: Arc<CacheStats>, clock: Clock) -> Self {
-        let keep = FragmentKind::ALL.map(|k| super::kept_for(settings.kind(k)));
+        let keep = Arc::new(arc_swap::ArcSwap::from_pointee(keep_times(settings)));
         let listener_stats = stats.clone();
         let cache = moka::future::Cache::builder()
             .max_capacity(settings.max_bytes)
             .weigher(|key: &String, value: &Stored| entry_weight(key, value))
-            .expire_after(KeepFor(keep, clock))
+            .expire_after(KeepFor(keep.clone(), clock))
             .eviction_listener(move |key: Arc<String>, value: Stored, cause| {
                 let kind = listener_stats.kind(value.fragment.kind());
                 kind.add_bytes(-i64::from(entry_weight(&key, &value)));
@@ -100,7 +114,7 @@ impl MemoryTier {
                 }
             })
             .build();
-        Self { cache, stats }
+        Self { cache, stats, keep }
     }
 }
 
@@ -129,5 +143,9 @@ impl Tier for MemoryTier {
 
     fn maintain(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.cache.run_pending_tasks())
+    }
+
+    fn reconfigure(&self, settings: &CacheSettings) {
+        self.keep.store(Arc::new(keep_times(settings)));
     }
 }
