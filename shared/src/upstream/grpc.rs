@@ -28,11 +28,21 @@ use crate::{
 /// Most ids one `BatchGetTitles` carries; the catalog rejects bigger batches (its default is 500).
 const MAX_BATCH: usize = 500;
 
-/// One gRPC backend: a channel per endpoint and the policy.
+/// One gRPC backend: a channel per endpoint and the policy, and its discovery tasks (DNS
+/// refresh, health checks), which end when it is dropped.
 pub(crate) struct GrpcBackend {
     pub(crate) policy: BackendPolicy<Channel>,
     /// `forward_scopes` / `forward_token` of this backend.
     forward: (bool, bool),
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for GrpcBackend {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 /// A lazily connecting channel to `url`, announcing `origin` as its authority when the URL holds
@@ -120,16 +130,17 @@ impl GrpcBackend {
         name: &str,
         s: &BackendSettings,
         metrics: Option<Arc<Metrics>>,
-    ) -> Result<(Self, Vec<tokio::task::JoinHandle<()>>), UpstreamInitError> {
+    ) -> Result<Self, UpstreamInitError> {
         let endpoints = super::configured_endpoints(name, s, |url| {
             Ok((url.to_owned(), channel(url, None, s)?))
         })?;
-        let backend = Self {
+        let mut backend = Self {
             policy: BackendPolicy::new(name, s, endpoints, metrics),
             forward: (s.forward_scopes, s.forward_token),
+            tasks: Vec::new(),
         };
-        let tasks = discovery::start(&backend.policy, s, s.health_check.grpc_service.clone());
-        Ok((backend, tasks))
+        backend.tasks = discovery::start(&backend.policy, s, s.health_check.grpc_service.clone());
+        Ok(backend)
     }
 
     pub(super) async fn batch_get_titles(

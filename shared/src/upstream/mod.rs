@@ -144,19 +144,14 @@ pub struct Upstream {
     inner: Arc<Inner>,
 }
 
+/// The backends, each shared with the `Upstream`s a config reload makes while its settings stay
+/// the same (its breaker, retry budget, endpoint state and connection pool go on).
 struct Inner {
     rest: HashMap<String, Arc<rest::RestBackend>>,
-    catalog: grpc::GrpcBackend,
-    recommendations: grpc::GrpcBackend,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
+    catalog: Arc<grpc::GrpcBackend>,
+    recommendations: Arc<grpc::GrpcBackend>,
+    /// What they were built from.
+    settings: BackendsSettings,
 }
 
 fn err(backend: BackendId, f: Failure) -> BackendError {
@@ -186,35 +181,72 @@ impl Upstream {
         settings: &BackendsSettings,
         metrics: Option<Arc<Metrics>>,
     ) -> Result<Self, UpstreamInitError> {
-        let mut tasks = Vec::new();
+        Self::build(settings, metrics, None)
+    }
+
+    /// The backends `settings` describe, keeping this one's backends whose settings did not
+    /// change (a config reload): their breakers, retry budgets, endpoint health and connection
+    /// pools carry on; a backend whose settings changed starts afresh, one that is gone is
+    /// dropped once the last request using it has finished.
+    pub fn reconfigured(
+        &self,
+        settings: &BackendsSettings,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Self, UpstreamInitError> {
+        Self::build(settings, metrics, Some(&self.inner))
+    }
+
+    fn build(
+        settings: &BackendsSettings,
+        metrics: Option<Arc<Metrics>>,
+        previous: Option<&Inner>,
+    ) -> Result<Self, UpstreamInitError> {
+        // The previous backend of `name`, when it was built from the same settings.
+        let unchanged = |name: &str, s: &crate::config::BackendSettings| {
+            let p = previous?;
+            let before = match name.parse::<BackendId>() {
+                Ok(b) => p.settings.get(b),
+                Err(_) => p.settings.extra.get(name)?,
+            };
+            crate::config::same(before, s).then_some(p)
+        };
         let mut rest = HashMap::new();
         let named = BackendId::ALL
             .into_iter()
             .filter(|b| b.rest_path().is_some())
             .map(|b| (b.name().to_owned(), settings.get(b)));
         for (name, s) in named.chain(settings.extra.iter().map(|(n, s)| (n.clone(), s))) {
-            let (backend, t) = rest::RestBackend::new(&name, s, metrics.clone())?;
-            tasks.extend(t);
-            rest.insert(name, Arc::new(backend));
+            let backend = match unchanged(&name, s).and_then(|p| p.rest.get(&name)) {
+                Some(kept) => kept.clone(),
+                None => Arc::new(rest::RestBackend::new(&name, s, metrics.clone())?),
+            };
+            rest.insert(name, backend);
         }
-        let (catalog, t) = grpc::GrpcBackend::new(
-            BackendId::Catalog.name(),
-            settings.get(BackendId::Catalog),
-            metrics.clone(),
+        let grpc = |b: BackendId, kept: Option<&Arc<grpc::GrpcBackend>>| match kept {
+            Some(kept) => Ok(kept.clone()),
+            None => {
+                grpc::GrpcBackend::new(b.name(), settings.get(b), metrics.clone()).map(Arc::new)
+            }
+        };
+        let catalog = grpc(
+            BackendId::Catalog,
+            unchanged(BackendId::Catalog.name(), settings.get(BackendId::Catalog))
+                .map(|p| &p.catalog),
         )?;
-        tasks.extend(t);
-        let (recommendations, t) = grpc::GrpcBackend::new(
-            BackendId::Recommendations.name(),
-            settings.get(BackendId::Recommendations),
-            metrics.clone(),
+        let recommendations = grpc(
+            BackendId::Recommendations,
+            unchanged(
+                BackendId::Recommendations.name(),
+                settings.get(BackendId::Recommendations),
+            )
+            .map(|p| &p.recommendations),
         )?;
-        tasks.extend(t);
         Ok(Self {
             inner: Arc::new(Inner {
                 rest,
                 catalog,
                 recommendations,
-                tasks,
+                settings: settings.clone(),
             }),
         })
     }
@@ -407,4 +439,46 @@ impl Upstream {
 /// Percent-encodes one path segment so ids can never change the path.
 fn enc(segment: &str) -> String {
     crate::escape::percent_encode(segment, b"~")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reload keeps each backend whose settings did not change (the same breaker, budget,
+    /// endpoints and pool) and rebuilds only those that did.
+    #[tokio::test]
+    async fn a_reconfigured_upstream_keeps_the_backends_whose_settings_did_not_change() {
+        let settings = BackendsSettings::local_fixtures();
+        let before = Upstream::new(&settings, None).expect("upstream");
+        let mut changed = settings.clone();
+        changed.get_mut(BackendId::Top10).url = "http://127.0.0.1:7101/top10".to_owned();
+        changed.get_mut(BackendId::Catalog).timeout = std::time::Duration::from_millis(123);
+        let after = before.reconfigured(&changed, None).expect("upstream");
+
+        let kept = |b: BackendId| {
+            let (x, y) = (before.rest(b).expect("rest"), after.rest(b).expect("rest"));
+            std::ptr::eq(x, y)
+        };
+        assert!(!kept(BackendId::Top10), "new URL: a new backend");
+        for b in [
+            BackendId::Profile,
+            BackendId::ContinueWatching,
+            BackendId::MyList,
+            BackendId::NewReleases,
+        ] {
+            assert!(kept(b), "{b:?} is unchanged and kept");
+        }
+        assert!(!Arc::ptr_eq(&before.inner.catalog, &after.inner.catalog));
+        assert!(Arc::ptr_eq(
+            &before.inner.recommendations,
+            &after.inner.recommendations
+        ));
+        let top10 = after
+            .status()
+            .into_iter()
+            .find(|s| s.name == "top10")
+            .expect("top10");
+        assert_eq!(top10.endpoints[0].label, "http://127.0.0.1:7101/top10");
+    }
 }

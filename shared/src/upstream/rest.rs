@@ -77,7 +77,8 @@ impl Transport for RestEndpoint {
     }
 }
 
-/// One REST backend: its client and policy.
+/// One REST backend: its client and policy, and its discovery tasks (DNS refresh, health
+/// checks), which end when it is dropped.
 pub(crate) struct RestBackend {
     client: reqwest::Client,
     pub(crate) policy: BackendPolicy<RestEndpoint>,
@@ -85,6 +86,15 @@ pub(crate) struct RestBackend {
     forward: (bool, bool),
     /// `max_response_bytes` of this backend.
     max_response: usize,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for RestBackend {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 impl RestBackend {
@@ -92,7 +102,7 @@ impl RestBackend {
         name: &str,
         s: &BackendSettings,
         metrics: Option<Arc<Metrics>>,
-    ) -> Result<(Self, Vec<tokio::task::JoinHandle<()>>), UpstreamInitError> {
+    ) -> Result<Self, UpstreamInitError> {
         let endpoints = super::configured_endpoints(name, s, |url| {
             let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
             Ok(RestEndpoint::keyed(&parsed, None))
@@ -121,14 +131,15 @@ impl RestBackend {
             client = client.identity(identity);
         }
         let client = client.build()?;
-        let backend = Self {
+        let mut backend = Self {
             client,
             policy: BackendPolicy::new(name, s, endpoints, metrics),
             forward: (s.forward_scopes, s.forward_token),
             max_response: s.max_response_bytes,
+            tasks: Vec::new(),
         };
-        let tasks = discovery::start(&backend.policy, s, backend.client.clone());
-        Ok((backend, tasks))
+        backend.tasks = discovery::start(&backend.policy, s, backend.client.clone());
+        Ok(backend)
     }
 
     /// A request to `path` on `ep`, with identity and the resolved host's `Host` header.
