@@ -147,6 +147,8 @@ metric_families! {
             "Requests refused by the client-address rules, by scope (global or the pass-through route's prefix).";
         tls_reloads: IntCounterVec["result"] = "bff_tls_reloads_total",
             "Reloads of the listener's TLS certificate, key and client CA after they changed on disk or on SIGHUP, by result (ok; error = the new files were refused and the running certificate kept).";
+        config_reloads: IntCounterVec["result"] = "bff_config_reloads_total",
+            "Reloads of the config file after it changed or on SIGHUP, by result (ok = the new config is in use; error = it was refused and the running one kept).";
 
         // GraphQL execution.
         graphql_operations: IntCounterVec["operation", "type", "outcome"] = "bff_graphql_operations_total",
@@ -338,6 +340,14 @@ impl Metrics {
     pub fn tls_reload(&self, ok: bool) {
         self.family
             .tls_reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// Counts one config reload applied (`ok`) or refused (`error`).
+    pub fn config_reload(&self, ok: bool) {
+        self.family
+            .config_reloads
             .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
     }

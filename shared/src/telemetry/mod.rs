@@ -3,15 +3,15 @@
 //! OpenTelemetry export.
 //!
 //! Logs are human-readable by default, JSON with `log.format = "json"`; the filter comes from
-//! `RUST_LOG` when set, else `log.level`.
+//! `RUST_LOG` when set, else `log.level`, which a config reload can change ([`set_log_level`]).
 
 pub mod metrics;
 pub mod otel;
 pub mod trace;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use tracing_subscriber::{EnvFilter, Registry, fmt, prelude::*, reload};
 
 use crate::config::{LogFormat, LogSettings};
 
@@ -58,6 +58,41 @@ impl Telemetry {
     }
 }
 
+/// The log filter of the subscriber [`init`] installed, when it came from `log.level` (not from
+/// `RUST_LOG`, which wins for the life of the process): what [`set_log_level`] replaces.
+static LOG_FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// Why a log level cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid log filter `{level}`: {reason}")]
+pub struct LogLevelError {
+    level: String,
+    reason: String,
+}
+
+/// The filter `level` describes (`info`, `shared=debug,info`), or why it is not one.
+pub fn log_filter(level: &str) -> Result<EnvFilter, LogLevelError> {
+    EnvFilter::try_new(level).map_err(|e| LogLevelError {
+        level: level.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Replaces the log filter with `level` (a config reload's `log.level`): `Ok(true)` when it
+/// now applies, `Ok(false)` when `log.level` does not decide the filter (`RUST_LOG` is set, or
+/// this process's logging was not set up by [`init`]).
+pub fn set_log_level(level: &str) -> Result<bool, LogLevelError> {
+    let filter = log_filter(level)?;
+    let Some(handle) = LOG_FILTER.get() else {
+        return Ok(false);
+    };
+    handle.reload(filter).map_err(|e| LogLevelError {
+        level: level.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(true)
+}
+
 /// Installs the global subscriber once (later calls — tests — keep the first): the log filter,
 /// text or JSON log lines, and an OpenTelemetry layer. Spans are exported over OTLP when
 /// `telemetry.otlp` or the standard `OTEL_EXPORTER_OTLP_*` variables ask for it; otherwise a local
@@ -69,9 +104,13 @@ pub fn init(
 ) -> Result<Telemetry, otel::OtelError> {
     use opentelemetry::trace::TracerProvider as _;
 
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let from_env_set = from_env.is_some();
+    let filter = from_env
+        .or_else(|| EnvFilter::try_new(&log.level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    // Behind a reload handle, so `log.level` can change without a restart.
+    let (filter, handle) = reload::Layer::new(filter);
     let exporting = otel::wanted(otlp, &|k| std::env::var(k).ok());
     let provider = if exporting {
         otel::provider(otlp, service)?
@@ -95,6 +134,9 @@ pub fn init(
     };
     if installed.is_err() {
         return Ok(Telemetry { provider: None });
+    }
+    if !from_env_set {
+        let _ = LOG_FILTER.set(handle);
     }
     if exporting {
         tracing::info!(service, "exporting spans over OTLP");
