@@ -12,7 +12,7 @@ use crate::demo;
 use crate::{
     compose::Composer,
     config::{ConfigError, LoadOptions, Settings},
-    server::{Application, ServerError, StartOptions, Surface},
+    server::{Application, ConfigSource, ServerError, SettingsRewrite, StartOptions, Surface},
     upstream::Upstream,
 };
 
@@ -219,7 +219,13 @@ async fn serve(surface: &Surface, cli: Cli) -> Result<(), RunError> {
     }
 
     let demo = start_demo(cli.demo, &mut settings).await?;
-    let app = Application::build(settings, surface, demo_options(demo.as_ref())).await?;
+    let mut start = demo_options(demo.as_ref());
+    // SIGHUP and a change of the file reload it the same way, the demo's rewrite included.
+    start.config = Some(ConfigSource {
+        load: opts,
+        adjust: demo_rewrite(demo.as_ref()),
+    });
+    let app = Application::build(settings, surface, start).await?;
     let addr = app.local_addr().map_err(ServerError::Serve)?;
 
     println!("{} listening on http://{addr}", surface.name);
@@ -265,7 +271,19 @@ fn demo_options(demo: Option<&Demo>) -> StartOptions {
             serde_json::json!({ "Authorization": format!("Bearer {}", d.token) }).to_string()
         }),
         events: demo.map(|d| d.events.clone()),
+        config: None,
     }
+}
+
+/// The demo's rewrite of the settings, applied to each reloaded config too.
+#[cfg(feature = "demo")]
+fn demo_rewrite(demo: Option<&Demo>) -> Option<SettingsRewrite> {
+    demo.map(|d| d.rewrite.clone())
+}
+
+#[cfg(not(feature = "demo"))]
+fn demo_rewrite(_demo: Option<&Demo>) -> Option<SettingsRewrite> {
+    None
 }
 
 #[cfg(not(feature = "demo"))]

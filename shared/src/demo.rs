@@ -43,23 +43,30 @@ pub struct Demo {
     /// The bus the fixtures publish on and the BFF subscribes to (in-process unless `events.url`
     /// is set), with the continue-watching consumer running.
     pub events: std::sync::Arc<dyn crate::events::EventBus>,
+    /// The rewrite of the settings to use the fixtures, applied again to each reloaded config.
+    pub rewrite: crate::server::SettingsRewrite,
 }
 
 /// Starts the fixtures and rewrites `settings` to use them and to trust their identity provider.
 pub async fn start(settings: &mut Settings) -> Result<Demo, DemoError> {
     let fixtures = Fixtures::start(FixtureOptions::default()).await?;
-    settings.backends = BackendsSettings::at(|b| fixtures.url(fixture_backend(b)));
-    settings.auth.hs256_secret = None;
-    settings.auth.issuers = vec![IssuerSettings {
-        issuer: fixtures.idp().issuer().to_owned(),
-        jwks_url: None,
-        jwks_file: None,
-        audiences: vec![idp::AUDIENCE.to_owned()],
-        algorithms: vec!["RS256".to_owned()],
-        refresh: Duration::from_secs(600),
-        ca_file: None,
-    }];
-    settings.auth.maturity_claim = Some("max_rating".to_owned());
+    let backends = BackendsSettings::at(|b| fixtures.url(fixture_backend(b)));
+    let issuer = fixtures.idp().issuer().to_owned();
+    let rewrite = std::sync::Arc::new(move |settings: &mut Settings| {
+        settings.backends = backends.clone();
+        settings.auth.hs256_secret = None;
+        settings.auth.issuers = vec![IssuerSettings {
+            issuer: issuer.clone(),
+            jwks_url: None,
+            jwks_file: None,
+            audiences: vec![idp::AUDIENCE.to_owned()],
+            algorithms: vec!["RS256".to_owned()],
+            refresh: Duration::from_secs(600),
+            ca_file: None,
+        }];
+        settings.auth.maturity_claim = Some("max_rating".to_owned());
+    });
+    rewrite(settings);
     let token = fixtures.idp().token(
         DEMO_USER,
         idp::DEFAULT_SCOPES,
@@ -78,6 +85,7 @@ pub async fn start(settings: &mut Settings) -> Result<Demo, DemoError> {
         fixtures,
         token,
         events,
+        rewrite,
     })
 }
 

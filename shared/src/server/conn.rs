@@ -5,7 +5,9 @@
 //! (`server.header_read_timeout`), how long it may sit idle between requests
 //! (`server.idle_timeout`), how many connections are open at once (`server.max_connections`),
 //! how large a request head may be, and HTTP/2's stream, header-list and reset-flood limits.
-//! Each request carries the peer's socket address (`ConnectInfo`).
+//! Each request carries the peer's socket address (`ConnectInfo`), and is served by the router
+//! of the moment ([`Routes`], read once per request: a config reload swaps it, and a request
+//! finishes on the router it started with).
 //!
 //! On shutdown it stops accepting, asks every connection to finish (HTTP/1.1: close after the
 //! response in flight; HTTP/2: GOAWAY) and returns when the last one has closed; the caller
@@ -40,6 +42,9 @@ use tokio::{
 
 use super::tls::Tls;
 use crate::{auth::ClientCert, config::ServerSettings, telemetry::metrics::Metrics};
+
+/// The router each request is served by, read when the request arrives.
+pub(crate) type Routes = Arc<dyn Fn() -> Router + Send + Sync>;
 
 /// What the stage needs besides the listener and the router.
 #[derive(Clone)]
@@ -165,7 +170,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Observed<I> {
 /// the connection busy while it is served.
 #[derive(Clone)]
 struct ConnService {
-    router: Router,
+    routes: Routes,
     peer: SocketAddr,
     client_cert: Option<ClientCert>,
     activity: Arc<Activity>,
@@ -182,7 +187,7 @@ impl hyper::service::Service<http::Request<Incoming>> for ConnService {
             req.extensions_mut().insert(cert.clone());
         }
         let guard = ActiveGuard::new(&self.activity);
-        let served = tower::ServiceExt::oneshot(self.router.clone(), req);
+        let served = tower::ServiceExt::oneshot((self.routes)(), req);
         Box::pin(async move {
             let response = served.await;
             drop(guard);
@@ -210,11 +215,11 @@ fn builder(s: &ServerSettings) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then until every connection has
+/// Serves `routes` on `listener` until `shutdown` resolves, then until every connection has
 /// closed.
 pub(crate) async fn serve(
     listener: TcpListener,
-    router: Router,
+    routes: Routes,
     opts: ConnOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
@@ -256,7 +261,7 @@ pub(crate) async fn serve(
         let mut stop = stop_rx.clone();
         let idle = opts.settings.idle_timeout;
         let open = opts.metrics.as_ref().map(|m| m.http_connection());
-        let router = router.clone();
+        let routes = routes.clone();
         let tls = opts.tls.clone();
         let handshake = opts.settings.header_read_timeout;
         tokio::spawn(async move {
@@ -269,7 +274,7 @@ pub(crate) async fn serve(
                         activity: activity.clone(),
                     };
                     let service = ConnService {
-                        router,
+                        routes,
                         peer,
                         client_cert: None,
                         activity,
@@ -302,7 +307,7 @@ pub(crate) async fn serve(
                         activity: activity.clone(),
                     };
                     let service = ConnService {
-                        router,
+                        routes,
                         peer,
                         client_cert,
                         activity,

@@ -22,18 +22,34 @@ use tokio::time::Instant;
 
 use crate::upstream::{BackendStatus, Upstream, resilience::BreakerState};
 
-/// What readiness is decided from.
+/// What readiness is decided from: the running config's backends and identity providers (a
+/// config reload makes a new one), and the instance's own state.
 pub(crate) struct Health {
     pub(crate) upstream: Upstream,
     /// Readiness also needs every identity provider's keys loaded once.
     pub(crate) auth: Arc<crate::auth::Authenticator>,
+    /// What outlives config reloads.
+    pub(crate) instance: Arc<Instance>,
+    /// The event bus: reported, never a reason to be unready (while it is away writes wait in
+    /// the outbox and caches fall back to their TTLs).
+    pub(crate) events: Arc<dyn crate::events::EventBus>,
+}
+
+/// The instance's side of readiness, the same whatever the config.
+pub(crate) struct Instance {
     /// Which backend endpoints answer, probed at most once per TTL.
     pub(crate) reachability: Reachability,
     /// False from the shutdown signal on.
     pub(crate) ready: std::sync::atomic::AtomicBool,
-    /// The event bus: reported, never a reason to be unready (while it is away writes wait in
-    /// the outbox and caches fall back to their TTLs).
-    pub(crate) events: Arc<dyn crate::events::EventBus>,
+}
+
+impl Instance {
+    pub(crate) fn new() -> Self {
+        Self {
+            reachability: Reachability::tcp(),
+            ready: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
 }
 
 impl Health {
@@ -41,18 +57,20 @@ impl Health {
         upstream: Upstream,
         auth: Arc<crate::auth::Authenticator>,
         events: Arc<dyn crate::events::EventBus>,
+        instance: Arc<Instance>,
     ) -> Self {
         Self {
             upstream,
             auth,
             events,
-            reachability: Reachability::tcp(),
-            ready: std::sync::atomic::AtomicBool::new(true),
+            instance,
         }
     }
 
     fn is_ready(&self) -> bool {
-        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+        self.instance
+            .ready
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -136,7 +154,7 @@ async fn report(app: &Health) -> Report {
         .iter()
         .flat_map(|b| b.endpoints.iter().map(|e| e.label.as_str()))
         .collect();
-    let reachable = app.reachability.of(&labels).await;
+    let reachable = app.instance.reachability.of(&labels).await;
     // Without its keys no token of an identity provider can be verified: not ready to serve.
     let mut ready = app.auth.ready();
     let mut backends = serde_json::Map::new();

@@ -1,8 +1,9 @@
-//! The HTTP server: binds the listeners, builds every part and assembles the public router (the
-//! GraphQL service, pass-through routes, GraphiQL, health) inside the request pipeline
-//! (`crate::pipeline`), and the admin router (readiness detail, metrics); serves both through the
-//! connection stage ([`conn`]) until a shutdown future resolves, then drains in-flight requests
-//! within a bound.
+//! The HTTP server: binds the listeners, builds what lives as long as the process (metrics, the
+//! fragment cache, the event bus and this instance's subscription) and the per-config request
+//! stack ([`stack`]: the public router — the GraphQL service, pass-through routes, GraphiQL,
+//! health — inside the request pipeline (`crate::pipeline`), and the admin router), serves both
+//! through the connection stage ([`conn`]) until a shutdown future resolves, then drains in-flight
+//! requests within a bound. A config reload ([`reload`]) swaps in a new stack while serving.
 //!
 //! Owns process-level wiring only; the GraphQL protocol lives in `crate::graphql::service`, the stages
 //! in `crate::pipeline`, the schema in the binaries.
@@ -11,6 +12,8 @@ mod conn;
 pub mod graphiql;
 mod health;
 mod metrics;
+pub mod reload;
+mod stack;
 pub mod tls;
 
 use std::{
@@ -19,23 +22,19 @@ use std::{
     sync::{Arc, atomic::Ordering},
 };
 
-use axum::{Router, routing::get};
-use bytes::Bytes;
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 
 use crate::{
-    auth::Authenticator,
     cache::FragmentCache,
     compose::Composer,
     config::{GraphqlSettings, ServerSettings, Settings},
-    graphql::{self, GraphqlExecutor, service::GraphqlService},
-    pipeline::{
-        Edge, authn::Authn, client_addr::TrustedProxies, ip_rules::IpRules, limits::BodyLimit,
-        observe::Observe,
-    },
+    graphql::GraphqlExecutor,
     telemetry::metrics::Metrics,
-    upstream::{Upstream, UpstreamInitError},
+    upstream::UpstreamInitError,
 };
+pub use reload::{ConfigSource, ReloadError, Reloaded, Reloader, SettingsRewrite};
+use stack::{Process, Stack};
 
 /// What a binary adds to the shared core: its name, defaults and schema.
 #[derive(Clone, Copy)]
@@ -115,14 +114,20 @@ pub struct StartOptions {
     /// An event bus to use instead of the one `events.*` describes (`--demo` shares its
     /// in-process bus with the fixtures it starts).
     pub events: Option<Arc<dyn crate::events::EventBus>>,
+    /// Where the settings came from, to reload them on SIGHUP, when the file changes, or through
+    /// [`Application::reloader`]; `None`: they cannot be reloaded.
+    pub config: Option<ConfigSource>,
 }
 
 /// A bound, ready-to-run BFF.
 pub struct Application {
     listener: TcpListener,
-    admin: Option<(TcpListener, Router)>,
-    router: Router,
-    health: Arc<health::Health>,
+    admin: Option<TcpListener>,
+    /// The request stack of the running config; a reload swaps it.
+    live: Arc<ArcSwap<Stack>>,
+    /// Readiness's own state (false once shutting down).
+    instance: Arc<health::Instance>,
+    /// The connection stage's settings (a restart applies new ones).
     server: ServerSettings,
     metrics: Option<Arc<Metrics>>,
     tls: Option<Arc<tls::Tls>>,
@@ -130,8 +135,7 @@ pub struct Application {
     events: Arc<dyn crate::events::EventBus>,
     /// This instance's subscription to domain events (ends with the server).
     subscription: crate::events::Consumer,
-    /// Background work that lives as long as the server (identity providers' key refreshes).
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    reloader: Option<Reloader>,
 }
 
 impl Application {
@@ -150,7 +154,6 @@ impl Application {
         } else {
             None
         };
-        let upstream = Upstream::new(&settings.backends, metrics.clone())?;
         let cache = FragmentCache::new(settings.cache.clone());
         let events = match opts.events.clone() {
             Some(bus) => bus,
@@ -177,24 +180,19 @@ impl Application {
                 )),
             )
             .await?;
-        let composer = Composer::new(
-            upstream.clone(),
-            cache.clone(),
-            Arc::new(settings.profile.clone()),
-        )
-        .with_access(crate::compose::Access {
-            mutation_scopes: settings.auth.mutation_scopes.clone(),
-        })
-        .with_events(crate::compose::progress::Events {
-            bus: events.clone(),
-            source: surface.name,
+        let instance = Arc::new(health::Instance::new());
+        let process = Arc::new(Process {
+            surface: *surface,
+            client,
+            metrics: metrics.clone(),
+            cache: cache.clone(),
+            events: events.clone(),
             recent,
+            instance: instance.clone(),
+            graphiql_headers: opts.graphiql_headers.clone(),
         });
-        let schema = (surface.schema)(composer, &settings.graphql);
-        let graphiql = settings
-            .graphiql
-            .enabled
-            .then(|| graphiql::GraphiqlAssets::locate(settings.graphiql.assets_dir.as_deref()));
+        let settings = Arc::new(settings);
+        let stack = Stack::build(settings.clone(), &process, None)?;
         let tls = if settings.tls.enabled() {
             Some(tls::Tls::load(&settings.tls, metrics.clone())?)
         } else {
@@ -207,142 +205,44 @@ impl Application {
                     addr: settings.listen,
                     source,
                 })?;
-
-        let ratelimit =
-            crate::ratelimit::RateLimiter::new(&settings.rate_limits, client, metrics.clone())?
-                .map(Arc::new);
-        let auth = Arc::new(Authenticator::new(&settings.auth));
-        let auth_tasks = auth.start();
-        let edge = Edge {
-            trusted: Arc::new(TrustedProxies {
-                cidrs: settings.server.trusted_proxies.clone(),
-                header: settings.server.forwarded_header,
-            }),
-            observe: Arc::new(Observe {
-                client,
-                metrics: metrics.clone(),
-            }),
-            ip_rules: Arc::new(IpRules::new(
-                &settings.ip_rules.allow,
-                &settings.ip_rules.deny,
-                "global",
-                metrics.clone(),
-            )),
-            cors: crate::pipeline::cors::layer(&settings.cors),
-            authn: Authn {
-                auth: auth.clone(),
-                graphql: true,
-                client_cert_identity: settings.tls.client_cert_identity,
-                failed_auth: crate::ratelimit::FailedAuth::new(
-                    &settings.rate_limits,
-                    metrics.clone(),
-                )?
-                .map(Arc::new),
-            },
-            ratelimit,
-        };
-        let persisted = crate::graphql::persisted::Persisted::new(&settings.graphql.persisted)?;
-        // GraphiQL is useless where introspection is not served (an allow list without it).
-        let graphiql = graphiql.filter(|_| persisted.introspection_allowed());
-        let graphql = Arc::new(GraphqlService {
-            schema,
-            persisted,
-            coalescer: graphql::service::coalescer(),
-            settings: settings.graphql.clone(),
-            request_budget: settings.server.request_budget,
-            max_body_bytes: settings.server.max_body_bytes,
-            metrics: metrics.clone(),
-            graphiql_page: graphiql.as_ref().map(|assets| {
-                Bytes::from(assets.page(&graphiql::Page {
-                    endpoint: "/graphql",
-                    // Subscriptions are not served yet (the live-homepage issue): GraphiQL
-                    // must not be pointed at a WebSocket endpoint that answers 404.
-                    subscription_endpoint: None,
-                    headers: opts.graphiql_headers.as_deref(),
-                    binary: surface.name,
-                    example_query: surface.example_query,
-                    introspection: settings.graphql.introspection,
-                }))
-            }),
-        });
-        let body_limit = BodyLimit {
-            max_bytes: settings.server.max_body_bytes,
-            timeout: settings.server.body_read_timeout,
-        };
-        let health = Arc::new(health::Health::new(
-            upstream.clone(),
-            auth.clone(),
-            events.clone(),
-        ));
-        let scrape = metrics.clone().map(|metrics| {
-            let scrape = Arc::new(metrics::Scrape {
-                metrics,
-                upstream: upstream.clone(),
-                cache: cache.clone(),
-                events: events.clone(),
-            });
-            Router::new()
-                .route("/metrics", get(metrics::serve))
-                .with_state(scrape)
-        });
-
-        let mut router = edge
-            .around_service(
-                graphql::service::router(graphql),
-                body_limit,
-                crate::ratelimit::Target::Graphql,
-            )
-            .merge(
-                Router::new()
-                    .route("/healthz", get(health::healthz))
-                    .route("/readyz", get(health::readyz))
-                    .with_state(health.clone()),
-            )
-            .merge(crate::proxy::router(
-                &edge,
-                &upstream,
-                &settings.routes,
-                settings.server.body_read_timeout,
-            ));
-        if let Some(assets) = &graphiql {
-            router = router.merge(assets.router());
-        }
         // The admin listener: readiness detail, and metrics, which then leave the public port.
-        let mut admin_listener = None;
-        match settings.admin.listen {
-            Some(addr) => {
-                let l = TcpListener::bind(addr)
+        let admin = match settings.admin.listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
                     .await
-                    .map_err(|source| ServerError::Bind { addr, source })?;
-                let mut admin = Router::new()
-                    .route("/healthz", get(health::healthz))
-                    .route("/readyz", get(health::readyz_detail))
-                    .with_state(health.clone());
-                if let Some(m) = scrape {
-                    admin = admin.merge(m);
-                }
-                admin_listener = Some((l, edge.around_admin(admin)));
-            }
-            None => {
-                if let Some(m) = scrape {
-                    router = router.merge(m);
-                }
-            }
-        }
-        let router = edge.around_app(router);
+                    .map_err(|source| ServerError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let live = Arc::new(ArcSwap::from_pointee(stack));
+        let reloader = opts.config.map(|source| {
+            Reloader::new(
+                source,
+                (surface.defaults)(),
+                live.clone(),
+                process.clone(),
+                tls.clone(),
+            )
+        });
         Ok(Self {
             listener,
-            admin: admin_listener,
-            router,
-            health,
-            server: settings.server,
+            admin,
+            live,
+            instance,
+            server: settings.server.clone(),
             metrics,
             tls,
             cache,
             events,
             subscription,
-            tasks: auth_tasks,
+            reloader,
         })
+    }
+
+    /// Reloads this application's config while it runs (as SIGHUP does), when it was started
+    /// with [`StartOptions::config`].
+    pub fn reloader(&self) -> Option<Reloader> {
+        self.reloader.clone()
     }
 
     /// The event bus this instance publishes to and is subscribed on.
@@ -362,7 +262,7 @@ impl Application {
 
     /// The admin listener's address (`admin.listen`), when configured.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok())
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The bound port.
@@ -371,46 +271,60 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves; then readiness turns false, the listener closes and
-    /// in-flight requests get `server.shutdown_grace` to finish.
+    /// in-flight requests get `server.shutdown_grace` to finish. Reloads the config on SIGHUP
+    /// and when its file changes, when it was started with [`StartOptions::config`].
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let health = self.health.clone();
+        let instance = self.instance.clone();
         let opts = conn::ConnOptions {
             settings: self.server.clone(),
             metrics: self.metrics.clone(),
             tls: self.tls.clone(),
         };
         let tls_watch = self.tls.as_ref().map(tls::Tls::watch);
+        let reload_watch = self.reloader.as_ref().map(Reloader::watch);
+        // Every request is served by the stack of the moment (a reload swaps it).
+        let live = self.live.clone();
+        let public: conn::Routes = Arc::new(move || live.load().router.clone());
         // The admin listener lives exactly as long as the public one; it is for operators on a
         // private network and speaks plain HTTP.
-        let admin = self.admin.map(|(l, r)| {
+        let admin = self.admin.map(|l| {
             let opts = conn::ConnOptions {
                 tls: None,
                 ..opts.clone()
             };
-            tokio::spawn(conn::serve(l, r, opts, std::future::pending()))
+            let live = self.live.clone();
+            let routes: conn::Routes =
+                Arc::new(move || live.load().admin.clone().unwrap_or_default());
+            tokio::spawn(conn::serve(l, routes, opts, std::future::pending()))
         });
-        let grace = self.server.shutdown_grace;
-        let delay = self.server.shutdown_delay;
+        // Shutdown's timing is the running config's (a reload may have changed it).
+        let server = {
+            let live = self.live.clone();
+            move || live.load().settings.server.clone()
+        };
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let stopping_at = Arc::new(parking_lot::Mutex::new(None::<tokio::time::Instant>));
         let stopping_mark = stopping_at.clone();
-        let serve = conn::serve(self.listener, self.router, opts, async move {
+        let delay_of = server.clone();
+        let serve = conn::serve(self.listener, public, opts, async move {
             shutdown.await;
             // Readiness goes false first; the listener stays open for `shutdown_delay` so load
             // balancers notice and stop sending before connections are refused.
-            health.ready.store(false, Ordering::Relaxed);
+            instance.ready.store(false, Ordering::Relaxed);
+            let delay = delay_of().shutdown_delay;
             tracing::info!(delay = ?delay, "shutting down: readiness is false");
             tokio::time::sleep(delay).await;
             tracing::info!("no longer accepting; draining in-flight requests");
             *stopping_mark.lock() = Some(tokio::time::Instant::now());
             let _ = stopping_tx.send(());
         });
+        let grace_of = server.clone();
         let drain_deadline = async move {
             if stopping_rx.await.is_ok() {
-                tokio::time::sleep(grace).await;
+                tokio::time::sleep(grace_of().shutdown_grace).await;
             } else {
                 std::future::pending::<()>().await;
             }
@@ -418,7 +332,7 @@ impl Application {
         let result = tokio::select! {
             served = serve => served.map_err(ServerError::Serve),
             () = drain_deadline => {
-                tracing::warn!(grace = ?grace, "shutdown grace elapsed with requests still in flight");
+                tracing::warn!(grace = ?server().shutdown_grace, "shutdown grace elapsed with requests still in flight");
                 Ok(())
             }
         };
@@ -428,12 +342,14 @@ impl Application {
         if let Some(watch) = tls_watch {
             watch.abort();
         }
-        for task in &self.tasks {
-            task.abort();
+        if let Some(watch) = reload_watch {
+            watch.abort();
         }
+        self.live.load().stop();
         self.subscription.stop().await;
         // Accepted work is confirmed or spooled already; what the bus still holds gets the rest
         // of a grace period (logged and counted if it cannot be settled).
+        let grace = server().shutdown_grace;
         let left = stopping_at
             .lock()
             .map_or(grace, |at| grace.saturating_sub(at.elapsed()));

@@ -3,7 +3,9 @@
 //! optional client certificates verified against `tls.client_ca_file` (mTLS), and the files
 //! reloaded without a restart: checked every `tls.reload_interval` and on SIGHUP. A reload that
 //! fails (a half-written file, a key that does not match) is logged and the running certificate
-//! kept; connections already open keep the certificate they were made with.
+//! kept; connections already open keep the certificate they were made with. A config reload may
+//! also point TLS at other files or change the client-certificate settings
+//! ([`Tls::prepare`], then [`Tls::install`]); turning TLS on or off needs a restart.
 //!
 //! Also the TLS pieces the backends' clients share: reading PEM certificates and keys.
 
@@ -113,11 +115,18 @@ fn server_config(s: &TlsSettings) -> Result<ServerConfig, TlsError> {
     Ok(config)
 }
 
-/// The acceptor of the moment, replaced when the files change.
+/// The acceptor of the moment, replaced when the files change or a config reload changes
+/// `tls.*`.
 pub(crate) struct Tls {
-    settings: TlsSettings,
-    current: RwLock<(TlsAcceptor, Vec<Option<SystemTime>>)>,
+    current: RwLock<Current>,
     metrics: Option<Arc<Metrics>>,
+}
+
+/// The acceptor in use, the files' modification times it was made at, and its settings.
+struct Current {
+    acceptor: TlsAcceptor,
+    stamps: Vec<Option<SystemTime>>,
+    settings: TlsSettings,
 }
 
 impl Tls {
@@ -128,15 +137,37 @@ impl Tls {
     ) -> Result<Arc<Self>, TlsError> {
         let acceptor = TlsAcceptor::from(Arc::new(server_config(settings)?));
         Ok(Arc::new(Self {
-            current: RwLock::new((acceptor, Self::stamps(settings))),
-            settings: settings.clone(),
+            current: RwLock::new(Current {
+                acceptor,
+                stamps: Self::stamps(settings),
+                settings: settings.clone(),
+            }),
             metrics,
         }))
     }
 
     /// The acceptor for the next handshake.
     pub(crate) fn acceptor(&self) -> TlsAcceptor {
-        self.current.read().0.clone()
+        self.current.read().acceptor.clone()
+    }
+
+    /// The server configuration `settings` (a reloaded config's `tls.*`) make, when they differ
+    /// from the ones in use; an error when their files are unusable (the reload is refused).
+    pub(crate) fn prepare(&self, settings: &TlsSettings) -> Result<Option<ServerConfig>, TlsError> {
+        if crate::config::same(&self.current.read().settings, settings) {
+            return Ok(None);
+        }
+        server_config(settings).map(Some)
+    }
+
+    /// Serves the next handshakes with `config`, made by [`Tls::prepare`] from `settings`, and
+    /// watches `settings`' files from now on.
+    pub(crate) fn install(&self, settings: &TlsSettings, config: ServerConfig) {
+        *self.current.write() = Current {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            stamps: Self::stamps(settings),
+            settings: settings.clone(),
+        };
     }
 
     fn stamps(s: &TlsSettings) -> Vec<Option<SystemTime>> {
@@ -152,13 +183,17 @@ impl Tls {
     /// Reloads when a file changed (or always, with `force`); `Ok(true)` when a new
     /// configuration is in use.
     pub(crate) fn reload(&self, force: bool) -> Result<bool, TlsError> {
-        let stamps = Self::stamps(&self.settings);
-        if !force && self.current.read().1 == stamps {
+        let settings = self.current.read().settings.clone();
+        let stamps = Self::stamps(&settings);
+        if !force && self.current.read().stamps == stamps {
             return Ok(false);
         }
-        match server_config(&self.settings) {
+        match server_config(&settings) {
             Ok(config) => {
-                *self.current.write() = (TlsAcceptor::from(Arc::new(config)), stamps);
+                let mut current = self.current.write();
+                current.acceptor = TlsAcceptor::from(Arc::new(config));
+                current.stamps = stamps;
+                drop(current);
                 tracing::info!("TLS certificate reloaded");
                 if let Some(m) = &self.metrics {
                     m.tls_reload(true);
@@ -168,7 +203,7 @@ impl Tls {
             Err(e) => {
                 // Keep serving the old certificate; record the stamps so a broken file is
                 // reported once, not on every check, until it changes again.
-                self.current.write().1 = stamps;
+                self.current.write().stamps = stamps;
                 tracing::error!(error = %e, "TLS reload failed; keeping the current certificate");
                 if let Some(m) = &self.metrics {
                     m.tls_reload(false);
@@ -181,15 +216,17 @@ impl Tls {
     /// Checks the files every `tls.reload_interval` and on SIGHUP, until dropped.
     pub(crate) fn watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let tls = Arc::downgrade(self);
-        let interval = self
-            .settings
-            .reload_interval
-            .max(Duration::from_millis(100));
+        // Registered before the task runs, so a SIGHUP from now on is this task's to see.
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         tokio::spawn(async move {
-            #[cfg(unix)]
-            let mut hup =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
             loop {
+                // Read each round: a config reload may change it.
+                let interval = match tls.upgrade() {
+                    Some(tls) => tls.current.read().settings.reload_interval,
+                    None => return,
+                }
+                .max(Duration::from_millis(100));
                 #[cfg(unix)]
                 let forced = tokio::select! {
                     () = tokio::time::sleep(interval) => false,
