@@ -83,6 +83,11 @@ pub async fn spawn_app_on(
     let app = Application::build(settings, &surface, StartOptions::default())
         .await
         .expect("bff builds");
+    serve_app(app, fixtures)
+}
+
+/// Runs a built BFF over `fixtures` until the handle drops.
+pub fn serve_app(app: Application, fixtures: Arc<Fixtures>) -> TestApp {
     let addr = app.local_addr().unwrap();
     let admin = app.admin_addr();
     let cache = app.fragment_cache();

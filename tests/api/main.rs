@@ -21,6 +21,7 @@ mod operations;
 mod persisted;
 mod pki;
 mod ratelimit;
+mod reload;
 mod rendering;
 mod resilience;
 mod schema_files;
