@@ -110,26 +110,49 @@ pub(crate) struct Persisted {
     allow_introspection: bool,
     manifest: HashMap<String, Arc<Known>>,
     apq: moka::sync::Cache<String, Arc<Known>>,
+    /// `apq_cache_bytes` the APQ cache was made with.
+    apq_bytes: u64,
 }
 
 impl Persisted {
     /// From the settings, loading the manifest when one is given.
     pub(crate) fn new(s: &PersistedSettings) -> Result<Self, ManifestError> {
+        Self::with_apq(s, None)
+    }
+
+    /// The persisted operations `s` describe after a config reload: the manifest is read again
+    /// (it may have changed on disk), and the APQ hashes clients registered are kept while the
+    /// cache's size is the same, so a reload does not send every client through
+    /// `PERSISTED_QUERY_NOT_FOUND` again.
+    pub(crate) fn reconfigured(&self, s: &PersistedSettings) -> Result<Self, ManifestError> {
+        Self::with_apq(
+            s,
+            (self.apq_bytes == s.apq_cache_bytes).then(|| self.apq.clone()),
+        )
+    }
+
+    fn with_apq(
+        s: &PersistedSettings,
+        apq: Option<moka::sync::Cache<String, Arc<Known>>>,
+    ) -> Result<Self, ManifestError> {
         let manifest = match &s.manifest {
             Some(path) => load_manifest(path)?,
             None => HashMap::new(),
         };
-        let apq = moka::sync::Cache::builder()
-            .max_capacity(s.apq_cache_bytes)
-            .weigher(|hash: &String, known: &Arc<Known>| {
-                u32::try_from(hash.len() + known.query.len()).unwrap_or(u32::MAX)
-            })
-            .build();
+        let apq = apq.unwrap_or_else(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(s.apq_cache_bytes)
+                .weigher(|hash: &String, known: &Arc<Known>| {
+                    u32::try_from(hash.len() + known.query.len()).unwrap_or(u32::MAX)
+                })
+                .build()
+        });
         Ok(Self {
             mode: s.mode,
             allow_introspection: s.allow_introspection,
             manifest,
             apq,
+            apq_bytes: s.apq_cache_bytes,
         })
     }
 

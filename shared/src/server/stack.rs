@@ -2,7 +2,8 @@
 //! replaces — the public router (the pipeline's stages, the GraphQL service with its schema and
 //! composer, the pass-through routes, GraphiQL, health) and the admin router, with the parts they
 //! hold (backends, identity providers, rate limiters, persisted operations). A new stack is built
-//! beside the running one, keeping the parts whose settings did not change, and swapped in whole
+//! beside the running one, keeping the parts whose settings did not change (and the APQ hashes
+//! clients registered), and swapped in whole
 //! by `super::reload`; a request is served start to end by the stack it arrived on.
 //!
 //! What lives as long as the process — the listeners, the metrics registry, the fragment cache,
@@ -84,6 +85,8 @@ pub(crate) struct Stack {
     failed_auth: Option<Arc<FailedAuth>>,
     /// GraphiQL's files, when enabled.
     graphiql: Option<graphiql::GraphiqlAssets>,
+    /// The GraphQL service (its registered APQ hashes carry over).
+    graphql: Arc<GraphqlService>,
 }
 
 /// `rate_limits` without its policies: what the failed-authentication limit is built from.
@@ -184,7 +187,13 @@ impl Stack {
             },
             ratelimit: ratelimit.clone(),
         };
-        let persisted = crate::graphql::persisted::Persisted::new(&settings.graphql.persisted)?;
+        let persisted = match previous {
+            Some(p) => p
+                .graphql
+                .persisted
+                .reconfigured(&settings.graphql.persisted)?,
+            None => crate::graphql::persisted::Persisted::new(&settings.graphql.persisted)?,
+        };
         // GraphiQL is useless where introspection is not served (an allow list without it).
         let graphiql = graphiql.filter(|_| persisted.introspection_allowed());
         let graphql = Arc::new(GraphqlService {
@@ -232,7 +241,7 @@ impl Stack {
 
         let mut router = edge
             .around_service(
-                graphql::service::router(graphql),
+                graphql::service::router(graphql.clone()),
                 body_limit,
                 crate::ratelimit::Target::Graphql,
             )
@@ -280,6 +289,7 @@ impl Stack {
             ratelimit,
             failed_auth,
             graphiql: assets,
+            graphql,
         })
     }
 
