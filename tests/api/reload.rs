@@ -1,7 +1,8 @@
 //! Config reload without a restart: requests flowing through twenty reloads, valid and invalid,
 //! none failing, each change in effect after its reload (and nothing of a refused one), the
-//! reloads counted; then a real `bff-web` process reloaded by SIGHUP, its log line naming what
-//! changed and what needs a restart, its log level changed.
+//! reloads counted; the listener's TLS files changed by a reload (turning TLS off needs a
+//! restart); then a real `bff-web` process reloaded by SIGHUP, its log line naming what changed
+//! and what needs a restart, its log level changed.
 
 use std::{
     path::{Path, PathBuf},
@@ -22,7 +23,7 @@ use shared::{
     server::{ConfigSource, Reloaded},
 };
 
-use crate::helpers::*;
+use crate::{helpers::*, pki::*};
 
 /// A second HS256 secret the reloaded config trusts instead of [`SECRET`].
 const SECRET_2: &str = "second-secret-0123456789abcdef";
@@ -377,6 +378,22 @@ async fn twenty_reloads_under_load_fail_no_request_and_each_takes_effect() {
     let app = serve_app(app, fixtures.clone());
     let traffic = Traffic::start(&app, 4);
     eventually("traffic flows", || async { traffic.served() > 20 }).await;
+    // An automatic persisted query registered before the reloads.
+    let apq_query = "query Regions { homepage(region: \"GB\") { region } }";
+    let apq = |with_query: bool| {
+        let hash = shared::graphql::persisted::sha256_hex(apq_query);
+        let mut body =
+            json!({ "extensions": { "persistedQuery": { "version": 1, "sha256Hash": hash } } });
+        if with_query {
+            body["query"] = json!(apq_query);
+        }
+        let app = &app;
+        async move {
+            let r = app.post_body(&body, Some(GRAPHQL_RESPONSE), None).await;
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+    assert_eq!(apq(true).await.0, 200);
     let (mut ok, mut refused) = (0u64, 0u64);
 
     // Published as a new ConfigMap version; the file check (every 50 ms) reloads it.
@@ -667,6 +684,11 @@ async fn twenty_reloads_under_load_fail_no_request_and_each_takes_effect() {
         "the environment still wins"
     );
 
+    // The registered persisted query outlived twenty reloads.
+    let (status, body) = apq(false).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["homepage"]["region"], "GB");
+
     let (served, failures) = traffic.stop().await;
     assert!(
         failures.is_empty(),
@@ -677,6 +699,77 @@ async fn twenty_reloads_under_load_fail_no_request_and_each_takes_effect() {
     assert_eq!((ok, refused), (15, 5));
     assert_eq!(app.reloads("ok").await, ok);
     assert_eq!(app.reloads("error").await, refused);
+}
+
+/// The certificate a TLS handshake with `addr` presents.
+async fn presented(addr: std::net::SocketAddr, ca: &Path) -> Vec<u8> {
+    let config = client_config(ca, None, &[b"http/1.1"]);
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test]
+async fn a_reload_points_tls_at_new_files_and_turning_it_off_needs_a_restart() {
+    let pki = Pki::new("config-reload");
+    let (a, b) = (
+        pki.issue("server-a", "localhost", false),
+        pki.issue("server-b", "localhost", false),
+    );
+    let fixtures = Arc::new(Fixtures::start(FixtureOptions::default()).await.unwrap());
+    let mut k = Knobs::base(&fixtures);
+    k.watch_interval = "0s";
+    let with_tls = |k: &Knobs, cert: &Path, key: &Path| {
+        format!(
+            "{}\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+            k.toml(&fixtures),
+            cert.display().to_string(),
+            key.display().to_string()
+        )
+    };
+    let mut map = ConfigMap::new(&with_tls(&k, &a.cert, &a.key));
+    let surface = web();
+    let load = LoadOptions {
+        file: Some(map.path()),
+        ..LoadOptions::default()
+    };
+    let app = Application::build(
+        Settings::load(&(surface.defaults)(), &load).unwrap(),
+        &surface,
+        StartOptions {
+            config: Some(ConfigSource { load, adjust: None }),
+            ..StartOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let reloader = app.reloader().unwrap();
+    let app = serve_app(app, fixtures.clone());
+    assert_eq!(presented(app.addr, &pki.ca_file()).await, a.der.to_vec());
+
+    map.write(&with_tls(&k, &b.cert, &b.key));
+    let r = reloader.reload().unwrap();
+    assert_eq!(r.changed, ["tls.cert_file", "tls.key_file"]);
+    assert_eq!(presented(app.addr, &pki.ca_file()).await, b.der.to_vec());
+
+    // Files that do not load: refused, the running certificate kept.
+    let missing = pki.ca_file().with_file_name("missing.pem");
+    map.write(&with_tls(&k, &missing, &b.key));
+    let e = reloader.reload().unwrap_err().to_string();
+    assert!(e.contains("missing.pem"), "{e}");
+    assert_eq!(presented(app.addr, &pki.ca_file()).await, b.der.to_vec());
+
+    // Off needs a restart; the rest of the config applies.
+    k.max_aliases = 7;
+    map.write(&k.toml(&fixtures));
+    let r = reloader.reload().unwrap();
+    assert_eq!(r.needs_restart, ["tls (turning TLS off)"]);
+    assert_eq!(r.changed, ["graphql.max_aliases"]);
+    assert_eq!(presented(app.addr, &pki.ca_file()).await, b.der.to_vec());
+    assert_eq!(app.reloads("ok").await, 2);
+    assert_eq!(app.reloads("error").await, 1);
 }
 
 /// Where cargo put the test binary's sibling `bff-web`, built now if it is missing or stale
