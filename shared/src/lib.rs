@@ -23,8 +23,8 @@
 //! - [`compose`]: the parallel homepage plan and title hydration.
 //! - [`events`]: builds the event bus (the `bff-events` crate: in-process or RabbitMQ, outbox,
 //!   spool) from `events.*`; transport only.
-//! - [`cache`]: fragment cache (L1 moka; tier boundary for a shared tier), coalescing, SWR, and
-//!   the instance's invalidation by domain events.
+//! - [`cache`]: fragment cache (L1 moka, L2 Redis or Redis Cluster shared by the fleet),
+//!   coalescing, SWR, an injected wall clock, and the instance's invalidation by domain events.
 //! - [`profile`]: client profiles (rows, limits) and trimming rules.
 //! - [`upstream`]: the policy layer, one client per backend (reqwest, tonic), and discovery (DNS,
 //!   health checks) written once over both transports.

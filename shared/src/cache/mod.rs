@@ -1,9 +1,10 @@
 //! Fragment cache: caches the pieces a homepage is built from (a title, a region's top 10, a
 //! user's continue-watching row, …) rather than whole responses, each with its own freshness.
 //!
-//! Owns: fragment kinds and keys ([`FragmentKind`], [`key`]), the tier boundary ([`tier::Tier`];
-//! L1 is an in-process moka cache bounded by bytes, a shared Redis tier can be added behind the same
-//! trait), coalescing of concurrent loads ([`FragmentCache::get_or_load`], [`FragmentCache::titles`]),
+//! Owns: fragment kinds and keys ([`FragmentKind`], [`key`]), the tiers behind one boundary
+//! ([`tier::Tier`]: L1 is an in-process moka cache bounded by bytes; L2, when `cache.l2` is set, a
+//! Redis or Redis Cluster the fleet shares, [`l2`]), the wall clock ages are read from
+//! ([`Clock`]), coalescing of concurrent loads ([`FragmentCache::get_or_load`], [`FragmentCache::titles`]),
 //! stale-while-revalidate and stale-if-error, invalidation for read-your-writes, per-kind counters
 //! ([`stats`]), and the per-request record of which fragments were used ([`CacheLog`]) from which
 //! `Cache-Control` and the `extensions.cache` report are derived, and what a domain event from the
