@@ -29,17 +29,16 @@ use std::{
 
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
-use redis::{
-    aio::{ConnectionManager, ConnectionManagerConfig},
-    cluster_async::ClusterConnection,
-};
 
 use super::{
     Clock, Fragment, FragmentKind,
     tier::{Stored, Tier},
 };
-use crate::domain::{
-    ContinueWatchingEntry, MyListEntry, NewRelease, Profile, Recommendation, Title, Top10Entry,
+use crate::{
+    domain::{
+        ContinueWatchingEntry, MyListEntry, NewRelease, Profile, Recommendation, Title, Top10Entry,
+    },
+    redis_conn::RedisConn,
 };
 
 /// How long after a failed command the tier is left alone before one command tries it again.
@@ -96,21 +95,6 @@ pub struct L2Stats {
     pub bytes_written: AtomicU64,
 }
 
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl Conn {
-    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
-        match self {
-            Self::Single(c) => cmd.query_async(&mut c.clone()).await,
-            Self::Cluster(c) => cmd.query_async(&mut c.clone()).await,
-        }
-    }
-}
-
 /// Whether Redis answers, as far as this tier knows.
 #[derive(Default)]
 struct Health {
@@ -122,7 +106,7 @@ struct Health {
 
 /// The Redis tier.
 pub struct RedisTier {
-    conn: Conn,
+    conn: RedisConn,
     opts: L2Options,
     clock: Clock,
     health: Mutex<Health>,
@@ -133,27 +117,7 @@ impl RedisTier {
     /// A tier over `opts.url`; connects lazily (a Redis that is not up yet is an outage, not an
     /// error here).
     pub fn new(opts: L2Options, clock: Clock) -> Result<Self, L2Error> {
-        let conn = if opts.cluster {
-            let nodes: Vec<&str> = opts.url.split(',').map(str::trim).collect();
-            let client = redis::cluster::ClusterClient::builder(nodes)
-                .connection_timeout(opts.timeout)
-                .response_timeout(opts.timeout)
-                .build()
-                .map_err(L2Error::Url)?;
-            Conn::Cluster(
-                client
-                    .get_pending_async_connection_with_config(redis::cluster::ClusterConfig::new()),
-            )
-        } else {
-            let client = redis::Client::open(opts.url.as_str()).map_err(L2Error::Url)?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(opts.timeout))
-                .set_response_timeout(Some(opts.timeout))
-                .set_number_of_retries(1);
-            Conn::Single(
-                ConnectionManager::new_lazy_with_config(client, config).map_err(L2Error::Url)?,
-            )
-        };
+        let conn = RedisConn::new(&opts.url, opts.cluster, opts.timeout).map_err(L2Error::Url)?;
         Ok(Self {
             conn,
             opts,

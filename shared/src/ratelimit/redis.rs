@@ -22,10 +22,9 @@ use std::{
 
 use futures::future::BoxFuture;
 use parking_lot::{Mutex, RwLock};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{Check, Clock, Store, algorithm::Verdict, error::RateLimitError, local::LocalStore};
-use crate::{config::Algorithm, telemetry::metrics::Metrics};
+use crate::{config::Algorithm, redis_conn::RedisConn, telemetry::metrics::Metrics};
 
 /// How long after a failed decision Redis is left alone before one request tries it again.
 pub(crate) const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(500);
@@ -184,11 +183,9 @@ struct Health {
 
 /// The Redis store, with the in-process one as its fallback.
 pub(crate) struct RedisStore {
-    client: redis::Client,
-    config: ConnectionManagerConfig,
     /// Replaced with a fresh one when an outage starts: a connection that stopped answering
     /// (no error, just silence) would otherwise be kept forever.
-    conn: RwLock<ConnectionManager>,
+    conn: RwLock<RedisConn>,
     script: redis::Script,
     opts: RedisOptions,
     local: LocalStore,
@@ -216,20 +213,14 @@ impl RedisStore {
         local: LocalStore,
         metrics: Option<Arc<Metrics>>,
     ) -> Result<Self, RateLimitError> {
-        let client = redis::Client::open(url).map_err(|source| RateLimitError::RedisUrl {
-            url: redacted(url),
-            source,
+        // While Redis is away the fallback decides, and the next probe reconnects.
+        let conn = RedisConn::new(url, false, opts.timeout).map_err(|source| {
+            RateLimitError::RedisUrl {
+                url: redacted(url),
+                source,
+            }
         })?;
-        // One quick reconnection attempt: while Redis is away the fallback decides, and the
-        // next probe reconnects.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(opts.timeout.max(Duration::from_millis(250))))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(100));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
         Ok(Self {
-            client,
-            config,
             conn: RwLock::new(conn),
             script: redis::Script::new(SCRIPT),
             opts,
@@ -268,8 +259,8 @@ impl RedisStore {
                 .arg(p.burst)
                 .arg(c.cost);
         }
-        let mut conn = self.conn.read().clone();
-        let reply: Vec<i64> = tokio::time::timeout(self.opts.timeout, inv.invoke_async(&mut conn))
+        let conn = self.conn.read().clone();
+        let reply: Vec<i64> = tokio::time::timeout(self.opts.timeout, conn.invoke(&inv))
             .await
             .map_err(|_| RateLimitError::Timeout(self.opts.timeout))??;
         if reply.len() != checks.len() * 4 {
@@ -321,7 +312,8 @@ impl RedisStore {
         h.probing = false;
         h.retry_at = Some(Instant::now() + self.opts.retry_after_failure);
         drop(h);
-        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
+        let renewed = self.conn.read().renewed();
+        match renewed {
             Ok(fresh) => *self.conn.write() = fresh,
             Err(e) => tracing::debug!(error = %e, "rate limits: cannot renew the Redis connection"),
         }
