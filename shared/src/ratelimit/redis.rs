@@ -11,9 +11,9 @@
 //! `RETRY_AFTER_FAILURE`, by one request at a time, so an outage costs requests no waiting.
 //! While the fleet is on local fallback every instance enforces each limit on its own.
 //!
-//! Keys: `<prefix><policy>|<parts>`; window algorithms add `:<window number>`. The script builds
-//! those window keys itself, which a Redis Cluster would refuse (keys must be declared): this
-//! store is for a single Redis (with replicas).
+//! Keys: `<prefix><policy>|<parts>`, one per check, holding the check's whole state (a window
+//! algorithm keeps the window's number beside its count, as the in-process store does), so the
+//! script touches exactly the keys it is given in `KEYS`.
 
 use std::{
     sync::Arc,
@@ -48,7 +48,10 @@ pub(crate) struct RedisOptions {
 }
 
 /// The script. ARGV: now (µs, or "" for Redis TIME), the number of checks, then per check:
-/// algorithm, limit, period (µs), burst, cost. KEYS: one base key per check. Returns per check:
+/// algorithm, limit, period (µs), burst, cost. KEYS: one key per check, the only keys it touches
+/// (each holds its check's whole state: `t`/`at` of a token bucket as a hash, a leaky bucket's
+/// TAT as a string, a window's number `w` with its count `c` and — sliding — the previous
+/// window's `p` as a hash, as `super::algorithm::State` has them). Returns per check:
 /// allowed (0/1), remaining, reset (µs), retry (µs). Numbers are written back with `%.17g` so a
 /// stored double reads back as the same double.
 const SCRIPT: &str = r#"
@@ -111,24 +114,31 @@ for i = 1, n do
     end
   elseif alg == 'fw' then
     local w = math.floor(now / per)
-    local wk = key .. ':' .. string.format('%d', w)
-    local count = tonumber(redis.call('GET', wk) or '0')
+    local st = redis.call('HMGET', key, 'w', 'c')
+    local count = 0
+    if st[1] and tonumber(st[1]) == w then count = tonumber(st[2] or '0') end
     local r = (w + 1) * per - now
     reset = cl(r)
     if c > l then
       rem = fl(l - count); wait = per
     elseif count + c <= l then
       ok = true; rem = fl(l - count - c)
-      writes[#writes + 1] = {'fw', wk, c, r}
+      writes[#writes + 1] = {'win', key, w, count + c, 0, r}
     else
       rem = fl(l - count); wait = r
     end
   else
     local w = math.floor(now / per)
-    local ck = key .. ':' .. string.format('%d', w)
-    local pk = key .. ':' .. string.format('%d', w - 1)
-    local curr = tonumber(redis.call('GET', ck) or '0')
-    local prev = tonumber(redis.call('GET', pk) or '0')
+    local st = redis.call('HMGET', key, 'w', 'c', 'p')
+    local curr, prev = 0, 0
+    if st[1] then
+      local seen = tonumber(st[1])
+      if seen == w then
+        curr = tonumber(st[2] or '0'); prev = tonumber(st[3] or '0')
+      elseif seen == w - 1 then
+        prev = tonumber(st[2] or '0')
+      end
+    end
     local elapsed = now - w * per
     local estimate = prev * ((per - elapsed) / per) + curr
     local r = per - elapsed
@@ -137,7 +147,7 @@ for i = 1, n do
       rem = fl(l - estimate); wait = per
     elseif estimate + c <= l then
       ok = true; rem = fl(l - estimate - c)
-      writes[#writes + 1] = {'sw', ck, c, per + r}
+      writes[#writes + 1] = {'win', key, w, curr + c, prev, per + r}
     else
       rem = fl(l - estimate)
       if curr + c <= l then
@@ -165,8 +175,8 @@ if all then
     elseif w[1] == 'lb' then
       redis.call('SET', w[2], num(w[3]), 'PX', ms(w[4]))
     else
-      redis.call('INCRBY', w[2], w[3])
-      redis.call('PEXPIRE', w[2], ms(w[4]))
+      redis.call('HSET', w[2], 'w', string.format('%d', w[3]), 'c', num(w[4]), 'p', num(w[5]))
+      redis.call('PEXPIRE', w[2], ms(w[6]))
     end
   end
 end

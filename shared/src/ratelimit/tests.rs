@@ -621,8 +621,10 @@ async fn redis_down_decides_locally_and_recovers_counting_the_fallbacks() {
                 .unwrap();
             let mut total = 0i64;
             for k in keys {
-                let n: i64 = ::redis::cmd("GET")
+                // A window's count (`c`) beside its number (`w`).
+                let n: i64 = ::redis::cmd("HGET")
                     .arg(k)
+                    .arg("c")
                     .query_async(&mut d)
                     .await
                     .unwrap();
