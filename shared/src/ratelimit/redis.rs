@@ -13,7 +13,15 @@
 //!
 //! Keys: `<prefix><policy>|<parts>`, one per check, holding the check's whole state (a window
 //! algorithm keeps the window's number beside its count, as the in-process store does), so the
-//! script touches exactly the keys it is given in `KEYS`.
+//! script touches exactly the keys it is given in `KEYS` — which a Redis Cluster requires: a
+//! script reaching a key it was not given works on a stable cluster but fails, unretryably,
+//! while its slot migrates (checked against a real cluster).
+//!
+//! On a Redis Cluster (`rate_limits.redis_cluster`) the prefix is a hash tag (`bff:rl:` →
+//! `{bff:rl}:`, [`cluster_prefix`]): every rate-limit key hashes to one slot, so a decision over
+//! several policies is still one script, atomic, on the master serving that slot. The price: the
+//! rate-limit keys do not spread over the cluster's masters (a replica keeps them available).
+//! Routing, `MOVED` and `ASK` are redis-rs' (`crate::redis_conn`).
 
 use std::{
     sync::Arc,
@@ -42,7 +50,10 @@ pub(crate) enum TimeSource {
 /// How the store talks to Redis.
 pub(crate) struct RedisOptions {
     pub(crate) timeout: Duration,
+    /// `rate_limits.key_prefix` as configured.
     pub(crate) prefix: String,
+    /// The URL is a Redis Cluster's seed nodes, comma-separated.
+    pub(crate) cluster: bool,
     pub(crate) time: TimeSource,
     pub(crate) retry_after_failure: Duration,
 }
@@ -191,29 +202,44 @@ struct Health {
     probing: bool,
 }
 
+/// The prefix of every key on a Redis Cluster: `prefix` made a hash tag, its trailing `:` left
+/// outside (`bff:rl:` → `{bff:rl}:`). Redis hashes only what is between a key's first `{` and the
+/// next `}`; every key starts with this one and no key part can hold a brace (they are kept only
+/// when made of `A-Za-z0-9_-.:/@`), so every rate-limit key is in the tag's slot. The settings
+/// refuse a prefix that would make an empty tag or hold a brace.
+pub(crate) fn cluster_prefix(prefix: &str) -> String {
+    let tag = prefix.trim_end_matches(':');
+    format!("{{{tag}}}{}", &prefix[tag.len()..])
+}
+
 /// The Redis store, with the in-process one as its fallback.
 pub(crate) struct RedisStore {
     /// Replaced with a fresh one when an outage starts: a connection that stopped answering
     /// (no error, just silence) would otherwise be kept forever.
     conn: RwLock<RedisConn>,
     script: redis::Script,
+    /// What every key starts with (the configured prefix, a hash tag on a cluster).
+    key_prefix: String,
     opts: RedisOptions,
     local: LocalStore,
     health: Mutex<Health>,
     metrics: Option<Arc<Metrics>>,
 }
 
-/// A Redis URL without its password, for messages.
-fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
+/// A Redis URL (or a cluster's comma-separated seed URLs) without passwords, for messages.
+fn redacted(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| match url::Url::parse(url.trim()) {
+            Ok(mut u) => {
+                if u.password().is_some() {
+                    let _ = u.set_password(Some("***"));
+                }
+                u.to_string()
             }
-            u.to_string()
-        }
-        Err(_) => "<unparsable URL>".to_owned(),
-    }
+            Err(_) => "<unparsable URL>".to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl RedisStore {
@@ -224,15 +250,21 @@ impl RedisStore {
         metrics: Option<Arc<Metrics>>,
     ) -> Result<Self, RateLimitError> {
         // While Redis is away the fallback decides, and the next probe reconnects.
-        let conn = RedisConn::new(url, false, opts.timeout).map_err(|source| {
+        let conn = RedisConn::new(url, opts.cluster, opts.timeout).map_err(|source| {
             RateLimitError::RedisUrl {
                 url: redacted(url),
                 source,
             }
         })?;
+        let key_prefix = if opts.cluster {
+            cluster_prefix(&opts.prefix)
+        } else {
+            opts.prefix.clone()
+        };
         Ok(Self {
             conn: RwLock::new(conn),
             script: redis::Script::new(SCRIPT),
+            key_prefix,
             opts,
             local,
             health: Mutex::new(Health::default()),
@@ -262,7 +294,7 @@ impl RedisStore {
                 Algorithm::FixedWindow => "fw",
                 Algorithm::SlidingWindow => "sw",
             };
-            inv.key(format!("{}{}", self.opts.prefix, c.key));
+            inv.key(format!("{}{}", self.key_prefix, c.key));
             inv.arg(alg)
                 .arg(p.limit)
                 .arg(p.period_us)

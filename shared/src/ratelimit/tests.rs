@@ -391,6 +391,7 @@ fn redis_store(
             // Generous: a debug build on a busy machine; the outage test sets its own.
             timeout: Duration::from_secs(2),
             prefix: prefix.to_owned(),
+            cluster: false,
             time,
             retry_after_failure: Duration::ZERO,
         },
@@ -692,6 +693,7 @@ async fn a_redis_slower_than_the_timeout_is_decided_locally() {
         RedisOptions {
             timeout: Duration::from_millis(50),
             prefix: unique_prefix("slow"),
+            cluster: false,
             time: TimeSource::Server,
             retry_after_failure: Duration::from_secs(3600),
         },
