@@ -95,6 +95,22 @@ pub struct L2Stats {
     pub bytes_written: AtomicU64,
 }
 
+impl L2Stats {
+    /// Hits, misses, errors, skipped, too large, bytes read, bytes written.
+    pub fn totals(&self) -> [u64; 7] {
+        [
+            &self.hits,
+            &self.misses,
+            &self.errors,
+            &self.skipped,
+            &self.too_large,
+            &self.bytes_read,
+            &self.bytes_written,
+        ]
+        .map(|c| c.load(Relaxed))
+    }
+}
+
 /// Whether Redis answers, as far as this tier knows.
 #[derive(Default)]
 struct Health {

@@ -6,7 +6,7 @@ use std::{fmt, str::FromStr, time::Duration};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::duration;
+use super::{Invalid, duration, invalid};
 
 /// Rate limits (`rate_limits.*`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -265,9 +265,16 @@ impl<'de> Deserialize<'de> for Scope {
 /// (Redis' Lua has only doubles).
 const MAX_UNITS: u64 = 1_000_000_000;
 
-/// Checks the rate-limit settings; `routes` are the configured pass-through prefixes. Errors
-/// are `(key below rate_limits, why)`.
-pub(super) fn validate(s: &RateLimitSettings, routes: &[&str]) -> Result<(), (String, String)> {
+impl RateLimitSettings {
+    /// Checks the store, the bounds and each policy; `routes` are the configured pass-through
+    /// prefixes.
+    pub(super) fn validate(&self, routes: &[&str]) -> Result<(), Invalid> {
+        check(self, routes).map_err(|(key, msg)| invalid(&format!("rate_limits.{key}"), msg))
+    }
+}
+
+/// [`RateLimitSettings::validate`]'s checks; errors are `(key below rate_limits, why)`.
+fn check(s: &RateLimitSettings, routes: &[&str]) -> Result<(), (String, String)> {
     let err = |k: &str, m: String| Err((k.to_owned(), m));
     if s.redis_cluster {
         if s.store == "local" {

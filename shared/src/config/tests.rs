@@ -71,8 +71,11 @@ fn defaults_point_at_the_local_fixture_backends() {
     let (s, _) = load(None, &[]);
     let s = s.unwrap();
     assert_eq!(s.listen, "127.0.0.1:4000".parse::<SocketAddr>().unwrap());
-    assert_eq!(s.backends.top10.url, "http://127.0.0.1:7001/top10");
-    assert_eq!(s.backends.catalog.url, "http://127.0.0.1:7002");
+    assert_eq!(
+        s.backends[BackendId::Top10].url,
+        "http://127.0.0.1:7001/top10"
+    );
+    assert_eq!(s.backends[BackendId::Catalog].url, "http://127.0.0.1:7002");
     assert_eq!(s.server.max_body_bytes, 256 * 1024);
     assert_eq!(s.graphql.max_depth, 12);
     assert!(s.auth.hs256_secret.is_none());
@@ -105,8 +108,14 @@ fn file_then_env_then_flag_override_in_order() {
     };
     let s = Settings::load(&binary(), &opts).unwrap();
     assert_eq!(s.listen, "127.0.0.1:6000".parse::<SocketAddr>().unwrap());
-    assert_eq!(s.backends.top10.url, "http://127.0.0.2:82/top10");
-    assert_eq!(s.backends.top10.timeout, Duration::from_millis(250));
+    assert_eq!(
+        s.backends[BackendId::Top10].url,
+        "http://127.0.0.2:82/top10"
+    );
+    assert_eq!(
+        s.backends[BackendId::Top10].timeout,
+        Duration::from_millis(250)
+    );
     assert_eq!(s.graphql.max_depth, 9);
     // A numeric-looking secret stays text.
     assert_eq!(s.auth.hs256_secret.unwrap().expose(), "1234567890123456");
@@ -444,4 +453,52 @@ fn edge_bounds_are_validated_naming_the_key() {
     let s = s.unwrap();
     assert_eq!(s.server.forwarded_header, ForwardedHeader::Forwarded);
     assert_eq!(s.rate_limits.failed_auth.limit, 0);
+}
+
+/// `[backends.<name>]` stays one table per backend, named as the backend is: the GraphQL backends
+/// in `BackendId::ALL`'s order (each at its index), then route-only ones; env overrides reach
+/// them by name.
+#[test]
+fn backends_are_one_table_each_by_name_in_toml_and_indexed_by_backend_in_code() {
+    let (s, _) = load(
+        Some(
+            "[backends.images]\nurl = \"http://127.0.0.1:9/images\"\n[[routes]]\nprefix = \"/api/images\"\nbackend = \"images\"\n",
+        ),
+        &[("BFF_BACKENDS__NEW_RELEASES__TIMEOUT", "75ms")],
+    );
+    let s = s.unwrap();
+    for (i, b) in BackendId::ALL.into_iter().enumerate() {
+        assert_eq!(b.index(), i, "{b}");
+        let expected = match b.rest_path() {
+            Some(path) => format!("http://127.0.0.1:7001{path}"),
+            None => "http://127.0.0.1:7002".to_owned(),
+        };
+        assert_eq!(s.backends.get(b).url, expected, "{b}");
+        assert_eq!(s.backends.get(b).required, b == BackendId::Catalog, "{b}");
+    }
+    let timeouts: Vec<(BackendId, Duration)> =
+        s.backends.iter().map(|(b, c)| (b, c.timeout)).collect();
+    assert_eq!(timeouts.len(), 7);
+    for (b, t) in timeouts {
+        let want = if b == BackendId::NewReleases { 75 } else { 500 };
+        assert_eq!(t, Duration::from_millis(want), "{b}");
+    }
+    assert_eq!(s.backends.extra.len(), 1);
+    assert_eq!(s.backends.extra["images"].url, "http://127.0.0.1:9/images");
+
+    let text = s.redacted_toml();
+    let at = |name: &str| {
+        text.find(&format!("\n[backends.{name}]\n"))
+            .unwrap_or_else(|| panic!("no [backends.{name}] in\n{text}"))
+    };
+    let order: Vec<usize> = BackendId::ALL
+        .iter()
+        .map(|b| at(b.name()))
+        .chain([at("images")])
+        .collect();
+    assert!(order.is_sorted(), "{order:?}");
+    // What is printed loads back to the same settings.
+    let (again, _) = load(Some(&text), &[]);
+    let again = again.unwrap();
+    assert_eq!(again.redacted_toml(), text);
 }

@@ -84,6 +84,9 @@ pub enum ServerError {
     /// Upstream clients could not be built.
     #[error(transparent)]
     Upstream(#[from] UpstreamInitError),
+    /// The shared cache tier could not be set up.
+    #[error("{0}")]
+    CacheL2(#[from] crate::cache::l2::L2Error),
     /// The metrics registry could not be built.
     #[error("cannot set up metrics: {0}")]
     Metrics(#[source] crate::telemetry::metrics::MetricsError),
@@ -151,7 +154,7 @@ impl Application {
             None
         };
         let upstream = Upstream::new(&settings.backends, metrics.clone())?;
-        let cache = FragmentCache::new(settings.cache.clone());
+        let cache = FragmentCache::from_settings(settings.cache.clone())?;
         let events = match opts.events.clone() {
             Some(bus) => bus,
             None => crate::events::from_settings(&settings.events, surface.name)?,
@@ -196,7 +199,7 @@ impl Application {
             .enabled
             .then(|| graphiql::GraphiqlAssets::locate(settings.graphiql.assets_dir.as_deref()));
         let tls = if settings.tls.enabled() {
-            Some(tls::Tls::load(&settings.tls)?)
+            Some(tls::Tls::load(&settings.tls, metrics.clone())?)
         } else {
             None
         };

@@ -22,7 +22,7 @@ use crate::{
     config::{BackendSettings, HealthCheckSettings},
     domain::{Recommendation, Title, TitleBatch, UserId},
     telemetry::metrics::Metrics,
-    telemetry::trace::{REQUEST_ID, TRACEPARENT, TRACESTATE},
+    telemetry::trace::{MetadataInjector, REQUEST_ID},
 };
 
 /// Most ids one `BatchGetTitles` carries; the catalog rejects bigger batches (its default is 500).
@@ -249,14 +249,9 @@ fn request<T>(
     }
     if let Some(t) = &cx.trace {
         let md = req.metadata_mut();
-        if let Ok(v) = MetadataValue::try_from(t.trace.outgoing()) {
-            md.insert(TRACEPARENT, v);
-        }
+        t.trace.inject(&mut MetadataInjector(md));
         if let Ok(v) = MetadataValue::try_from(t.request_id.as_ref()) {
             md.insert(REQUEST_ID, v);
-        }
-        if let Some(Ok(v)) = t.trace.tracestate.as_deref().map(MetadataValue::try_from) {
-            md.insert(TRACESTATE, v);
         }
     }
     req

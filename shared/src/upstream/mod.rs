@@ -199,13 +199,13 @@ impl Upstream {
         }
         let (catalog, t) = grpc::GrpcBackend::new(
             BackendId::Catalog.name(),
-            &settings.catalog,
+            settings.get(BackendId::Catalog),
             metrics.clone(),
         )?;
         tasks.extend(t);
         let (recommendations, t) = grpc::GrpcBackend::new(
             BackendId::Recommendations.name(),
-            &settings.recommendations,
+            settings.get(BackendId::Recommendations),
             metrics.clone(),
         )?;
         tasks.extend(t);

@@ -17,7 +17,7 @@ use super::{
 use crate::{
     config::{BackendSettings, HealthCheckSettings},
     telemetry::metrics::Metrics,
-    telemetry::trace::{REQUEST_ID, TRACEPARENT, TRACESTATE},
+    telemetry::trace::REQUEST_ID,
 };
 
 /// `{"items": [...]}` pages the list endpoints answer with.
@@ -151,11 +151,8 @@ impl RestBackend {
         }
         if let Some(t) = &cx.trace {
             req = req
-                .header(TRACEPARENT, t.trace.outgoing())
+                .headers(t.trace.outgoing())
                 .header(REQUEST_ID, t.request_id.as_ref());
-            if let Some(state) = &t.trace.tracestate {
-                req = req.header(TRACESTATE, state.as_str());
-            }
         }
         req
     }
