@@ -29,6 +29,8 @@
 //! - [`upstream`]: the policy layer, one client per backend (reqwest, tonic), and discovery (DNS,
 //!   health checks) written once over both transports.
 //! - [`domain`]: plain values passed between the layers.
+//! - `redis_conn`: the one connection to Redis (a single server or a Redis Cluster, connected
+//!   lazily) that the rate-limit store and the L2 cache tier share; the ground, importing nothing.
 //! - `refusal`: the one shape of an answer outside GraphQL execution (status, code, trace id).
 //! - [`error`]: the closed list of client error codes; the ground, importing nothing.
 //! - `demo`: `--demo` (fixtures in-process, demo token); only with the `demo` cargo feature, which
@@ -55,6 +57,7 @@ pub mod pipeline;
 pub mod profile;
 pub(crate) mod proxy;
 pub mod ratelimit;
+pub(crate) mod redis_conn;
 pub(crate) mod refusal;
 pub mod server;
 pub mod telemetry;
