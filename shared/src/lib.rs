@@ -23,12 +23,14 @@
 //! - [`compose`]: the parallel homepage plan and title hydration.
 //! - [`events`]: builds the event bus (the `bff-events` crate: in-process or RabbitMQ, outbox,
 //!   spool) from `events.*`; transport only.
-//! - [`cache`]: fragment cache (L1 moka; tier boundary for a shared tier), coalescing, SWR, and
-//!   the instance's invalidation by domain events.
+//! - [`cache`]: fragment cache (L1 moka, L2 Redis or Redis Cluster shared by the fleet),
+//!   coalescing, SWR, an injected wall clock, and the instance's invalidation by domain events.
 //! - [`profile`]: client profiles (rows, limits) and trimming rules.
 //! - [`upstream`]: the policy layer, one client per backend (reqwest, tonic), and discovery (DNS,
 //!   health checks) written once over both transports.
 //! - [`domain`]: plain values passed between the layers.
+//! - `redis_conn`: the one connection to Redis (a single server or a Redis Cluster, connected
+//!   lazily) that the rate-limit store and the L2 cache tier share; the ground, importing nothing.
 //! - `refusal`: the one shape of an answer outside GraphQL execution (status, code, trace id).
 //! - [`error`]: the closed list of client error codes; the ground, importing nothing.
 //! - `demo`: `--demo` (fixtures in-process, demo token); only with the `demo` cargo feature, which
@@ -55,6 +57,7 @@ pub mod pipeline;
 pub mod profile;
 pub(crate) mod proxy;
 pub mod ratelimit;
+pub(crate) mod redis_conn;
 pub(crate) mod refusal;
 pub mod server;
 pub mod telemetry;

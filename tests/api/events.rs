@@ -19,17 +19,17 @@ use shared::{
     events::{Envelope, EventBus, Payload, ProgressData, WorkQueue, rabbit::RabbitBus},
 };
 
-const BROKER: &str = "127.0.0.1:5672";
+pub(crate) const BROKER: &str = "127.0.0.1:5672";
 const REPORT: &str = "mutation($id: ID!, $pos: Int!) { reportProgress(titleId: $id, positionSeconds: $pos) { accepted eventId } }";
 const ADD: &str = "mutation($id: ID!) { addToMyList(titleId: $id) { changed } }";
 const DEADLINE: Duration = Duration::from_secs(10);
 
-fn url(addr: &str) -> String {
+pub(crate) fn url(addr: &str) -> String {
     format!("amqp://guest:guest@{addr}/%2f")
 }
 
 /// Names of its own for one test.
-fn names(test: &str) -> EventsSettings {
+pub(crate) fn names(test: &str) -> EventsSettings {
     let exchange = format!("bfftest.{test}.{}", uuid::Uuid::new_v4().simple());
     EventsSettings {
         progress_queue: format!("{exchange}.progress"),
@@ -97,7 +97,7 @@ impl World {
 }
 
 /// Polls until the bus is connected with at least `consumers` consumers receiving.
-async fn wait_connected(bus: &dyn EventBus, consumers: usize) {
+pub(crate) async fn wait_connected(bus: &dyn EventBus, consumers: usize) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let s = bus.status();

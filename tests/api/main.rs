@@ -14,6 +14,7 @@ mod helpers;
 mod homepage;
 mod hostile;
 mod http_spec;
+mod l2;
 mod mobile;
 mod mutations;
 mod observability;

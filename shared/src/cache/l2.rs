@@ -29,17 +29,16 @@ use std::{
 
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
-use redis::{
-    aio::{ConnectionManager, ConnectionManagerConfig},
-    cluster_async::ClusterConnection,
-};
 
 use super::{
     Clock, Fragment, FragmentKind,
     tier::{Stored, Tier},
 };
-use crate::domain::{
-    ContinueWatchingEntry, MyListEntry, NewRelease, Profile, Recommendation, Title, Top10Entry,
+use crate::{
+    domain::{
+        ContinueWatchingEntry, MyListEntry, NewRelease, Profile, Recommendation, Title, Top10Entry,
+    },
+    redis_conn::RedisConn,
 };
 
 /// How long after a failed command the tier is left alone before one command tries it again.
@@ -96,18 +95,19 @@ pub struct L2Stats {
     pub bytes_written: AtomicU64,
 }
 
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl Conn {
-    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
-        match self {
-            Self::Single(c) => cmd.query_async(&mut c.clone()).await,
-            Self::Cluster(c) => cmd.query_async(&mut c.clone()).await,
-        }
+impl L2Stats {
+    /// Hits, misses, errors, skipped, too large, bytes read, bytes written.
+    pub fn totals(&self) -> [u64; 7] {
+        [
+            &self.hits,
+            &self.misses,
+            &self.errors,
+            &self.skipped,
+            &self.too_large,
+            &self.bytes_read,
+            &self.bytes_written,
+        ]
+        .map(|c| c.load(Relaxed))
     }
 }
 
@@ -122,7 +122,7 @@ struct Health {
 
 /// The Redis tier.
 pub struct RedisTier {
-    conn: Conn,
+    conn: RedisConn,
     opts: L2Options,
     clock: Clock,
     health: Mutex<Health>,
@@ -133,27 +133,7 @@ impl RedisTier {
     /// A tier over `opts.url`; connects lazily (a Redis that is not up yet is an outage, not an
     /// error here).
     pub fn new(opts: L2Options, clock: Clock) -> Result<Self, L2Error> {
-        let conn = if opts.cluster {
-            let nodes: Vec<&str> = opts.url.split(',').map(str::trim).collect();
-            let client = redis::cluster::ClusterClient::builder(nodes)
-                .connection_timeout(opts.timeout)
-                .response_timeout(opts.timeout)
-                .build()
-                .map_err(L2Error::Url)?;
-            Conn::Cluster(
-                client
-                    .get_pending_async_connection_with_config(redis::cluster::ClusterConfig::new()),
-            )
-        } else {
-            let client = redis::Client::open(opts.url.as_str()).map_err(L2Error::Url)?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(opts.timeout))
-                .set_response_timeout(Some(opts.timeout))
-                .set_number_of_retries(1);
-            Conn::Single(
-                ConnectionManager::new_lazy_with_config(client, config).map_err(L2Error::Url)?,
-            )
-        };
+        let conn = RedisConn::new(&opts.url, opts.cluster, opts.timeout).map_err(L2Error::Url)?;
         Ok(Self {
             conn,
             opts,
@@ -379,6 +359,72 @@ mod tests {
             .duration_since(back.stored_at)
             .unwrap_or_else(|e| e.duration());
         assert!(skew < Duration::from_micros(1), "{skew:?}");
+    }
+
+    fn tier(url: &str, cluster: bool, prefix: &str) -> RedisTier {
+        RedisTier::new(
+            L2Options {
+                url: url.to_owned(),
+                cluster,
+                prefix: prefix.to_owned(),
+                // Generous: a debug build on a busy machine.
+                timeout: Duration::from_secs(2),
+                max_entry_bytes: 64 * 1024,
+                keep: [Duration::from_secs(60); 7],
+            },
+            Clock::default(),
+        )
+        .unwrap()
+    }
+
+    /// What one instance writes another reads, and a removal is seen by both, over the
+    /// machine's Redis and over a three-master cluster of the test's own — where the keys, one
+    /// per command, spread over every master.
+    #[tokio::test]
+    async fn values_written_by_one_instance_are_read_by_another_on_redis_and_on_a_cluster() {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 6379));
+        assert!(
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok(),
+            "Redis is not running on 127.0.0.1:6379"
+        );
+        let cluster = bff_fixtures::redis_cluster::RedisCluster::start().unwrap();
+        for (url, is_cluster) in [
+            ("redis://127.0.0.1:6379".to_owned(), false),
+            (cluster.url(), true),
+        ] {
+            let prefix = format!("bff:test:l2:{}:{is_cluster}:", std::process::id());
+            let (a, b) = (
+                tier(&url, is_cluster, &prefix),
+                tier(&url, is_cluster, &prefix),
+            );
+            let keys: Vec<String> = (0..30).map(|i| format!("top10|v1|region={i}")).collect();
+            for k in &keys {
+                a.put(k, top10()).await;
+            }
+            for k in &keys {
+                let got = b
+                    .get(k)
+                    .await
+                    .unwrap_or_else(|| panic!("{url}: {k} not read"));
+                assert!(matches!(got.fragment, Fragment::Top10(ref v) if v.len() == 10));
+            }
+            b.remove(&keys[0]).await;
+            assert!(a.get(&keys[0]).await.is_none(), "{url}: removed for both");
+            assert_eq!(b.stats().hits.load(Relaxed), 30, "{url}");
+            assert_eq!(
+                a.stats().errors.load(Relaxed) + b.stats().errors.load(Relaxed),
+                0
+            );
+            if is_cluster {
+                let per_node = cluster.keys_per_node();
+                assert_eq!(per_node.iter().sum::<u64>(), 29, "{per_node:?}");
+                assert!(per_node.iter().all(|n| *n > 0), "spread: {per_node:?}");
+            } else {
+                for k in &keys[1..] {
+                    b.remove(k).await;
+                }
+            }
+        }
     }
 
     /// Anything not written by this format is a miss, never a panic or a wrong value.

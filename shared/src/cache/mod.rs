@@ -1,9 +1,10 @@
 //! Fragment cache: caches the pieces a homepage is built from (a title, a region's top 10, a
 //! user's continue-watching row, …) rather than whole responses, each with its own freshness.
 //!
-//! Owns: fragment kinds and keys ([`FragmentKind`], [`key`]), the tier boundary ([`tier::Tier`];
-//! L1 is an in-process moka cache bounded by bytes, a shared Redis tier can be added behind the same
-//! trait), coalescing of concurrent loads ([`FragmentCache::get_or_load`], [`FragmentCache::titles`]),
+//! Owns: fragment kinds and keys ([`FragmentKind`], [`key`]), the tiers behind one boundary
+//! ([`tier::Tier`]: L1 is an in-process moka cache bounded by bytes; L2, when `cache.l2` is set, a
+//! Redis or Redis Cluster the fleet shares, [`l2`]), the wall clock ages are read from
+//! ([`Clock`]), coalescing of concurrent loads ([`FragmentCache::get_or_load`], [`FragmentCache::titles`]),
 //! stale-while-revalidate and stale-if-error, invalidation for read-your-writes, per-kind counters
 //! ([`stats`]), and the per-request record of which fragments were used ([`CacheLog`]) from which
 //! `Cache-Control` and the `extensions.cache` report are derived, and what a domain event from the
@@ -111,6 +112,8 @@ pub struct FragmentCache {
 struct Inner {
     /// Read at every lookup; a config reload replaces it ([`FragmentCache::reconfigure`]).
     settings: arc_swap::ArcSwap<CacheSettings>,
+    /// The shared tier's counters, when there is one.
+    l2: Option<Arc<l2::L2Stats>>,
     /// What `stored_at` and ages are read from.
     clock: Clock,
     tiers: Vec<Arc<dyn Tier>>,
@@ -164,6 +167,36 @@ impl FragmentCache {
         Self::with_tiers(settings, vec![l1], stats, clock)
     }
 
+    /// The cache `settings` describe: L1, and the shared Redis tier after it when `cache.l2` is
+    /// set (connected lazily: a Redis that is not up yet is an outage, not a failed start).
+    pub fn from_settings(settings: CacheSettings) -> Result<Self, l2::L2Error> {
+        let Some(url) = &settings.l2 else {
+            return Ok(Self::new(settings));
+        };
+        let clock = Clock::default();
+        let stats = Arc::new(CacheStats::default());
+        let l1: Arc<dyn Tier> = Arc::new(MemoryTier::new(&settings, stats.clone(), clock.clone()));
+        let redis = l2::RedisTier::new(
+            l2::L2Options {
+                url: url.expose().to_owned(),
+                cluster: settings.l2_cluster,
+                prefix: settings.l2_prefix.clone(),
+                timeout: settings.l2_timeout,
+                max_entry_bytes: settings.l2_max_entry_bytes,
+                keep: FragmentKind::ALL.map(|k| kept_for(settings.kind(k))),
+            },
+            clock.clone(),
+        )?;
+        let l2_stats = redis.stats().clone();
+        let tiers: Vec<Arc<dyn Tier>> = vec![l1, Arc::new(redis)];
+        Ok(Self::build(settings, tiers, stats, clock, Some(l2_stats)))
+    }
+
+    /// The shared tier's counters (`None` without one).
+    pub fn l2_stats(&self) -> Option<&Arc<l2::L2Stats>> {
+        self.inner.l2.as_ref()
+    }
+
     /// A cache over explicit tiers, first = nearest (a shared tier would go after L1).
     pub fn with_tiers(
         settings: CacheSettings,
@@ -171,9 +204,20 @@ impl FragmentCache {
         stats: Arc<CacheStats>,
         clock: Clock,
     ) -> Self {
+        Self::build(settings, tiers, stats, clock, None)
+    }
+
+    fn build(
+        settings: CacheSettings,
+        tiers: Vec<Arc<dyn Tier>>,
+        stats: Arc<CacheStats>,
+        clock: Clock,
+        l2: Option<Arc<l2::L2Stats>>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 settings: arc_swap::ArcSwap::from_pointee(settings),
+                l2,
                 clock,
                 tiers,
                 stats,

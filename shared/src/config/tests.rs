@@ -257,6 +257,94 @@ fn rate_limit_policies_are_validated_naming_key_and_source() {
 }
 
 #[test]
+fn a_redis_cluster_store_takes_seed_urls_and_a_prefix_that_makes_a_hash_tag() {
+    let cluster = |store: &str, prefix: Option<&str>| {
+        let mut env = vec![
+            ("BFF_RATE_LIMITS__STORE", store),
+            ("BFF_RATE_LIMITS__REDIS_CLUSTER", "true"),
+        ];
+        if let Some(p) = prefix {
+            env.push(("BFF_RATE_LIMITS__KEY_PREFIX", p));
+        }
+        load(None, &env).0
+    };
+    let s = cluster("redis://10.0.0.1:7000, redis://10.0.0.2:7000/0", None).unwrap();
+    assert!(s.rate_limits.redis_cluster);
+    assert_eq!(
+        s.rate_limits.store,
+        "redis://10.0.0.1:7000, redis://10.0.0.2:7000/0"
+    );
+    assert!(cluster("redis://10.0.0.1:7000", Some("fleet-a:rl")).is_ok());
+    let (off, _) = load(None, &[]);
+    assert!(!off.unwrap().rate_limits.redis_cluster, "off by default");
+    for (store, prefix, key, why) in [
+        (
+            "local",
+            None,
+            "rate_limits.redis_cluster",
+            "seed redis:// URLs",
+        ),
+        (
+            "redis://10.0.0.1:7000,http://10.0.0.2:7000",
+            None,
+            "rate_limits.store",
+            "`http://10.0.0.2:7000`: with redis_cluster",
+        ),
+        ("redis://10.0.0.1:7000,", None, "rate_limits.store", "``"),
+        (
+            "redis://10.0.0.1:7000/2",
+            None,
+            "rate_limits.store",
+            "database 0 only",
+        ),
+        (
+            "redis://10.0.0.1:7000",
+            Some("{rl}:"),
+            "rate_limits.key_prefix",
+            "hash tag",
+        ),
+        (
+            "redis://10.0.0.1:7000",
+            Some("::"),
+            "rate_limits.key_prefix",
+            "hash tag",
+        ),
+        (
+            "redis://10.0.0.1:7000",
+            Some(""),
+            "rate_limits.key_prefix",
+            "hash tag",
+        ),
+    ] {
+        let msg = cluster(store, prefix).unwrap_err().to_string();
+        assert!(msg.contains(key), "{store} {prefix:?}: {msg}");
+        assert!(msg.contains(why), "{store} {prefix:?}: {msg}");
+    }
+    // Seed nodes without the flag: refused, saying what is missing.
+    let (r, _) = load(
+        None,
+        &[(
+            "BFF_RATE_LIMITS__STORE",
+            "redis://10.0.0.1:7000,redis://10.0.0.2:7000",
+        )],
+    );
+    let msg = r.unwrap_err().to_string();
+    assert!(
+        msg.contains("rate_limits.store") && msg.contains("need redis_cluster = true"),
+        "{msg}"
+    );
+    // A single server takes any prefix, as before.
+    let (r, _) = load(
+        None,
+        &[
+            ("BFF_RATE_LIMITS__STORE", "redis://10.0.0.1:6379/2"),
+            ("BFF_RATE_LIMITS__KEY_PREFIX", "{rl}"),
+        ],
+    );
+    assert!(r.is_ok(), "{r:?}");
+}
+
+#[test]
 fn credentialed_wildcard_origins_are_refused_except_below_a_registrable_domain() {
     let with = |origin: &str, credentials: bool| {
         let text = format!(

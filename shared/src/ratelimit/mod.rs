@@ -472,6 +472,7 @@ fn store(
             redis::RedisOptions {
                 timeout: settings.redis_timeout,
                 prefix: settings.key_prefix.clone(),
+                cluster: settings.redis_cluster,
                 time: redis::TimeSource::Server,
                 retry_after_failure: redis::RETRY_AFTER_FAILURE,
             },

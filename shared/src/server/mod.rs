@@ -83,6 +83,9 @@ pub enum ServerError {
     /// Upstream clients could not be built.
     #[error(transparent)]
     Upstream(#[from] UpstreamInitError),
+    /// The shared cache tier could not be set up.
+    #[error("{0}")]
+    CacheL2(#[from] crate::cache::l2::L2Error),
     /// The metrics registry could not be built.
     #[error("cannot set up metrics: {0}")]
     Metrics(#[source] crate::telemetry::metrics::MetricsError),
@@ -154,7 +157,7 @@ impl Application {
         } else {
             None
         };
-        let cache = FragmentCache::new(settings.cache.clone());
+        let cache = FragmentCache::from_settings(settings.cache.clone())?;
         let events = match opts.events.clone() {
             Some(bus) => bus,
             None => crate::events::from_settings(&settings.events, surface.name)?,

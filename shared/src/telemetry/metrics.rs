@@ -204,6 +204,23 @@ metric_families! {
             "bff_cache_evictions_total",
                 "Entries removed from the cache to respect its size or age limits, by cache kind.";
         }
+        /// The shared L2 tier's own totals, in the order of [`Metrics::set_l2`]'s argument.
+        l2_counters[] {
+            "bff_cache_l2_hits_total",
+                "Reads of the shared L2 tier (Redis) that found a usable fragment (after an L1 miss).";
+            "bff_cache_l2_misses_total",
+                "Reads of the shared L2 tier that found nothing usable.";
+            "bff_cache_l2_errors_total",
+                "Commands to the shared L2 tier that failed or took longer than cache.l2_timeout (the cache then went on with L1 and the backends).";
+            "bff_cache_l2_skipped_total",
+                "Commands not sent to the shared L2 tier because it had just failed (it is retried by one command every 500 ms).";
+            "bff_cache_l2_too_large_total",
+                "Fragments not written to the shared L2 tier for being over cache.l2_max_entry_bytes compressed.";
+            "bff_cache_l2_read_bytes_total",
+                "Compressed bytes read from the shared L2 tier.";
+            "bff_cache_l2_written_bytes_total",
+                "Compressed bytes written to the shared L2 tier.";
+        }
         /// The event bus's own totals, in the order [`Metrics::set_events`] reads them.
         events_counters[] {
             "bff_events_published_total",
@@ -466,6 +483,12 @@ impl Metrics {
             .cache_bytes
             .with_label_values(&[kind])
             .set(saturating_i64(bytes));
+    }
+
+    /// Mirrors the shared L2 tier's totals (hits, misses, errors, skipped, too large, bytes read,
+    /// bytes written) into the exposition, right before rendering.
+    pub fn set_l2(&self, totals: [u64; 7]) {
+        self.family.l2_counters.observe(&[], totals);
     }
 
     /// Mirrors the event bus's state into the exposition, right before rendering (counters as
