@@ -124,6 +124,8 @@ struct Health {
 pub struct RedisTier {
     conn: RedisConn,
     opts: L2Options,
+    /// Each kind's TTL + max-stale: `opts.keep` until a config reload changes it.
+    keep: arc_swap::ArcSwap<[Duration; 7]>,
     clock: Clock,
     health: Mutex<Health>,
     stats: Arc<L2Stats>,
@@ -136,6 +138,7 @@ impl RedisTier {
         let conn = RedisConn::new(&opts.url, opts.cluster, opts.timeout).map_err(L2Error::Url)?;
         Ok(Self {
             conn,
+            keep: arc_swap::ArcSwap::from_pointee(opts.keep),
             opts,
             clock,
             health: Mutex::new(Health::default()),
@@ -227,7 +230,7 @@ impl Tier for RedisTier {
 
     fn put<'a>(&'a self, key: &'a str, value: Stored) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let keep = self.opts.keep[value.fragment.kind() as usize]
+            let keep = self.keep.load()[value.fragment.kind() as usize]
                 .saturating_sub(value.age(&self.clock));
             let ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
             if ms == 0 {
@@ -255,6 +258,12 @@ impl Tier for RedisTier {
             cmd.arg(self.key(key));
             let _: Option<i64> = self.run(cmd).await;
         })
+    }
+
+    fn reconfigure(&self, settings: &crate::config::CacheSettings) {
+        self.keep.store(Arc::new(
+            FragmentKind::ALL.map(|k| super::kept_for(settings.kind(k))),
+        ));
     }
 }
 

@@ -56,7 +56,8 @@ impl Settings {
     ///   installed once per process;
     /// - `events`: the bus connection, its queues and the spool belong to the process, and the
     ///   invalidation it drives;
-    /// - `cache.max_bytes`: the in-process tier's capacity is fixed when it is made;
+    /// - `cache.max_bytes`, `cache.l2*`: the in-process tier's capacity is fixed when it is
+    ///   made, and the shared tier's connection;
     /// - `profile`: the event invalidator keys rows by their length.
     pub fn keep_restart_only(&mut self, running: &Settings) -> Vec<&'static str> {
         let mut kept = Vec::new();
@@ -89,6 +90,11 @@ impl Settings {
         keep!("log.format", log.format);
         keep!("events", events);
         keep!("cache.max_bytes", cache.max_bytes);
+        keep!("cache.l2", cache.l2);
+        keep!("cache.l2_cluster", cache.l2_cluster);
+        keep!("cache.l2_prefix", cache.l2_prefix);
+        keep!("cache.l2_timeout", cache.l2_timeout);
+        keep!("cache.l2_max_entry_bytes", cache.l2_max_entry_bytes);
         keep!("profile", profile);
         kept
     }
