@@ -516,6 +516,7 @@ fn a_reload_keeps_restart_only_keys_and_names_them() {
     new.server.max_connections = 7;
     new.events.url = Some(Secret::new("amqp://elsewhere"));
     new.cache.max_bytes = 1;
+    new.cache.l2 = Some(Secret::new("redis://127.0.0.1:6379"));
     new.log.format = LogFormat::Json;
     new.log.level = "debug".to_owned();
     new.cache.top10.ttl = Duration::from_secs(5);
@@ -530,7 +531,8 @@ fn a_reload_keeps_restart_only_keys_and_names_them() {
             "server.max_connections",
             "log.format",
             "events",
-            "cache.max_bytes"
+            "cache.max_bytes",
+            "cache.l2"
         ]
     );
     assert_eq!(new.listen, running.listen);
@@ -539,6 +541,7 @@ fn a_reload_keeps_restart_only_keys_and_names_them() {
     assert_eq!(new.server.max_connections, running.server.max_connections);
     assert!(new.events.url.is_none());
     assert_eq!(new.cache.max_bytes, running.cache.max_bytes);
+    assert!(new.cache.l2.is_none());
     assert_eq!(new.log.format, LogFormat::Text);
     // Applied by the reload:
     assert_eq!(new.log.level, "debug");
