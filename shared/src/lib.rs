@@ -7,7 +7,8 @@
 //! - [`config`]: typed settings; defaults < TOML < `BFF_` env < flags. Near the ground: it imports
 //!   only the client profile's plain types.
 //! - [`server`]: listeners, the connection stage (timeouts, connection cap), assembly of the
-//!   routers, GraphiQL, health/readiness, graceful shutdown.
+//!   routers into the per-config request stack, config reload (SIGHUP, a changed file: a new
+//!   stack swapped in), GraphiQL, health/readiness, graceful shutdown.
 //! - [`pipeline`]: the stages before the service, in order: client address → observe →
 //!   client-address rules → CORS → body limits → authentication → rate limits.
 //! - [`graphql`]: the GraphQL service in four stages — wire (Accept, method, body) → admit
