@@ -1,4 +1,4 @@
-//! The `tiers` scenario: what one signed-in web homepage costs an instance whose fragments come
+//! The `tiers` scenario: what one signed-in web homepage (the full query, `WEB_FULL`) costs an instance whose fragments come
 //! from the backends (cold: `cache.enabled = false`), from the shared L2 tier in Redis (L1 kept
 //! empty: `cache.max_bytes = 1`, so every fragment is read from Redis at 127.0.0.1:6379 under a
 //! key prefix of this run's own), and from its own L1 (warm) — measured side by side in one run,
@@ -15,7 +15,7 @@ use shared::config::Secret;
 use crate::{
     harness::{Env, RunningBff},
     procfs,
-    scenario::Bff,
+    scenario::{Bff, WEB_FULL},
     stats::percentile,
 };
 
@@ -26,7 +26,6 @@ const USERS: usize = 100;
 const ROUNDS: usize = 5;
 /// What each backend call takes (a LAN backend).
 const BACKEND_LATENCY: Duration = Duration::from_millis(2);
-const QUERY: &str = "{ homepage(region: \"US\") { rows { kind heading items { progress { positionSeconds } title { id name synopsis images { url width height } } } } } }";
 
 /// One tier's figures.
 #[derive(Debug)]
@@ -73,7 +72,7 @@ async fn round(http: &reqwest::Client, bff: &RunningBff, tokens: &[String]) -> R
         let resp = http
             .post(bff.graphql_url())
             .bearer_auth(t)
-            .json(&serde_json::json!({ "query": QUERY }))
+            .json(&serde_json::json!({ "query": WEB_FULL }))
             .send()
             .await?;
         ensure!(resp.status() == 200, "homepage answered {}", resp.status());
