@@ -119,6 +119,9 @@ fn server_config(s: &TlsSettings) -> Result<ServerConfig, TlsError> {
 /// `tls.*`.
 pub(crate) struct Tls {
     current: RwLock<Current>,
+    /// One change at a time: a file reload must not install what it read from settings a
+    /// config reload has just replaced.
+    updating: parking_lot::Mutex<()>,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -142,6 +145,7 @@ impl Tls {
                 stamps: Self::stamps(settings),
                 settings: settings.clone(),
             }),
+            updating: parking_lot::Mutex::new(()),
             metrics,
         }))
     }
@@ -163,6 +167,7 @@ impl Tls {
     /// Serves the next handshakes with `config`, made by [`Tls::prepare`] from `settings`, and
     /// watches `settings`' files from now on.
     pub(crate) fn install(&self, settings: &TlsSettings, config: ServerConfig) {
+        let _one = self.updating.lock();
         *self.current.write() = Current {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             stamps: Self::stamps(settings),
@@ -183,6 +188,7 @@ impl Tls {
     /// Reloads when a file changed (or always, with `force`); `Ok(true)` when a new
     /// configuration is in use.
     pub(crate) fn reload(&self, force: bool) -> Result<bool, TlsError> {
+        let _one = self.updating.lock();
         let settings = self.current.read().settings.clone();
         let stamps = Self::stamps(&settings);
         if !force && self.current.read().stamps == stamps {
