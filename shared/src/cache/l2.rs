@@ -203,28 +203,54 @@ impl RedisTier {
     }
 }
 
+impl RedisTier {
+    /// A value read back (counted as a hit or a miss).
+    fn decoded(&self, bytes: Option<Vec<u8>>) -> Option<Stored> {
+        let Some(bytes) = bytes else {
+            self.stats.misses.fetch_add(1, Relaxed);
+            return None;
+        };
+        match decode(&bytes) {
+            Some(stored) => {
+                self.stats.hits.fetch_add(1, Relaxed);
+                self.stats.bytes_read.fetch_add(bytes.len() as u64, Relaxed);
+                Some(stored)
+            }
+            None => {
+                // Another format (an older or newer release) or damaged: not ours to serve.
+                self.stats.misses.fetch_add(1, Relaxed);
+                None
+            }
+        }
+    }
+}
+
 impl Tier for RedisTier {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Option<Stored>> {
         Box::pin(async move {
             let mut cmd = redis::cmd("GET");
             cmd.arg(self.key(key));
             let bytes: Option<Vec<u8>> = self.run(cmd).await.flatten();
-            let Some(bytes) = bytes else {
-                self.stats.misses.fetch_add(1, Relaxed);
-                return None;
-            };
-            match decode(&bytes) {
-                Some(stored) => {
-                    self.stats.hits.fetch_add(1, Relaxed);
-                    self.stats.bytes_read.fetch_add(bytes.len() as u64, Relaxed);
-                    Some(stored)
-                }
-                None => {
-                    // Another format (an older or newer release) or damaged: not ours to serve.
-                    self.stats.misses.fetch_add(1, Relaxed);
-                    None
-                }
+            self.decoded(bytes)
+        })
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Vec<Option<Stored>>> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Vec::new();
             }
+            // One MGET (a cluster connection splits it by slot and joins the answers).
+            let mut cmd = redis::cmd("MGET");
+            for k in keys {
+                cmd.arg(self.key(k));
+            }
+            let values: Vec<Option<Vec<u8>>> = self
+                .run(cmd)
+                .await
+                .filter(|v: &Vec<Option<Vec<u8>>>| v.len() == keys.len())
+                .unwrap_or_else(|| vec![None; keys.len()]);
+            values.into_iter().map(|v| self.decoded(v)).collect()
         })
     }
 

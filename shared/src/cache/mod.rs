@@ -333,6 +333,34 @@ impl FragmentCache {
         None
     }
 
+    /// [`Self::lookup`] of many keys of one kind at once: each tier is asked once for the keys
+    /// the nearer tiers lacked.
+    async fn lookup_many(&self, kind: FragmentKind, keys: &[&str]) -> Vec<Option<Stored>> {
+        let keep = kept_for(self.inner.settings.load().kind(kind));
+        let mut out: Vec<Option<Stored>> = vec![None; keys.len()];
+        for (i, tier) in self.inner.tiers.iter().enumerate() {
+            let missing: Vec<usize> = (0..keys.len()).filter(|&k| out[k].is_none()).collect();
+            if missing.is_empty() {
+                break;
+            }
+            let asked: Vec<&str> = missing.iter().map(|&k| keys[k]).collect();
+            let answers = tier.get_many(&asked).await;
+            for (&k, found) in missing.iter().zip(answers) {
+                let Some(found) = found else { continue };
+                let expired = found.age(&self.inner.clock) >= keep;
+                if expired || !self.storable(kind, found.stored_at) {
+                    tier.remove(keys[k]).await;
+                    continue;
+                }
+                for nearer in &self.inner.tiers[..i] {
+                    nearer.put(keys[k], found.clone()).await;
+                }
+                out[k] = Some(found);
+            }
+        }
+        out
+    }
+
     async fn store(&self, key: &str, stored: Stored) {
         for tier in &self.inner.tiers {
             tier.put(key, stored.clone()).await;
@@ -606,9 +634,11 @@ impl FragmentCache {
         let mut stale = Vec::new();
         let mut bus_stale = Vec::new();
         let mut oldest: Option<FragmentUse> = None;
-        for id in ids {
-            let key = FragmentKey::title(id);
-            match self.lookup(kind, key.as_str()).await.and_then(|s| {
+        let keys: Vec<FragmentKey> = ids.iter().map(|id| FragmentKey::title(id)).collect();
+        let key_strs: Vec<&str> = keys.iter().map(FragmentKey::as_str).collect();
+        let found = self.lookup_many(kind, &key_strs).await;
+        for (id, found) in ids.iter().zip(found) {
+            match found.and_then(|s| {
                 let age = s.age(&self.inner.clock);
                 Some((age, <Title as Cacheable>::from_fragment(&s.fragment)?))
             }) {

@@ -47,6 +47,17 @@ pub trait Tier: Send + Sync {
     fn put<'a>(&'a self, key: &'a str, value: Stored) -> BoxFuture<'a, ()>;
     /// Drops `key`.
     fn remove<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()>;
+    /// The entries at `keys`, in their order. A remote tier answers in one round trip (a
+    /// homepage hydrates ~100 titles); the default asks one key after another.
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Vec<Option<Stored>>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(keys.len());
+            for k in keys {
+                out.push(self.get(k).await);
+            }
+            out
+        })
+    }
     /// Runs pending housekeeping (evictions) now; tiers that have none do nothing.
     fn maintain(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
