@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// User the demo token is for.
-pub const DEMO_USER: &str = "u1";
+pub(crate) const DEMO_USER: &str = "u1";
 /// Demo token lifetime: long enough for an afternoon of exploring.
 const DEMO_TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
 

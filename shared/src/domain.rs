@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 pub struct UserId(Arc<str>);
 
 /// Longest subject accepted, in bytes.
-pub const MAX_SUBJECT_BYTES: usize = 255;
+pub(crate) const MAX_SUBJECT_BYTES: usize = 255;
 
 impl UserId {
     /// Wraps a subject taken from a verified token (or a trusted test/demo signer); `None` when it

@@ -59,7 +59,7 @@ impl ErrorCode {
 
 /// `BACKEND_UNAVAILABLE` naming `events`: the event bus did not accept a write (its outbox is
 /// full while the broker is away). The write was NOT accepted; the client may retry.
-pub fn events_unavailable() -> async_graphql::Error {
+pub(crate) fn events_unavailable() -> async_graphql::Error {
     async_graphql::Error::new("the events service is unavailable; the report was not accepted")
         .extend_with(|_, e| {
             e.set("code", ErrorCode::BackendUnavailable.as_str());

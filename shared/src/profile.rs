@@ -108,7 +108,7 @@ impl ClientProfile {
 }
 
 /// Cuts `text` to at most `max` characters (0 = no limit) at a word boundary, ending with "…".
-pub fn truncate_words(text: &str, max: usize) -> Cow<'_, str> {
+pub(crate) fn truncate_words(text: &str, max: usize) -> Cow<'_, str> {
     if max == 0 || text.chars().count() <= max {
         return Cow::Borrowed(text);
     }

@@ -67,7 +67,7 @@ impl Viewer {
     }
 
     /// Whether the token grants `scope`.
-    pub fn has_scope(&self, scope: &str) -> bool {
+    pub(crate) fn has_scope(&self, scope: &str) -> bool {
         self.scopes.contains(scope)
     }
 }
@@ -75,7 +75,7 @@ impl Viewer {
 /// The subject (common name) of the client certificate the connection's TLS handshake verified
 /// against `tls.client_ca_file`; on every request of that connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientCert(pub String);
+pub(crate) struct ClientCert(pub String);
 
 /// The authentication stage's verdict on one request, on its extensions: a verified viewer, or
 /// `None` for an anonymous request. Only the pipeline's authentication stage inserts it.
@@ -84,7 +84,7 @@ pub struct Identity(pub Option<Arc<Viewer>>);
 
 /// Why a bearer token was rejected. The `Display` text is safe to show clients.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
+pub(crate) enum AuthError {
     /// More than one Authorization header: which one counts would be a guess (→ `400`).
     #[error("send one Authorization header, not several")]
     Duplicate,
@@ -111,7 +111,7 @@ pub enum AuthError {
 impl AuthError {
     /// The HTTP status of a request refused for this: `400` for an ambiguous request, `503`
     /// while keys are unavailable, `401` for a token that does not verify.
-    pub fn status(&self) -> http::StatusCode {
+    pub(crate) fn status(&self) -> http::StatusCode {
         match self {
             Self::Duplicate => http::StatusCode::BAD_REQUEST,
             Self::KeysUnavailable => http::StatusCode::SERVICE_UNAVAILABLE,
@@ -120,7 +120,7 @@ impl AuthError {
     }
 
     /// The error code of that refusal.
-    pub fn code(&self) -> crate::error::ErrorCode {
+    pub(crate) fn code(&self) -> crate::error::ErrorCode {
         match self {
             Self::Duplicate => crate::error::ErrorCode::BadUserInput,
             Self::KeysUnavailable => crate::error::ErrorCode::BackendUnavailable,
@@ -180,7 +180,7 @@ fn now_secs() -> u64 {
 }
 
 /// Maturity ratings as the age they are meant for; an unknown label is treated as adults-only.
-pub fn maturity_age(rating: &str) -> u8 {
+pub(crate) fn maturity_age(rating: &str) -> u8 {
     match rating.trim().to_ascii_uppercase().as_str() {
         "G" | "TV-Y" | "TV-G" | "U" | "ALL" => 0,
         "TV-Y7" | "7" => 7,
@@ -211,7 +211,7 @@ struct Hs256 {
 }
 
 /// Verifies tokens.
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     hs256: Option<Hs256>,
     issuers: Vec<Arc<jwks::Issuer>>,
     leeway: u64,
@@ -220,7 +220,7 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// From config. Identity providers' keys load in the background ([`Self::start`]).
-    pub fn new(settings: &AuthSettings) -> Self {
+    pub(crate) fn new(settings: &AuthSettings) -> Self {
         let leeway = settings.leeway.as_secs();
         let hs256 = settings.hs256_secret.as_ref().map(|secret| {
             let mut validation = Validation::new(Algorithm::HS256);
@@ -266,17 +266,17 @@ impl Authenticator {
     }
 
     /// Starts fetching and refreshing every identity provider's keys (call inside the runtime).
-    pub fn start(&self) -> Vec<tokio::task::JoinHandle<()>> {
+    pub(crate) fn start(&self) -> Vec<tokio::task::JoinHandle<()>> {
         self.issuers.iter().map(jwks::Issuer::start).collect()
     }
 
     /// Whether every identity provider's keys have loaded at least once (readiness).
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.issuers.iter().all(|i| i.loaded())
     }
 
     /// Each identity provider's state, for the admin readiness detail.
-    pub fn issuer_status(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn issuer_status(&self) -> Vec<serde_json::Value> {
         self.issuers
             .iter()
             .map(|i| {
@@ -292,7 +292,7 @@ impl Authenticator {
     }
 
     /// The request's `Authorization` header, checked as [`Authenticator::authenticate`] does.
-    pub async fn authenticate_headers(
+    pub(crate) async fn authenticate_headers(
         &self,
         headers: &http::HeaderMap,
     ) -> Result<Option<Viewer>, AuthError> {
@@ -306,13 +306,16 @@ impl Authenticator {
     }
 
     /// The viewer a verified client certificate names (its subject must be a valid user id).
-    pub fn viewer_from_certificate(&self, cert: &ClientCert) -> Result<Viewer, AuthError> {
+    pub(crate) fn viewer_from_certificate(&self, cert: &ClientCert) -> Result<Viewer, AuthError> {
         let user_id = UserId::from_verified_subject(&cert.0).ok_or(AuthError::InvalidSubject)?;
         Ok(Viewer::new(user_id))
     }
 
     /// `Ok(None)` for no header (anonymous), `Ok(Some)` for a valid token, `Err` otherwise.
-    pub async fn authenticate(&self, header: Option<&[u8]>) -> Result<Option<Viewer>, AuthError> {
+    pub(crate) async fn authenticate(
+        &self,
+        header: Option<&[u8]>,
+    ) -> Result<Option<Viewer>, AuthError> {
         let Some(raw) = header else { return Ok(None) };
         let raw = std::str::from_utf8(raw).map_err(|_| AuthError::Malformed)?;
         let (scheme, token) = raw.trim().split_once(' ').ok_or(AuthError::Malformed)?;

@@ -45,7 +45,7 @@ impl Fragment {
     }
 
     /// Approximate heap bytes, for the byte-bounded L1 tier.
-    pub fn weight(&self) -> usize {
+    pub(crate) fn weight(&self) -> usize {
         OVERHEAD
             + match self {
                 Self::Title(t) => {

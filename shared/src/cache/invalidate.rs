@@ -26,10 +26,10 @@ use crate::domain::{Region, UserId};
 /// Told when the service applied a user's progress (the title and position), so that whoever
 /// overlays not-yet-applied reports (composition's read-your-writes) can let go of it. A
 /// callback rather than a type: the cache sits below composition and names nothing above it.
-pub type ProgressApplied = Arc<dyn Fn(&UserId, &str, u32) + Send + Sync>;
+pub(crate) type ProgressApplied = Arc<dyn Fn(&UserId, &str, u32) + Send + Sync>;
 
 /// The event types an instance subscribes to.
-pub const SUBSCRIBED: [&str; 4] = [
+pub(crate) const SUBSCRIBED: [&str; 4] = [
     "title.updated",
     "top10.changed",
     "mylist.changed",
@@ -50,7 +50,7 @@ const DROPPED_AFTER_OUTAGE: [FragmentKind; 5] = [
 const SEEN_IDS: usize = 100_000;
 
 /// The handler of one instance's subscription.
-pub struct Invalidator {
+pub(crate) struct Invalidator {
     cache: FragmentCache,
     /// `events.max_stale_while_disconnected`.
     stale_bound: std::time::Duration,
@@ -63,7 +63,7 @@ pub struct Invalidator {
 impl Invalidator {
     /// Drops fragments of `cache` (rows of `limit` items), tells `applied` about applied
     /// progress; while the subscription is down, bounds staleness to `stale_bound`.
-    pub fn new(
+    pub(crate) fn new(
         cache: FragmentCache,
         limit: usize,
         applied: Option<ProgressApplied>,

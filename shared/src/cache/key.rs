@@ -6,7 +6,7 @@ use crate::domain::{Region, UserId};
 
 /// Bump when the shape of any cached fragment changes: a deploy then never reads old entries
 /// (which matters once a shared tier outlives a process).
-pub const FRAGMENT_SCHEMA_VERSION: u32 = 1;
+pub(crate) const FRAGMENT_SCHEMA_VERSION: u32 = 1;
 
 pub use crate::config::FragmentKind;
 

@@ -42,7 +42,7 @@ use crate::{
 };
 
 /// How long after a failed command the tier is left alone before one command tries it again.
-pub const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(500);
+pub(crate) const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(500);
 
 /// The first bytes of every value: the format (bump it to make old values unreadable).
 const MAGIC: [u8; 3] = *b"BF1";
@@ -53,7 +53,7 @@ const LEVEL: i32 = 3;
 
 /// How the tier reaches Redis.
 #[derive(Debug, Clone)]
-pub struct L2Options {
+pub(crate) struct L2Options {
     /// `redis://` / `rediss://` URL; for a cluster, one or more seed nodes, comma-separated.
     pub url: String,
     /// Talk to a Redis Cluster (slots and redirections followed by the client library).
@@ -78,7 +78,7 @@ pub enum L2Error {
 
 /// Counters of the tier (the metrics read them).
 #[derive(Debug, Default)]
-pub struct L2Stats {
+pub(crate) struct L2Stats {
     /// Reads that found a usable value.
     pub hits: AtomicU64,
     /// Reads that found nothing (or a value of another format).
@@ -97,7 +97,7 @@ pub struct L2Stats {
 
 impl L2Stats {
     /// Hits, misses, errors, skipped, too large, bytes read, bytes written.
-    pub fn totals(&self) -> [u64; 7] {
+    pub(crate) fn totals(&self) -> [u64; 7] {
         [
             &self.hits,
             &self.misses,
@@ -121,7 +121,7 @@ struct Health {
 }
 
 /// The Redis tier.
-pub struct RedisTier {
+pub(crate) struct RedisTier {
     conn: RedisConn,
     opts: L2Options,
     /// Each kind's TTL + max-stale: `opts.keep` until a config reload changes it.
@@ -134,7 +134,7 @@ pub struct RedisTier {
 impl RedisTier {
     /// A tier over `opts.url`; connects lazily (a Redis that is not up yet is an outage, not an
     /// error here).
-    pub fn new(opts: L2Options, clock: Clock) -> Result<Self, L2Error> {
+    pub(crate) fn new(opts: L2Options, clock: Clock) -> Result<Self, L2Error> {
         let conn = RedisConn::new(&opts.url, opts.cluster, opts.timeout).map_err(L2Error::Url)?;
         Ok(Self {
             conn,
@@ -147,7 +147,7 @@ impl RedisTier {
     }
 
     /// The tier's counters.
-    pub fn stats(&self) -> &Arc<L2Stats> {
+    pub(crate) fn stats(&self) -> &Arc<L2Stats> {
         &self.stats
     }
 

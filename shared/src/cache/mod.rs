@@ -98,7 +98,7 @@ impl CacheLog {
 
     /// The shortest remaining freshness among the fragments used: how long a shared HTTP cache may
     /// keep a response built from them. `None` when no fragment was used.
-    pub fn max_age(&self) -> Option<Duration> {
+    pub(crate) fn max_age(&self) -> Option<Duration> {
         self.uses().iter().map(|u| u.fresh_for).min()
     }
 }
@@ -161,7 +161,7 @@ impl FragmentCache {
     }
 
     /// [`Self::new`] reading time from `clock`.
-    pub fn with_clock(settings: CacheSettings, clock: Clock) -> Self {
+    pub(crate) fn with_clock(settings: CacheSettings, clock: Clock) -> Self {
         let stats = Arc::new(CacheStats::default());
         let l1: Arc<dyn Tier> = Arc::new(MemoryTier::new(&settings, stats.clone(), clock.clone()));
         Self::with_tiers(settings, vec![l1], stats, clock)
@@ -193,12 +193,12 @@ impl FragmentCache {
     }
 
     /// The shared tier's counters (`None` without one).
-    pub fn l2_stats(&self) -> Option<&Arc<l2::L2Stats>> {
+    pub(crate) fn l2_stats(&self) -> Option<&Arc<l2::L2Stats>> {
         self.inner.l2.as_ref()
     }
 
     /// A cache over explicit tiers, first = nearest (a shared tier would go after L1).
-    pub fn with_tiers(
+    pub(crate) fn with_tiers(
         settings: CacheSettings,
         tiers: Vec<Arc<dyn Tier>>,
         stats: Arc<CacheStats>,
@@ -261,7 +261,7 @@ impl FragmentCache {
     /// TTLs, max-stale windows and switches; what is cached stays, judged by the new freshness
     /// (an entry past the new TTL is stale, past the new TTL + max-stale gone). The byte budget
     /// of the L1 tier is fixed when it is made and does not change here.
-    pub fn reconfigure(&self, settings: CacheSettings) {
+    pub(crate) fn reconfigure(&self, settings: CacheSettings) {
         for tier in &self.inner.tiers {
             tier.reconfigure(&settings);
         }
@@ -275,7 +275,7 @@ impl FragmentCache {
     /// The event subscription went down at `since`: from `bound` after it, fragments that only
     /// events keep fresh count as stale once older than `bound` (they are refetched, or served
     /// stale only if the backend fails too).
-    pub fn bus_interrupted(&self, since: std::time::SystemTime, bound: Duration) {
+    pub(crate) fn bus_interrupted(&self, since: std::time::SystemTime, bound: Duration) {
         use std::sync::atomic::Ordering::Relaxed;
         self.inner.bus_stale_bound.store(
             u64::try_from(bound.as_micros()).unwrap_or(u64::MAX),
@@ -287,7 +287,7 @@ impl FragmentCache {
     }
 
     /// The event subscription is back (what it missed is dropped by the invalidator).
-    pub fn bus_resumed(&self) {
+    pub(crate) fn bus_resumed(&self) {
         self.inner
             .bus_down_since
             .store(0, std::sync::atomic::Ordering::Relaxed);
@@ -395,7 +395,7 @@ impl FragmentCache {
     /// and refreshed in the background (one refresh at a time); if that refresh fails the stale
     /// value keeps being served until `max_stale` runs out. `deadline` is the one the caller's
     /// `load` calls under: a load shared with later callers runs until the latest of theirs.
-    pub async fn get_or_load<T, F, Fut>(
+    pub(crate) async fn get_or_load<T, F, Fut>(
         &self,
         key: &FragmentKey,
         log: &CacheLog,
@@ -587,7 +587,11 @@ impl FragmentCache {
     /// Drops every entry of `kinds` stored before `before` (and keeps loads that began before it
     /// from storing): after the event bus was away, anything cached then may have missed its
     /// invalidation.
-    pub fn invalidate_stored_before(&self, kinds: &[FragmentKind], before: std::time::SystemTime) {
+    pub(crate) fn invalidate_stored_before(
+        &self,
+        kinds: &[FragmentKind],
+        before: std::time::SystemTime,
+    ) {
         let micros = micros_since_epoch(before);
         for k in kinds {
             self.inner.stored_after[*k as usize]

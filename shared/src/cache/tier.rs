@@ -96,7 +96,7 @@ impl Expiry<String, Stored> for KeepFor {
 }
 
 /// The in-process L1 tier.
-pub struct MemoryTier {
+pub(crate) struct MemoryTier {
     cache: moka::future::Cache<String, Stored>,
     stats: Arc<CacheStats>,
     /// Each kind's TTL + max-stale, read by the expiry at every insert.
@@ -110,7 +110,7 @@ fn keep_times(settings: &CacheSettings) -> [Duration; 7] {
 
 impl MemoryTier {
     /// Bounded by `settings.max_bytes`; counts bytes and evictions into `stats`.
-    pub fn new(settings: &CacheSettings, stats: Arc<CacheStats>, clock: Clock) -> Self {
+    pub(crate) fn new(settings: &CacheSettings, stats: Arc<CacheStats>, clock: Clock) -> Self {
         let keep = Arc::new(arc_swap::ArcSwap::from_pointee(keep_times(settings)));
         let listener_stats = stats.clone();
         let cache = moka::future::Cache::builder()

@@ -169,7 +169,7 @@ type Source = Result<Vec<Entry>, BackendError>;
 /// rendering shortcut could skip: the scope each mutation needs, and the maturity ceiling a
 /// viewer's token sets (applied to every row, the hero and `title(id)`).
 #[derive(Debug, Clone, Default)]
-pub struct Access {
+pub(crate) struct Access {
     /// Scope each mutation requires, by field name (`auth.mutation_scopes`).
     pub mutation_scopes: std::collections::BTreeMap<String, String>,
 }
@@ -192,7 +192,7 @@ pub struct Composer {
 
 /// Why a progress report was not accepted.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum ReportError {
+pub(crate) enum ReportError {
     /// The title does not exist, or the position is beyond its end.
     #[error("{0}")]
     BadInput(String),
@@ -225,7 +225,7 @@ impl Composer {
     }
 
     /// The same composer sending fire-and-forget writes through `events`.
-    pub fn with_events(self, events: progress::Events) -> Self {
+    pub(crate) fn with_events(self, events: progress::Events) -> Self {
         Self {
             events: Some(events),
             ..self
@@ -238,7 +238,7 @@ impl Composer {
     /// continue-watching service applies it at its own pace, keeping the newest report per title
     /// (the envelope's time: last writer wins). Until then this instance shows it on the
     /// viewer's continue-watching row. Returns the event id.
-    pub async fn report_progress(
+    pub(crate) async fn report_progress(
         &self,
         viewer: &Viewer,
         title_id: &str,
@@ -290,7 +290,7 @@ impl Composer {
     }
 
     /// The same composer holding `access` (what viewers may do and see).
-    pub fn with_access(self, access: Access) -> Self {
+    pub(crate) fn with_access(self, access: Access) -> Self {
         Self {
             access: Arc::new(access),
             ..self
@@ -298,7 +298,11 @@ impl Composer {
     }
 
     /// Whether `viewer` may run the mutation `field`; `Err` names the scope it lacks.
-    pub fn authorize_mutation<'a>(&'a self, viewer: &Viewer, field: &str) -> Result<(), &'a str> {
+    pub(crate) fn authorize_mutation<'a>(
+        &'a self,
+        viewer: &Viewer,
+        field: &str,
+    ) -> Result<(), &'a str> {
         match self.access.mutation_scopes.get(field) {
             Some(scope) if !viewer.has_scope(scope) => Err(scope),
             _ => Ok(()),
@@ -568,7 +572,7 @@ impl Composer {
     }
 
     /// A user's profile, through the cache; `None` when the profile service does not know them.
-    pub async fn profile_of(
+    pub(crate) async fn profile_of(
         &self,
         user: &UserId,
         rq: &RequestContext,
@@ -612,7 +616,7 @@ impl Composer {
 
     /// Adds (`present`) or removes a title from the viewer's list, then drops the cached list so
     /// the next read shows the change. `Ok(None)`: unknown user or title; else whether it changed.
-    pub async fn set_in_my_list(
+    pub(crate) async fn set_in_my_list(
         &self,
         viewer: &Viewer,
         title_id: &str,

@@ -27,7 +27,7 @@ pub enum BackendId {
 
 impl BackendId {
     /// How many backends there are.
-    pub const COUNT: usize = 7;
+    pub(crate) const COUNT: usize = 7;
 
     /// All backends, in declaration order (so `ALL[b.index()] == b`).
     pub const ALL: [BackendId; Self::COUNT] = [

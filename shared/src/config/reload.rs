@@ -59,7 +59,7 @@ impl Settings {
     /// - `cache.max_bytes`, `cache.l2*`: the in-process tier's capacity is fixed when it is
     ///   made, and the shared tier's connection;
     /// - `profile`: the event invalidator keys rows by their length.
-    pub fn keep_restart_only(&mut self, running: &Settings) -> Vec<&'static str> {
+    pub(crate) fn keep_restart_only(&mut self, running: &Settings) -> Vec<&'static str> {
         let mut kept = Vec::new();
         macro_rules! keep {
             ($name:literal, $($field:ident).+) => {
@@ -101,7 +101,7 @@ impl Settings {
 
     /// The keys whose value differs from `other`'s, each named down to its section's direct
     /// key (`backends.top10`, `cache.top10`, `rate_limits.policies`, `listen`), in order.
-    pub fn changed_keys(&self, other: &Settings) -> Vec<String> {
+    pub(crate) fn changed_keys(&self, other: &Settings) -> Vec<String> {
         let (Ok(a), Ok(b)) = (serde_json::to_value(self), serde_json::to_value(other)) else {
             return vec!["(all)".to_owned()];
         };

@@ -30,23 +30,23 @@ use serde_json::{Map, Value as Json};
 use crate::profile::ClientProfile;
 
 /// Extra cost of one backend call a field makes: a call is worth about ten fields of work.
-pub const CALL_COST: u64 = 10;
+pub(crate) const CALL_COST: u64 = 10;
 /// Items assumed for a list field with no declared bound (genres, cast, image renditions are all
 /// below it).
-pub const DEFAULT_LIST_SIZE: u64 = 10;
+pub(crate) const DEFAULT_LIST_SIZE: u64 = 10;
 /// Deepest introspection selection accepted: graphql-js's `getIntrospectionQuery()` reaches 13–14
 /// (its `TypeRef` fragment unwraps nine `ofType` levels); 20 leaves room for tools that go deeper.
-pub const INTROSPECTION_MAX_DEPTH: u32 = 20;
+pub(crate) const INTROSPECTION_MAX_DEPTH: u32 = 20;
 /// Most introspection fields (fragments expanded) one operation may select: the standard query
 /// expands to about 150.
-pub const INTROSPECTION_MAX_FIELDS: u64 = 2_000;
+pub(crate) const INTROSPECTION_MAX_FIELDS: u64 = 2_000;
 /// Deepest nesting of selections and spreads walked at all; deeper documents are refused rather
 /// than risk the stack (the parser already stops selection sets at 64, spreads add to it).
 const MAX_WALK_DEPTH: u32 = 256;
 
 /// The limits one operation is held to (`graphql.max_depth`, `.max_complexity`, `.max_cost`).
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Deepest data selection.
     pub max_depth: u32,
     /// Most data fields, fragments expanded.
@@ -128,7 +128,7 @@ fn unwrap_named(ty: &Type) -> (&str, bool) {
 impl Shape {
     /// From the schema's SDL; an SDL that does not parse gives an empty shape (every field then
     /// costs 1 and no variable type is known), never a failure to start.
-    pub fn from_sdl(sdl: &str) -> Self {
+    pub(crate) fn from_sdl(sdl: &str) -> Self {
         match async_graphql::parser::parse_schema(sdl) {
             Ok(doc) => Self::from_document(&doc),
             Err(e) => {
@@ -230,7 +230,7 @@ impl Shape {
 
 /// Weights of the fields that are not worth 1: backend calls and list sizes.
 #[derive(Debug, Default)]
-pub struct CostModel {
+pub(crate) struct CostModel {
     /// (type, field) → backend calls the field makes.
     calls: HashMap<(String, String), u64>,
     /// (type, field) → most items the list holds.
@@ -240,7 +240,7 @@ pub struct CostModel {
 impl CostModel {
     /// The model of the shared surface for one client profile: the root fields' backend calls
     /// and the homepage's list sizes. `mutation` is the schema's mutation type name.
-    pub fn for_profile(profile: &ClientProfile, mutation: Option<&str>) -> Self {
+    pub(crate) fn for_profile(profile: &ClientProfile, mutation: Option<&str>) -> Self {
         let mut model = Self::default();
         let rows = profile.rows.len() as u64;
         // One call per row source, the profile, and the catalog round that hydrates them all.
@@ -621,7 +621,7 @@ fn check_typenames(doc: &ExecutableDocument, op: &OperationDefinition) -> Result
 /// commas and comments are not tokens), counted without parsing and stopping past `max`: `Err`
 /// with the count reached when there are more. The parser's cost grows with tokens, so this bound
 /// holds before it runs.
-pub fn count_tokens(query: &str, max: usize) -> Result<usize, usize> {
+pub(crate) fn count_tokens(query: &str, max: usize) -> Result<usize, usize> {
     const BLOCK: &[u8] = b"\"\"\"";
     let b = query.as_bytes();
     let (mut i, mut n) = (0, 0);
@@ -677,7 +677,7 @@ pub fn count_tokens(query: &str, max: usize) -> Result<usize, usize> {
 
 /// Depth, field count and cost of `op`, refused when over `limits` or the fixed introspection
 /// limits.
-pub fn analyze(
+pub(crate) fn analyze(
     shape: &Shape,
     model: &CostModel,
     doc: &ExecutableDocument,
@@ -749,7 +749,7 @@ pub fn analyze(
 /// a required variable without a default must be given and not null; a given value must fit its
 /// type (built-in scalars, enums, input objects, lists; custom scalars are the engine's to
 /// parse). Unknown types are left to validation.
-pub fn check_variables(
+pub(crate) fn check_variables(
     shape: &Shape,
     op: &OperationDefinition,
     variables: Option<&Map<String, Json>>,

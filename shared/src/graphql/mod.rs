@@ -79,12 +79,16 @@ pub fn viewer<'a>(ctx: &async_graphql::Context<'a>) -> async_graphql::Result<Opt
 }
 
 /// The viewer of this request, or `UNAUTHENTICATED`.
-pub fn require_viewer<'a>(ctx: &async_graphql::Context<'a>) -> async_graphql::Result<&'a Viewer> {
+pub(crate) fn require_viewer<'a>(
+    ctx: &async_graphql::Context<'a>,
+) -> async_graphql::Result<&'a Viewer> {
     viewer(ctx)?.ok_or_else(|| ErrorCode::Unauthenticated.error("sign in to see this"))
 }
 
 /// The composer (schema-wide data).
-pub fn composer<'a>(ctx: &async_graphql::Context<'a>) -> async_graphql::Result<&'a Composer> {
+pub(crate) fn composer<'a>(
+    ctx: &async_graphql::Context<'a>,
+) -> async_graphql::Result<&'a Composer> {
     ctx.data::<Composer>()
 }
 
@@ -171,7 +175,7 @@ where
 /// The schema of a surface: the shared root query over the binary's title and homepage types, the
 /// my-list mutations, this deployment's limits and the composer as schema data, with a document
 /// cache.
-pub fn build_schema<T: TitleView, H: types::HomepageView>(
+pub(crate) fn build_schema<T: TitleView, H: types::HomepageView>(
     composer: Composer,
     limits: &GraphqlSettings,
 ) -> Arc<dyn GraphqlExecutor> {
@@ -237,7 +241,7 @@ where
 }
 
 /// A GraphQL error for a failed backend call, naming the backend in `extensions.backend`.
-pub fn backend_error(err: &crate::upstream::BackendError) -> async_graphql::Error {
+pub(crate) fn backend_error(err: &crate::upstream::BackendError) -> async_graphql::Error {
     let backend: crate::upstream::BackendId = err.backend();
     let (code, message) = if err.is_timeout() {
         (

@@ -232,7 +232,7 @@ fn title_id_arg(id: &str) -> async_graphql::Result<&str> {
 /// The signed-in user.
 #[derive(SimpleObject)]
 #[graphql(name = "Viewer")]
-pub struct ViewerProfile {
+pub(crate) struct ViewerProfile {
     /// User id.
     pub id: ID,
     /// Display name.
@@ -306,7 +306,7 @@ impl<T: TitleView> HomepageRows<T> {
 }
 
 /// The root query of both surfaces, over the binary's title and homepage types.
-pub struct RootQuery<T, H>(PhantomData<fn() -> (T, H)>);
+pub(crate) struct RootQuery<T, H>(PhantomData<fn() -> (T, H)>);
 
 impl<T, H> Default for RootQuery<T, H> {
     fn default() -> Self {
@@ -362,7 +362,7 @@ impl<T: TitleView, H: HomepageView> RootQuery<T, H> {
 
 /// The outcome of a my-list change.
 #[derive(SimpleObject)]
-pub struct MyListUpdate {
+pub(crate) struct MyListUpdate {
     /// The title concerned.
     pub title_id: ID,
     /// Whether the title is in the viewer's list now.
@@ -373,7 +373,7 @@ pub struct MyListUpdate {
 
 /// A progress report the bus accepted.
 #[derive(SimpleObject)]
-pub struct ProgressReport {
+pub(crate) struct ProgressReport {
     /// True: the report is on its way to the continue-watching service (it is applied within
     /// moments, and this viewer's homepage shows it at once).
     pub accepted: bool,
@@ -386,7 +386,7 @@ const MAX_POSITION_SECONDS: i32 = 24 * 60 * 60;
 
 /// Mutations both surfaces share.
 #[derive(Default)]
-pub struct MyListMutation;
+pub(crate) struct MyListMutation;
 
 /// Changes the viewer makes.
 #[Object(name = "Mutation")]

@@ -31,7 +31,7 @@ use crate::config::{Cidr, ForwardedHeader};
 
 /// The request's client address, as the pipeline decided it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub IpAddr);
+pub(crate) struct ClientAddr(pub IpAddr);
 
 /// The proxies whose forwarding headers are believed, and which header they append.
 #[derive(Debug, Clone, Default)]

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 
 /// URL prefix under which [`GraphiqlAssets::router`] serves the files; the page refers to them by it.
-pub const ASSETS_PREFIX: &str = "/graphiql/assets";
+pub(crate) const ASSETS_PREFIX: &str = "/graphiql/assets";
 
 /// Pinned versions: must match `shared/graphiql/package.json` and the CDN URLs below (a test checks both).
 #[cfg(test)]
@@ -81,7 +81,7 @@ const ASSETS: [Asset; 4] = [
 /// Where GraphiQL's static files come from: the files of a local `node_modules` dir held in memory, or none
 /// (the page then loads them from the CDN).
 #[derive(Clone, Debug)]
-pub struct GraphiqlAssets {
+pub(crate) struct GraphiqlAssets {
     /// Asset name → (bytes, content type). Empty in CDN-fallback mode.
     files: Arc<HashMap<&'static str, (Bytes, &'static str)>>,
 }
@@ -91,7 +91,7 @@ impl GraphiqlAssets {
     /// `shared/graphiql/node_modules` of this source tree. Reads every allow-listed file into memory. If any
     /// is missing, logs one warning that GraphiQL falls back to the CDN (unpkg) and how to install the assets
     /// (`npm ci --prefix shared/graphiql`); [`page`](Self::page) then uses CDN URLs.
-    pub fn locate(configured: Option<&Path>) -> GraphiqlAssets {
+    pub(crate) fn locate(configured: Option<&Path>) -> GraphiqlAssets {
         let dir = configured.map_or_else(
             || {
                 PathBuf::from(concat!(
@@ -127,7 +127,7 @@ impl GraphiqlAssets {
     }
 
     /// True when the files are served locally, false in CDN-fallback mode.
-    pub fn is_local(&self) -> bool {
+    pub(crate) fn is_local(&self) -> bool {
         !self.files.is_empty()
     }
 
@@ -145,7 +145,7 @@ impl GraphiqlAssets {
 
     /// Full HTML page for `page` (see [`Page`]). Every caller-given string is embedded as JSON
     /// with `<` escaped, so none can close the `<script>`.
-    pub fn page(&self, page: &Page<'_>) -> String {
+    pub(crate) fn page(&self, page: &Page<'_>) -> String {
         let config = serde_json::json!({
             "endpoint": page.endpoint,
             "subscriptionEndpoint": page.subscription_endpoint,
@@ -212,7 +212,7 @@ impl GraphiqlAssets {
     /// Router serving the allow-listed files at `/graphiql/assets/{file}` from memory, with their
     /// Content-Type and `Cache-Control: public, max-age=86400`; any other name → 404 (so does every name in
     /// CDN-fallback mode).
-    pub fn router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
+    pub(crate) fn router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
         let files = Arc::clone(&self.files);
         Router::new().route(
             &format!("{ASSETS_PREFIX}/{{file}}"),
@@ -226,7 +226,7 @@ impl GraphiqlAssets {
 
 /// What one GraphiQL page shows.
 #[derive(Debug, Clone, Copy)]
-pub struct Page<'a> {
+pub(crate) struct Page<'a> {
     /// GraphQL endpoint path, e.g. `/graphql`.
     pub endpoint: &'a str,
     /// Subscriptions path, e.g. `/graphql/ws` (the page turns it into `ws(s)://host/...`); `None`:

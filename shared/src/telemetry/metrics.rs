@@ -27,13 +27,13 @@ use prometheus::{
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Operation label for requests without an operation name (or an empty one).
-pub const OPERATION_ANONYMOUS: &str = "anonymous";
+pub(crate) const OPERATION_ANONYMOUS: &str = "anonymous";
 /// Operation label for names that are not GraphQL-ish identifiers of at most 64 characters.
-pub const OPERATION_INVALID: &str = "invalid";
+pub(crate) const OPERATION_INVALID: &str = "invalid";
 /// Catch-all label value once a cap is reached or a value is outside its closed set.
-pub const LABEL_OTHER: &str = "other";
+pub(crate) const LABEL_OTHER: &str = "other";
 /// Most distinct endpoint labels kept per backend; later endpoints are counted as `other`.
-pub const MAX_ENDPOINTS_PER_BACKEND: usize = 32;
+pub(crate) const MAX_ENDPOINTS_PER_BACKEND: usize = 32;
 
 /// Longest operation name that gets its own series (`^[A-Za-z_][A-Za-z0-9_]{0,63}$`).
 const MAX_OPERATION_NAME_LEN: usize = 64;
@@ -70,7 +70,7 @@ pub enum MetricsError {
 /// Keeps a gauge one higher for as long as it lives: `+1` when created, `-1` when dropped.
 #[must_use = "the in-flight gauge drops back as soon as the guard is dropped"]
 #[derive(Debug)]
-pub struct InFlightGuard {
+pub(crate) struct InFlightGuard {
     gauge: IntGauge,
 }
 
@@ -300,7 +300,7 @@ impl Metrics {
     /// (`"/graphql"`, `"/healthz"`, `"/readyz"`, `"/metrics"`, `"/graphiql/assets"`, a
     /// pass-through prefix, or `"other"` for unmatched) — never a raw path. Methods outside
     /// the standard nine are counted as `OTHER`, statuses outside 100..=999 as `other`.
-    pub fn http_request(&self, route: &str, method: &str, status: u16, duration: Duration) {
+    pub(crate) fn http_request(&self, route: &str, method: &str, status: u16, duration: Duration) {
         let method = if HTTP_METHODS.contains(&method) {
             method
         } else {
@@ -319,17 +319,17 @@ impl Metrics {
     }
 
     /// Counts one HTTP request as in flight until the returned guard is dropped.
-    pub fn http_in_flight(&self) -> InFlightGuard {
+    pub(crate) fn http_in_flight(&self) -> InFlightGuard {
         InFlightGuard::new(self.family.http_in_flight.clone())
     }
 
     /// Counts one client connection as open until the returned guard is dropped.
-    pub fn http_connection(&self) -> InFlightGuard {
+    pub(crate) fn http_connection(&self) -> InFlightGuard {
         InFlightGuard::new(self.family.http_connections.clone())
     }
 
     /// Counts one connection closed on arrival; `reason` is a fixed word (`limit`).
-    pub fn connection_refused(&self, reason: &'static str) {
+    pub(crate) fn connection_refused(&self, reason: &'static str) {
         self.family
             .connections_refused
             .with_label_values(&[reason])
@@ -337,7 +337,7 @@ impl Metrics {
     }
 
     /// Counts one request that shared another's execution.
-    pub fn graphql_coalesced(&self) {
+    pub(crate) fn graphql_coalesced(&self) {
         self.family
             .graphql_coalesced
             .with_label_values::<&str>(&[])
@@ -345,7 +345,7 @@ impl Metrics {
     }
 
     /// Counts one policy's decision; `policy` is a configured name (bounded by the config).
-    pub fn ratelimit_decision(&self, policy: &str, allowed: bool) {
+    pub(crate) fn ratelimit_decision(&self, policy: &str, allowed: bool) {
         let outcome = if allowed { "allowed" } else { "limited" };
         self.family
             .ratelimit_decisions
@@ -354,7 +354,7 @@ impl Metrics {
     }
 
     /// Counts one reload of the listener's TLS files (`ok`) or one refused (`error`).
-    pub fn tls_reload(&self, ok: bool) {
+    pub(crate) fn tls_reload(&self, ok: bool) {
         self.family
             .tls_reloads
             .with_label_values(&[if ok { "ok" } else { "error" }])
@@ -362,7 +362,7 @@ impl Metrics {
     }
 
     /// Counts one config reload applied (`ok`) or refused (`error`).
-    pub fn config_reload(&self, ok: bool) {
+    pub(crate) fn config_reload(&self, ok: bool) {
         self.family
             .config_reloads
             .with_label_values(&[if ok { "ok" } else { "error" }])
@@ -371,7 +371,7 @@ impl Metrics {
 
     /// Counts one decision made locally because Redis could not make it; `reason` is `error`,
     /// `timeout` or `down`.
-    pub fn ratelimit_fallback(&self, reason: &'static str) {
+    pub(crate) fn ratelimit_fallback(&self, reason: &'static str) {
         self.family
             .ratelimit_fallback
             .with_label_values(&[reason])
@@ -380,7 +380,7 @@ impl Metrics {
 
     /// Counts one request refused by the client-address rules of `scope` (`global` or a route
     /// prefix: bounded by the config).
-    pub fn ip_refused(&self, scope: &str) {
+    pub(crate) fn ip_refused(&self, scope: &str) {
         self.family.ip_refused.with_label_values(&[scope]).inc();
     }
 
@@ -388,7 +388,7 @@ impl Metrics {
     /// anonymous), bounded as the module doc says; `kind` is `query` | `mutation` |
     /// `subscription` (anything else: `unknown`); `outcome` is `ok` | `partial` (data with
     /// errors) | `error` (request error, no data) (anything else: `other`).
-    pub fn graphql_operation(
+    pub(crate) fn graphql_operation(
         &self,
         operation: Option<&str>,
         kind: &str,
@@ -411,7 +411,7 @@ impl Metrics {
     /// Records one attempt to call a backend. `outcome` is `ok` | `error` | `timeout` |
     /// `rejected` (anything else: `other`); `endpoint` gets its own series only among the
     /// first [`MAX_ENDPOINTS_PER_BACKEND`] endpoints seen for `backend`.
-    pub fn upstream_attempt(
+    pub(crate) fn upstream_attempt(
         &self,
         backend: &str,
         endpoint: &str,
@@ -431,13 +431,13 @@ impl Metrics {
     }
 
     /// Counts one call to `backend` as in flight until the returned guard is dropped.
-    pub fn upstream_in_flight(&self, backend: &str) -> InFlightGuard {
+    pub(crate) fn upstream_in_flight(&self, backend: &str) -> InFlightGuard {
         InFlightGuard::new(self.family.upstream_in_flight.with_label_values(&[backend]))
     }
 
     /// Sets the breaker state of `backend` (0 closed, 1 open, 2 half-open). Read from the
     /// breaker right before rendering.
-    pub fn set_breaker_state(&self, backend: &str, state: u8) {
+    pub(crate) fn set_breaker_state(&self, backend: &str, state: u8) {
         self.family
             .breaker_state
             .with_label_values(&[backend])
@@ -446,7 +446,7 @@ impl Metrics {
 
     /// Sets how many endpoints `backend` has in total and how many are usable. Read from the
     /// endpoint set right before rendering.
-    pub fn set_endpoints(&self, backend: &str, usable: usize, total: usize) {
+    pub(crate) fn set_endpoints(&self, backend: &str, usable: usize, total: usize) {
         self.family
             .endpoints
             .with_label_values(&[backend, "usable"])
@@ -466,7 +466,7 @@ impl Metrics {
     /// counter still never decreases, and `rate()` stays right across the reset. `bytes` is a
     /// gauge and is simply set.
     #[allow(clippy::too_many_arguments)] // the contract mirrors the cache's counter set 1:1
-    pub fn set_cache(
+    pub(crate) fn set_cache(
         &self,
         kind: &str,
         hits: u64,
@@ -487,13 +487,13 @@ impl Metrics {
 
     /// Mirrors the shared L2 tier's totals (hits, misses, errors, skipped, too large, bytes read,
     /// bytes written) into the exposition, right before rendering.
-    pub fn set_l2(&self, totals: [u64; 7]) {
+    pub(crate) fn set_l2(&self, totals: [u64; 7]) {
         self.family.l2_counters.observe(&[], totals);
     }
 
     /// Mirrors the event bus's state into the exposition, right before rendering (counters as
     /// increments since the last scrape, like [`Metrics::set_cache`]).
-    pub fn set_events(&self, s: &bff_schema::events::BusStatus) {
+    pub(crate) fn set_events(&self, s: &bff_schema::events::BusStatus) {
         self.family.events_counters.observe(
             &[],
             [

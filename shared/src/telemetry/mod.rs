@@ -71,7 +71,7 @@ pub struct LogLevelError {
 }
 
 /// The filter `level` describes (`info`, `shared=debug,info`), or why it is not one.
-pub fn log_filter(level: &str) -> Result<EnvFilter, LogLevelError> {
+pub(crate) fn log_filter(level: &str) -> Result<EnvFilter, LogLevelError> {
     EnvFilter::try_new(level).map_err(|e| LogLevelError {
         level: level.to_owned(),
         reason: e.to_string(),
@@ -81,7 +81,7 @@ pub fn log_filter(level: &str) -> Result<EnvFilter, LogLevelError> {
 /// Replaces the log filter with `level` (a config reload's `log.level`): `Ok(true)` when it
 /// now applies, `Ok(false)` when `log.level` does not decide the filter (`RUST_LOG` is set, or
 /// this process's logging was not set up by [`init`]).
-pub fn set_log_level(level: &str) -> Result<bool, LogLevelError> {
+pub(crate) fn set_log_level(level: &str) -> Result<bool, LogLevelError> {
     let filter = log_filter(level)?;
     let Some(handle) = LOG_FILTER.get() else {
         return Ok(false);

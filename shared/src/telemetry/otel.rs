@@ -48,7 +48,7 @@ pub enum OtelError {
 ///
 /// `env` is the environment lookup (`|k| std::env::var(k).ok()` in production) so tests need not
 /// mutate the process environment.
-pub fn wanted(settings: &OtlpSettings, env: &dyn Fn(&str) -> Option<String>) -> bool {
+pub(crate) fn wanted(settings: &OtlpSettings, env: &dyn Fn(&str) -> Option<String>) -> bool {
     // The spec makes OTEL_SDK_DISABLED a kill switch for every signal, so it also beats the config:
     // an operator can silence a misbehaving exporter without a config change.
     if env(ENV_SDK_DISABLED).is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {

@@ -19,13 +19,13 @@ use rand::RngCore;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 
 /// Header names.
-pub const TRACEPARENT: &str = "traceparent";
+pub(crate) const TRACEPARENT: &str = "traceparent";
 /// `tracestate`, passed on (bounded, see [`TraceContext::from_headers`]).
-pub const TRACESTATE: &str = "tracestate";
+pub(crate) const TRACESTATE: &str = "tracestate";
 /// Request id header, accepted from the client or generated, echoed on the response.
-pub const REQUEST_ID: &str = "x-request-id";
+pub(crate) const REQUEST_ID: &str = "x-request-id";
 /// The trace id of the request, on every response.
-pub const TRACE_ID: &str = "x-trace-id";
+pub(crate) const TRACE_ID: &str = "x-trace-id";
 
 /// Longest `tracestate` passed on (the spec asks for at least 512 characters; this bounds abuse).
 const MAX_TRACESTATE: usize = 512;
@@ -46,7 +46,7 @@ pub struct TraceContext {
 
 impl TraceContext {
     /// A new, sampled trace with a random id.
-    pub fn new_root() -> Self {
+    pub(crate) fn new_root() -> Self {
         Self {
             trace_id: TraceId::from_bytes(random_nonzero()),
             parent: None,
@@ -59,7 +59,7 @@ impl TraceContext {
     /// optional whitespace and empty members, which the spec lets a vendor leave out); anything
     /// else is dropped whole: passing on part of a malformed header would make up a vendor's
     /// state.
-    pub fn from_headers(headers: &HeaderMap) -> Self {
+    pub(crate) fn from_headers(headers: &HeaderMap) -> Self {
         let well_formed = headers
             .get(TRACEPARENT)
             .and_then(|v| v.to_str().ok())
@@ -86,12 +86,12 @@ impl TraceContext {
     }
 
     /// Whether the trace is sampled: the client's flag when it sent one; a new trace is sampled.
-    pub fn sampled(&self) -> bool {
+    pub(crate) fn sampled(&self) -> bool {
         self.parent.as_ref().is_none_or(SpanContext::is_sampled)
     }
 
     /// The trace id as 32 lowercase hex digits.
-    pub fn trace_id_hex(&self) -> String {
+    pub(crate) fn trace_id_hex(&self) -> String {
         self.trace_id.to_string()
     }
 
@@ -107,7 +107,7 @@ impl TraceContext {
     }
 
     /// The outgoing trace headers of [`TraceContext::inject`] as a header map (for a REST call).
-    pub fn outgoing(&self) -> HeaderMap {
+    pub(crate) fn outgoing(&self) -> HeaderMap {
         let mut headers = HeaderMap::new();
         self.inject(&mut HeaderInjector(&mut headers));
         headers
@@ -262,7 +262,7 @@ impl Injector for MetadataInjector<'_> {
 }
 
 /// The client's request id when it is safe to echo and log (visible ASCII, bounded), else a new one.
-pub fn request_id(headers: &HeaderMap) -> String {
+pub(crate) fn request_id(headers: &HeaderMap) -> String {
     headers
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())

@@ -51,7 +51,7 @@ impl Deadline {
 
     /// Another waiter's deadline: this one moves to `other` if that is later (no deadline is
     /// the latest of all).
-    pub fn extend_to(&self, other: Option<Instant>) {
+    pub(crate) fn extend_to(&self, other: Option<Instant>) {
         self.0
             .fetch_max(other.map_or(u64::MAX, micros), Ordering::Relaxed);
     }

@@ -188,7 +188,7 @@ impl Upstream {
     /// change (a config reload): their breakers, retry budgets, endpoint health and connection
     /// pools carry on; a backend whose settings changed starts afresh, one that is gone is
     /// dropped once the last request using it has finished.
-    pub fn reconfigured(
+    pub(crate) fn reconfigured(
         &self,
         settings: &BackendsSettings,
         metrics: Option<Arc<Metrics>>,
@@ -347,7 +347,7 @@ impl Upstream {
 
     /// `PUT` (add) or `DELETE` (remove) `/my-list/users/{id}/titles/{titleId}`. Never retried.
     /// `Ok(None)` when the user or title is unknown, else whether the list changed.
-    pub async fn set_in_my_list(
+    pub(crate) async fn set_in_my_list(
         &self,
         cx: &CallContext,
         user: &UserId,

@@ -29,7 +29,7 @@ impl Default for Backoff {
 
 impl Backoff {
     /// The largest delay `attempt` can draw: `min(max, base · 2^attempt)`, overflow-safe.
-    pub fn cap(&self, attempt: u32) -> Duration {
+    pub(crate) fn cap(&self, attempt: u32) -> Duration {
         grow(self.base, attempt, self.max)
     }
 
@@ -41,7 +41,7 @@ impl Backoff {
     }
 
     /// [`Self::delay`] with the thread-local generator (no allocation, no lock).
-    pub fn delay_thread_rng(&self, attempt: u32) -> Duration {
+    pub(crate) fn delay_thread_rng(&self, attempt: u32) -> Duration {
         self.delay(attempt, &mut rand::rng())
     }
 }

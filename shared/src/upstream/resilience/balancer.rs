@@ -211,7 +211,7 @@ impl<E: Clone + Send + Sync> EndpointSet<E> {
     }
 
     /// [`Self::pick`] at a given instant (tests).
-    pub fn pick_at(&self, now: Instant) -> Option<EndpointGuard<E>> {
+    pub(crate) fn pick_at(&self, now: Instant) -> Option<EndpointGuard<E>> {
         let now = self.inner.nanos(now);
         let chosen = {
             let list = read(&self.inner.list);
@@ -247,12 +247,12 @@ impl<E: Clone + Send + Sync> EndpointSet<E> {
 
     /// [`Self::pick`] for a retry: never the endpoint labelled `avoid` (the one the last attempt
     /// failed on) while another usable endpoint exists; with none, the same as `pick`.
-    pub fn pick_avoiding(&self, avoid: &str) -> Option<EndpointGuard<E>> {
+    pub(crate) fn pick_avoiding(&self, avoid: &str) -> Option<EndpointGuard<E>> {
         self.pick_avoiding_at(avoid, Instant::now())
     }
 
     /// [`Self::pick_avoiding`] at a given instant (tests).
-    pub fn pick_avoiding_at(&self, avoid: &str, now: Instant) -> Option<EndpointGuard<E>> {
+    pub(crate) fn pick_avoiding_at(&self, avoid: &str, now: Instant) -> Option<EndpointGuard<E>> {
         let nanos = self.inner.nanos(now);
         let other = {
             let list = read(&self.inner.list);
@@ -341,7 +341,7 @@ impl<E: Clone + Send + Sync> EndpointSet<E> {
     }
 
     /// [`Self::snapshot`] at a given instant (tests).
-    pub fn snapshot_at(&self, now: Instant) -> Vec<EndpointStatus> {
+    pub(crate) fn snapshot_at(&self, now: Instant) -> Vec<EndpointStatus> {
         let now = self.inner.nanos(now);
         self.inner
             .list()
@@ -356,12 +356,12 @@ impl<E: Clone + Send + Sync> EndpointSet<E> {
     }
 
     /// Endpoints usable now (healthy, not ejected); 0 means picks are in panic mode.
-    pub fn usable_count(&self) -> usize {
+    pub(crate) fn usable_count(&self) -> usize {
         self.usable_count_at(Instant::now())
     }
 
     /// [`Self::usable_count`] at a given instant (tests).
-    pub fn usable_count_at(&self, now: Instant) -> usize {
+    pub(crate) fn usable_count_at(&self, now: Instant) -> usize {
         let now = self.inner.nanos(now);
         read(&self.inner.list)
             .iter()
@@ -452,7 +452,7 @@ impl<E> EndpointGuard<E> {
     }
 
     /// [`Self::success`] at a given instant (tests).
-    pub fn success_at(&self, now: Instant) {
+    pub(crate) fn success_at(&self, now: Instant) {
         // Load before store: the common case (no streak) then writes nothing, sparing the cache
         // line that every concurrent call on this endpoint shares.
         if self.ep.consecutive_failures.load(Ordering::Relaxed) != 0 {
@@ -475,7 +475,7 @@ impl<E> EndpointGuard<E> {
     }
 
     /// [`Self::failure`] at a given instant (tests).
-    pub fn failure_at(&self, now: Instant) -> bool {
+    pub(crate) fn failure_at(&self, now: Instant) -> bool {
         let threshold = self.set.cfg.consecutive_failures;
         let streak = self
             .ep

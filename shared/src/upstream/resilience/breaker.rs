@@ -152,12 +152,12 @@ impl CircuitBreaker {
     }
 
     /// Asks to make a call now. Report the outcome on the permit.
-    pub fn try_acquire(&self) -> Result<BreakerPermit<'_>, BreakerOpen> {
+    pub(crate) fn try_acquire(&self) -> Result<BreakerPermit<'_>, BreakerOpen> {
         self.try_acquire_at(Instant::now())
     }
 
     /// [`Self::try_acquire`] at a given instant (tests).
-    pub fn try_acquire_at(&self, now: Instant) -> Result<BreakerPermit<'_>, BreakerOpen> {
+    pub(crate) fn try_acquire_at(&self, now: Instant) -> Result<BreakerPermit<'_>, BreakerOpen> {
         let mut g = lock(&self.inner);
         let probe = match g.phase {
             Phase::Closed => false,
@@ -308,13 +308,13 @@ impl BreakerPermit<'_> {
     }
 
     /// [`Self::success`] at a given instant (tests).
-    pub fn success_at(mut self, now: Instant) {
+    pub(crate) fn success_at(mut self, now: Instant) {
         self.settled = true;
         self.breaker.record(self.generation, true, now);
     }
 
     /// [`Self::failure`] at a given instant (tests).
-    pub fn failure_at(mut self, now: Instant) {
+    pub(crate) fn failure_at(mut self, now: Instant) {
         self.settled = true;
         self.breaker.record(self.generation, false, now);
     }

@@ -36,22 +36,22 @@ impl RetryBudget {
     }
 
     /// Counts a first attempt (never a retry).
-    pub fn record_request(&self) {
+    pub(crate) fn record_request(&self) {
         self.record_request_at(Instant::now());
     }
 
     /// [`Self::record_request`] at a given instant (tests).
-    pub fn record_request_at(&self, now: Instant) {
+    pub(crate) fn record_request_at(&self, now: Instant) {
         lock(&self.window).add(now, REQUESTS, 1);
     }
 
     /// Takes one retry from the budget; `false` means do not retry.
-    pub fn try_withdraw(&self) -> bool {
+    pub(crate) fn try_withdraw(&self) -> bool {
         self.try_withdraw_at(Instant::now())
     }
 
     /// [`Self::try_withdraw`] at a given instant (tests).
-    pub fn try_withdraw_at(&self, now: Instant) -> bool {
+    pub(crate) fn try_withdraw_at(&self, now: Instant) -> bool {
         let mut w = lock(&self.window);
         let [requests, retries] = w.totals(now);
         let allowed = (retries as f64) < self.ratio * requests as f64 + self.min_retries as f64;

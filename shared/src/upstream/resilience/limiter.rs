@@ -70,7 +70,7 @@ impl ConcurrencyLimit {
 
     /// A slot now if one is free; else a place in the queue for up to the queue timeout; else
     /// [`Overloaded::QueueFull`] without waiting.
-    pub async fn acquire(&self) -> Result<LimitPermit, Overloaded> {
+    pub(crate) async fn acquire(&self) -> Result<LimitPermit, Overloaded> {
         match Arc::clone(&self.slots).try_acquire_owned() {
             Ok(slot) => return Ok(LimitPermit { _slot: slot }),
             Err(TryAcquireError::NoPermits) => {}
