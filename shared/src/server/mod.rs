@@ -11,6 +11,7 @@ mod conn;
 pub mod graphiql;
 mod health;
 mod metrics;
+pub mod probe;
 pub mod tls;
 
 use std::{
