@@ -5,6 +5,7 @@
 
 mod auth;
 mod cache;
+mod deploy;
 mod edge;
 mod events;
 mod failures;
