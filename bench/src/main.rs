@@ -26,6 +26,7 @@ mod ratelimit;
 mod report;
 mod scenario;
 mod stats;
+mod tiers;
 mod tls;
 
 use std::{sync::Arc, time::Duration};
@@ -144,6 +145,7 @@ async fn main() -> Result<()> {
     let mut tls_table = None;
     let mut ratelimit_table = None;
     let mut events_table = None;
+    let mut tiers_table = None;
     for s in selected {
         match &s.kind {
             Kind::Load(spec) => {
@@ -173,6 +175,11 @@ async fn main() -> Result<()> {
                 eprintln!("[{}] events over RabbitMQ", s.name);
                 let report = events::measure(&env).await?;
                 events_table = Some(events::render(&report));
+            }
+            Kind::Tiers => {
+                eprintln!("[{}] homepage from backends, L2 and L1", s.name);
+                let tiers = tiers::measure(&env).await?;
+                tiers_table = Some(tiers::render(&tiers));
             }
             Kind::Hostile => {
                 eprintln!("[{}] hostile queries against one web BFF", s.name);
@@ -235,6 +242,11 @@ async fn main() -> Result<()> {
     if let Some(table) = events_table {
         println!(
             "\nevents (RabbitMQ at 127.0.0.1:5672, web BFFs, fixtures publishing):\n\n{table}"
+        );
+    }
+    if let Some(table) = tiers_table {
+        println!(
+            "\ncache tiers (signed-in web homepage, 100 users × 5 alternating rounds, one client, backends +2 ms; L2 = Redis at 127.0.0.1:6379 with L1 kept empty):\n\n{table}"
         );
     }
     if let Some(table) = hostile_table {

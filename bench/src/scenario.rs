@@ -205,6 +205,8 @@ pub(crate) enum Kind {
     RateLimit,
     /// Events over RabbitMQ: invalidation latency on two instances, progress burst and drain.
     Events,
+    /// One homepage's cost from the backends, from the shared L2 tier and from L1.
+    Tiers,
 }
 
 /// One named benchmark.
@@ -218,7 +220,7 @@ pub(crate) struct Scenario {
 }
 
 /// Named sets of scenarios for `-s`, with what they are for.
-pub(crate) const GROUPS: [(&str, &str); 7] = [
+pub(crate) const GROUPS: [(&str, &str); 8] = [
     (
         "issue3",
         "the first homepage figures: *-latency50, critical-path, *-rps (cache off), engine, payload",
@@ -244,6 +246,10 @@ pub(crate) const GROUPS: [(&str, &str); 7] = [
         "issue 14: tls (new connections per second and keep-alive homepage throughput, TLS vs plain)",
     ),
     (
+        "fleet",
+        "issue 24: tiers (a signed-in homepage from the backends, from the shared L2 tier in Redis, from L1: calls, latency, CPU)",
+    ),
+    (
         "traffic",
         "issue 15: ratelimit (each algorithm at 10× its limit, locally and two BFFs + Redis; cost per decision; homepage CPU with policies); anonymous web homepage, cache off, concurrency 32: web-anon-{distinct|identical|identical-nocoalesce}; web-anon-{post|persisted-get} warm",
     ),
@@ -257,6 +263,7 @@ const HOSTILE: &[&str] = &["hostile"];
 const EDGE: &[&str] = &["edge"];
 const TRAFFIC: &[&str] = &["traffic"];
 const EVENTS: &[&str] = &["bus"];
+const FLEET: &[&str] = &["fleet"];
 
 /// `["u1", …, "u{n}"]`: fixture users (u1…u200 exist).
 pub(crate) fn users(n: usize) -> Vec<String> {
@@ -648,6 +655,12 @@ pub(crate) fn catalogue() -> Vec<Scenario> {
         about: "RabbitMQ at 127.0.0.1:5672: 300 service changes, each until both of two web BFFs dropped the stale fragment (p50/p99); 20,000 reportProgress from 32 clients with the consumer stopped (accepted/s, confirmed), then the time to drain".into(),
         groups: EVENTS,
         kind: Kind::Events,
+    });
+    all.push(Scenario {
+        name: "tiers".into(),
+        about: "a signed-in web homepage whose fragments come from the backends (cache off), from the shared L2 tier in Redis (L1 kept empty) and from L1: backend calls, latency p50/p99, CPU per homepage, side by side (needs Redis on 127.0.0.1:6379)".into(),
+        groups: FLEET,
+        kind: Kind::Tiers,
     });
     all
 }

@@ -63,12 +63,19 @@ fn listen_addr(raw: &str) -> Result<SocketAddr, String> {
     })
 }
 
-/// The binary's command line: the shared flags under the binary's own name and version.
+/// The binary's command line: the shared flags under the binary's own name and version, and
+/// where it listens and looks for its backends when nothing is configured.
 pub fn command(surface: &Surface) -> clap::Command {
     Cli::command()
         .name(surface.name)
         .bin_name(surface.name)
         .version(surface.version)
+        .after_help(format!(
+            "With no config, listens on {} and calls the backends at fixture-backends' default \
+             ports (REST 127.0.0.1:7001, gRPC 127.0.0.1:7002). Every config key, its default and \
+             its BFF_… variable: docs/configuration.md",
+            (surface.defaults)().listen
+        ))
 }
 
 /// Why a binary could not run.

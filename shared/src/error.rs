@@ -5,7 +5,8 @@
 
 use async_graphql::ErrorExtensions;
 
-/// Every `extensions.code` a response can carry (DESIGN.md "Public contract").
+/// Every `extensions.code` a response can carry: a closed list, part of the public contract
+/// (`docs/operations.md`, "Errors").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     /// No valid identity where one is required, or a bad token.

@@ -1,7 +1,8 @@
 //! The BFF resolver core shared by `bff-web` and `bff-mobile`: everything that fetches, composes,
 //! secures and serves. A binary adds only its GraphQL surface and client profile.
 //!
-//! # Layout (each layer talks to the one below it; a test keeps the module graph acyclic)
+//! # Layout (each layer talks to the ones below it; tests in `layering` keep the import graph
+//! acyclic, file by file and folder by folder, and the ground free of imports from above)
 //! - [`cli`]: flags and the `run` entry point every binary calls.
 //! - [`config`]: typed settings; defaults < TOML < `BFF_` env < flags. Near the ground: it imports
 //!   only the client profile's plain types.
@@ -9,20 +10,27 @@
 //!   routers, GraphiQL, health/readiness, graceful shutdown.
 //! - [`pipeline`]: the stages before the service, in order: client address → observe →
 //!   client-address rules → CORS → body limits → authentication → rate limits.
-//! - [`graphql`]: the GraphQL service (over HTTP), the pre-execution analysis, shared schema types,
-//!   error coding.
+//! - [`graphql`]: the GraphQL service in four stages — wire (Accept, method, body) → admit
+//!   (persisted lookup, parse, analysis, limits, late rate limits) → execute (document cache,
+//!   coalescing) → answer (one refusal type, status + code in one place) — over the analysis, the
+//!   shared schema types, the contained direct-JSON path, and error coding.
 //! - [`proxy`]: pass-through routes.
-//! - [`ratelimit`]: rate-limit policies, their algorithms and stores (in-process, Redis).
+//! - [`ratelimit`]: rate-limit policies, their algorithms and stores (in-process, Redis), and a
+//!   request's late checks ([`ratelimit::LateLimits`]), which the pipeline hands the GraphQL
+//!   service as a request extension.
 //! - [`auth`]: bearer JWT → verified [`auth::Viewer`].
 //! - [`body`]: request bodies held to a size and a deadline.
 //! - [`compose`]: the parallel homepage plan and title hydration.
 //! - [`events`]: builds the event bus (the `bff-events` crate: in-process or RabbitMQ, outbox,
 //!   spool) from `events.*`; transport only.
-//! - [`cache`]: fragment cache (L1 moka; tier boundary for a shared tier), coalescing, SWR, and
-//!   the instance's invalidation by domain events.
+//! - [`cache`]: fragment cache (L1 moka, L2 Redis or Redis Cluster shared by the fleet),
+//!   coalescing, SWR, an injected wall clock, and the instance's invalidation by domain events.
 //! - [`profile`]: client profiles (rows, limits) and trimming rules.
-//! - [`upstream`]: the policy layer and one client per backend (reqwest, tonic).
+//! - [`upstream`]: the policy layer, one client per backend (reqwest, tonic), and discovery (DNS,
+//!   health checks) written once over both transports.
 //! - [`domain`]: plain values passed between the layers.
+//! - `redis_conn`: the one connection to Redis (a single server or a Redis Cluster, connected
+//!   lazily) that the rate-limit store and the L2 cache tier share; the ground, importing nothing.
 //! - `refusal`: the one shape of an answer outside GraphQL execution (status, code, trace id).
 //! - [`error`]: the closed list of client error codes; the ground, importing nothing.
 //! - `demo`: `--demo` (fixtures in-process, demo token); only with the `demo` cargo feature, which
@@ -49,6 +57,7 @@ pub mod pipeline;
 pub mod profile;
 pub(crate) mod proxy;
 pub mod ratelimit;
+pub(crate) mod redis_conn;
 pub(crate) mod refusal;
 pub mod server;
 pub mod telemetry;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bff_fixtures::{Backend, FixtureOptions, Fixtures, idp};
 use serde_json::{Map, Value, json};
-use shared::config::{IssuerSettings, RouteSettings, Settings};
+use shared::config::{BackendId, IssuerSettings, RouteSettings, Settings};
 
 use crate::helpers::*;
 
@@ -31,9 +31,7 @@ async fn idp_app(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let app = spawn_app_with(web(), |s| {
         // The fixtures are started by spawn_app_with before `adjust`; their REST root is the
         // issuer (see `TestApp::fixtures`).
-        issuer = s
-            .backends
-            .profile
+        issuer = s.backends[BackendId::Profile]
             .url
             .trim_end_matches("/profile")
             .to_owned();
@@ -156,7 +154,7 @@ async fn mutations_and_routes_need_their_scopes() {
     let fx = Fixtures::start(FixtureOptions::default()).await.unwrap();
     let top10 = fx.url(Backend::Top10);
     let app = idp_app(|s| {
-        let mut charts = s.backends.top10.clone();
+        let mut charts = s.backends[BackendId::Top10].clone();
         charts.url = top10.clone();
         charts.forward_scopes = true;
         s.backends.extra.insert("charts".into(), charts);
@@ -294,7 +292,7 @@ async fn client_addresses_come_from_trusted_proxies_only_and_rules_apply_per_rou
                 s.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
             }
             s.ip_rules.deny = vec!["203.0.113.0/24".parse().unwrap()];
-            let mut charts = s.backends.top10.clone();
+            let mut charts = s.backends[BackendId::Top10].clone();
             charts.url = top10;
             s.backends.extra.insert("charts".into(), charts);
             s.routes.push(RouteSettings {

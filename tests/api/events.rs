@@ -19,17 +19,17 @@ use shared::{
     events::{Envelope, EventBus, Payload, ProgressData, WorkQueue, rabbit::RabbitBus},
 };
 
-const BROKER: &str = "127.0.0.1:5672";
+pub(crate) const BROKER: &str = "127.0.0.1:5672";
 const REPORT: &str = "mutation($id: ID!, $pos: Int!) { reportProgress(titleId: $id, positionSeconds: $pos) { accepted eventId } }";
 const ADD: &str = "mutation($id: ID!) { addToMyList(titleId: $id) { changed } }";
 const DEADLINE: Duration = Duration::from_secs(10);
 
-fn url(addr: &str) -> String {
+pub(crate) fn url(addr: &str) -> String {
     format!("amqp://guest:guest@{addr}/%2f")
 }
 
 /// Names of its own for one test.
-fn names(test: &str) -> EventsSettings {
+pub(crate) fn names(test: &str) -> EventsSettings {
     let exchange = format!("bfftest.{test}.{}", uuid::Uuid::new_v4().simple());
     EventsSettings {
         progress_queue: format!("{exchange}.progress"),
@@ -97,7 +97,7 @@ impl World {
 }
 
 /// Polls until the bus is connected with at least `consumers` consumers receiving.
-async fn wait_connected(bus: &dyn EventBus, consumers: usize) {
+pub(crate) async fn wait_connected(bus: &dyn EventBus, consumers: usize) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let s = bus.status();
@@ -108,19 +108,6 @@ async fn wait_connected(bus: &dyn EventBus, consumers: usize) {
             tokio::time::Instant::now() < deadline,
             "bus not connected: {s:?}"
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Polls `check` until it holds, at most [`DEADLINE`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -638,7 +625,8 @@ async fn cut_from_the_bus_an_instance_serves_titles_boundedly_stale_then_refetch
     .await;
     // The catalog down too: stale-if-error still answers.
     a.fault(bff_fixtures::Backend::Catalog, error_rate(1.0));
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    // Past the bound again, on the cache's clock.
+    a.cache.clock().advance(Duration::from_millis(350));
     let (_, body) = a.post_graphql(q, json!({}), None).await;
     assert_eq!(name(&body), "Edited while cut off", "{body}");
     proxy.restore();

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bff_fixtures::Backend;
 use serde_json::{Value, json};
+use shared::config::BackendId;
 
 use crate::helpers::*;
 
@@ -77,7 +78,7 @@ async fn each_backend_failing_in_turn_leaves_the_other_rows_intact() {
 #[tokio::test]
 async fn a_stalled_backend_times_out_as_backend_timeout_and_the_rest_arrive() {
     let app = spawn_app_with(web(), |s| {
-        s.backends.top10.timeout = Duration::from_millis(150)
+        s.backends[BackendId::Top10].timeout = Duration::from_millis(150)
     })
     .await;
     app.fault(Backend::Top10, stalled());
@@ -102,7 +103,7 @@ async fn a_stalled_backend_times_out_as_backend_timeout_and_the_rest_arrive() {
 #[tokio::test]
 async fn a_stalled_grpc_backend_times_out_too() {
     let app = spawn_app_with(web(), |s| {
-        s.backends.recommendations.timeout = Duration::from_millis(150)
+        s.backends[BackendId::Recommendations].timeout = Duration::from_millis(150)
     })
     .await;
     app.fault(Backend::Recommendations, stalled());
@@ -135,7 +136,7 @@ async fn a_refused_connection_is_backend_unavailable() {
         .local_addr()
         .unwrap();
     let app = spawn_app_with(web(), |s| {
-        s.backends.new_releases.url = format!("http://{closed}/new-releases")
+        s.backends[BackendId::NewReleases].url = format!("http://{closed}/new-releases")
     })
     .await;
     let body = homepage_with(&app).await;

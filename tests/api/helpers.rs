@@ -163,6 +163,17 @@ impl TestApp {
         r.text().await.unwrap()
     }
 
+    /// The sum of the samples of metric `name` whose labels contain every one of `labels`
+    /// (e.g. `result="error"`), from the admin `/metrics`; 0 when there is none.
+    pub async fn metric_sum(&self, name: &str, labels: &[&str]) -> f64 {
+        let text = self.metrics_text().await;
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .filter(|l| labels.iter().all(|want| l.contains(want)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// The admin listener's `GET /readyz` (every backend's state) as JSON, whatever its status.
     pub async fn readyz(&self) -> Value {
         self.http
@@ -344,5 +355,19 @@ impl TestApp {
             req = req.bearer_auth(t);
         }
         req.send().await.unwrap()
+    }
+}
+
+/// Polls `check` until it holds (every 10 ms, at most 20 s): for what happens in another task or
+/// process, asserted on its outcome rather than on how long it took.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }

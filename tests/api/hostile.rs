@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bff_fixtures::{Backend, FixtureOptions, Fixtures};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use shared::config::Settings;
+use shared::config::{BackendId, Settings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::*;
@@ -30,7 +30,7 @@ fn status_line(answer: &str) -> &str {
 
 /// A route `/api/charts` onto a fixture's top10 service (root `/top10`).
 fn charts_route(s: &mut Settings, url: String) {
-    let mut charts = s.backends.top10.clone();
+    let mut charts = s.backends[BackendId::Top10].clone();
     charts.url = url;
     charts.endpoints.clear();
     charts.timeout = Duration::from_millis(300);
@@ -817,9 +817,9 @@ async fn a_backend_answering_100_mb_is_cut_off_at_its_bound_and_only_its_row_fai
     use std::sync::atomic::Ordering;
     let (base, served) = flooding_backend(100 * 1024 * 1024).await;
     let app = spawn_app_with(web(), |s| {
-        s.backends.top10.url = format!("{base}/top10");
-        s.backends.top10.endpoints.clear();
-        s.backends.top10.max_response_bytes = 256 * 1024;
+        s.backends[BackendId::Top10].url = format!("{base}/top10");
+        s.backends[BackendId::Top10].endpoints.clear();
+        s.backends[BackendId::Top10].max_response_bytes = 256 * 1024;
     })
     .await;
     let body = app.homepage("kind", None).await;

@@ -6,6 +6,7 @@
 mod auth;
 mod cache;
 mod deploy;
+mod docs;
 mod edge;
 mod events;
 mod failures;
@@ -14,6 +15,7 @@ mod helpers;
 mod homepage;
 mod hostile;
 mod http_spec;
+mod l2;
 mod mobile;
 mod mutations;
 mod observability;

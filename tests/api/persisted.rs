@@ -375,7 +375,7 @@ async fn coalescing_off_runs_every_request() {
     assert_eq!(app.metric("bff_graphql_coalesced_total").await, 0.0);
 }
 
-/// The README's allow-list example: a manifest made by `--persisted-manifest` from the repo's
+/// The allow-list example of `docs/edge.md` ("Persisted operations"): a manifest made by `--persisted-manifest` from the repo's
 /// example operations runs every one of them, by hash, on an allow-list BFF.
 #[tokio::test]
 async fn the_repos_example_operations_make_a_manifest_the_allow_list_runs() {

@@ -9,7 +9,8 @@ use bff_fixtures::Backend;
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use shared::config::{
-    Algorithm, Cost, KeyPart, PolicySettings, RateLimitSettings, RouteSettings, Scope, Settings,
+    Algorithm, BackendId, Cost, KeyPart, PolicySettings, RateLimitSettings, RouteSettings, Scope,
+    Settings,
 };
 
 use crate::helpers::{TestApp, codes, spawn_app_with, web};
@@ -174,8 +175,8 @@ async fn a_pass_through_route_answers_a_json_429_and_graphql_is_not_charged() {
     let mut p = policy("charts", 2, &[KeyPart::Ip, KeyPart::Route]);
     p.scope = Scope::Route("/api/charts".into());
     let app = app_with(vec![p], |s| {
-        let mut charts = s.backends.top10.clone();
-        charts.url = s.backends.top10.url.clone();
+        let mut charts = s.backends[BackendId::Top10].clone();
+        charts.url = s.backends[BackendId::Top10].url.clone();
         s.backends.extra.insert("charts".into(), charts);
         s.routes.push(RouteSettings::new("/api/charts", "charts"));
     })

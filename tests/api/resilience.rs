@@ -118,7 +118,7 @@ async fn retries_ride_out_half_the_calls_failing_within_the_retry_budget() {
     // a backend failing half the time. Rows stay up; retries stay within 20% (+ the floor).
     let app = spawn_app_with(web(), |s| {
         s.cache.top10.ttl = Duration::from_millis(1);
-        s.backends.top10.retries = 2;
+        s.backends[BackendId::Top10].retries = 2;
     })
     .await;
     app.fault(Backend::Top10, error_rate(0.5));
@@ -154,7 +154,7 @@ fn app_settings_min_retries() -> u32 {
 async fn the_breaker_opens_fails_fast_and_a_probe_closes_it() {
     let app = spawn_app_with(web(), |s| {
         s.cache.enabled = false;
-        let t = &mut s.backends.top10;
+        let t = &mut s.backends[BackendId::Top10];
         t.retries = 0;
         t.breaker.min_calls = 5;
         t.breaker.failure_ratio = 0.5;
@@ -185,11 +185,14 @@ async fn the_breaker_opens_fails_fast_and_a_probe_closes_it() {
     );
     // The backend recovers; after open_for a probe goes through and successes close the breaker.
     app.fault(Backend::Top10, error_rate(0.0));
-    tokio::time::sleep(Duration::from_millis(350)).await;
-    for _ in 0..2 {
-        let body = app.homepage("kind", None).await;
-        assert!(body.get("errors").is_none(), "{body}");
-    }
+    // Until `open_for` has passed every request fails fast without a call (counted below); the
+    // first to get through is the half-open probe.
+    eventually("a probe goes through", || async {
+        app.homepage("kind", None).await.get("errors").is_none()
+    })
+    .await;
+    let body = app.homepage("kind", None).await;
+    assert!(body.get("errors").is_none(), "{body}");
     let ready: Value = app.readyz().await;
     assert_eq!(ready["backends"]["top10"]["breaker"], "closed", "{ready}");
     assert_eq!(app.control().stats().get(Backend::Top10).calls, calls + 2);
@@ -210,7 +213,7 @@ async fn a_refused_endpoint_is_routed_around_without_client_errors() {
     servers[0].stop().await;
     let app = spawn_app_with(web(), |s| {
         s.cache.enabled = false;
-        s.backends.top10.endpoints = urls.clone();
+        s.backends[BackendId::Top10].endpoints = urls.clone();
     })
     .await;
     for _ in 0..40 {
@@ -243,8 +246,9 @@ async fn least_outstanding_favours_the_faster_endpoint() {
         s.cache.enabled = false;
         // Every client's request is a call of its own (identical ones would share one).
         s.graphql.coalesce = false;
-        s.backends.top10.endpoints = urls.clone();
-        s.backends.top10.balance = shared::upstream::resilience::Strategy::LeastOutstanding;
+        s.backends[BackendId::Top10].endpoints = urls.clone();
+        s.backends[BackendId::Top10].balance =
+            shared::upstream::resilience::Strategy::LeastOutstanding;
         // Eighty identical requests: each must reach the balancer, not share an answer.
         s.graphql.coalesce = false;
     })
@@ -270,7 +274,7 @@ async fn readyz_is_503_while_the_catalog_has_no_usable_endpoint() {
         .local_addr()
         .unwrap();
     let app = spawn_app_with(web(), |s| {
-        s.backends.catalog.url = format!("http://{closed}")
+        s.backends[BackendId::Catalog].url = format!("http://{closed}")
     })
     .await;
     let r = app.http.get(app.url("/readyz")).send().await.unwrap();
@@ -283,14 +287,14 @@ async fn readyz_is_503_while_the_catalog_has_no_usable_endpoint() {
     assert_eq!(app.status_of("/healthz").await, 200);
     // A non-required backend being down does not make the instance unready.
     let app = spawn_app_with(web(), |s| {
-        s.backends.top10.url = format!("http://{closed}/top10")
+        s.backends[BackendId::Top10].url = format!("http://{closed}/top10")
     })
     .await;
     assert_eq!(app.status_of("/readyz").await, 200);
 }
 
 fn with_route(s: &mut Settings, url: String) {
-    let mut charts = s.backends.top10.clone();
+    let mut charts = s.backends[BackendId::Top10].clone();
     charts.url = url;
     charts.endpoints.clear();
     charts.timeout = Duration::from_millis(300);
@@ -443,8 +447,10 @@ async fn shutdown_finishes_every_request_in_flight() {
 async fn a_host_name_endpoint_is_re_resolved_into_one_endpoint_per_address() {
     let app = spawn_app_with(web(), |s| {
         s.cache.enabled = false;
-        s.backends.top10.url = s.backends.top10.url.replace("127.0.0.1", "localhost");
-        s.backends.top10.dns_refresh = Duration::from_millis(50);
+        s.backends[BackendId::Top10].url = s.backends[BackendId::Top10]
+            .url
+            .replace("127.0.0.1", "localhost");
+        s.backends[BackendId::Top10].dns_refresh = Duration::from_millis(50);
     })
     .await;
     // Bounded wait for the first resolution (it runs at start).

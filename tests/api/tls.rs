@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use bff_fixtures::Backend;
 use serde_json::json;
-use shared::config::{ClientAuth, Settings};
+use shared::config::{BackendId, ClientAuth, Settings};
 
 use crate::{helpers::*, pki::*};
 
@@ -173,9 +173,19 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         renewed.der.to_vec(),
         "the renewed certificate is served"
     );
+    assert!(
+        app.metric_sum("bff_tls_reloads_total", &["result=\"ok\""])
+            .await
+            >= 1.0
+    );
     // A broken file is refused and the running certificate kept.
     std::fs::write(&renewed.key, "not a key").unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the broken key is refused", || async {
+        app.metric_sum("bff_tls_reloads_total", &["result=\"error\""])
+            .await
+            >= 1.0
+    })
+    .await;
     assert_eq!(
         presented(app.addr, &pki.ca_file()).await,
         renewed.der.to_vec()
@@ -208,12 +218,12 @@ async fn backends_are_reached_over_https_with_a_custom_ca_and_a_client_certifica
         for b in shared::upstream::BackendId::ALL {
             s.backends.get_mut(b).timeout = Duration::from_secs(2);
         }
-        s.backends.top10.url = format!("https://localhost:{}/top10", rest.port());
-        s.backends.top10.tls.ca_file = Some(pki.ca_file());
-        s.backends.top10.tls.cert_file = Some(bff_cert.cert.clone());
-        s.backends.top10.tls.key_file = Some(bff_cert.key.clone());
-        s.backends.catalog.url = format!("https://localhost:{}", grpc.port());
-        s.backends.catalog.tls.ca_file = Some(pki.ca_file());
+        s.backends[BackendId::Top10].url = format!("https://localhost:{}/top10", rest.port());
+        s.backends[BackendId::Top10].tls.ca_file = Some(pki.ca_file());
+        s.backends[BackendId::Top10].tls.cert_file = Some(bff_cert.cert.clone());
+        s.backends[BackendId::Top10].tls.key_file = Some(bff_cert.key.clone());
+        s.backends[BackendId::Catalog].url = format!("https://localhost:{}", grpc.port());
+        s.backends[BackendId::Catalog].tls.ca_file = Some(pki.ca_file());
     })
     .await;
     let body = app.homepage("kind items { title { id name } }", None).await;
@@ -232,9 +242,9 @@ async fn backends_are_reached_over_https_with_a_custom_ca_and_a_client_certifica
         s.cache.enabled = false;
         s.backends =
             shared::config::BackendsSettings::at(|b| fx.url(shared::demo::fixture_backend(b)));
-        s.backends.top10.url = format!("https://localhost:{}/top10", rest.port());
-        s.backends.top10.tls.ca_file = Some(pki.ca_file());
-        s.backends.top10.retries = 0;
+        s.backends[BackendId::Top10].url = format!("https://localhost:{}/top10", rest.port());
+        s.backends[BackendId::Top10].tls.ca_file = Some(pki.ca_file());
+        s.backends[BackendId::Top10].retries = 0;
     })
     .await;
     let body = app.homepage("kind", None).await;

@@ -128,7 +128,7 @@ impl EventHandler for Invalidator {
             "event subscription resumed; dropping fragments that may have missed an invalidation"
         );
         self.cache
-            .invalidate_stored_before(&DROPPED_AFTER_OUTAGE, SystemTime::now());
+            .invalidate_stored_before(&DROPPED_AFTER_OUTAGE, self.cache.clock().now());
         self.cache.bus_resumed();
     }
 

@@ -1,9 +1,10 @@
 //! Fragment cache: caches the pieces a homepage is built from (a title, a region's top 10, a
 //! user's continue-watching row, …) rather than whole responses, each with its own freshness.
 //!
-//! Owns: fragment kinds and keys ([`FragmentKind`], [`key`]), the tier boundary ([`tier::Tier`];
-//! L1 is an in-process moka cache bounded by bytes, a shared Redis tier can be added behind the same
-//! trait), coalescing of concurrent loads ([`FragmentCache::get_or_load`], [`FragmentCache::titles`]),
+//! Owns: fragment kinds and keys ([`FragmentKind`], [`key`]), the tiers behind one boundary
+//! ([`tier::Tier`]: L1 is an in-process moka cache bounded by bytes; L2, when `cache.l2` is set, a
+//! Redis or Redis Cluster the fleet shares, [`l2`]), the wall clock ages are read from
+//! ([`Clock`]), coalescing of concurrent loads ([`FragmentCache::get_or_load`], [`FragmentCache::titles`]),
 //! stale-while-revalidate and stale-if-error, invalidation for read-your-writes, per-kind counters
 //! ([`stats`]), and the per-request record of which fragments were used ([`CacheLog`]) from which
 //! `Cache-Control` and the `extensions.cache` report are derived, and what a domain event from the
@@ -13,9 +14,11 @@
 //! Safety of per-user fragments rests on the key: it is built from a [`UserId`], which only
 //! `auth` creates from a verified token — no client header can name another user's entry.
 
+mod clock;
 mod fragment;
 pub mod invalidate;
 pub mod key;
+pub mod l2;
 pub mod stats;
 pub mod tier;
 
@@ -33,6 +36,7 @@ use futures::{
     future::{BoxFuture, Shared},
 };
 
+pub use clock::Clock;
 pub use fragment::{Cacheable, Fragment};
 pub use key::{FragmentKey, FragmentKind};
 pub use stats::{CacheStats, KindStats};
@@ -41,7 +45,7 @@ use tier::{MemoryTier, Stored, Tier};
 use crate::{
     config::CacheSettings,
     domain::Title,
-    upstream::{BackendError, BackendId},
+    upstream::{BackendError, BackendId, Deadline},
 };
 
 type LoadResult = Result<Fragment, BackendError>;
@@ -106,10 +110,16 @@ pub struct FragmentCache {
 
 struct Inner {
     settings: CacheSettings,
+    /// The shared tier's counters, when there is one.
+    l2: Option<Arc<l2::L2Stats>>,
+    /// What `stored_at` and ages are read from.
+    clock: Clock,
     tiers: Vec<Arc<dyn Tier>>,
     stats: Arc<CacheStats>,
-    inflight: Mutex<HashMap<String, (u64, InFlight)>>,
-    titles_inflight: Mutex<HashMap<String, TitlesInFlight>>,
+    /// Loads in flight by key: an id, the load, and its deadline (the latest of its waiters').
+    inflight: Mutex<HashMap<String, (u64, InFlight, Deadline)>>,
+    /// Title batches in flight by id, with the batch's deadline.
+    titles_inflight: Mutex<HashMap<String, (TitlesInFlight, Deadline)>>,
     /// When each recently invalidated key was invalidated: loads that started earlier must not
     /// write their (possibly pre-write) answer back.
     invalidated: moka::sync::Cache<String, Instant>,
@@ -134,15 +144,55 @@ const EVENT_KEPT: [FragmentKind; 4] = [
     FragmentKind::ContinueWatching,
 ];
 
+/// How long an entry of a kind with these settings can be served at all: TTL + max-stale.
+pub(crate) fn kept_for(s: &crate::config::KindSettings) -> Duration {
+    s.ttl.saturating_add(s.max_stale)
+}
+
 /// How long an invalidation is remembered; far longer than any backend call may take.
 const INVALIDATION_MEMORY: Duration = Duration::from_secs(120);
 
 impl FragmentCache {
     /// A cache with an L1 memory tier bounded by `settings.max_bytes`.
     pub fn new(settings: CacheSettings) -> Self {
+        Self::with_clock(settings, Clock::default())
+    }
+
+    /// [`Self::new`] reading time from `clock`.
+    pub fn with_clock(settings: CacheSettings, clock: Clock) -> Self {
         let stats = Arc::new(CacheStats::default());
-        let l1: Arc<dyn Tier> = Arc::new(MemoryTier::new(&settings, stats.clone()));
-        Self::with_tiers(settings, vec![l1], stats)
+        let l1: Arc<dyn Tier> = Arc::new(MemoryTier::new(&settings, stats.clone(), clock.clone()));
+        Self::with_tiers(settings, vec![l1], stats, clock)
+    }
+
+    /// The cache `settings` describe: L1, and the shared Redis tier after it when `cache.l2` is
+    /// set (connected lazily: a Redis that is not up yet is an outage, not a failed start).
+    pub fn from_settings(settings: CacheSettings) -> Result<Self, l2::L2Error> {
+        let Some(url) = &settings.l2 else {
+            return Ok(Self::new(settings));
+        };
+        let clock = Clock::default();
+        let stats = Arc::new(CacheStats::default());
+        let l1: Arc<dyn Tier> = Arc::new(MemoryTier::new(&settings, stats.clone(), clock.clone()));
+        let redis = l2::RedisTier::new(
+            l2::L2Options {
+                url: url.expose().to_owned(),
+                cluster: settings.l2_cluster,
+                prefix: settings.l2_prefix.clone(),
+                timeout: settings.l2_timeout,
+                max_entry_bytes: settings.l2_max_entry_bytes,
+                keep: FragmentKind::ALL.map(|k| kept_for(settings.kind(k))),
+            },
+            clock.clone(),
+        )?;
+        let l2_stats = redis.stats().clone();
+        let tiers: Vec<Arc<dyn Tier>> = vec![l1, Arc::new(redis)];
+        Ok(Self::build(settings, tiers, stats, clock, Some(l2_stats)))
+    }
+
+    /// The shared tier's counters (`None` without one).
+    pub fn l2_stats(&self) -> Option<&Arc<l2::L2Stats>> {
+        self.inner.l2.as_ref()
     }
 
     /// A cache over explicit tiers, first = nearest (a shared tier would go after L1).
@@ -150,10 +200,23 @@ impl FragmentCache {
         settings: CacheSettings,
         tiers: Vec<Arc<dyn Tier>>,
         stats: Arc<CacheStats>,
+        clock: Clock,
+    ) -> Self {
+        Self::build(settings, tiers, stats, clock, None)
+    }
+
+    fn build(
+        settings: CacheSettings,
+        tiers: Vec<Arc<dyn Tier>>,
+        stats: Arc<CacheStats>,
+        clock: Clock,
+        l2: Option<Arc<l2::L2Stats>>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 settings,
+                l2,
+                clock,
                 tiers,
                 stats,
                 inflight: Mutex::new(HashMap::new()),
@@ -180,6 +243,11 @@ impl FragmentCache {
     /// Per-kind counters.
     pub fn stats(&self) -> &Arc<CacheStats> {
         &self.inner.stats
+    }
+
+    /// The clock ages are read from.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
     }
 
     /// Settings in force.
@@ -232,7 +300,11 @@ impl FragmentCache {
     async fn lookup(&self, kind: FragmentKind, key: &str) -> Option<Stored> {
         for (i, tier) in self.inner.tiers.iter().enumerate() {
             if let Some(found) = tier.get(key).await {
-                if !self.storable(kind, found.stored_at) {
+                // Past TTL + max-stale it can no longer be served (a tier's own expiry runs on
+                // its own clock, and a shared tier's only approximately).
+                let expired =
+                    found.age(&self.inner.clock) >= kept_for(self.inner.settings.kind(kind));
+                if expired || !self.storable(kind, found.stored_at) {
                     tier.remove(key).await;
                     continue;
                 }
@@ -278,11 +350,13 @@ impl FragmentCache {
     /// The fragment at `key`, from the cache when fresh enough, else from `load`. Concurrent misses
     /// on one key share one load. A fragment past its TTL but within `max_stale` is returned at once
     /// and refreshed in the background (one refresh at a time); if that refresh fails the stale
-    /// value keeps being served until `max_stale` runs out.
+    /// value keeps being served until `max_stale` runs out. `deadline` is the one the caller's
+    /// `load` calls under: a load shared with later callers runs until the latest of theirs.
     pub async fn get_or_load<T, F, Fut>(
         &self,
         key: &FragmentKey,
         log: &CacheLog,
+        deadline: &Deadline,
         load: F,
     ) -> Result<Arc<T>, BackendError>
     where
@@ -309,14 +383,14 @@ impl FragmentCache {
         }
         let k = key.as_str();
         if let Some(found) = self.lookup(kind, k).await {
-            let age = found.age();
+            let age = found.age(&self.inner.clock);
             if let Some(value) = T::from_fragment(&found.fragment) {
                 let used = self.served(kind, age);
                 let stale = used.freshness == Freshness::Stale;
                 if stale && age < ttl {
                     // Stale only because the event subscription is down: refetch now; the
                     // cached value is the answer only if the backend fails too.
-                    match self.load_coalesced(key, "refresh", make).await {
+                    match self.load_coalesced(key, "refresh", deadline, make).await {
                         Ok(fragment) => {
                             if let Some(fresh) = T::from_fragment(&fragment) {
                                 log.record(FragmentUse {
@@ -337,13 +411,13 @@ impl FragmentCache {
                 }
                 log.record(used);
                 if stale {
-                    self.refresh_in_background(key, make);
+                    self.refresh_in_background(key, deadline, make);
                 }
                 return Ok(value);
             }
         }
         self.inner.stats.kind(kind).miss();
-        let fragment = self.load_coalesced(key, "miss", make).await?;
+        let fragment = self.load_coalesced(key, "miss", deadline, make).await?;
         log.record(FragmentUse {
             kind,
             freshness: Freshness::Loaded,
@@ -353,19 +427,22 @@ impl FragmentCache {
         T::from_fragment(&fragment).ok_or_else(|| mismatch(kind))
     }
 
-    /// Joins the load in flight for `key`, or starts one that stores its answer when it succeeds.
+    /// Joins the load in flight for `key` (extending its deadline to the caller's), or starts one
+    /// under `deadline` that stores its answer when it succeeds.
     fn load_coalesced(
         &self,
         key: &FragmentKey,
         reason: &'static str,
+        deadline: &Deadline,
         make: impl FnOnce() -> BoxFuture<'static, LoadResult>,
     ) -> InFlight {
         let mut inflight = match self.inner.inflight.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some((_, running)) = inflight.get(key.as_str()) {
+        if let Some((_, running, shared_deadline)) = inflight.get(key.as_str()) {
             self.inner.stats.kind(key.kind()).coalesced();
+            shared_deadline.extend_to(deadline.get());
             return running.clone();
         }
         let id = self
@@ -373,7 +450,7 @@ impl FragmentCache {
             .next_load_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let started = Instant::now();
-        let started_wall = std::time::SystemTime::now();
+        let started_wall = self.inner.clock.now();
         let cache = self.clone();
         let owned_key = key.clone();
         let load = make();
@@ -389,7 +466,10 @@ impl FragmentCache {
                     || !cache.storable(owned_key.kind(), started_wall);
                 if !stale_by_write {
                     cache
-                        .store(owned_key.as_str(), Stored::now(fragment.clone()))
+                        .store(
+                            owned_key.as_str(),
+                            Stored::now(fragment.clone(), &cache.inner.clock),
+                        )
                         .await;
                 }
             }
@@ -409,13 +489,15 @@ impl FragmentCache {
         }
         .boxed()
         .shared();
-        inflight.insert(key.as_str().to_owned(), (id, fut.clone()));
+        inflight.insert(key.as_str().to_owned(), (id, fut.clone(), deadline.clone()));
         fut
     }
 
     fn finish_load(&self, key: &str, id: u64) {
         if let Ok(mut inflight) = self.inner.inflight.lock()
-            && inflight.get(key).is_some_and(|(running, _)| *running == id)
+            && inflight
+                .get(key)
+                .is_some_and(|(running, _, _)| *running == id)
         {
             inflight.remove(key);
         }
@@ -424,6 +506,7 @@ impl FragmentCache {
     fn refresh_in_background(
         &self,
         key: &FragmentKey,
+        deadline: &Deadline,
         make: impl FnOnce() -> BoxFuture<'static, LoadResult>,
     ) {
         let already = self
@@ -435,7 +518,7 @@ impl FragmentCache {
         if already {
             return;
         }
-        let refresh = self.load_coalesced(key, "refresh", make);
+        let refresh = self.load_coalesced(key, "refresh", deadline, make);
         let kind = key.kind();
         tokio::spawn(async move {
             if let Err(e) = refresh.await {
@@ -478,11 +561,12 @@ impl FragmentCache {
 
     /// Titles by id: cached ones one by one, the rest with ONE `fetch` for the ids nobody is
     /// fetching yet; ids another request is already fetching are awaited, not fetched again.
-    /// Unknown ids are simply absent from the answer.
+    /// Unknown ids are simply absent from the answer. `deadline` as for [`Self::get_or_load`].
     pub async fn titles<F, Fut>(
         &self,
         ids: &[String],
         log: &CacheLog,
+        deadline: &Deadline,
         fetch: F,
     ) -> Result<HashMap<String, Arc<Title>>, BackendError>
     where
@@ -509,11 +593,10 @@ impl FragmentCache {
         let mut oldest: Option<FragmentUse> = None;
         for id in ids {
             let key = FragmentKey::title(id);
-            match self
-                .lookup(kind, key.as_str())
-                .await
-                .and_then(|s| Some((s.age(), <Title as Cacheable>::from_fragment(&s.fragment)?)))
-            {
+            match self.lookup(kind, key.as_str()).await.and_then(|s| {
+                let age = s.age(&self.inner.clock);
+                Some((age, <Title as Cacheable>::from_fragment(&s.fragment)?))
+            }) {
                 Some((age, title)) => {
                     let u = self.served(kind, age);
                     if u.freshness == Freshness::Stale {
@@ -540,7 +623,7 @@ impl FragmentCache {
         if !missing.is_empty() {
             // Our own batch and the batches we joined run concurrently: awaiting them one by one
             // would not even start our fetch until the others had finished.
-            let waits = self.start_or_join_titles(&missing, "miss", fetch.clone());
+            let waits = self.start_or_join_titles(&missing, "miss", deadline, fetch.clone());
             for fetched in futures::future::try_join_all(waits).await? {
                 for id in &missing {
                     if let Some(t) = fetched.get(id) {
@@ -564,7 +647,7 @@ impl FragmentCache {
         if !bus_stale.is_empty() {
             // Stale only because the event subscription is down: refetched now, served stale
             // only if the catalog fails too.
-            let waits = self.start_or_join_titles(&bus_stale, "refresh", fetch.clone());
+            let waits = self.start_or_join_titles(&bus_stale, "refresh", deadline, fetch.clone());
             match futures::future::try_join_all(waits).await {
                 Ok(batches) => {
                     for fetched in batches {
@@ -581,7 +664,7 @@ impl FragmentCache {
             }
         }
         if !stale.is_empty() {
-            let refresh = self.start_or_join_titles(&stale, "refresh", fetch);
+            let refresh = self.start_or_join_titles(&stale, "refresh", deadline, fetch);
             tokio::spawn(async move {
                 for r in refresh {
                     if let Err(e) = r.await {
@@ -602,6 +685,7 @@ impl FragmentCache {
         &self,
         ids: &[String],
         reason: &'static str,
+        deadline: &Deadline,
         fetch: F,
     ) -> Vec<TitlesInFlight>
     where
@@ -617,8 +701,9 @@ impl FragmentCache {
         let mut to_fetch = Vec::new();
         for id in ids {
             match inflight.get(id) {
-                Some(running) => {
+                Some((running, shared_deadline)) => {
                     stats.coalesced();
+                    shared_deadline.extend_to(deadline.get());
                     waits.push(running.clone());
                 }
                 None => to_fetch.push(id.clone()),
@@ -628,7 +713,7 @@ impl FragmentCache {
             let cache = self.clone();
             let batch_ids = to_fetch.clone();
             let started = Instant::now();
-            let started_wall = std::time::SystemTime::now();
+            let started_wall = self.inner.clock.now();
             let fut = async move {
                 let result = fetch(batch_ids.clone()).await.map(Arc::new);
                 if let Ok(titles) = &result {
@@ -642,7 +727,10 @@ impl FragmentCache {
                             || !cache.storable(FragmentKind::Title, started_wall);
                         if !invalidated {
                             cache
-                                .store(key.as_str(), Stored::now(Fragment::Title(title.clone())))
+                                .store(
+                                    key.as_str(),
+                                    Stored::now(Fragment::Title(title.clone()), &cache.inner.clock),
+                                )
                                 .await;
                         }
                     }
@@ -669,7 +757,7 @@ impl FragmentCache {
             .boxed()
             .shared();
             for id in &to_fetch {
-                inflight.insert(id.clone(), fut.clone());
+                inflight.insert(id.clone(), (fut.clone(), deadline.clone()));
             }
             waits.push(fut);
         }

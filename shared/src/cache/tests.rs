@@ -86,7 +86,12 @@ impl Backend {
         n: u32,
     ) -> Result<Arc<Vec<Top10Entry>>, BackendError> {
         cache
-            .get_or_load(key, &CacheLog::default(), self.load(n))
+            .get_or_load(
+                key,
+                &CacheLog::default(),
+                &Deadline::default(),
+                self.load(n),
+            )
             .await
     }
 }
@@ -101,7 +106,9 @@ async fn concurrent_misses_on_one_key_make_one_load() {
     for _ in 0..50 {
         let (cache, key, load) = (cache.clone(), key.clone(), backend.load(10));
         tasks.push(tokio::spawn(async move {
-            cache.get_or_load(&key, &CacheLog::default(), load).await
+            cache
+                .get_or_load(&key, &CacheLog::default(), &Deadline::default(), load)
+                .await
         }));
     }
     // Let every task reach the cache before the one load is allowed to finish.
@@ -119,7 +126,7 @@ async fn concurrent_misses_on_one_key_make_one_load() {
     // Now cached: no further load.
     let log = CacheLog::default();
     cache
-        .get_or_load(&key, &log, backend.load(10))
+        .get_or_load(&key, &log, &Deadline::default(), backend.load(10))
         .await
         .unwrap();
     assert_eq!(backend.calls(), 1);
@@ -137,7 +144,7 @@ async fn stale_entries_are_served_at_once_and_refreshed_once() {
     for _ in 0..5 {
         let log = CacheLog::default();
         let v = cache
-            .get_or_load(&key, &log, backend.load(4))
+            .get_or_load(&key, &log, &Deadline::default(), backend.load(4))
             .await
             .unwrap();
         assert_eq!(
@@ -166,7 +173,7 @@ async fn stale_entries_are_served_at_once_and_refreshed_once() {
     let log = CacheLog::default();
     assert_eq!(
         cache
-            .get_or_load(&key, &log, backend.load(5))
+            .get_or_load(&key, &log, &Deadline::default(), backend.load(5))
             .await
             .unwrap()
             .len(),
@@ -192,7 +199,7 @@ async fn a_failing_backend_is_covered_by_the_stale_entry_until_max_stale() {
         let log = CacheLog::default();
         assert_eq!(
             cache
-                .get_or_load(&key, &log, backend.load(9))
+                .get_or_load(&key, &log, &Deadline::default(), backend.load(9))
                 .await
                 .unwrap()
                 .len(),
@@ -226,7 +233,11 @@ async fn invalidation_beats_a_load_that_started_before_the_write() {
     let key = FragmentKey::top10(&region());
     let early = {
         let (cache, key, load) = (cache.clone(), key.clone(), backend.load(1));
-        tokio::spawn(async move { cache.get_or_load(&key, &CacheLog::default(), load).await })
+        tokio::spawn(async move {
+            cache
+                .get_or_load(&key, &CacheLog::default(), &Deadline::default(), load)
+                .await
+        })
     };
     while backend.calls() < 1 {
         tokio::task::yield_now().await;
@@ -256,11 +267,21 @@ async fn per_user_keys_never_share_entries() {
         }
     };
     let va = cache
-        .get_or_load(&FragmentKey::my_list(&a), &CacheLog::default(), load("a"))
+        .get_or_load(
+            &FragmentKey::my_list(&a),
+            &CacheLog::default(),
+            &Deadline::default(),
+            load("a"),
+        )
         .await
         .unwrap();
     let vb = cache
-        .get_or_load(&FragmentKey::my_list(&b), &CacheLog::default(), load("b"))
+        .get_or_load(
+            &FragmentKey::my_list(&b),
+            &CacheLog::default(),
+            &Deadline::default(),
+            load("b"),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -277,18 +298,23 @@ async fn the_byte_bound_evicts() {
     for i in 0..200 {
         let key = FragmentKey::new_releases(&region(), i);
         cache
-            .get_or_load(&key, &CacheLog::default(), move || {
-                async move { Ok(top10(10)) }.map(|r: Result<Vec<Top10Entry>, BackendError>| {
-                    r.map(|v| {
-                        v.into_iter()
-                            .map(|t| crate::domain::NewRelease {
-                                title_id: t.title_id,
-                                released_at: "2026-11-01T00:00:00Z".into(),
-                            })
-                            .collect::<Vec<_>>()
+            .get_or_load(
+                &key,
+                &CacheLog::default(),
+                &Deadline::default(),
+                move || {
+                    async move { Ok(top10(10)) }.map(|r: Result<Vec<Top10Entry>, BackendError>| {
+                        r.map(|v| {
+                            v.into_iter()
+                                .map(|t| crate::domain::NewRelease {
+                                    title_id: t.title_id,
+                                    released_at: "2026-11-01T00:00:00Z".into(),
+                                })
+                                .collect::<Vec<_>>()
+                        })
                     })
-                })
-            })
+                },
+            )
             .await
             .unwrap();
     }
@@ -329,7 +355,12 @@ async fn titles_fetch_only_missing_ids_and_join_batches_in_flight() {
         let (cache, fetch) = (cache.clone(), fetch.clone());
         tokio::spawn(async move {
             cache
-                .titles(&ids(&["t1", "t2", "t3"]), &CacheLog::default(), fetch)
+                .titles(
+                    &ids(&["t1", "t2", "t3"]),
+                    &CacheLog::default(),
+                    &Deadline::default(),
+                    fetch,
+                )
                 .await
         })
     };
@@ -343,6 +374,7 @@ async fn titles_fetch_only_missing_ids_and_join_batches_in_flight() {
                 .titles(
                     &ids(&["t2", "t3", "t4", "t5", "t404"]),
                     &CacheLog::default(),
+                    &Deadline::default(),
                     fetch,
                 )
                 .await
@@ -361,7 +393,12 @@ async fn titles_fetch_only_missing_ids_and_join_batches_in_flight() {
     );
     // Everything known is cached now: only the unknown id is asked again.
     cache
-        .titles(&ids(&["t1", "t5", "t404"]), &CacheLog::default(), fetch)
+        .titles(
+            &ids(&["t1", "t5", "t404"]),
+            &CacheLog::default(),
+            &Deadline::default(),
+            fetch,
+        )
         .await
         .unwrap();
     assert_eq!(requested.lock().unwrap().last().unwrap(), &ids(&["t404"]));
@@ -396,17 +433,17 @@ async fn dropping_kinds_stored_before_a_time_forgets_older_entries_only() {
         }
     };
     cache
-        .get_or_load(&key, &log, load(calls.clone()))
+        .get_or_load(&key, &log, &Deadline::default(), load(calls.clone()))
         .await
         .unwrap();
     cache
-        .get_or_load(&key, &log, load(calls.clone()))
+        .get_or_load(&key, &log, &Deadline::default(), load(calls.clone()))
         .await
         .unwrap();
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     cache.invalidate_stored_before(&[FragmentKind::Top10], std::time::SystemTime::now());
     cache
-        .get_or_load(&key, &log, load(calls.clone()))
+        .get_or_load(&key, &log, &Deadline::default(), load(calls.clone()))
         .await
         .unwrap();
     assert_eq!(
@@ -415,7 +452,7 @@ async fn dropping_kinds_stored_before_a_time_forgets_older_entries_only() {
         "older entry dropped"
     );
     cache
-        .get_or_load(&key, &log, load(calls.clone()))
+        .get_or_load(&key, &log, &Deadline::default(), load(calls.clone()))
         .await
         .unwrap();
     assert_eq!(
@@ -423,4 +460,104 @@ async fn dropping_kinds_stored_before_a_time_forgets_older_entries_only() {
         2,
         "newer entry kept"
     );
+}
+
+/// A load shared by several requests runs until the latest of their deadlines: requests that
+/// join extend the deadline the load's calls run under (the first caller's), and an earlier one
+/// never shortens it — for single fragments and for title batches alike.
+#[tokio::test]
+async fn a_shared_load_runs_until_the_latest_deadline_of_its_waiters() {
+    let cache = FragmentCache::new(settings(Duration::from_secs(60), Duration::from_secs(60)));
+    let backend = Backend::default();
+    backend.gated.store(true, Ordering::SeqCst);
+    let key = FragmentKey::top10(&region());
+    let now = std::time::Instant::now();
+    let at = move |ms| Some(now + Duration::from_millis(ms));
+    // The first caller's deadline: what its load's backend calls see.
+    let first = Deadline::new(at(100));
+    let started = {
+        let (cache, key, load, first) =
+            (cache.clone(), key.clone(), backend.load(3), first.clone());
+        tokio::spawn(async move {
+            cache
+                .get_or_load(&key, &CacheLog::default(), &first, load)
+                .await
+        })
+    };
+    while backend.calls() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let mut joined = Vec::new();
+    for ms in [5_000, 50, 2_000] {
+        let (cache, key, load) = (cache.clone(), key.clone(), backend.load(3));
+        joined.push(tokio::spawn(async move {
+            cache
+                .get_or_load(&key, &CacheLog::default(), &Deadline::new(at(ms)), load)
+                .await
+        }));
+    }
+    while cache.stats().kind(FragmentKind::Top10).snapshot().coalesced < 3 {
+        tokio::task::yield_now().await;
+    }
+    // The latest of the four (kept to the microsecond), whatever order they joined in.
+    let got = first.get().unwrap();
+    assert!(got >= now + Duration::from_millis(4_999) && got <= now + Duration::from_millis(5_001));
+    backend.gate.notify_waiters();
+    assert_eq!(started.await.unwrap().unwrap().len(), 3);
+    for j in joined {
+        assert_eq!(j.await.unwrap().unwrap().len(), 3);
+    }
+    assert_eq!(backend.calls(), 1);
+
+    // Title batches: a request waiting on another's batch extends that batch's deadline.
+    let batch = Deadline::new(at(100));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let fetch = {
+        let gate = gate.clone();
+        move |ids: Vec<String>| {
+            let gate = gate.clone();
+            async move {
+                let _ = gate.acquire().await;
+                Ok(ids
+                    .iter()
+                    .map(|id| (id.clone(), Arc::new(title(id))))
+                    .collect::<HashMap<_, _>>())
+            }
+        }
+    };
+    let a = {
+        let (cache, fetch, batch) = (cache.clone(), fetch.clone(), batch.clone());
+        tokio::spawn(async move {
+            cache
+                .titles(&["t1".to_owned()], &CacheLog::default(), &batch, fetch)
+                .await
+        })
+    };
+    while cache.stats().kind(FragmentKind::Title).snapshot().misses == 0 {
+        tokio::task::yield_now().await;
+    }
+    let b = {
+        let (cache, fetch) = (cache.clone(), fetch.clone());
+        tokio::spawn(async move {
+            cache
+                .titles(
+                    &["t1".to_owned()],
+                    &CacheLog::default(),
+                    &Deadline::new(None),
+                    fetch,
+                )
+                .await
+        })
+    };
+    while cache.stats().kind(FragmentKind::Title).snapshot().coalesced == 0 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        batch.get(),
+        None,
+        "a waiter without a deadline lets the batch run to its end"
+    );
+    gate.add_permits(10);
+    assert_eq!(a.await.unwrap().unwrap().len(), 1);
+    assert_eq!(b.await.unwrap().unwrap().len(), 1);
 }

@@ -1,7 +1,8 @@
 //! The tier boundary: anything that can hold fragments by key. L1 is [`MemoryTier`] (moka, bounded
 //! by bytes, each entry kept for its kind's TTL + max-stale). A shared tier (Redis) implements the
 //! same trait and goes after L1 in `FragmentCache::with_tiers`; resolvers and composition do not
-//! change. Entries carry a wall-clock `stored_at` because an age must mean the same in every process.
+//! change. Entries carry a wall-clock `stored_at` (from the cache's [`Clock`]) because an age must
+//! mean the same in every process.
 
 use std::{
     sync::Arc,
@@ -11,7 +12,7 @@ use std::{
 use futures::future::BoxFuture;
 use moka::{Expiry, notification::RemovalCause};
 
-use super::{CacheStats, Fragment, FragmentKind};
+use super::{CacheStats, Clock, Fragment, FragmentKind};
 use crate::config::CacheSettings;
 
 /// A fragment with the time it was loaded.
@@ -24,20 +25,17 @@ pub struct Stored {
 }
 
 impl Stored {
-    /// A value loaded just now.
-    pub fn now(fragment: Fragment) -> Self {
+    /// A value loaded now, on `clock`.
+    pub fn now(fragment: Fragment, clock: &Clock) -> Self {
         Self {
             fragment,
-            // Wall-clock, not `Instant`: an age must mean the same in every process sharing a tier.
-            stored_at: SystemTime::now(),
+            stored_at: clock.now(),
         }
     }
 
-    /// How old the value is (zero if the clock went backwards).
-    pub fn age(&self) -> Duration {
-        SystemTime::now()
-            .duration_since(self.stored_at)
-            .unwrap_or(Duration::ZERO)
+    /// How old the value is on `clock` (zero if the clock went backwards).
+    pub fn age(&self, clock: &Clock) -> Duration {
+        clock.since(self.stored_at)
     }
 }
 
@@ -56,7 +54,7 @@ pub trait Tier: Send + Sync {
 }
 
 /// Keeps each entry for its kind's TTL + max-stale: past that it can no longer be served at all.
-struct KeepFor([Duration; 7]);
+struct KeepFor([Duration; 7], Clock);
 
 impl Expiry<String, Stored> for KeepFor {
     fn expire_after_create(
@@ -65,7 +63,7 @@ impl Expiry<String, Stored> for KeepFor {
         value: &Stored,
         _now: std::time::Instant,
     ) -> Option<Duration> {
-        Some(self.0[value.fragment.kind() as usize].saturating_sub(value.age()))
+        Some(self.0[value.fragment.kind() as usize].saturating_sub(value.age(&self.1)))
     }
 
     fn expire_after_update(
@@ -87,16 +85,13 @@ pub struct MemoryTier {
 
 impl MemoryTier {
     /// Bounded by `settings.max_bytes`; counts bytes and evictions into `stats`.
-    pub fn new(settings: &CacheSettings, stats: Arc<CacheStats>) -> Self {
-        let keep = FragmentKind::ALL.map(|k| {
-            let s = settings.kind(k);
-            s.ttl.saturating_add(s.max_stale)
-        });
+    pub fn new(settings: &CacheSettings, stats: Arc<CacheStats>, clock: Clock) -> Self {
+        let keep = FragmentKind::ALL.map(|k| super::kept_for(settings.kind(k)));
         let listener_stats = stats.clone();
         let cache = moka::future::Cache::builder()
             .max_capacity(settings.max_bytes)
             .weigher(|key: &String, value: &Stored| entry_weight(key, value))
-            .expire_after(KeepFor(keep))
+            .expire_after(KeepFor(keep, clock))
             .eviction_listener(move |key: Arc<String>, value: Stored, cause| {
                 let kind = listener_stats.kind(value.fragment.kind());
                 kind.add_bytes(-i64::from(entry_weight(&key, &value)));

@@ -26,7 +26,7 @@ use crate::{
     },
     profile::{ClientProfile, RowKind},
     telemetry::RequestTrace,
-    upstream::{BackendError, BackendId, CallContext, Upstream},
+    upstream::{BackendError, BackendId, CallContext, Deadline, Upstream},
 };
 
 /// One request as composition sees it: who asks, until when, and where fragment use is recorded.
@@ -60,9 +60,11 @@ impl RequestContext {
             .viewer
             .as_ref()
             .filter(|v| user.is_some_and(|u| *u == v.user_id));
+        // A deadline of the call's own: the load it starts may be shared, and extended to the
+        // latest deadline of the requests that join it (see `upstream::Deadline`).
         let mut cx = CallContext::for_subject(
             viewer.map(crate::auth::Viewer::subject),
-            deadline,
+            Deadline::new(deadline),
             self.trace.clone(),
         );
         // A per-user call is only ever made for the viewer; should that change, the user still
@@ -479,9 +481,12 @@ impl Composer {
                     let (up, cx) = (self.upstream.clone(), rq.call(None, deadline));
                     let rows: Arc<Vec<Top10Entry>> = self
                         .cache
-                        .get_or_load(&FragmentKey::top10(&region), log, move || async move {
-                            up.top10(&cx, &region).await
-                        })
+                        .get_or_load(
+                            &FragmentKey::top10(&region),
+                            log,
+                            &cx.deadline.clone(),
+                            move || async move { up.top10(&cx, &region).await },
+                        )
                         .await?;
                     rows.iter()
                         .map(|t| Entry {
@@ -498,6 +503,7 @@ impl Composer {
                         .get_or_load(
                             &FragmentKey::new_releases(&region, limit),
                             log,
+                            &cx.deadline.clone(),
                             move || async move { up.new_releases(&cx, &region, limit).await },
                         )
                         .await?;
@@ -509,7 +515,7 @@ impl Composer {
                     let owner = user.clone();
                     let rows: Arc<Vec<ContinueWatchingEntry>> = self
                         .cache
-                        .get_or_load(&key, log, move || async move {
+                        .get_or_load(&key, log, &cx.deadline.clone(), move || async move {
                             up.continue_watching(&cx, &owner, limit).await
                         })
                         .await?;
@@ -540,7 +546,7 @@ impl Composer {
                     let key = FragmentKey::recommendations(&user, limit);
                     let rows: Arc<Vec<Recommendation>> = self
                         .cache
-                        .get_or_load(&key, log, move || async move {
+                        .get_or_load(&key, log, &cx.deadline.clone(), move || async move {
                             up.recommendations(&cx, &user, limit).await
                         })
                         .await?;
@@ -573,9 +579,10 @@ impl Composer {
             user.clone(),
         );
         let key = FragmentKey::profile(user);
+        let deadline = cx.deadline.clone();
         let load = self
             .cache
-            .get_or_load(&key, &rq.cache_log, move || async move {
+            .get_or_load(&key, &rq.cache_log, &deadline, move || async move {
                 up.profile(&cx, &owned).await
             });
         let p: Arc<Option<Profile>> = within(rq.deadline, BackendId::Profile, load).await?;
@@ -597,6 +604,7 @@ impl Composer {
             .get_or_load(
                 &FragmentKey::my_list(user),
                 &rq.cache_log,
+                &cx.deadline.clone(),
                 move || async move { up.my_list(&cx, &owned).await },
             )
             .await
@@ -644,10 +652,13 @@ impl Composer {
             return Ok(HashMap::new());
         }
         let (up, cx) = (self.upstream.clone(), rq.call(None, rq.deadline));
-        let load = self.cache.titles(ids, &rq.cache_log, move |ids| {
-            let (up, cx) = (up.clone(), cx.clone());
-            async move { up.titles(&cx, &ids).await.map(|b| b.titles) }
-        });
+        let deadline = cx.deadline.clone();
+        let load = self
+            .cache
+            .titles(ids, &rq.cache_log, &deadline, move |ids| {
+                let (up, cx) = (up.clone(), cx.clone());
+                async move { up.titles(&cx, &ids).await.map(|b| b.titles) }
+            });
         within(rq.deadline, BackendId::Catalog, load).await
     }
 

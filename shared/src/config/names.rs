@@ -26,8 +26,11 @@ pub enum BackendId {
 }
 
 impl BackendId {
-    /// All backends.
-    pub const ALL: [BackendId; 7] = [
+    /// How many backends there are.
+    pub const COUNT: usize = 7;
+
+    /// All backends, in declaration order (so `ALL[b.index()] == b`).
+    pub const ALL: [BackendId; Self::COUNT] = [
         Self::Profile,
         Self::ContinueWatching,
         Self::MyList,
@@ -36,6 +39,11 @@ impl BackendId {
         Self::Catalog,
         Self::Recommendations,
     ];
+
+    /// Position in [`BackendId::ALL`], for tables with one entry per backend.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
 
     /// Config/metrics name, e.g. `continue_watching`.
     pub const fn name(self) -> &'static str {

@@ -6,15 +6,20 @@ use std::{fmt, str::FromStr, time::Duration};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::duration;
+use super::{Invalid, duration, invalid};
 
 /// Rate limits (`rate_limits.*`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitSettings {
     /// `"local"` (in-process, per instance) or a `redis://host:port[/db]` URL (one limit shared by
-    /// every instance using that Redis and key prefix).
+    /// every instance using that Redis and key prefix); with `redis_cluster`, one or more seed
+    /// nodes of a Redis Cluster, comma-separated.
     pub store: String,
+    /// The Redis store is a Redis Cluster (`rate_limits.redis_cluster`). Every key then carries
+    /// one hash tag made of `key_prefix` (`bff:rl:` → `{bff:rl}:…`): all rate-limit keys live in
+    /// one slot, so each decision stays one atomic script over keys of one slot.
+    pub redis_cluster: bool,
     /// Longest a Redis decision may take; slower (or Redis down) → the decision is made locally.
     #[serde(with = "duration")]
     pub redis_timeout: Duration,
@@ -42,6 +47,7 @@ impl Default for RateLimitSettings {
     fn default() -> Self {
         Self {
             store: "local".to_owned(),
+            redis_cluster: false,
             redis_timeout: Duration::from_millis(50),
             key_prefix: "bff:rl:".to_owned(),
             max_keys: 100_000,
@@ -259,18 +265,68 @@ impl<'de> Deserialize<'de> for Scope {
 /// (Redis' Lua has only doubles).
 const MAX_UNITS: u64 = 1_000_000_000;
 
-/// Checks the rate-limit settings; `routes` are the configured pass-through prefixes. Errors
-/// are `(key below rate_limits, why)`.
-pub(super) fn validate(s: &RateLimitSettings, routes: &[&str]) -> Result<(), (String, String)> {
+impl RateLimitSettings {
+    /// Checks the store, the bounds and each policy; `routes` are the configured pass-through
+    /// prefixes.
+    pub(super) fn validate(&self, routes: &[&str]) -> Result<(), Invalid> {
+        check(self, routes).map_err(|(key, msg)| invalid(&format!("rate_limits.{key}"), msg))
+    }
+}
+
+/// [`RateLimitSettings::validate`]'s checks; errors are `(key below rate_limits, why)`.
+fn check(s: &RateLimitSettings, routes: &[&str]) -> Result<(), (String, String)> {
     let err = |k: &str, m: String| Err((k.to_owned(), m));
-    if s.store != "local" {
+    if s.redis_cluster {
+        if s.store == "local" {
+            return err(
+                "redis_cluster",
+                "applies to a Redis store: set `store` to the cluster's seed redis:// URLs".into(),
+            );
+        }
+        for node in s.store.split(',').map(str::trim) {
+            match url::Url::parse(node) {
+                Ok(u) if u.scheme() == "redis" && u.host_str().is_some() => {
+                    if !matches!(u.path(), "" | "/" | "/0") {
+                        return err(
+                            "store",
+                            format!("`{node}`: a Redis Cluster has database 0 only"),
+                        );
+                    }
+                }
+                _ => {
+                    return err(
+                        "store",
+                        format!(
+                            "`{node}`: with redis_cluster, seed nodes as redis://host:port URLs, comma-separated"
+                        ),
+                    );
+                }
+            }
+        }
+        // The prefix becomes the hash tag of every key: it must make a tag (something inside
+        // the braces) and hold no brace that would end or start another.
+        if s.key_prefix.contains(['{', '}']) || s.key_prefix.trim_end_matches(':').is_empty() {
+            return err(
+                "key_prefix",
+                format!(
+                    "`{}`: with redis_cluster it becomes every key's hash tag: at least one character besides `:`, and no `{{` or `}}`",
+                    s.key_prefix
+                ),
+            );
+        }
+    } else if s.store != "local" {
         match url::Url::parse(&s.store) {
             Ok(u) if u.scheme() == "redis" && u.host_str().is_some() => {}
             _ => {
+                let hint = if s.store.contains(',') {
+                    " (several seed nodes of a Redis Cluster need redis_cluster = true)"
+                } else {
+                    ""
+                };
                 return err(
                     "store",
                     format!(
-                        "`{}`: must be \"local\" or a redis://host:port URL",
+                        "`{}`: must be \"local\" or a redis://host:port URL{hint}",
                         s.store
                     ),
                 );

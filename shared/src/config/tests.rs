@@ -71,8 +71,11 @@ fn defaults_point_at_the_local_fixture_backends() {
     let (s, _) = load(None, &[]);
     let s = s.unwrap();
     assert_eq!(s.listen, "127.0.0.1:4000".parse::<SocketAddr>().unwrap());
-    assert_eq!(s.backends.top10.url, "http://127.0.0.1:7001/top10");
-    assert_eq!(s.backends.catalog.url, "http://127.0.0.1:7002");
+    assert_eq!(
+        s.backends[BackendId::Top10].url,
+        "http://127.0.0.1:7001/top10"
+    );
+    assert_eq!(s.backends[BackendId::Catalog].url, "http://127.0.0.1:7002");
     assert_eq!(s.server.max_body_bytes, 256 * 1024);
     assert_eq!(s.graphql.max_depth, 12);
     assert!(s.auth.hs256_secret.is_none());
@@ -105,8 +108,14 @@ fn file_then_env_then_flag_override_in_order() {
     };
     let s = Settings::load(&binary(), &opts).unwrap();
     assert_eq!(s.listen, "127.0.0.1:6000".parse::<SocketAddr>().unwrap());
-    assert_eq!(s.backends.top10.url, "http://127.0.0.2:82/top10");
-    assert_eq!(s.backends.top10.timeout, Duration::from_millis(250));
+    assert_eq!(
+        s.backends[BackendId::Top10].url,
+        "http://127.0.0.2:82/top10"
+    );
+    assert_eq!(
+        s.backends[BackendId::Top10].timeout,
+        Duration::from_millis(250)
+    );
     assert_eq!(s.graphql.max_depth, 9);
     // A numeric-looking secret stays text.
     assert_eq!(s.auth.hs256_secret.unwrap().expose(), "1234567890123456");
@@ -196,30 +205,6 @@ fn secrets_never_print() {
     assert!(!s.redacted_toml().contains("super-secret-value-123"));
 }
 
-/// The README's stacked-policies example is a valid config and means what the README says.
-#[test]
-fn the_readme_rate_limit_example_loads() {
-    let readme = include_str!("../../../README.md");
-    let from = readme
-        .find("Per IP for everybody, and per signed-in user")
-        .unwrap();
-    let block = &readme[from..];
-    let start = block.find("```toml\n").unwrap() + "```toml\n".len();
-    let end = start + block[start..].find("```").unwrap();
-    let (s, _) = load(Some(&block[start..end]), &[]);
-    let s = s.unwrap();
-    let r = &s.rate_limits;
-    assert_eq!(r.store, "redis://redis.internal:6379");
-    assert_eq!(r.redis_timeout, Duration::from_millis(50));
-    assert_eq!(r.key_prefix, "bff:rl:");
-    let names: Vec<&str> = r.policies.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["per-ip", "per-user", "user-cost", "writes"]);
-    assert_eq!(r.policies[0].scope, Scope::All);
-    assert_eq!(r.policies[1].effective_burst(), 20);
-    assert!(!r.policies[1].needs_operation());
-    assert!(r.policies[2].needs_operation() && r.policies[3].needs_operation());
-}
-
 #[test]
 fn rate_limit_policies_are_validated_naming_key_and_source() {
     let base = "[[rate_limits.policies]]\nname = \"p\"\nalgorithm = \"token_bucket\"\nlimit = 10\nperiod = \"1s\"\nkey = [\"ip\"]\n";
@@ -269,6 +254,94 @@ fn rate_limit_policies_are_validated_naming_key_and_source() {
         msg.contains("rate_limits.store") && msg.contains("env BFF_RATE_LIMITS__STORE"),
         "{msg}"
     );
+}
+
+#[test]
+fn a_redis_cluster_store_takes_seed_urls_and_a_prefix_that_makes_a_hash_tag() {
+    let cluster = |store: &str, prefix: Option<&str>| {
+        let mut env = vec![
+            ("BFF_RATE_LIMITS__STORE", store),
+            ("BFF_RATE_LIMITS__REDIS_CLUSTER", "true"),
+        ];
+        if let Some(p) = prefix {
+            env.push(("BFF_RATE_LIMITS__KEY_PREFIX", p));
+        }
+        load(None, &env).0
+    };
+    let s = cluster("redis://10.0.0.1:7000, redis://10.0.0.2:7000/0", None).unwrap();
+    assert!(s.rate_limits.redis_cluster);
+    assert_eq!(
+        s.rate_limits.store,
+        "redis://10.0.0.1:7000, redis://10.0.0.2:7000/0"
+    );
+    assert!(cluster("redis://10.0.0.1:7000", Some("fleet-a:rl")).is_ok());
+    let (off, _) = load(None, &[]);
+    assert!(!off.unwrap().rate_limits.redis_cluster, "off by default");
+    for (store, prefix, key, why) in [
+        (
+            "local",
+            None,
+            "rate_limits.redis_cluster",
+            "seed redis:// URLs",
+        ),
+        (
+            "redis://10.0.0.1:7000,http://10.0.0.2:7000",
+            None,
+            "rate_limits.store",
+            "`http://10.0.0.2:7000`: with redis_cluster",
+        ),
+        ("redis://10.0.0.1:7000,", None, "rate_limits.store", "``"),
+        (
+            "redis://10.0.0.1:7000/2",
+            None,
+            "rate_limits.store",
+            "database 0 only",
+        ),
+        (
+            "redis://10.0.0.1:7000",
+            Some("{rl}:"),
+            "rate_limits.key_prefix",
+            "hash tag",
+        ),
+        (
+            "redis://10.0.0.1:7000",
+            Some("::"),
+            "rate_limits.key_prefix",
+            "hash tag",
+        ),
+        (
+            "redis://10.0.0.1:7000",
+            Some(""),
+            "rate_limits.key_prefix",
+            "hash tag",
+        ),
+    ] {
+        let msg = cluster(store, prefix).unwrap_err().to_string();
+        assert!(msg.contains(key), "{store} {prefix:?}: {msg}");
+        assert!(msg.contains(why), "{store} {prefix:?}: {msg}");
+    }
+    // Seed nodes without the flag: refused, saying what is missing.
+    let (r, _) = load(
+        None,
+        &[(
+            "BFF_RATE_LIMITS__STORE",
+            "redis://10.0.0.1:7000,redis://10.0.0.2:7000",
+        )],
+    );
+    let msg = r.unwrap_err().to_string();
+    assert!(
+        msg.contains("rate_limits.store") && msg.contains("need redis_cluster = true"),
+        "{msg}"
+    );
+    // A single server takes any prefix, as before.
+    let (r, _) = load(
+        None,
+        &[
+            ("BFF_RATE_LIMITS__STORE", "redis://10.0.0.1:6379/2"),
+            ("BFF_RATE_LIMITS__KEY_PREFIX", "{rl}"),
+        ],
+    );
+    assert!(r.is_ok(), "{r:?}");
 }
 
 #[test]
@@ -382,26 +455,50 @@ fn edge_bounds_are_validated_naming_the_key() {
     assert_eq!(s.rate_limits.failed_auth.limit, 0);
 }
 
-/// Every TOML example in the README is a config the BFF starts with (a `#` line inside a block
-/// is a comment to TOML too).
+/// `[backends.<name>]` stays one table per backend, named as the backend is: the GraphQL backends
+/// in `BackendId::ALL`'s order (each at its index), then route-only ones; env overrides reach
+/// them by name.
 #[test]
-fn every_toml_example_in_the_readme_loads() {
-    let readme = include_str!("../../../README.md");
-    let mut rest = readme;
-    let mut checked = 0;
-    while let Some(at) = rest.find("```toml\n") {
-        let start = at + "```toml\n".len();
-        let Some(len) = rest[start..].find("```") else {
-            break;
+fn backends_are_one_table_each_by_name_in_toml_and_indexed_by_backend_in_code() {
+    let (s, _) = load(
+        Some(
+            "[backends.images]\nurl = \"http://127.0.0.1:9/images\"\n[[routes]]\nprefix = \"/api/images\"\nbackend = \"images\"\n",
+        ),
+        &[("BFF_BACKENDS__NEW_RELEASES__TIMEOUT", "75ms")],
+    );
+    let s = s.unwrap();
+    for (i, b) in BackendId::ALL.into_iter().enumerate() {
+        assert_eq!(b.index(), i, "{b}");
+        let expected = match b.rest_path() {
+            Some(path) => format!("http://127.0.0.1:7001{path}"),
+            None => "http://127.0.0.1:7002".to_owned(),
         };
-        let block = &rest[start..start + len];
-        let (s, _) = load(Some(block), &[]);
-        assert!(
-            s.is_ok(),
-            "this README example does not load: {s:?}\n{block}"
-        );
-        checked += 1;
-        rest = &rest[start + len..];
+        assert_eq!(s.backends.get(b).url, expected, "{b}");
+        assert_eq!(s.backends.get(b).required, b == BackendId::Catalog, "{b}");
     }
-    assert!(checked >= 3, "found {checked} TOML examples");
+    let timeouts: Vec<(BackendId, Duration)> =
+        s.backends.iter().map(|(b, c)| (b, c.timeout)).collect();
+    assert_eq!(timeouts.len(), 7);
+    for (b, t) in timeouts {
+        let want = if b == BackendId::NewReleases { 75 } else { 500 };
+        assert_eq!(t, Duration::from_millis(want), "{b}");
+    }
+    assert_eq!(s.backends.extra.len(), 1);
+    assert_eq!(s.backends.extra["images"].url, "http://127.0.0.1:9/images");
+
+    let text = s.redacted_toml();
+    let at = |name: &str| {
+        text.find(&format!("\n[backends.{name}]\n"))
+            .unwrap_or_else(|| panic!("no [backends.{name}] in\n{text}"))
+    };
+    let order: Vec<usize> = BackendId::ALL
+        .iter()
+        .map(|b| at(b.name()))
+        .chain([at("images")])
+        .collect();
+    assert!(order.is_sorted(), "{order:?}");
+    // What is printed loads back to the same settings.
+    let (again, _) = load(Some(&text), &[]);
+    let again = again.unwrap();
+    assert_eq!(again.redacted_toml(), text);
 }

@@ -8,7 +8,7 @@
 //! and its result reused wherever it is spread (memoised per fragment), so the work is linear in
 //! the document's size however far it expands; numbers saturate instead of overflowing.
 //!
-//! **The cost model** (README "Limits and the cost model"): every selected field costs 1; a field
+//! **The cost model** (`docs/edge.md`, "Limits and the cost model"): every selected field costs 1; a field
 //! that calls backends costs [`CALL_COST`] more per call it makes (`homepage` makes one per row
 //! plus the profile and the catalog round); a list of objects multiplies the cost of its
 //! sub-selection by its largest size (`rows` by the profile's rows, `items` by its items per

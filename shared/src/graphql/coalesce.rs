@@ -17,8 +17,6 @@ use futures::{
 };
 use parking_lot::Mutex;
 
-use super::http::Answer;
-
 /// Everything an answer depends on. Compared in full (no hash-only key): two requests that
 /// differ must never be able to share.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -35,22 +33,32 @@ pub(crate) struct Key {
     pub(crate) viewer: Option<(String, String, Option<u8>)>,
 }
 
-type Pending = Shared<BoxFuture<'static, Arc<Answer>>>;
+type Pending<A> = Shared<BoxFuture<'static, Arc<A>>>;
 
-/// The executions in flight, by key.
-#[derive(Default)]
-pub(crate) struct Coalescer {
-    inflight: Arc<Mutex<HashMap<Key, Pending>>>,
+/// The executions in flight, by key, each making an answer `A` (the service's; this module
+/// knows only that it is shared).
+pub(crate) struct Coalescer<A> {
+    inflight: Arc<Mutex<HashMap<Key, Pending<A>>>>,
+    /// The answer of an execution that panicked.
+    internal: fn() -> A,
 }
 
-impl Coalescer {
+impl<A: Send + Sync + 'static> Coalescer<A> {
+    /// No execution in flight; a panicking one answers `internal()` to everyone waiting on it.
+    pub(crate) fn new(internal: fn() -> A) -> Self {
+        Self {
+            inflight: Arc::default(),
+            internal,
+        }
+    }
+
     /// The answer for `key`: the one already being made, or a new execution of `run` (spawned).
     /// The flag says whether this request shared another's execution.
     pub(crate) async fn answer(
         &self,
         key: Key,
-        run: impl FnOnce() -> BoxFuture<'static, Answer>,
-    ) -> (Arc<Answer>, bool) {
+        run: impl FnOnce() -> BoxFuture<'static, A>,
+    ) -> (Arc<A>, bool) {
         let (pending, shared) = {
             let mut inflight = self.inflight.lock();
             match inflight.get(&key) {
@@ -64,14 +72,15 @@ impl Coalescer {
                         answer
                     });
                     let (table, forget) = (self.inflight.clone(), key.clone());
-                    let pending: Pending = async move {
+                    let internal = self.internal;
+                    let pending: Pending<A> = async move {
                         match task.await {
                             Ok(answer) => answer,
                             // The execution panicked: everyone waiting gets the internal error,
                             // and the key is free again.
                             Err(_) => {
                                 table.lock().remove(&forget);
-                                Arc::new(Answer::internal())
+                                Arc::new(internal())
                             }
                         }
                     }
@@ -99,7 +108,6 @@ mod tests {
 
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use axum::http::StatusCode;
     use tokio::sync::Notify;
 
     use super::*;
@@ -117,7 +125,11 @@ mod tests {
     }
 
     /// Runs `n` requests of `key`s at once while a gate holds every execution; counts executions.
-    async fn run_all(c: &Arc<Coalescer>, keys: Vec<Key>) -> (usize, usize) {
+    /// What the tests' executions answer (the service's answer type is not needed here).
+    type Answer = &'static str;
+    const INTERNAL: fn() -> Answer = || "internal";
+
+    async fn run_all(c: &Arc<Coalescer<Answer>>, keys: Vec<Key>) -> (usize, usize) {
         let runs = Arc::new(AtomicUsize::new(0));
         let gate = Arc::new(Notify::new());
         let mut tasks = Vec::new();
@@ -128,7 +140,7 @@ mod tests {
                     async move {
                         runs.fetch_add(1, Ordering::SeqCst);
                         gate.notified().await;
-                        Answer::internal()
+                        "answered"
                     }
                     .boxed()
                 })
@@ -145,7 +157,7 @@ mod tests {
         let mut shared = 0;
         for t in tasks {
             let (answer, was_shared) = t.await.unwrap();
-            assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+            assert_eq!(*answer, "answered");
             shared += usize::from(was_shared);
         }
         assert_eq!(runs.load(Ordering::SeqCst), in_flight);
@@ -154,7 +166,7 @@ mod tests {
 
     #[tokio::test]
     async fn identical_requests_share_one_execution_and_different_ones_never() {
-        let c = Arc::new(Coalescer::default());
+        let c = Arc::new(Coalescer::new(INTERNAL));
         let (runs, shared) = run_all(&c, vec![key("{ a }", None); 16]).await;
         assert_eq!((runs, shared), (1, 15));
         assert_eq!(c.in_flight(), 0, "the key is forgotten once answered");
@@ -173,12 +185,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_execution_answers_internal_and_frees_its_key() {
-        let c = Coalescer::default();
+        let c = Coalescer::new(INTERNAL);
         let boom = || -> Answer { panic!("boom") };
         let (answer, _) = c
             .answer(key("{ a }", None), move || async move { boom() }.boxed())
             .await;
-        assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(*answer, "internal");
         assert_eq!(c.in_flight(), 0);
     }
 }

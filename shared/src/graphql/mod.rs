@@ -1,5 +1,5 @@
 //! The GraphQL layer shared by both binaries: the building blocks of each binary's schema
-//! ([`types`]), the spec-compliant GraphQL-over-HTTP handler ([`http`]), and the one place that
+//! ([`types`]), the spec-compliant GraphQL-over-HTTP service ([`service`]), and the one place that
 //! turns any error into a coded, client-safe GraphQL error ([`errors`]).
 //!
 //! A binary brings its own title type (implementing [`TitleView`]) and its homepage object; rows,
@@ -12,21 +12,21 @@
 
 pub mod analysis;
 mod coalesce;
+mod direct;
 mod documents;
 pub(crate) mod errors;
 pub mod fields;
-pub(crate) mod http;
-mod inline;
-mod json;
 pub mod persisted;
-mod render;
+pub(crate) mod service;
 pub mod types;
 
 use std::sync::Arc;
 
+pub use direct::{
+    FieldOut, Inline, InlineList, RenderFields, RenderJson, Rendered, RenderedList, ScalarFields,
+    Scalars,
+};
 pub use fields::FromField;
-pub use inline::{Inline, InlineList, ScalarFields, Scalars};
-pub use render::{FieldOut, RenderFields, RenderJson, Rendered, RenderedList};
 
 use async_graphql::{
     ObjectType, Schema, SchemaBuilder, ServerResult, SubscriptionType,
@@ -49,7 +49,7 @@ use crate::{
 /// A GraphQL response as the HTTP handler writes it (`data`, then `errors` and `extensions` when
 /// present), including values [`Rendered`] wrote: `serde_json` cannot print those.
 pub fn response_json(response: &async_graphql::Response) -> serde_json::Result<Vec<u8>> {
-    http::response_bytes(response)
+    service::response_bytes(response)
 }
 
 /// The `path` of every error of a response (test support for the resolver modules).

@@ -466,10 +466,11 @@ mod tests {
                 .sum();
             most = most.max(alive);
         }
-        // Within the budget plus the one registration being decided (moka frees a candidate
-        // it does not admit a moment later); without evicting at once, ~16 MB.
+        // Within the budget plus the registrations being decided (moka frees a candidate it does
+        // not admit a moment later; on a loaded machine a second one was seen still pending, so
+        // two are allowed); without evicting at once, ~16 MB.
         assert!(
-            most as u64 <= s.apq_cache_bytes + 128 * 1024,
+            most as u64 <= s.apq_cache_bytes + 2 * 128 * 1024,
             "{most} bytes of registered queries alive at most"
         );
     }

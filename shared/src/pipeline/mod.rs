@@ -12,7 +12,7 @@
 //! 8. [`ratelimit`]: the policies that need only the client (address, subject, binary,
 //!    route) → `429`; the GraphQL service decides those needing the operation after its
 //!    analysis, through the same stage;
-//! 9. the GraphQL service (`graphql::http`) or a pass-through route (`proxy`, which adds its own
+//! 9. the GraphQL service (`graphql::service`) or a pass-through route (`proxy`, which adds its own
 //!    client-address rules and identity requirements).
 //!
 //! Stages 2–5 wrap the whole public router ([`Edge::around_app`]); 6–8 wrap each group of routes

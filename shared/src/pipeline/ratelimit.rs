@@ -4,10 +4,9 @@
 //! on pass-through routes) and `Retry-After`, and puts `RateLimit-Policy` / `RateLimit` on every
 //! answer a policy applied to.
 //!
-//! Policies that need the operation are decided by the GraphQL service after its analysis
-//! ([`after_analysis`]). The stage hands that check its request's subject, and collects its
-//! decisions for the headers, through a task-local: the service's handlers run inside this
-//! stage's future, and their signatures stay the GraphQL layer's own.
+//! Policies that need the operation are decided by the GraphQL service after its analysis: the
+//! stage puts a [`LateLimits`] (the request's subject and the limiter) on the request as an
+//! extension, the service asks it, and the stage adds what it decided to the answer's headers.
 
 use std::sync::Arc;
 
@@ -17,13 +16,12 @@ use axum::{
     middleware::Next,
     response::Response,
 };
-use parking_lot::Mutex;
 
 use super::client_addr::ClientAddr;
 use crate::{
     auth::Identity,
     error::ErrorCode,
-    ratelimit::{Operation, Outcome, RateLimiter, Subject, Target},
+    ratelimit::{LateLimits, Outcome, RateLimiter, Subject, Target},
     refusal::stage_refusal,
 };
 
@@ -34,19 +32,12 @@ pub(crate) struct RateLimit {
     pub(crate) target: Target,
 }
 
-/// What the after-analysis check needs, and what it decided.
-struct Late {
-    limiter: Arc<RateLimiter>,
-    subject: Subject,
-    decided: Mutex<Outcome>,
-}
-
-tokio::task_local! {
-    static LATE: Arc<Late>;
-}
-
 /// The middleware.
-pub(crate) async fn limit(State(stage): State<RateLimit>, req: Request, next: Next) -> Response {
+pub(crate) async fn limit(
+    State(stage): State<RateLimit>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let graphql = stage.target == Target::Graphql;
     // The client-address stage runs first on every request; without it (an in-process router)
     // the request is from nowhere in particular, never from a forwarded header.
@@ -82,14 +73,11 @@ pub(crate) async fn limit(State(stage): State<RateLimit>, req: Request, next: Ne
         early.apply(resp.headers_mut());
         return resp;
     }
-    let late = Arc::new(Late {
-        limiter: stage.limiter.clone(),
-        subject,
-        decided: Mutex::new(Outcome::default()),
-    });
-    let mut resp = LATE.scope(late.clone(), next.run(req)).await;
+    let late = Arc::new(LateLimits::new(stage.limiter.clone(), subject));
+    req.extensions_mut().insert(late.clone());
+    let mut resp = next.run(req).await;
     let mut all = early;
-    all.extend(std::mem::take(&mut *late.decided.lock()));
+    all.extend(late.take_decided());
     all.apply(resp.headers_mut());
     resp
 }
@@ -102,40 +90,4 @@ fn refusal(graphql: bool, headers: &http::HeaderMap, outcome: &Outcome) -> Respo
         ErrorCode::RateLimited,
         &outcome.message(),
     )
-}
-
-/// One more operation of a batch, charged to the policies that need only the client: the stage
-/// charged the HTTP request (the batch's first operation) before the body was read; each further
-/// operation is charged here, once the body shows how many there are, so a batch of `n` costs
-/// what `n` requests sent alone would. `Some(message)` when a policy refuses this operation
-/// (nothing is charged for it then). `None` outside the stage (no policies configured).
-pub(crate) async fn batched_operation() -> Option<String> {
-    let late = LATE.try_with(Arc::clone).ok()?;
-    let outcome = late.limiter.check_early(&late.subject).await;
-    if outcome.is_empty() {
-        return None;
-    }
-    let refused = (!outcome.allowed()).then(|| outcome.message());
-    if let Some(msg) = &refused {
-        tracing::info!(client_address = %late.subject.ip, "batched operation refused by a rate limit: {msg}");
-    }
-    late.decided.lock().extend(outcome);
-    refused
-}
-
-/// The policies that need the operation, decided once the GraphQL service has measured it:
-/// `Some(message)` when one refuses (the service answers `429 RATE_LIMITED`; this stage adds
-/// the headers). `None` outside the stage (no policies configured).
-pub(crate) async fn after_analysis(op: Operation<'_>) -> Option<String> {
-    let late = LATE.try_with(Arc::clone).ok()?;
-    let outcome = late.limiter.check_late(&late.subject, op).await;
-    if outcome.is_empty() {
-        return None;
-    }
-    let refused = (!outcome.allowed()).then(|| outcome.message());
-    if let Some(msg) = &refused {
-        tracing::info!(client_address = %late.subject.ip, operation = op.name.unwrap_or("anonymous"), "operation refused by a rate limit: {msg}");
-    }
-    late.decided.lock().extend(outcome);
-    refused
 }

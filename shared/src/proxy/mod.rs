@@ -175,7 +175,7 @@ async fn proxy(route: &Route, req: Request) -> Response {
     // client's to pass through.
     for h in [
         header::AUTHORIZATION.as_str(),
-        crate::upstream::rest::USER_ID_HEADER,
+        crate::upstream::USER_ID_HEADER,
         crate::upstream::SCOPES_HEADER,
         crate::telemetry::trace::TRACEPARENT,
         crate::telemetry::trace::TRACESTATE,
@@ -208,7 +208,7 @@ async fn proxy(route: &Route, req: Request) -> Response {
     let body = Mutex::new(Some(body));
     let cx = CallContext::for_subject(
         viewer.as_deref().map(crate::auth::Viewer::subject),
-        None,
+        crate::upstream::Deadline::default(),
         crate::telemetry::current(),
     );
     let method = parts.method.clone();
@@ -222,22 +222,27 @@ async fn proxy(route: &Route, req: Request) -> Response {
     let sent = route
         .backend
         .policy
-        .call_excused(kind, None, client_at_fault, |ep, _| {
-            let mut req = route
-                .backend
-                .request(&ep, &cx, method.clone(), &path)
-                .headers(headers.clone());
-            if let Some(b) = body.lock().ok().and_then(|mut b| b.take()) {
-                req = req.body(reqwest::Body::wrap_stream(b.into_data_stream()));
-            }
-            async move {
-                let resp = req.send().await.map_err(|e| transport(&e))?;
-                if resp.status().is_server_error() {
-                    return Err(Failure::Unavailable(resp.status().as_u16().to_string()));
+        .call_excused(
+            kind,
+            &crate::upstream::Deadline::default(),
+            client_at_fault,
+            |ep, _| {
+                let mut req = route
+                    .backend
+                    .request(&ep, &cx, method.clone(), &path)
+                    .headers(headers.clone());
+                if let Some(b) = body.lock().ok().and_then(|mut b| b.take()) {
+                    req = req.body(reqwest::Body::wrap_stream(b.into_data_stream()));
                 }
-                Ok(resp)
-            }
-        })
+                async move {
+                    let resp = req.send().await.map_err(|e| transport(&e))?;
+                    if resp.status().is_server_error() {
+                        return Err(Failure::Unavailable(resp.status().as_u16().to_string()));
+                    }
+                    Ok(resp)
+                }
+            },
+        )
         .await;
     let resp = match sent {
         Ok(r) => r,

@@ -4,9 +4,9 @@
 //!
 //! Owns deciding; it does not own where in the request's walk it happens: the pipeline stage
 //! (`crate::pipeline::ratelimit`) runs the policies that need only the client (its address, its
-//! verified subject, the binary, the route) before anything is parsed, and the GraphQL service
-//! calls back after its analysis for the policies that need the operation (its name, its cost,
-//! whether it is a mutation).
+//! verified subject, the binary, the route) before anything is parsed, and hands the GraphQL
+//! service a [`LateLimits`] for the policies that need the operation (its name, its cost,
+//! whether it is a mutation), decided after its analysis.
 //!
 //! # Stacking
 //! All policies of one stage are decided together and atomically (one lock set locally, one
@@ -15,10 +15,11 @@
 //! received, read and parsed, which is what the early (per-client) policies protect.
 //!
 //! Layout: [`algorithm`] (the four algorithms, pure), [`local`] (moka-bounded keys), [`redis`]
-//! (Lua scripts, fallback), [`error`].
+//! (Lua scripts, fallback), `late` (a request's after-analysis checks), [`error`].
 
 pub(crate) mod algorithm;
 pub mod error;
+mod late;
 pub(crate) mod local;
 pub(crate) mod redis;
 #[cfg(test)]
@@ -39,6 +40,7 @@ use http::{HeaderMap, HeaderValue};
 
 pub use algorithm::Verdict;
 pub use error::RateLimitError;
+pub use late::LateLimits;
 
 use crate::{
     config::{Algorithm, Cost, KeyPart, PolicySettings, RateLimitSettings, Scope},
@@ -470,6 +472,7 @@ fn store(
             redis::RedisOptions {
                 timeout: settings.redis_timeout,
                 prefix: settings.key_prefix.clone(),
+                cluster: settings.redis_cluster,
                 time: redis::TimeSource::Server,
                 retry_after_failure: redis::RETRY_AFTER_FAILURE,
             },

@@ -11,9 +11,17 @@
 //! `RETRY_AFTER_FAILURE`, by one request at a time, so an outage costs requests no waiting.
 //! While the fleet is on local fallback every instance enforces each limit on its own.
 //!
-//! Keys: `<prefix><policy>|<parts>`; window algorithms add `:<window number>`. The script builds
-//! those window keys itself, which a Redis Cluster would refuse (keys must be declared): this
-//! store is for a single Redis (with replicas).
+//! Keys: `<prefix><policy>|<parts>`, one per check, holding the check's whole state (a window
+//! algorithm keeps the window's number beside its count, as the in-process store does), so the
+//! script touches exactly the keys it is given in `KEYS` — which a Redis Cluster requires: a
+//! script reaching a key it was not given works on a stable cluster but fails, unretryably,
+//! while its slot migrates (checked against a real cluster).
+//!
+//! On a Redis Cluster (`rate_limits.redis_cluster`) the prefix is a hash tag (`bff:rl:` →
+//! `{bff:rl}:`, [`cluster_prefix`]): every rate-limit key hashes to one slot, so a decision over
+//! several policies is still one script, atomic, on the master serving that slot. The price: the
+//! rate-limit keys do not spread over the cluster's masters (a replica keeps them available).
+//! Routing, `MOVED` and `ASK` are redis-rs' (`crate::redis_conn`).
 
 use std::{
     sync::Arc,
@@ -22,10 +30,9 @@ use std::{
 
 use futures::future::BoxFuture;
 use parking_lot::{Mutex, RwLock};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{Check, Clock, Store, algorithm::Verdict, error::RateLimitError, local::LocalStore};
-use crate::{config::Algorithm, telemetry::metrics::Metrics};
+use crate::{config::Algorithm, redis_conn::RedisConn, telemetry::metrics::Metrics};
 
 /// How long after a failed decision Redis is left alone before one request tries it again.
 pub(crate) const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(500);
@@ -43,13 +50,19 @@ pub(crate) enum TimeSource {
 /// How the store talks to Redis.
 pub(crate) struct RedisOptions {
     pub(crate) timeout: Duration,
+    /// `rate_limits.key_prefix` as configured.
     pub(crate) prefix: String,
+    /// The URL is a Redis Cluster's seed nodes, comma-separated.
+    pub(crate) cluster: bool,
     pub(crate) time: TimeSource,
     pub(crate) retry_after_failure: Duration,
 }
 
 /// The script. ARGV: now (µs, or "" for Redis TIME), the number of checks, then per check:
-/// algorithm, limit, period (µs), burst, cost. KEYS: one base key per check. Returns per check:
+/// algorithm, limit, period (µs), burst, cost. KEYS: one key per check, the only keys it touches
+/// (each holds its check's whole state: `t`/`at` of a token bucket as a hash, a leaky bucket's
+/// TAT as a string, a window's number `w` with its count `c` and — sliding — the previous
+/// window's `p` as a hash, as `super::algorithm::State` has them). Returns per check:
 /// allowed (0/1), remaining, reset (µs), retry (µs). Numbers are written back with `%.17g` so a
 /// stored double reads back as the same double.
 const SCRIPT: &str = r#"
@@ -112,24 +125,31 @@ for i = 1, n do
     end
   elseif alg == 'fw' then
     local w = math.floor(now / per)
-    local wk = key .. ':' .. string.format('%d', w)
-    local count = tonumber(redis.call('GET', wk) or '0')
+    local st = redis.call('HMGET', key, 'w', 'c')
+    local count = 0
+    if st[1] and tonumber(st[1]) == w then count = tonumber(st[2] or '0') end
     local r = (w + 1) * per - now
     reset = cl(r)
     if c > l then
       rem = fl(l - count); wait = per
     elseif count + c <= l then
       ok = true; rem = fl(l - count - c)
-      writes[#writes + 1] = {'fw', wk, c, r}
+      writes[#writes + 1] = {'win', key, w, count + c, 0, r}
     else
       rem = fl(l - count); wait = r
     end
   else
     local w = math.floor(now / per)
-    local ck = key .. ':' .. string.format('%d', w)
-    local pk = key .. ':' .. string.format('%d', w - 1)
-    local curr = tonumber(redis.call('GET', ck) or '0')
-    local prev = tonumber(redis.call('GET', pk) or '0')
+    local st = redis.call('HMGET', key, 'w', 'c', 'p')
+    local curr, prev = 0, 0
+    if st[1] then
+      local seen = tonumber(st[1])
+      if seen == w then
+        curr = tonumber(st[2] or '0'); prev = tonumber(st[3] or '0')
+      elseif seen == w - 1 then
+        prev = tonumber(st[2] or '0')
+      end
+    end
     local elapsed = now - w * per
     local estimate = prev * ((per - elapsed) / per) + curr
     local r = per - elapsed
@@ -138,7 +158,7 @@ for i = 1, n do
       rem = fl(l - estimate); wait = per
     elseif estimate + c <= l then
       ok = true; rem = fl(l - estimate - c)
-      writes[#writes + 1] = {'sw', ck, c, per + r}
+      writes[#writes + 1] = {'win', key, w, curr + c, prev, per + r}
     else
       rem = fl(l - estimate)
       if curr + c <= l then
@@ -166,8 +186,8 @@ if all then
     elseif w[1] == 'lb' then
       redis.call('SET', w[2], num(w[3]), 'PX', ms(w[4]))
     else
-      redis.call('INCRBY', w[2], w[3])
-      redis.call('PEXPIRE', w[2], ms(w[4]))
+      redis.call('HSET', w[2], 'w', string.format('%d', w[3]), 'c', num(w[4]), 'p', num(w[5]))
+      redis.call('PEXPIRE', w[2], ms(w[6]))
     end
   end
 end
@@ -182,31 +202,44 @@ struct Health {
     probing: bool,
 }
 
+/// The prefix of every key on a Redis Cluster: `prefix` made a hash tag, its trailing `:` left
+/// outside (`bff:rl:` → `{bff:rl}:`). Redis hashes only what is between a key's first `{` and the
+/// next `}`; every key starts with this one and no key part can hold a brace (they are kept only
+/// when made of `A-Za-z0-9_-.:/@`), so every rate-limit key is in the tag's slot. The settings
+/// refuse a prefix that would make an empty tag or hold a brace.
+pub(crate) fn cluster_prefix(prefix: &str) -> String {
+    let tag = prefix.trim_end_matches(':');
+    format!("{{{tag}}}{}", &prefix[tag.len()..])
+}
+
 /// The Redis store, with the in-process one as its fallback.
 pub(crate) struct RedisStore {
-    client: redis::Client,
-    config: ConnectionManagerConfig,
     /// Replaced with a fresh one when an outage starts: a connection that stopped answering
     /// (no error, just silence) would otherwise be kept forever.
-    conn: RwLock<ConnectionManager>,
+    conn: RwLock<RedisConn>,
     script: redis::Script,
+    /// What every key starts with (the configured prefix, a hash tag on a cluster).
+    key_prefix: String,
     opts: RedisOptions,
     local: LocalStore,
     health: Mutex<Health>,
     metrics: Option<Arc<Metrics>>,
 }
 
-/// A Redis URL without its password, for messages.
-fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
+/// A Redis URL (or a cluster's comma-separated seed URLs) without passwords, for messages.
+fn redacted(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| match url::Url::parse(url.trim()) {
+            Ok(mut u) => {
+                if u.password().is_some() {
+                    let _ = u.set_password(Some("***"));
+                }
+                u.to_string()
             }
-            u.to_string()
-        }
-        Err(_) => "<unparsable URL>".to_owned(),
-    }
+            Err(_) => "<unparsable URL>".to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl RedisStore {
@@ -216,22 +249,22 @@ impl RedisStore {
         local: LocalStore,
         metrics: Option<Arc<Metrics>>,
     ) -> Result<Self, RateLimitError> {
-        let client = redis::Client::open(url).map_err(|source| RateLimitError::RedisUrl {
-            url: redacted(url),
-            source,
+        // While Redis is away the fallback decides, and the next probe reconnects.
+        let conn = RedisConn::new(url, opts.cluster, opts.timeout).map_err(|source| {
+            RateLimitError::RedisUrl {
+                url: redacted(url),
+                source,
+            }
         })?;
-        // One quick reconnection attempt: while Redis is away the fallback decides, and the
-        // next probe reconnects.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(opts.timeout.max(Duration::from_millis(250))))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(100));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+        let key_prefix = if opts.cluster {
+            cluster_prefix(&opts.prefix)
+        } else {
+            opts.prefix.clone()
+        };
         Ok(Self {
-            client,
-            config,
             conn: RwLock::new(conn),
             script: redis::Script::new(SCRIPT),
+            key_prefix,
             opts,
             local,
             health: Mutex::new(Health::default()),
@@ -261,15 +294,15 @@ impl RedisStore {
                 Algorithm::FixedWindow => "fw",
                 Algorithm::SlidingWindow => "sw",
             };
-            inv.key(format!("{}{}", self.opts.prefix, c.key));
+            inv.key(format!("{}{}", self.key_prefix, c.key));
             inv.arg(alg)
                 .arg(p.limit)
                 .arg(p.period_us)
                 .arg(p.burst)
                 .arg(c.cost);
         }
-        let mut conn = self.conn.read().clone();
-        let reply: Vec<i64> = tokio::time::timeout(self.opts.timeout, inv.invoke_async(&mut conn))
+        let conn = self.conn.read().clone();
+        let reply: Vec<i64> = tokio::time::timeout(self.opts.timeout, conn.invoke(&inv))
             .await
             .map_err(|_| RateLimitError::Timeout(self.opts.timeout))??;
         if reply.len() != checks.len() * 4 {
@@ -321,7 +354,8 @@ impl RedisStore {
         h.probing = false;
         h.retry_at = Some(Instant::now() + self.opts.retry_after_failure);
         drop(h);
-        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
+        let renewed = self.conn.read().renewed();
+        match renewed {
             Ok(fresh) => *self.conn.write() = fresh,
             Err(e) => tracing::debug!(error = %e, "rate limits: cannot renew the Redis connection"),
         }

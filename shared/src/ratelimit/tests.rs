@@ -1,6 +1,10 @@
 //! The algorithms with a hand-moved clock (exact counts and burst shapes), concurrency on one
 //! key, stacking, the local store's bound, keys, and the Redis store against the real server
-//! at 127.0.0.1:6379 (unique key prefixes; outages through a TCP proxy the test controls).
+//! at 127.0.0.1:6379 (unique key prefixes; outages through a TCP proxy the test controls) and
+//! against a three-master Redis Cluster each such test starts of its own (from the machine's
+//! `redis-server`, on free ports): the same decisions, atomic stacking, a limit shared by two
+//! instances, windows rolling over, every key in the prefix tag's slot, a slot moved while
+//! decisions keep coming, and a cluster gone.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
@@ -17,11 +21,16 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
+use bff_fixtures::redis_cluster::RedisCluster;
+
 use super::{
-    redis::{RedisOptions, RedisStore, TimeSource},
+    redis::{RedisOptions, RedisStore, TimeSource, cluster_prefix},
     *,
 };
-use crate::config::{Algorithm, Cost, KeyPart, PolicySettings, RateLimitSettings, Scope};
+use crate::{
+    config::{Algorithm, Cost, KeyPart, PolicySettings, RateLimitSettings, Scope},
+    redis_conn::RedisConn,
+};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 /// Some time in 2026, on a whole hour (windows of a second, a minute, an hour line up with it).
@@ -374,6 +383,96 @@ fn require_redis() {
     );
 }
 
+/// What the Redis tests run against: the machine's server, or a three-master Redis Cluster of
+/// the test's own (stopped when dropped).
+struct Redis {
+    url: String,
+    cluster: Option<RedisCluster>,
+}
+
+impl Redis {
+    fn single() -> Self {
+        require_redis();
+        Self {
+            url: REDIS.into(),
+            cluster: None,
+        }
+    }
+
+    fn cluster() -> Self {
+        let cluster = RedisCluster::start().expect("a Redis Cluster of the test's own");
+        Self {
+            url: cluster.url(),
+            cluster: Some(cluster),
+        }
+    }
+
+    fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// The limiter settings of `policies` with this Redis as the store.
+    fn settings(&self, prefix: &str, policies: Vec<PolicySettings>) -> RateLimitSettings {
+        let mut s = settings(policies);
+        s.store.clone_from(&self.url);
+        s.redis_cluster = self.is_cluster();
+        s.key_prefix = prefix.to_owned();
+        s.redis_timeout = Duration::from_secs(2);
+        s
+    }
+
+    /// A store on this Redis, deciding at `time`.
+    fn store(
+        &self,
+        prefix: &str,
+        policies: &[Arc<Policy>],
+        time: TimeSource,
+        metrics: Option<Arc<Metrics>>,
+    ) -> RedisStore {
+        store_at(
+            &self.url,
+            self.is_cluster(),
+            prefix,
+            policies,
+            time,
+            metrics,
+        )
+    }
+
+    /// A connection of the test's own, to read what the stores wrote.
+    fn conn(&self) -> RedisConn {
+        RedisConn::new(&self.url, self.is_cluster(), Duration::from_secs(2)).unwrap()
+    }
+
+    /// The Redis key the store writes for `key` under `prefix`.
+    fn key(&self, prefix: &str, key: &str) -> String {
+        if self.is_cluster() {
+            format!("{}{key}", cluster_prefix(prefix))
+        } else {
+            format!("{prefix}{key}")
+        }
+    }
+
+    /// Every key the stores wrote under `prefix` (on a cluster, from every master), sorted.
+    async fn keys(&self, prefix: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .conn()
+            .query(::redis::cmd("KEYS").arg(format!("{}*", self.key(prefix, ""))))
+            .await
+            .unwrap();
+        keys.sort();
+        keys
+    }
+
+    /// A field of the hash at `key` (a window's `w` or `c`).
+    async fn field(&self, key: &str, field: &str) -> Option<i64> {
+        self.conn()
+            .query(::redis::cmd("HGET").arg(key).arg(field))
+            .await
+            .unwrap()
+    }
+}
+
 fn redis_store(
     url: &str,
     prefix: &str,
@@ -384,6 +483,17 @@ fn redis_store(
     if url == REDIS {
         require_redis();
     }
+    store_at(url, false, prefix, policies, time, metrics)
+}
+
+fn store_at(
+    url: &str,
+    cluster: bool,
+    prefix: &str,
+    policies: &[Arc<Policy>],
+    time: TimeSource,
+    metrics: Option<Arc<Metrics>>,
+) -> RedisStore {
     let local = local::LocalStore::new(policies, 1_000, Arc::new(SystemClock::default()));
     RedisStore::new(
         url,
@@ -391,6 +501,7 @@ fn redis_store(
             // Generous: a debug build on a busy machine; the outage test sets its own.
             timeout: Duration::from_secs(2),
             prefix: prefix.to_owned(),
+            cluster,
             time,
             retry_after_failure: Duration::ZERO,
         },
@@ -402,6 +513,15 @@ fn redis_store(
 
 #[tokio::test]
 async fn redis_scripts_decide_exactly_as_the_local_store_for_the_same_sequence() {
+    decides_exactly_as_the_local_store(&Redis::single()).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_scripts_decide_exactly_as_the_local_store_for_the_same_sequence() {
+    decides_exactly_as_the_local_store(&Redis::cluster()).await;
+}
+
+async fn decides_exactly_as_the_local_store(redis: &Redis) {
     for (i, algorithm) in [
         Algorithm::TokenBucket,
         Algorithm::LeakyBucket,
@@ -423,8 +543,7 @@ async fn redis_scripts_decide_exactly_as_the_local_store_for_the_same_sequence()
         let p = Arc::new(Policy::new(&s));
         let clock = Arc::new(ManualClock::at(T0 + 123_457));
         let local = local::LocalStore::new(std::slice::from_ref(&p), 100, clock.clone());
-        let remote = redis_store(
-            REDIS,
+        let remote = redis.store(
             &unique_prefix("eq"),
             std::slice::from_ref(&p),
             TimeSource::Client(clock.clone()),
@@ -459,16 +578,24 @@ async fn redis_scripts_decide_exactly_as_the_local_store_for_the_same_sequence()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_limiters_sharing_a_redis_prefix_share_one_limit() {
-    let prefix = unique_prefix("fleet");
-    let mut s = settings(vec![policy(
-        "fleet",
-        Algorithm::FixedWindow,
-        25,
-        Duration::from_secs(3600),
-    )]);
-    s.store = REDIS.into();
-    s.key_prefix = prefix;
-    s.redis_timeout = Duration::from_secs(2);
+    two_limiters_share_one_limit(&Redis::single()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_limiters_sharing_a_redis_cluster_and_prefix_share_one_limit() {
+    two_limiters_share_one_limit(&Redis::cluster()).await;
+}
+
+async fn two_limiters_share_one_limit(redis: &Redis) {
+    let s = redis.settings(
+        &unique_prefix("fleet"),
+        vec![policy(
+            "fleet",
+            Algorithm::FixedWindow,
+            25,
+            Duration::from_secs(3600),
+        )],
+    );
     let a = Arc::new(RateLimiter::new(&s, "web", None).unwrap().unwrap());
     let b = Arc::new(RateLimiter::new(&s, "web", None).unwrap().unwrap());
     let ok = Arc::new(AtomicU64::new(0));
@@ -489,6 +616,294 @@ async fn two_limiters_sharing_a_redis_prefix_share_one_limit() {
         t.await.unwrap();
     }
     assert_eq!(ok.load(Ordering::Relaxed), 25);
+}
+
+#[tokio::test]
+async fn a_refusing_policy_charges_no_other_in_redis() {
+    refusing_policy_charges_no_other(&Redis::single()).await;
+}
+
+#[tokio::test]
+async fn a_refusing_policy_charges_no_other_in_a_redis_cluster() {
+    refusing_policy_charges_no_other(&Redis::cluster()).await;
+}
+
+/// Three policies decided in one script: while the narrow one refuses, the others are not
+/// charged (on a cluster: three keys, one slot, one script).
+async fn refusing_policy_charges_no_other(redis: &Redis) {
+    let mut wide = policy(
+        "wide",
+        Algorithm::TokenBucket,
+        100,
+        Duration::from_secs(3600),
+    );
+    wide.key = vec![KeyPart::Ip, KeyPart::Client];
+    let mut mid = policy("mid", Algorithm::LeakyBucket, 50, Duration::from_secs(3600));
+    mid.burst = Some(50);
+    mid.key = vec![KeyPart::User];
+    let mut narrow = policy(
+        "narrow",
+        Algorithm::LeakyBucket,
+        2,
+        Duration::from_secs(3600),
+    );
+    narrow.burst = Some(2);
+    let metrics = Arc::new(Metrics::new("web", 10).unwrap());
+    let s = redis.settings(&unique_prefix("stack"), vec![wide, mid, narrow]);
+    let l = RateLimiter::new(&s, "web", Some(metrics.clone()))
+        .unwrap()
+        .unwrap();
+    let who = subject("192.0.2.9");
+    assert_eq!(admitted(&l, &who, 10).await, 2);
+    let out = l.check_early(&who).await;
+    let by_name: Vec<(String, bool, u64)> = out
+        .verdicts()
+        .map(|(n, v)| (n.to_owned(), v.allowed, v.remaining))
+        .collect();
+    // Charged by the two admitted requests only, not by the nine refused.
+    assert_eq!(
+        by_name,
+        vec![
+            ("wide".into(), true, 98),
+            ("mid".into(), true, 48),
+            ("narrow".into(), false, 0)
+        ]
+    );
+    assert_eq!(fallback_count(&metrics), 0, "every decision made in Redis");
+}
+
+#[tokio::test]
+async fn windows_roll_over_in_redis() {
+    windows_roll_over(&Redis::single()).await;
+}
+
+#[tokio::test]
+async fn windows_roll_over_in_a_redis_cluster() {
+    windows_roll_over(&Redis::cluster()).await;
+}
+
+/// The window algorithms' edges as in process (`fixed_window_…`, `sliding_window_…` above),
+/// decided in Redis; each key holds its window's number and count and nothing else is written.
+async fn windows_roll_over(redis: &Redis) {
+    let prefix = unique_prefix("roll");
+    let fw = Arc::new(Policy::new(&policy(
+        "fw",
+        Algorithm::FixedWindow,
+        5,
+        Duration::from_secs(1),
+    )));
+    let sw = Arc::new(Policy::new(&policy(
+        "sw",
+        Algorithm::SlidingWindow,
+        5,
+        Duration::from_secs(1),
+    )));
+    let clock = Arc::new(ManualClock::at(T0));
+    let store = redis.store(
+        &prefix,
+        &[fw.clone(), sw.clone()],
+        TimeSource::Client(clock.clone()),
+        None,
+    );
+    let decide = async |p: &Arc<Policy>| {
+        let check = Check {
+            policy: p.clone(),
+            key: format!("{}|ip=192.0.2.4", p.name()),
+            cost: 1,
+        };
+        store.decide_checks(&[check]).await[0]
+    };
+    let admitted = async |p: &Arc<Policy>, n: usize| {
+        let mut ok = 0;
+        for _ in 0..n {
+            ok += usize::from(decide(p).await.allowed);
+        }
+        ok
+    };
+    clock.advance(Duration::from_millis(900));
+    assert_eq!(admitted(&fw, 10).await, 5);
+    assert_eq!(admitted(&sw, 10).await, 5);
+    assert_eq!(decide(&fw).await.retry_us, 100_000, "until the window ends");
+    clock.advance(Duration::from_millis(100));
+    assert_eq!(
+        admitted(&fw, 10).await,
+        5,
+        "a new fixed window: the edge spike"
+    );
+    assert_eq!(admitted(&sw, 10).await, 0, "no spike at the sliding edge");
+    clock.advance(Duration::from_millis(500));
+    // 5 × 0.5 = 2.5 counted: two more fit.
+    assert_eq!(admitted(&sw, 10).await, 2);
+    assert_eq!(decide(&sw).await.retry_us, 100_000);
+    clock.advance(Duration::from_millis(100));
+    assert_eq!(admitted(&sw, 10).await, 1);
+    assert_eq!(admitted(&fw, 10).await, 0, "the same fixed window");
+    // Two windows later nothing is remembered.
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(admitted(&fw, 10).await, 5);
+    assert_eq!(admitted(&sw, 10).await, 5);
+    // One key per policy, holding the current window's number and count.
+    let (fw_key, sw_key) = (
+        redis.key(&prefix, "fw|ip=192.0.2.4"),
+        redis.key(&prefix, "sw|ip=192.0.2.4"),
+    );
+    let mut want = vec![fw_key.clone(), sw_key.clone()];
+    want.sort();
+    assert_eq!(redis.keys(&prefix).await, want);
+    let window = clock.now_us() / 1_000_000;
+    for key in [&fw_key, &sw_key] {
+        assert_eq!(redis.field(key, "w").await, Some(window), "{key}");
+        assert_eq!(redis.field(key, "c").await, Some(5), "{key}");
+    }
+}
+
+#[tokio::test]
+async fn every_rate_limit_key_of_a_cluster_is_in_the_slot_of_the_prefix_tag() {
+    let redis = Redis::cluster();
+    let cluster = redis.cluster.as_ref().unwrap();
+    let prefix = unique_prefix("slot");
+    let mut by_user = policy("lb", Algorithm::LeakyBucket, 10, Duration::from_secs(60));
+    by_user.key = vec![KeyPart::User];
+    let mut by_client = policy("fw", Algorithm::FixedWindow, 1_000, Duration::from_secs(60));
+    by_client.key = vec![KeyPart::Client];
+    let mut by_route = policy("sw", Algorithm::SlidingWindow, 10, Duration::from_secs(60));
+    by_route.key = vec![KeyPart::Ip, KeyPart::Route];
+    let policies = vec![
+        policy("tb", Algorithm::TokenBucket, 10, Duration::from_secs(60)),
+        by_user,
+        by_client,
+        by_route,
+    ];
+    let metrics = Arc::new(Metrics::new("web", 10).unwrap());
+    let l = RateLimiter::new(
+        &redis.settings(&prefix, policies),
+        "web",
+        Some(metrics.clone()),
+    )
+    .unwrap()
+    .unwrap();
+    for i in 0..50 {
+        let mut who = subject(&format!("198.51.100.{i}"));
+        who.user = (i % 2 == 0).then(|| format!("user-{i}"));
+        assert!(l.check_early(&who).await.allowed());
+    }
+    assert_eq!(fallback_count(&metrics), 0, "every decision made in Redis");
+    // 50 addresses × (tb, lb, sw) + one key for the client: all on the master of the tag's slot.
+    let slot = cluster.slot_of(&cluster_prefix(&prefix)).unwrap();
+    let owner = cluster.owner_of(slot).unwrap();
+    let mut want = vec![0; 3];
+    want[owner] = 151;
+    assert_eq!(cluster.keys_per_node(), want);
+    let keys = redis.keys(&prefix).await;
+    assert_eq!(keys.len(), 151);
+    for key in keys.iter().step_by(10) {
+        assert_eq!(cluster.slot_of(key).unwrap(), slot, "{key}");
+    }
+    // Untagged, the same keys would spread over the cluster (and a decision over several of them
+    // be refused as cross-slot).
+    let untagged: std::collections::BTreeSet<usize> = keys
+        .iter()
+        .take(30)
+        .map(|k| {
+            let bare = k.replacen('{', "", 1).replacen('}', "", 1);
+            cluster.owner_of(cluster.slot_of(&bare).unwrap()).unwrap()
+        })
+        .collect();
+    assert_eq!(untagged.len(), 3, "the untagged keys' masters");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_follow_their_slot_when_it_moves_to_another_master() {
+    let redis = Redis::cluster();
+    let cluster = redis.cluster.as_ref().unwrap();
+    let prefix = unique_prefix("moved");
+    let slot = cluster.slot_of(&cluster_prefix(&prefix)).unwrap();
+    let owner = cluster.owner_of(slot).unwrap();
+    // Seeded with one node that does not serve the slot: the client learns who does.
+    let seed = (owner + 1) % 3;
+    let to = (owner + 2) % 3;
+    let seed_url = format!("redis://127.0.0.1:{}", cluster.ports()[seed]);
+    // Windows of a year (aligned to the epoch): the test never meets an edge, so each key's
+    // count is every decision made.
+    let policies: Vec<Arc<Policy>> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            Arc::new(Policy::new(&policy(
+                n,
+                Algorithm::FixedWindow,
+                1_000_000,
+                Duration::from_secs(365 * 24 * 3600),
+            )))
+        })
+        .collect();
+    let metrics = Arc::new(Metrics::new("web", 10).unwrap());
+    let store = Arc::new(store_at(
+        &seed_url,
+        true,
+        &prefix,
+        &policies,
+        TimeSource::Server,
+        Some(metrics.clone()),
+    ));
+    let checks: Arc<Vec<Check>> = Arc::new(
+        policies
+            .iter()
+            .map(|p| Check {
+                policy: p.clone(),
+                key: format!("{}|ip=192.0.2.1", p.name()),
+                cost: 1,
+            })
+            .collect(),
+    );
+    for _ in 0..20 {
+        assert!(store.decide_checks(&checks).await.iter().all(|v| v.allowed));
+    }
+    let mut want = vec![0; 3];
+    want[owner] = 2;
+    assert_eq!(
+        cluster.keys_per_node(),
+        want,
+        "both keys on the slot's master"
+    );
+
+    // Decisions keep coming while the slot moves key by key (ASK, TRYAGAIN), then changes
+    // hands (MOVED).
+    let stop = Arc::new(AtomicBool::new(false));
+    let during = {
+        let (store, checks, stop) = (store.clone(), checks.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                assert!(store.decide_checks(&checks).await.iter().all(|v| v.allowed));
+                n += 1;
+            }
+            n
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // redis-cli calls and pauses: off the runtime's other worker, where the decisions run.
+    tokio::task::block_in_place(|| cluster.move_slot(slot, to, Duration::from_millis(30))).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stop.store(true, Ordering::SeqCst);
+    let n_during = during.await.unwrap();
+    for _ in 0..20 {
+        assert!(store.decide_checks(&checks).await.iter().all(|v| v.allowed));
+    }
+    assert_eq!(cluster.owner_of(slot).unwrap(), to);
+    let mut want = vec![0; 3];
+    want[to] = 2;
+    assert_eq!(cluster.keys_per_node(), want, "both keys moved");
+    // Every decision was made in Redis: none fell back, and each counted once in both keys.
+    assert_eq!(fallback_count(&metrics), 0);
+    assert!(n_during > 0);
+    for p in ["a", "b"] {
+        let key = redis.key(&prefix, &format!("{p}|ip=192.0.2.1"));
+        assert_eq!(
+            redis.field(&key, "c").await,
+            Some(i64::try_from(40 + n_during).unwrap()),
+            "{key}"
+        );
+    }
 }
 
 /// A TCP proxy in front of Redis that the test can cut (existing connections closed, new ones
@@ -621,8 +1036,10 @@ async fn redis_down_decides_locally_and_recovers_counting_the_fallbacks() {
                 .unwrap();
             let mut total = 0i64;
             for k in keys {
-                let n: i64 = ::redis::cmd("GET")
+                // A window's count (`c`) beside its number (`w`).
+                let n: i64 = ::redis::cmd("HGET")
                     .arg(k)
+                    .arg("c")
                     .query_async(&mut d)
                     .await
                     .unwrap();
@@ -690,6 +1107,7 @@ async fn a_redis_slower_than_the_timeout_is_decided_locally() {
         RedisOptions {
             timeout: Duration::from_millis(50),
             prefix: unique_prefix("slow"),
+            cluster: false,
             time: TimeSource::Server,
             retry_after_failure: Duration::from_secs(3600),
         },
@@ -724,6 +1142,82 @@ async fn a_redis_slower_than_the_timeout_is_decided_locally() {
         "{text}"
     );
     held.abort();
+}
+
+#[tokio::test]
+async fn a_redis_cluster_that_is_gone_is_decided_locally_counting_the_fallbacks() {
+    let redis = Redis::cluster();
+    let p = Arc::new(Policy::new(&policy(
+        "gone",
+        Algorithm::FixedWindow,
+        5,
+        Duration::from_secs(3600),
+    )));
+    let metrics = Arc::new(Metrics::new("web", 10).unwrap());
+    let local = local::LocalStore::new(
+        std::slice::from_ref(&p),
+        100,
+        Arc::new(SystemClock::default()),
+    );
+    let prefix = unique_prefix("gone");
+    let store = RedisStore::new(
+        &redis.url,
+        RedisOptions {
+            timeout: Duration::from_millis(500),
+            prefix: prefix.clone(),
+            cluster: true,
+            time: TimeSource::Server,
+            retry_after_failure: Duration::from_secs(3600),
+        },
+        local,
+        Some(metrics.clone()),
+    )
+    .unwrap();
+    let check = || Check {
+        policy: p.clone(),
+        key: "gone|ip=192.0.2.1".into(),
+        cost: 1,
+    };
+    for _ in 0..3 {
+        assert!(store.decide_checks(&[check()]).await[0].allowed);
+    }
+    let key = redis.key(&prefix, "gone|ip=192.0.2.1");
+    assert_eq!(
+        redis.field(&key, "c").await,
+        Some(3),
+        "decided in the cluster"
+    );
+    assert_eq!(fallback_count(&metrics), 0);
+
+    // Every master stops (killed, its directory removed).
+    drop(redis);
+    let started = std::time::Instant::now();
+    let mut ok = 0;
+    for _ in 0..8 {
+        ok += usize::from(store.decide_checks(&[check()]).await[0].allowed);
+    }
+    // Locally, with the same policy and nothing of the cluster's count: 5 of 8, no error.
+    assert_eq!(ok, 5);
+    assert!(store.health_is_down());
+    // One decision tried the cluster (at most the timeout), the others did not wait.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = metrics.render().unwrap();
+    let count = |reason: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "bff_ratelimit_store_fallback_total{{client=\"web\",reason=\"{reason}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(count("error") + count("timeout"), 1, "{text}");
+    assert_eq!(count("down"), 7, "{text}");
 }
 
 #[test]
@@ -836,13 +1330,22 @@ async fn failed_authentications_refuse_once_over_the_limit_and_recover_after_the
 
 #[tokio::test]
 async fn failed_authentications_in_redis_look_without_charging() {
+    failed_authentications_look_without_charging(&Redis::single()).await;
+}
+
+#[tokio::test]
+async fn failed_authentications_in_a_redis_cluster_look_without_charging() {
+    failed_authentications_look_without_charging(&Redis::cluster()).await;
+}
+
+async fn failed_authentications_look_without_charging(redis: &Redis) {
     let clock = Arc::new(ManualClock::at(T0));
-    let mut s = settings(vec![]);
-    s.store = REDIS.into();
-    s.key_prefix = format!("bff:test:fa:{}:{}:", std::process::id(), line!());
-    s.redis_timeout = Duration::from_secs(2);
+    let mut s = redis.settings(&unique_prefix("fa"), vec![]);
     s.failed_auth.limit = 2;
-    let fa = FailedAuth::with_clock(&s, None, clock).unwrap().unwrap();
+    let metrics = Arc::new(Metrics::new("web", 10).unwrap());
+    let fa = FailedAuth::with_clock(&s, Some(metrics.clone()), clock)
+        .unwrap()
+        .unwrap();
     let ip: IpAddr = "198.51.100.77".parse().unwrap();
     for _ in 0..20 {
         assert!(fa.refuses(ip).await.is_none(), "a look is free");
@@ -851,4 +1354,5 @@ async fn failed_authentications_in_redis_look_without_charging() {
     assert!(fa.refuses(ip).await.is_none());
     fa.failed(ip).await;
     assert!(fa.refuses(ip).await.is_some());
+    assert_eq!(fallback_count(&metrics), 0, "decided in Redis");
 }

@@ -42,6 +42,9 @@ pub(super) async fn serve(State(app): State<Arc<Scrape>>) -> Response {
             s.bytes,
         );
     }
+    if let Some(l2) = app.cache.l2_stats() {
+        metrics.set_l2(l2.totals());
+    }
     metrics.set_events(&app.events.status());
     match metrics.render() {
         Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),

@@ -4,7 +4,7 @@
 //! connection stage ([`conn`]) until a shutdown future resolves, then drains in-flight requests
 //! within a bound.
 //!
-//! Owns process-level wiring only; the GraphQL protocol lives in `crate::graphql::http`, the stages
+//! Owns process-level wiring only; the GraphQL protocol lives in `crate::graphql::service`, the stages
 //! in `crate::pipeline`, the schema in the binaries.
 
 mod conn;
@@ -29,7 +29,7 @@ use crate::{
     cache::FragmentCache,
     compose::Composer,
     config::{GraphqlSettings, ServerSettings, Settings},
-    graphql::{self, GraphqlExecutor, http::GraphqlService},
+    graphql::{self, GraphqlExecutor, service::GraphqlService},
     pipeline::{
         Edge, authn::Authn, client_addr::TrustedProxies, ip_rules::IpRules, limits::BodyLimit,
         observe::Observe,
@@ -85,6 +85,9 @@ pub enum ServerError {
     /// Upstream clients could not be built.
     #[error(transparent)]
     Upstream(#[from] UpstreamInitError),
+    /// The shared cache tier could not be set up.
+    #[error("{0}")]
+    CacheL2(#[from] crate::cache::l2::L2Error),
     /// The metrics registry could not be built.
     #[error("cannot set up metrics: {0}")]
     Metrics(#[source] crate::telemetry::metrics::MetricsError),
@@ -152,7 +155,7 @@ impl Application {
             None
         };
         let upstream = Upstream::new(&settings.backends, metrics.clone())?;
-        let cache = FragmentCache::new(settings.cache.clone());
+        let cache = FragmentCache::from_settings(settings.cache.clone())?;
         let events = match opts.events.clone() {
             Some(bus) => bus,
             None => crate::events::from_settings(&settings.events, surface.name)?,
@@ -197,7 +200,7 @@ impl Application {
             .enabled
             .then(|| graphiql::GraphiqlAssets::locate(settings.graphiql.assets_dir.as_deref()));
         let tls = if settings.tls.enabled() {
-            Some(tls::Tls::load(&settings.tls)?)
+            Some(tls::Tls::load(&settings.tls, metrics.clone())?)
         } else {
             None
         };
@@ -248,7 +251,7 @@ impl Application {
         let graphql = Arc::new(GraphqlService {
             schema,
             persisted,
-            coalescer: Default::default(),
+            coalescer: graphql::service::coalescer(),
             settings: settings.graphql.clone(),
             request_budget: settings.server.request_budget,
             max_body_bytes: settings.server.max_body_bytes,
@@ -289,7 +292,7 @@ impl Application {
 
         let mut router = edge
             .around_service(
-                graphql::http::router(graphql),
+                graphql::service::router(graphql),
                 body_limit,
                 crate::ratelimit::Target::Graphql,
             )

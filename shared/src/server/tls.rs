@@ -21,7 +21,10 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{ClientAuth, TlsSettings};
+use crate::{
+    config::{ClientAuth, TlsSettings},
+    telemetry::metrics::Metrics,
+};
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -114,15 +117,20 @@ fn server_config(s: &TlsSettings) -> Result<ServerConfig, TlsError> {
 pub(crate) struct Tls {
     settings: TlsSettings,
     current: RwLock<(TlsAcceptor, Vec<Option<SystemTime>>)>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Tls {
     /// Loads the files once; a failure here stops the start.
-    pub(crate) fn load(settings: &TlsSettings) -> Result<Arc<Self>, TlsError> {
+    pub(crate) fn load(
+        settings: &TlsSettings,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Arc<Self>, TlsError> {
         let acceptor = TlsAcceptor::from(Arc::new(server_config(settings)?));
         Ok(Arc::new(Self {
             current: RwLock::new((acceptor, Self::stamps(settings))),
             settings: settings.clone(),
+            metrics,
         }))
     }
 
@@ -152,6 +160,9 @@ impl Tls {
             Ok(config) => {
                 *self.current.write() = (TlsAcceptor::from(Arc::new(config)), stamps);
                 tracing::info!("TLS certificate reloaded");
+                if let Some(m) = &self.metrics {
+                    m.tls_reload(true);
+                }
                 Ok(true)
             }
             Err(e) => {
@@ -159,6 +170,9 @@ impl Tls {
                 // reported once, not on every check, until it changes again.
                 self.current.write().1 = stamps;
                 tracing::error!(error = %e, "TLS reload failed; keeping the current certificate");
+                if let Some(m) = &self.metrics {
+                    m.tls_reload(false);
+                }
                 Err(e)
             }
         }

@@ -1,5 +1,6 @@
-//! Prometheus metrics of one BFF instance: the registry, every `bff_*` metric family, the
-//! bounding of label values, and the text exposition served on `/metrics`.
+//! Prometheus metrics of one BFF instance: the registry, every `bff_*` metric family (declared
+//! once, in one table), the bounding of label values, the counters mirrored from other
+//! components' own totals, and the text exposition served on `/metrics`.
 //!
 //! Each [`Metrics`] owns its own [`Registry`] (never the process-global default one) because
 //! several BFFs run in one test process and must not share counters. Every series carries a
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    core::Collector,
 };
 
 /// Content-Type of [`Metrics::render`]'s output (Prometheus text exposition format 0.0.4).
@@ -85,51 +87,175 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// The event bus's own counters mirrored by [`Metrics::set_events`].
-const EVENTS_COUNTERS: usize = 13;
+/// Declares every metric family once — field, kind, label names, metric name, help — and
+/// generates from that one table the [`Families`] struct and its registration. Plain families
+/// come first; the `mirrored` groups are counter sets that copy a source's own cumulative totals
+/// ([`Mirrored`]), declared in the order the source's totals are handed to [`Mirrored::observe`].
+macro_rules! metric_families {
+    (
+        families {
+            $(
+                $(#[$doc:meta])*
+                $field:ident: $kind:ident[$($label:literal),*] = $name:literal, $help:literal;
+            )+
+        }
+        mirrored {
+            $(
+                $(#[$group_doc:meta])*
+                $group:ident[$($group_label:literal),*] {
+                    $($member:literal, $member_help:literal;)+
+                }
+            )+
+        }
+    ) => {
+        /// Every metric family of one BFF, as declared in the table.
+        struct Families {
+            $($(#[$doc])* $field: $kind,)+
+            $($(#[$group_doc])* $group: Mirrored<{ [$($member),+].len() }>,)+
+        }
 
-/// The cache's own counters in the order of [`Metrics::set_cache`]'s arguments.
-const CACHE_COUNTERS: usize = 5;
+        impl Families {
+            /// Creates every family and registers it with `f`'s registry.
+            fn register(f: &Factory) -> Result<Self, MetricsError> {
+                Ok(Self {
+                    $($field: f.family($name, $help, &[$($label),*])?,)+
+                    $($group: {
+                        let labels: &[&str] = &[$($group_label),*];
+                        Mirrored::new([$(f.family($member, $member_help, labels)?),+])
+                    },)+
+                })
+            }
+        }
+    };
+}
+
+// The table. The exposition lists families by name, so the order here is only for reading.
+metric_families! {
+    families {
+        // HTTP and connections.
+        http_requests: IntCounterVec["route", "method", "status"] = "bff_http_requests_total",
+            "HTTP requests finished by the BFF, by matched route template, method and response status.";
+        http_duration: HistogramVec["route"] = "bff_http_request_duration_seconds",
+            "Time from receiving an HTTP request to finishing its response, by matched route template.";
+        http_in_flight: IntGauge[] = "bff_http_requests_in_flight",
+            "HTTP requests currently being served by the BFF.";
+        http_connections: IntGauge[] = "bff_http_connections",
+            "Client connections currently open.";
+        connections_refused: IntCounterVec["reason"] = "bff_http_connections_refused_total",
+            "Client connections closed on arrival, by reason (limit: server.max_connections reached).";
+        ip_refused: IntCounterVec["scope"] = "bff_ip_refused_total",
+            "Requests refused by the client-address rules, by scope (global or the pass-through route's prefix).";
+        tls_reloads: IntCounterVec["result"] = "bff_tls_reloads_total",
+            "Reloads of the listener's TLS certificate, key and client CA after they changed on disk or on SIGHUP, by result (ok; error = the new files were refused and the running certificate kept).";
+
+        // GraphQL execution.
+        graphql_operations: IntCounterVec["operation", "type", "outcome"] = "bff_graphql_operations_total",
+            "GraphQL operations executed, by operation name (bounded: anonymous, invalid, other), type and outcome (ok, partial = data with errors, error = no data).";
+        graphql_duration: HistogramVec["operation", "type"] = "bff_graphql_operation_duration_seconds",
+            "Time to execute one GraphQL operation, by operation name (bounded) and type.";
+        graphql_coalesced: IntCounterVec[] = "bff_graphql_coalesced_total",
+            "GraphQL requests answered by another identical request's execution (graphql.coalesce).";
+
+        // Rate limits.
+        ratelimit_decisions: IntCounterVec["policy", "outcome"] = "bff_ratelimit_decisions_total",
+            "Rate-limit decisions per policy: allowed = the policy admitted the request (another may still refuse it), limited = it refused.";
+        ratelimit_fallback: IntCounterVec["reason"] = "bff_ratelimit_store_fallback_total",
+            "Rate-limit decisions made in-process because the Redis store failed (error), was too slow (timeout) or was being waited out after a failure (down).";
+
+        // Backends.
+        upstream_requests: IntCounterVec["backend", "endpoint", "outcome"] = "bff_upstream_requests_total",
+            "Attempts to call a backend (each retry counts), by backend, endpoint (at most 32 per backend, then other) and outcome (ok, error, timeout, rejected = the backend refused the request, client = the client broke the call).";
+        upstream_duration: HistogramVec["backend", "outcome"] = "bff_upstream_request_duration_seconds",
+            "Time of one attempt to call a backend, by backend and outcome.";
+        upstream_in_flight: IntGaugeVec["backend"] = "bff_upstream_in_flight",
+            "Calls to a backend currently in flight.";
+        breaker_state: IntGaugeVec["backend"] = "bff_upstream_breaker_state",
+            "Circuit breaker state per backend: 0 closed (calls flow), 1 open (calls rejected), 2 half-open (probing).";
+        endpoints: IntGaugeVec["backend", "state"] = "bff_upstream_endpoints",
+            "Endpoints known per backend: state=total is all resolved endpoints, state=usable those currently eligible for calls.";
+
+        // Cache (its counters are mirrored, below).
+        cache_bytes: IntGaugeVec["kind"] = "bff_cache_bytes",
+            "Approximate bytes currently held by the cache, by cache kind.";
+
+        // Event bus (its counters are mirrored, below).
+        events_outbox: IntGaugeVec["state"] = "bff_events_outbox",
+            "The event outbox: state=depth is events accepted and not yet confirmed by the broker, state=capacity its bound (writes are refused beyond it).";
+        events_spool: IntGaugeVec["unit"] = "bff_events_spool",
+            "The local event spool: unit=events is accepted events waiting there for the broker, unit=bytes the bytes it holds.";
+        events_connected: IntGauge[] = "bff_events_connected",
+            "1 while connected to the event bus (domain events invalidate caches), 0 while caches rely on TTLs only.";
+        events_lag: FloatGauge[] = "bff_events_lag_seconds",
+            "Age of the last consumed event when this instance handled it.";
+    }
+    mirrored {
+        /// The cache's own totals per kind, in the order of [`Metrics::set_cache`]'s arguments.
+        cache_counters["kind"] {
+            "bff_cache_hits_total",
+                "Cache lookups answered from a fresh cached entry, by cache kind.";
+            "bff_cache_misses_total",
+                "Cache lookups that found no usable entry and went to the backend, by cache kind.";
+            "bff_cache_stale_total",
+                "Cache lookups answered from a stale entry (served while refreshing or while the backend failed), by cache kind.";
+            "bff_cache_coalesced_total",
+                "Cache misses that waited for an identical in-flight backend call instead of making their own, by cache kind.";
+            "bff_cache_evictions_total",
+                "Entries removed from the cache to respect its size or age limits, by cache kind.";
+        }
+        /// The shared L2 tier's own totals, in the order of [`Metrics::set_l2`]'s argument.
+        l2_counters[] {
+            "bff_cache_l2_hits_total",
+                "Reads of the shared L2 tier (Redis) that found a usable fragment (after an L1 miss).";
+            "bff_cache_l2_misses_total",
+                "Reads of the shared L2 tier that found nothing usable.";
+            "bff_cache_l2_errors_total",
+                "Commands to the shared L2 tier that failed or took longer than cache.l2_timeout (the cache then went on with L1 and the backends).";
+            "bff_cache_l2_skipped_total",
+                "Commands not sent to the shared L2 tier because it had just failed (it is retried by one command every 500 ms).";
+            "bff_cache_l2_too_large_total",
+                "Fragments not written to the shared L2 tier for being over cache.l2_max_entry_bytes compressed.";
+            "bff_cache_l2_read_bytes_total",
+                "Compressed bytes read from the shared L2 tier.";
+            "bff_cache_l2_written_bytes_total",
+                "Compressed bytes written to the shared L2 tier.";
+        }
+        /// The event bus's own totals, in the order [`Metrics::set_events`] reads them.
+        events_counters[] {
+            "bff_events_published_total",
+                "Publishes sent to the event broker (a republish after a fault counts again).";
+            "bff_events_confirmed_total",
+                "Publishes the event broker confirmed (they left the outbox).";
+            "bff_events_consumed_total",
+                "Events this instance handled (applied, or recognised as already applied).";
+            "bff_events_redelivered_total",
+                "Deliveries the broker marked as redelivered.";
+            "bff_events_duplicates_total",
+                "Deliveries skipped because their event id had been applied already.";
+            "bff_events_failed_total",
+                "Deliveries a handler refused (each retry counts).";
+            "bff_events_dead_lettered_total",
+                "Deliveries given up on after bounded retries (to the dead-letter queue).";
+            "bff_events_reconnects_total",
+                "Connections to the event broker made after the first.";
+            "bff_events_superseded_total",
+                "Deliveries dropped as older than what was applied for their subject (last writer wins).";
+            "bff_events_returned_total",
+                "Work publishes the broker returned because no queue took them (declared again and retried, then refused).";
+            "bff_events_too_large_total",
+                "Events refused on publish or dead-lettered on consume for being over events.max_message_bytes.";
+            "bff_events_spooled_total",
+                "Events written to the local spool (the broker was unreachable or too slow to confirm).";
+            "bff_events_unsettled_total",
+                "Events neither confirmed by the broker nor spooled when a shutdown's grace ran out (lost).";
+        }
+    }
+}
 
 /// All metrics of one BFF instance. `Send + Sync`; share it by reference or `Arc`.
 pub struct Metrics {
     client: &'static str,
     registry: Registry,
-
-    http_requests: IntCounterVec,
-    http_duration: HistogramVec,
-    http_in_flight: IntGauge,
-    http_connections: IntGauge,
-    connections_refused: IntCounterVec,
-    ip_refused: IntCounterVec,
-
-    graphql_operations: IntCounterVec,
-    graphql_duration: HistogramVec,
-    graphql_coalesced: IntCounterVec,
-
-    ratelimit_decisions: IntCounterVec,
-    ratelimit_fallback: IntCounterVec,
-
-    upstream_requests: IntCounterVec,
-    upstream_duration: HistogramVec,
-    upstream_in_flight: IntGaugeVec,
-    breaker_state: IntGaugeVec,
-    endpoints: IntGaugeVec,
-
-    /// hits, misses, stale, coalesced, evictions — same order as `cache_last_seen` entries.
-    cache_counters: [IntCounterVec; CACHE_COUNTERS],
-    cache_bytes: IntGaugeVec,
-    /// Last values observed from each cache kind's own counters, to turn them into increments.
-    /// A `Mutex` (not atomics) because two concurrent scrapes must not both add the same delta.
-    cache_last_seen: Mutex<HashMap<String, [u64; CACHE_COUNTERS]>>,
-
-    /// published, confirmed, consumed, redelivered, duplicates, failed, dead-lettered, reconnects.
-    events_counters: [IntCounterVec; EVENTS_COUNTERS],
-    events_last_seen: Mutex<[u64; EVENTS_COUNTERS]>,
-    events_outbox: IntGaugeVec,
-    events_spool: IntGaugeVec,
-    events_connected: IntGauge,
-    events_lag: prometheus::Gauge,
+    family: Families,
 
     max_operation_names: usize,
     /// Operation names that own a series. Read-locked on the hot path; write-locked only while
@@ -157,230 +283,11 @@ impl Metrics {
             registry: Registry::new(),
             client,
         };
-
-        let http_requests = f.counter(
-            "bff_http_requests_total",
-            "HTTP requests finished by the BFF, by matched route template, method and response status.",
-            &["route", "method", "status"],
-        )?;
-        let http_duration = f.histogram(
-            "bff_http_request_duration_seconds",
-            "Time from receiving an HTTP request to finishing its response, by matched route template.",
-            &["route"],
-        )?;
-        let http_in_flight = f.gauge(
-            "bff_http_requests_in_flight",
-            "HTTP requests currently being served by the BFF.",
-        )?;
-        let http_connections =
-            f.gauge("bff_http_connections", "Client connections currently open.")?;
-        let connections_refused = f.counter(
-            "bff_http_connections_refused_total",
-            "Client connections closed on arrival, by reason (limit: server.max_connections reached).",
-            &["reason"],
-        )?;
-        let ip_refused = f.counter(
-            "bff_ip_refused_total",
-            "Requests refused by the client-address rules, by scope (global or the pass-through route's prefix).",
-            &["scope"],
-        )?;
-        let graphql_operations = f.counter(
-            "bff_graphql_operations_total",
-            "GraphQL operations executed, by operation name (bounded: anonymous, invalid, other), type and outcome (ok, partial = data with errors, error = no data).",
-            &["operation", "type", "outcome"],
-        )?;
-        let graphql_duration = f.histogram(
-            "bff_graphql_operation_duration_seconds",
-            "Time to execute one GraphQL operation, by operation name (bounded) and type.",
-            &["operation", "type"],
-        )?;
-        let graphql_coalesced = f.counter(
-            "bff_graphql_coalesced_total",
-            "GraphQL requests answered by another identical request's execution (graphql.coalesce).",
-            &[],
-        )?;
-        let ratelimit_decisions = f.counter(
-            "bff_ratelimit_decisions_total",
-            "Rate-limit decisions per policy: allowed = the policy admitted the request (another may still refuse it), limited = it refused.",
-            &["policy", "outcome"],
-        )?;
-        let ratelimit_fallback = f.counter(
-            "bff_ratelimit_store_fallback_total",
-            "Rate-limit decisions made in-process because the Redis store failed (error), was too slow (timeout) or was being waited out after a failure (down).",
-            &["reason"],
-        )?;
-        let upstream_requests = f.counter(
-            "bff_upstream_requests_total",
-            "Attempts to call a backend (each retry counts), by backend, endpoint (at most 32 per backend, then other) and outcome (ok, error, timeout, rejected = the backend refused the request, client = the client broke the call).",
-            &["backend", "endpoint", "outcome"],
-        )?;
-        let upstream_duration = f.histogram(
-            "bff_upstream_request_duration_seconds",
-            "Time of one attempt to call a backend, by backend and outcome.",
-            &["backend", "outcome"],
-        )?;
-        let upstream_in_flight = f.gauge_vec(
-            "bff_upstream_in_flight",
-            "Calls to a backend currently in flight.",
-            &["backend"],
-        )?;
-        let breaker_state = f.gauge_vec(
-            "bff_upstream_breaker_state",
-            "Circuit breaker state per backend: 0 closed (calls flow), 1 open (calls rejected), 2 half-open (probing).",
-            &["backend"],
-        )?;
-        let endpoints = f.gauge_vec(
-            "bff_upstream_endpoints",
-            "Endpoints known per backend: state=total is all resolved endpoints, state=usable those currently eligible for calls.",
-            &["backend", "state"],
-        )?;
-        let cache_counters = [
-            f.counter(
-                "bff_cache_hits_total",
-                "Cache lookups answered from a fresh cached entry, by cache kind.",
-                &["kind"],
-            )?,
-            f.counter(
-                "bff_cache_misses_total",
-                "Cache lookups that found no usable entry and went to the backend, by cache kind.",
-                &["kind"],
-            )?,
-            f.counter(
-                "bff_cache_stale_total",
-                "Cache lookups answered from a stale entry (served while refreshing or while the backend failed), by cache kind.",
-                &["kind"],
-            )?,
-            f.counter(
-                "bff_cache_coalesced_total",
-                "Cache misses that waited for an identical in-flight backend call instead of making their own, by cache kind.",
-                &["kind"],
-            )?,
-            f.counter(
-                "bff_cache_evictions_total",
-                "Entries removed from the cache to respect its size or age limits, by cache kind.",
-                &["kind"],
-            )?,
-        ];
-        let cache_bytes = f.gauge_vec(
-            "bff_cache_bytes",
-            "Approximate bytes currently held by the cache, by cache kind.",
-            &["kind"],
-        )?;
-
-        let events_counters = [
-            f.counter(
-                "bff_events_published_total",
-                "Publishes sent to the event broker (a republish after a fault counts again).",
-                &[],
-            )?,
-            f.counter(
-                "bff_events_confirmed_total",
-                "Publishes the event broker confirmed (they left the outbox).",
-                &[],
-            )?,
-            f.counter(
-                "bff_events_consumed_total",
-                "Events this instance handled (applied, or recognised as already applied).",
-                &[],
-            )?,
-            f.counter(
-                "bff_events_redelivered_total",
-                "Deliveries the broker marked as redelivered.",
-                &[],
-            )?,
-            f.counter(
-                "bff_events_duplicates_total",
-                "Deliveries skipped because their event id had been applied already.",
-                &[],
-            )?,
-            f.counter(
-                "bff_events_failed_total",
-                "Deliveries a handler refused (each retry counts).",
-                &[],
-            )?,
-            f.counter(
-                "bff_events_dead_lettered_total",
-                "Deliveries given up on after bounded retries (to the dead-letter queue).",
-                &[],
-            )?,
-            f.counter(
-                "bff_events_reconnects_total",
-                "Connections to the event broker made after the first.",
-                &[],
-            )?,
-            f.counter(
-                "bff_events_superseded_total",
-                "Deliveries dropped as older than what was applied for their subject (last writer wins).",
-                &[],
-            )?,
-            f.counter(
-                "bff_events_returned_total",
-                "Work publishes the broker returned because no queue took them (declared again and retried, then refused).",
-                &[],
-            )?,
-            f.counter(
-                "bff_events_too_large_total",
-                "Events refused on publish or dead-lettered on consume for being over events.max_message_bytes.",
-                &[],
-            )?,
-            f.counter(
-                "bff_events_spooled_total",
-                "Events written to the local spool (the broker was unreachable or too slow to confirm).",
-                &[],
-            )?,
-            f.counter(
-                "bff_events_unsettled_total",
-                "Events neither confirmed by the broker nor spooled when a shutdown's grace ran out (lost).",
-                &[],
-            )?,
-        ];
-        let events_outbox = f.gauge_vec(
-            "bff_events_outbox",
-            "The event outbox: state=depth is events accepted and not yet confirmed by the broker, state=capacity its bound (writes are refused beyond it).",
-            &["state"],
-        )?;
-        let events_spool = f.gauge_vec(
-            "bff_events_spool",
-            "The local event spool: unit=events is accepted events waiting there for the broker, unit=bytes the bytes it holds.",
-            &["unit"],
-        )?;
-        let events_connected = f.gauge(
-            "bff_events_connected",
-            "1 while connected to the event bus (domain events invalidate caches), 0 while caches rely on TTLs only.",
-        )?;
-        let events_lag = f.float_gauge(
-            "bff_events_lag_seconds",
-            "Age of the last consumed event when this instance handled it.",
-        )?;
-
+        let family = Families::register(&f)?;
         Ok(Self {
             client,
             registry: f.registry,
-            http_requests,
-            http_duration,
-            http_in_flight,
-            http_connections,
-            connections_refused,
-            ip_refused,
-            graphql_operations,
-            graphql_duration,
-            graphql_coalesced,
-            ratelimit_decisions,
-            ratelimit_fallback,
-            upstream_requests,
-            upstream_duration,
-            upstream_in_flight,
-            breaker_state,
-            endpoints,
-            cache_counters,
-            cache_bytes,
-            cache_last_seen: Mutex::new(HashMap::new()),
-            events_counters,
-            events_last_seen: Mutex::new([0; EVENTS_COUNTERS]),
-            events_outbox,
-            events_spool,
-            events_connected,
-            events_lag,
+            family,
             max_operation_names,
             operation_names: RwLock::new(HashSet::new()),
             endpoint_names: RwLock::new(HashMap::new()),
@@ -399,52 +306,72 @@ impl Metrics {
         };
         let mut digits = [0u8; 3];
         let status = status_label(status, &mut digits);
-        self.http_requests
+        self.family
+            .http_requests
             .with_label_values(&[route, method, status])
             .inc();
-        self.http_duration
+        self.family
+            .http_duration
             .with_label_values(&[route])
             .observe(duration.as_secs_f64());
     }
 
     /// Counts one HTTP request as in flight until the returned guard is dropped.
     pub fn http_in_flight(&self) -> InFlightGuard {
-        InFlightGuard::new(self.http_in_flight.clone())
+        InFlightGuard::new(self.family.http_in_flight.clone())
     }
 
     /// Counts one client connection as open until the returned guard is dropped.
     pub fn http_connection(&self) -> InFlightGuard {
-        InFlightGuard::new(self.http_connections.clone())
+        InFlightGuard::new(self.family.http_connections.clone())
     }
 
     /// Counts one connection closed on arrival; `reason` is a fixed word (`limit`).
     pub fn connection_refused(&self, reason: &'static str) {
-        self.connections_refused.with_label_values(&[reason]).inc();
+        self.family
+            .connections_refused
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// Counts one request that shared another's execution.
     pub fn graphql_coalesced(&self) {
-        self.graphql_coalesced.with_label_values::<&str>(&[]).inc();
+        self.family
+            .graphql_coalesced
+            .with_label_values::<&str>(&[])
+            .inc();
     }
 
     /// Counts one policy's decision; `policy` is a configured name (bounded by the config).
     pub fn ratelimit_decision(&self, policy: &str, allowed: bool) {
         let outcome = if allowed { "allowed" } else { "limited" };
-        self.ratelimit_decisions
+        self.family
+            .ratelimit_decisions
             .with_label_values(&[policy, outcome])
+            .inc();
+    }
+
+    /// Counts one reload of the listener's TLS files (`ok`) or one refused (`error`).
+    pub fn tls_reload(&self, ok: bool) {
+        self.family
+            .tls_reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
     }
 
     /// Counts one decision made locally because Redis could not make it; `reason` is `error`,
     /// `timeout` or `down`.
     pub fn ratelimit_fallback(&self, reason: &'static str) {
-        self.ratelimit_fallback.with_label_values(&[reason]).inc();
+        self.family
+            .ratelimit_fallback
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// Counts one request refused by the client-address rules of `scope` (`global` or a route
     /// prefix: bounded by the config).
     pub fn ip_refused(&self, scope: &str) {
-        self.ip_refused.with_label_values(&[scope]).inc();
+        self.family.ip_refused.with_label_values(&[scope]).inc();
     }
 
     /// Records one GraphQL operation. `operation` is the client's operationName (`None` =
@@ -461,10 +388,12 @@ impl Metrics {
         let operation = self.operation_label(operation);
         let kind = one_of(kind, &OPERATION_TYPES, "unknown");
         let outcome = one_of(outcome, &GRAPHQL_OUTCOMES, LABEL_OTHER);
-        self.graphql_operations
+        self.family
+            .graphql_operations
             .with_label_values(&[operation, kind, outcome])
             .inc();
-        self.graphql_duration
+        self.family
+            .graphql_duration
             .with_label_values(&[operation, kind])
             .observe(duration.as_secs_f64());
     }
@@ -481,23 +410,26 @@ impl Metrics {
     ) {
         let endpoint = self.endpoint_label(backend, endpoint);
         let outcome = one_of(outcome, &UPSTREAM_OUTCOMES, LABEL_OTHER);
-        self.upstream_requests
+        self.family
+            .upstream_requests
             .with_label_values(&[backend, endpoint, outcome])
             .inc();
-        self.upstream_duration
+        self.family
+            .upstream_duration
             .with_label_values(&[backend, outcome])
             .observe(duration.as_secs_f64());
     }
 
     /// Counts one call to `backend` as in flight until the returned guard is dropped.
     pub fn upstream_in_flight(&self, backend: &str) -> InFlightGuard {
-        InFlightGuard::new(self.upstream_in_flight.with_label_values(&[backend]))
+        InFlightGuard::new(self.family.upstream_in_flight.with_label_values(&[backend]))
     }
 
     /// Sets the breaker state of `backend` (0 closed, 1 open, 2 half-open). Read from the
     /// breaker right before rendering.
     pub fn set_breaker_state(&self, backend: &str, state: u8) {
-        self.breaker_state
+        self.family
+            .breaker_state
             .with_label_values(&[backend])
             .set(i64::from(state));
     }
@@ -505,10 +437,12 @@ impl Metrics {
     /// Sets how many endpoints `backend` has in total and how many are usable. Read from the
     /// endpoint set right before rendering.
     pub fn set_endpoints(&self, backend: &str, usable: usize, total: usize) {
-        self.endpoints
+        self.family
+            .endpoints
             .with_label_values(&[backend, "usable"])
             .set(saturating_i64(usable));
-        self.endpoints
+        self.family
+            .endpoints
             .with_label_values(&[backend, "total"])
             .set(saturating_i64(total));
     }
@@ -532,66 +466,62 @@ impl Metrics {
         evictions: u64,
         bytes: u64,
     ) {
-        let observed = [hits, misses, stale, coalesced, evictions];
-        {
-            // Poisoning only means another scrape panicked mid-update; the map stays usable.
-            let mut last_seen = self
-                .cache_last_seen
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let last = match last_seen.get_mut(kind) {
-                Some(last) => last,
-                None => last_seen
-                    .entry(kind.to_owned())
-                    .or_insert([0; CACHE_COUNTERS]),
-            };
-            add_deltas(&self.cache_counters, &[kind], &observed, last);
-        }
-        self.cache_bytes
+        self.family
+            .cache_counters
+            .observe(&[kind], [hits, misses, stale, coalesced, evictions]);
+        self.family
+            .cache_bytes
             .with_label_values(&[kind])
             .set(saturating_i64(bytes));
+    }
+
+    /// Mirrors the shared L2 tier's totals (hits, misses, errors, skipped, too large, bytes read,
+    /// bytes written) into the exposition, right before rendering.
+    pub fn set_l2(&self, totals: [u64; 7]) {
+        self.family.l2_counters.observe(&[], totals);
     }
 
     /// Mirrors the event bus's state into the exposition, right before rendering (counters as
     /// increments since the last scrape, like [`Metrics::set_cache`]).
     pub fn set_events(&self, s: &bff_schema::events::BusStatus) {
-        let observed = [
-            s.published,
-            s.confirmed,
-            s.consumed,
-            s.redelivered,
-            s.duplicates,
-            s.failed,
-            s.dead_lettered,
-            s.reconnects,
-            s.superseded,
-            s.returned,
-            s.too_large,
-            s.spooled,
-            s.unsettled,
-        ];
-        let mut last = self
-            .events_last_seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        add_deltas(&self.events_counters, &[], &observed, &mut last[..]);
-        drop(last);
-        self.events_outbox
+        self.family.events_counters.observe(
+            &[],
+            [
+                s.published,
+                s.confirmed,
+                s.consumed,
+                s.redelivered,
+                s.duplicates,
+                s.failed,
+                s.dead_lettered,
+                s.reconnects,
+                s.superseded,
+                s.returned,
+                s.too_large,
+                s.spooled,
+                s.unsettled,
+            ],
+        );
+        self.family
+            .events_outbox
             .with_label_values(&["depth"])
             .set(saturating_i64(s.outbox_depth as u64));
-        self.events_outbox
+        self.family
+            .events_outbox
             .with_label_values(&["capacity"])
             .set(saturating_i64(s.outbox_capacity as u64));
-        self.events_spool
+        self.family
+            .events_spool
             .with_label_values(&["events"])
             .set(saturating_i64(s.spool_depth));
-        self.events_spool
+        self.family
+            .events_spool
             .with_label_values(&["bytes"])
             .set(saturating_i64(s.spool_bytes));
-        self.events_connected.set(i64::from(s.connected));
+        self.family.events_connected.set(i64::from(s.connected));
         // Prometheus' base unit is the second.
         #[allow(clippy::cast_precision_loss)]
-        self.events_lag.set(s.lag_ms as f64 / 1000.0);
+        self.family.events_lag.set(s.lag_ms as f64 / 1000.0);
     }
 
     /// Renders every family in the Prometheus text exposition format (see [`CONTENT_TYPE`]).
@@ -674,6 +604,62 @@ impl Metrics {
     }
 }
 
+/// A float gauge (the table's name for prometheus' `Gauge`, beside the integer ones).
+type FloatGauge = prometheus::Gauge;
+
+/// A kind of family the table can declare, and how one is built from its options and labels.
+trait Family: Collector + Clone + 'static {
+    fn build(opts: Opts, labels: &[&str]) -> prometheus::Result<Self>;
+}
+
+impl Family for IntCounterVec {
+    fn build(opts: Opts, labels: &[&str]) -> prometheus::Result<Self> {
+        Self::new(opts, labels)
+    }
+}
+
+impl Family for IntGaugeVec {
+    fn build(opts: Opts, labels: &[&str]) -> prometheus::Result<Self> {
+        Self::new(opts, labels)
+    }
+}
+
+/// Every histogram uses [`LATENCY_BUCKETS`].
+impl Family for HistogramVec {
+    fn build(opts: Opts, labels: &[&str]) -> prometheus::Result<Self> {
+        Self::new(
+            HistogramOpts::from(opts).buckets(LATENCY_BUCKETS.to_vec()),
+            labels,
+        )
+    }
+}
+
+impl Family for IntGauge {
+    fn build(opts: Opts, labels: &[&str]) -> prometheus::Result<Self> {
+        no_labels(labels)?;
+        Self::with_opts(opts)
+    }
+}
+
+impl Family for FloatGauge {
+    fn build(opts: Opts, labels: &[&str]) -> prometheus::Result<Self> {
+        no_labels(labels)?;
+        Self::with_opts(opts)
+    }
+}
+
+/// A single-series family declared with labels is a mistake in the table, not something to
+/// drop silently.
+fn no_labels(labels: &[&str]) -> prometheus::Result<()> {
+    if labels.is_empty() {
+        Ok(())
+    } else {
+        Err(prometheus::Error::Msg(format!(
+            "a single-series family takes no labels, got {labels:?}"
+        )))
+    }
+}
+
 /// Creates metric families carrying the `client` const label and registers them.
 struct Factory {
     registry: Registry,
@@ -681,64 +667,83 @@ struct Factory {
 }
 
 impl Factory {
-    fn opts(&self, name: &str, help: &str) -> Opts {
-        Opts::new(name, help).const_label("client", self.client)
-    }
-
-    fn register<C>(
+    fn family<F: Family>(
         &self,
         name: &'static str,
-        made: prometheus::Result<C>,
-    ) -> Result<C, MetricsError>
-    where
-        C: prometheus::core::Collector + Clone + 'static,
-    {
+        help: &str,
+        labels: &[&str],
+    ) -> Result<F, MetricsError> {
         let register_error = |source| MetricsError::Register { name, source };
-        let collector = made.map_err(register_error)?;
+        let opts = Opts::new(name, help).const_label("client", self.client);
+        let family = F::build(opts, labels).map_err(register_error)?;
         self.registry
-            .register(Box::new(collector.clone()))
+            .register(Box::new(family.clone()))
             .map_err(register_error)?;
-        Ok(collector)
+        Ok(family)
+    }
+}
+
+/// Counters mirroring a source's own cumulative totals (the cache's, the event bus's), read at
+/// scrape time so the hot paths that count never touch the registry.
+struct Mirrored<const N: usize> {
+    counters: [IntCounterVec; N],
+    /// The totals last observed, per label values. A `Mutex` (not atomics) because two
+    /// concurrent scrapes must not both add the same delta; a list because the label sets are
+    /// the few fixed ones the code passes (cache kinds, or none).
+    last_seen: Mutex<Vec<Seen<N>>>,
+}
+
+/// The totals a [`Mirrored`] set last observed for one set of label values.
+struct Seen<const N: usize> {
+    labels: Box<[Box<str>]>,
+    totals: [u64; N],
+}
+
+impl<const N: usize> Mirrored<N> {
+    fn new(counters: [IntCounterVec; N]) -> Self {
+        Self {
+            counters,
+            last_seen: Mutex::new(Vec::new()),
+        }
     }
 
-    fn counter(
-        &self,
-        name: &'static str,
-        help: &str,
-        labels: &[&str],
-    ) -> Result<IntCounterVec, MetricsError> {
-        self.register(name, IntCounterVec::new(self.opts(name, help), labels))
-    }
-
-    fn float_gauge(
-        &self,
-        name: &'static str,
-        help: &str,
-    ) -> Result<prometheus::Gauge, MetricsError> {
-        self.register(name, prometheus::Gauge::with_opts(self.opts(name, help)))
-    }
-
-    fn gauge(&self, name: &'static str, help: &str) -> Result<IntGauge, MetricsError> {
-        self.register(name, IntGauge::with_opts(self.opts(name, help)))
-    }
-
-    fn gauge_vec(
-        &self,
-        name: &'static str,
-        help: &str,
-        labels: &[&str],
-    ) -> Result<IntGaugeVec, MetricsError> {
-        self.register(name, IntGaugeVec::new(self.opts(name, help), labels))
-    }
-
-    fn histogram(
-        &self,
-        name: &'static str,
-        help: &str,
-        labels: &[&str],
-    ) -> Result<HistogramVec, MetricsError> {
-        let opts = HistogramOpts::from(self.opts(name, help)).buckets(LATENCY_BUCKETS.to_vec());
-        self.register(name, HistogramVec::new(opts, labels))
+    /// Adds to each counter (labelled `labels`) what its source counted since the last scrape:
+    /// the one delta loop behind every mirrored counter set. A total *lower* than last time means
+    /// the source was reset (rebuilt), so the whole new total counts as new events: the exported
+    /// counter never decreases and `rate()` stays right across the reset. Called even with 0, so
+    /// each series exists from the first scrape on.
+    fn observe(&self, labels: &[&str], totals: [u64; N]) {
+        // Poisoning only means another scrape panicked mid-update; the list stays usable.
+        let mut last_seen = self
+            .last_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let at = last_seen.iter().position(|seen| {
+            seen.labels
+                .iter()
+                .map(AsRef::as_ref)
+                .eq(labels.iter().copied())
+        });
+        let seen = match at {
+            Some(at) => &mut last_seen[at],
+            None => {
+                last_seen.push(Seen {
+                    labels: labels.iter().map(|&l| l.into()).collect(),
+                    totals: [0; N],
+                });
+                let new = last_seen.len() - 1;
+                &mut last_seen[new]
+            }
+        };
+        for ((counter, now), previous) in self.counters.iter().zip(totals).zip(&mut seen.totals) {
+            let delta = if now >= *previous {
+                now - *previous
+            } else {
+                now
+            };
+            counter.with_label_values(labels).inc_by(delta);
+            *previous = now;
+        }
     }
 }
 
@@ -778,23 +783,6 @@ fn status_label(status: u16, digits: &mut [u8; 3]) -> &str {
 
 fn saturating_i64<T: TryInto<i64>>(value: T) -> i64 {
     value.try_into().unwrap_or(i64::MAX)
-}
-
-/// Adds to each counter (labelled `labels`) what its source counted since the last scrape: the
-/// one delta loop behind every mirrored counter set. A value *lower* than last time means the
-/// source was reset (rebuilt), so the whole new value counts as new events: the exported counter
-/// never decreases and `rate()` stays right across the reset. Called even with 0, so each series
-/// exists from the first scrape on.
-fn add_deltas(counters: &[IntCounterVec], labels: &[&str], observed: &[u64], last: &mut [u64]) {
-    for ((counter, &now), previous) in counters.iter().zip(observed).zip(last.iter_mut()) {
-        let delta = if now >= *previous {
-            now - *previous
-        } else {
-            now
-        };
-        counter.with_label_values(labels).inc_by(delta);
-        *previous = now;
-    }
 }
 
 #[cfg(test)]
@@ -1072,6 +1060,61 @@ mod tests {
             Some(7.0)
         );
         assert_eq!(read(hits), Some(20.0));
+    }
+
+    #[test]
+    fn event_counters_are_monotonic() {
+        use bff_schema::events::BusStatus;
+
+        let m = Metrics::new("web", 10).unwrap();
+        let published = r#"bff_events_published_total{client="web"}"#;
+        let unsettled = r#"bff_events_unsettled_total{client="web"}"#;
+        let read = |series: &str| sample(&m.render().unwrap(), series);
+        let status = |published, unsettled| BusStatus {
+            published,
+            unsettled,
+            ..BusStatus::default()
+        };
+
+        assert_eq!(read(published), None, "no series before the first scrape");
+        m.set_events(&status(0, 0));
+        assert_eq!(read(published), Some(0.0), "exported from the first scrape");
+        assert_eq!(read(unsettled), Some(0.0));
+        m.set_events(&status(5, 2));
+        m.set_events(&status(5, 2)); // unchanged: no double counting
+        assert_eq!(read(published), Some(5.0));
+        assert_eq!(read(unsettled), Some(2.0));
+        // The bus was rebuilt and its totals restarted: the 3 new publishes count.
+        m.set_events(&status(3, 2));
+        assert_eq!(read(published), Some(8.0));
+        assert_eq!(read(unsettled), Some(2.0));
+    }
+
+    #[test]
+    fn a_single_series_family_declared_with_labels_is_refused() {
+        let f = Factory {
+            registry: Registry::new(),
+            client: "web",
+        };
+        let refused = f.family::<IntGauge>("bff_test_gauge", "A gauge.", &["kind"]);
+        assert!(
+            matches!(
+                refused,
+                Err(MetricsError::Register {
+                    name: "bff_test_gauge",
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        let refused = f.family::<FloatGauge>("bff_test_float", "A gauge.", &["kind"]);
+        assert!(refused.is_err(), "{refused:?}");
+        assert!(f.registry.gather().is_empty(), "nothing registered");
+        let gauge = f
+            .family::<IntGauge>("bff_test_gauge", "A gauge.", &[])
+            .unwrap();
+        gauge.set(3);
+        assert_eq!(f.registry.gather().len(), 1);
     }
 
     #[test]

@@ -107,54 +107,97 @@ pub fn init(
 /// Joins `span` to the request's trace: with an OpenTelemetry layer installed, a client-supplied
 /// parent becomes the span's remote parent, and a new trace takes the span's own trace id.
 pub(crate) fn link(span: &tracing::Span, mut trace: trace::TraceContext) -> trace::TraceContext {
-    use opentelemetry::trace::{
-        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-    };
+    use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-    if let Some(parent) = trace.parent_span_id {
-        let flags = if trace.sampled {
-            TraceFlags::SAMPLED
-        } else {
-            TraceFlags::default()
-        };
-        let state = trace
-            .tracestate
-            .as_deref()
-            .and_then(|s| s.parse::<TraceState>().ok())
-            .unwrap_or_default();
-        let remote = SpanContext::new(
-            TraceId::from_bytes(trace.trace_id),
-            SpanId::from_bytes(parent),
-            flags,
-            true,
-            state,
-        );
-        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+    if let Some(parent) = &trace.parent {
+        let _ =
+            span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent.clone()));
     } else {
         let cx = span.context();
         let own = cx.span().span_context().clone();
         if own.is_valid() {
-            trace.trace_id = own.trace_id().to_bytes();
+            trace.trace_id = own.trace_id();
         }
     }
     trace
 }
 
-/// The OpenTelemetry context of the current tracing span: (trace id, span id, sampled), when an
-/// OpenTelemetry layer is installed and the span has one.
-pub(crate) fn current_otel_span() -> Option<([u8; 16], [u8; 8], bool)> {
+/// The OpenTelemetry span context of the current tracing span, when an OpenTelemetry layer is
+/// installed and the span has one.
+pub(crate) fn current_otel_span() -> Option<opentelemetry::trace::SpanContext> {
     use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
     let cx = tracing::Span::current().context();
     let span = cx.span();
     let sc = span.span_context();
-    sc.is_valid().then(|| {
-        (
-            sc.trace_id().to_bytes(),
-            sc.span_id().to_bytes(),
-            sc.is_sampled(),
-        )
-    })
+    sc.is_valid().then(|| sc.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::prelude::*;
+
+    use super::*;
+    use trace::{TRACEPARENT, TRACESTATE, TraceContext};
+
+    /// Runs `f` with an OpenTelemetry layer installed (for this thread only), as `init` does.
+    fn with_otel<R>(f: impl FnOnce() -> R) -> R {
+        let provider = otel::local_provider("test");
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, f)
+    }
+
+    #[test]
+    fn a_client_parent_is_continued_and_backends_see_the_bffs_own_span() {
+        with_otel(|| {
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                TRACEPARENT,
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                    .parse()
+                    .unwrap(),
+            );
+            h.insert(TRACESTATE, "congo=t61rcWkgMzE".parse().unwrap());
+            let span = tracing::info_span!("http.request");
+            let t = link(&span, TraceContext::from_headers(&h));
+            assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+            let _entered = span.enter();
+            let own = current_otel_span().unwrap();
+            assert_eq!(
+                own.trace_id(),
+                t.trace_id,
+                "the span joined the client's trace"
+            );
+            assert_ne!(own.span_id().to_string(), "00f067aa0ba902b7");
+            let out = t.outgoing();
+            assert_eq!(
+                out[TRACEPARENT],
+                format!("00-{}-{}-01", t.trace_id_hex(), own.span_id()).as_str()
+            );
+            assert_eq!(out[TRACESTATE], "congo=t61rcWkgMzE");
+        });
+    }
+
+    #[test]
+    fn a_new_trace_takes_the_spans_own_trace_id() {
+        with_otel(|| {
+            let span = tracing::info_span!("http.request");
+            let root = TraceContext::new_root();
+            let t = link(&span, root.clone());
+            let _entered = span.enter();
+            let own = current_otel_span().unwrap();
+            assert_eq!(t.trace_id, own.trace_id());
+            assert_ne!(t.trace_id, root.trace_id);
+            assert_eq!(
+                t.outgoing()[TRACEPARENT],
+                format!("00-{}-{}-01", t.trace_id_hex(), own.span_id()).as_str()
+            );
+        });
+    }
 }

@@ -1,20 +1,40 @@
-//! Following backends that move: periodic DNS re-resolution (a host name becomes one endpoint per
-//! address, so a service that scales out is picked up without a restart) and optional active
-//! health checks (HTTP path or `grpc.health.v1`). Both run as background tasks the `Upstream`
+//! Following backends that move, for either transport: periodic DNS re-resolution (a host name
+//! becomes one endpoint per address, so a service that scales out is picked up without a
+//! restart) and optional active health checks. Both run as background tasks the `Upstream`
 //! aborts when it is dropped.
+//!
+//! Written once over [`Transport`]: a transport says how an endpoint is made for a resolved
+//! address and how one is probed; the rules (which backends are re-resolved, the authority a
+//! resolved endpoint announces, when probes run) are the same for REST and gRPC.
 
 use std::net::SocketAddr;
 
-use reqwest::header::HeaderValue;
+use futures::future::BoxFuture;
 use tokio::task::JoinHandle;
 
 use super::{
-    grpc,
     policy::BackendPolicy,
-    resilience::{grpc_probe, http_probe, spawn_dns_refresh, spawn_health_checks},
-    rest::RestEndpoint,
+    resilience::{spawn_dns_refresh, spawn_health_checks},
 };
-use crate::config::BackendSettings;
+use crate::config::{BackendSettings, HealthCheckSettings};
+
+/// What discovery needs of a transport's endpoint type.
+pub(super) trait Transport: Clone + Send + Sync + Sized + 'static {
+    /// What a probe needs besides the endpoint (a client, a health service name).
+    type Prober: Clone + Send + Sync + 'static;
+
+    /// The endpoint for `url`, whose host is a resolved address, keyed as the balancer names it;
+    /// it must announce `authority` (the configured `host[:port]`) as the host it talks to.
+    fn at_address(
+        url: &reqwest::Url,
+        authority: &str,
+        s: &BackendSettings,
+    ) -> Option<(String, Self)>;
+
+    /// One health probe of this endpoint: healthy or not, within the check's timeout.
+    fn probe(&self, prober: &Self::Prober, check: &HealthCheckSettings)
+    -> BoxFuture<'static, bool>;
+}
 
 /// The host name to re-resolve: only for a single configured endpoint whose host is a name.
 fn dns_target(s: &BackendSettings) -> Option<(reqwest::Url, String, u16)> {
@@ -38,88 +58,40 @@ fn with_addr(url: &reqwest::Url, addr: SocketAddr) -> Option<reqwest::Url> {
     Some(u)
 }
 
-fn authority(url: &reqwest::Url) -> String {
+/// `host[:port]` of `url`, the port only when the URL names one.
+pub(super) fn authority(url: &reqwest::Url) -> String {
     match url.port() {
         Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
         None => url.host_str().unwrap_or_default().to_owned(),
     }
 }
 
-pub(super) fn start_rest(
-    policy: &BackendPolicy<RestEndpoint>,
-    client: &reqwest::Client,
+/// Starts the discovery tasks `s` asks for on `policy`'s endpoints (none outside a runtime).
+pub(super) fn start<E: Transport>(
+    policy: &BackendPolicy<E>,
     s: &BackendSettings,
+    prober: E::Prober,
 ) -> Vec<JoinHandle<()>> {
     if tokio::runtime::Handle::try_current().is_err() {
         return Vec::new();
     }
     let mut tasks = Vec::new();
     if let Some((url, host, port)) = dns_target(s) {
-        let host_header = HeaderValue::from_str(&authority(&url)).ok();
+        let (settings, authority) = (s.clone(), authority(&url));
         tasks.push(spawn_dns_refresh(
             policy.endpoints.clone(),
             host,
             port,
             s.dns_refresh,
-            move |addr| {
-                let u = with_addr(&url, addr)?;
-                Some(RestEndpoint::keyed(&u, host_header.clone()))
-            },
+            move |addr| E::at_address(&with_addr(&url, addr)?, &authority, &settings),
         ));
     }
-    let hc = &s.health_check;
-    if hc.enabled {
-        let (client, path, timeout) = (client.clone(), hc.path.clone(), hc.timeout);
+    if s.health_check.enabled {
+        let check = s.health_check.clone();
         tasks.push(spawn_health_checks(
             policy.endpoints.clone(),
-            hc.interval,
-            move |ep: &RestEndpoint| {
-                // The probe path is relative to the endpoint's origin, not its API root.
-                let origin = reqwest::Url::parse(&ep.base)
-                    .map(|u| u.origin().ascii_serialization())
-                    .unwrap_or_default();
-                let mut req_url = format!("{origin}{path}");
-                if req_url.is_empty() {
-                    req_url = ep.base.to_string();
-                }
-                http_probe(client.clone(), req_url, timeout)
-            },
-        ));
-    }
-    tasks
-}
-
-pub(super) fn start_grpc(
-    policy: &BackendPolicy<tonic::transport::Channel>,
-    s: &BackendSettings,
-) -> Vec<JoinHandle<()>> {
-    if tokio::runtime::Handle::try_current().is_err() {
-        return Vec::new();
-    }
-    let mut tasks = Vec::new();
-    if let Some((url, host, port)) = dns_target(s) {
-        let settings = s.clone();
-        let origin = format!("{}://{}", url.scheme(), authority(&url));
-        tasks.push(spawn_dns_refresh(
-            policy.endpoints.clone(),
-            host,
-            port,
-            s.dns_refresh,
-            move |addr| {
-                let u = with_addr(&url, addr)?;
-                let label = u.as_str().trim_end_matches('/').to_owned();
-                let ch = grpc::channel(&label, Some(&origin), &settings).ok()?;
-                Some((label, ch))
-            },
-        ));
-    }
-    let hc = &s.health_check;
-    if hc.enabled {
-        let (service, timeout) = (hc.grpc_service.clone(), hc.timeout);
-        tasks.push(spawn_health_checks(
-            policy.endpoints.clone(),
-            hc.interval,
-            move |ch: &tonic::transport::Channel| grpc_probe(ch.clone(), service.clone(), timeout),
+            check.interval,
+            move |ep: &E| ep.probe(&prober, &check),
         ));
     }
     tasks

@@ -12,16 +12,17 @@ use bff_schema::{
 use tonic::{Code, metadata::MetadataValue, transport::Channel};
 
 use super::{
-    CallContext, UpstreamInitError, discovery,
+    CallContext, USER_ID_HEADER, UpstreamInitError,
+    discovery::{self, Transport},
     policy::{BackendPolicy, CallKind, Failure},
-    rest::USER_ID_HEADER,
+    resilience::grpc_probe,
     titles_codec::TitlesCodec,
 };
 use crate::{
-    config::BackendSettings,
+    config::{BackendSettings, HealthCheckSettings},
     domain::{Recommendation, Title, TitleBatch, UserId},
     telemetry::metrics::Metrics,
-    telemetry::trace::{REQUEST_ID, TRACEPARENT, TRACESTATE},
+    telemetry::trace::{MetadataInjector, REQUEST_ID},
 };
 
 /// Most ids one `BatchGetTitles` carries; the catalog rejects bigger batches (its default is 500).
@@ -90,6 +91,30 @@ fn client_tls(
     Ok(tls)
 }
 
+impl Transport for Channel {
+    /// The `grpc.health.v1` service name to check.
+    type Prober = String;
+
+    fn at_address(
+        url: &reqwest::Url,
+        authority: &str,
+        s: &BackendSettings,
+    ) -> Option<(String, Self)> {
+        let label = url.as_str().trim_end_matches('/').to_owned();
+        let origin = format!("{}://{authority}", url.scheme());
+        let ch = channel(&label, Some(&origin), s).ok()?;
+        Some((label, ch))
+    }
+
+    fn probe(
+        &self,
+        service: &String,
+        check: &HealthCheckSettings,
+    ) -> futures::future::BoxFuture<'static, bool> {
+        grpc_probe(self.clone(), service.clone(), check.timeout)
+    }
+}
+
 impl GrpcBackend {
     pub(crate) fn new(
         name: &str,
@@ -103,7 +128,7 @@ impl GrpcBackend {
             policy: BackendPolicy::new(name, s, endpoints, metrics),
             forward: (s.forward_scopes, s.forward_token),
         };
-        let tasks = discovery::start_grpc(&backend.policy, s);
+        let tasks = discovery::start(&backend.policy, s, s.health_check.grpc_service.clone());
         Ok((backend, tasks))
     }
 
@@ -120,7 +145,7 @@ impl GrpcBackend {
         for chunk in ids.chunks(MAX_BATCH) {
             let titles = self
                 .policy
-                .call(CallKind::Read, cx.deadline, |ch, timeout| {
+                .call(CallKind::Read, &cx.deadline, |ch, timeout| {
                     let req = request(
                         cx,
                         pb_catalog::BatchGetTitlesRequest {
@@ -152,7 +177,7 @@ impl GrpcBackend {
         };
         let answer = self
             .policy
-            .call(CallKind::Read, cx.deadline, |ch, timeout| {
+            .call(CallKind::Read, &cx.deadline, |ch, timeout| {
                 let req = request(cx, msg.clone(), timeout, self.forward);
                 async move {
                     match RecommendationsClient::new(ch)
@@ -224,14 +249,9 @@ fn request<T>(
     }
     if let Some(t) = &cx.trace {
         let md = req.metadata_mut();
-        if let Ok(v) = MetadataValue::try_from(t.trace.outgoing()) {
-            md.insert(TRACEPARENT, v);
-        }
+        t.trace.inject(&mut MetadataInjector(md));
         if let Ok(v) = MetadataValue::try_from(t.request_id.as_ref()) {
             md.insert(REQUEST_ID, v);
-        }
-        if let Some(Ok(v)) = t.trace.tracestate.as_deref().map(MetadataValue::try_from) {
-            md.insert(TRACESTATE, v);
         }
     }
     req

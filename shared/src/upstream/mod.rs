@@ -5,6 +5,7 @@
 //! policy choke point ([`policy`]), the wire clients ([`rest`], [`grpc`]). Does not own caching or
 //! composition (callers above decide what to ask for) nor GraphQL error mapping (`crate::error`).
 
+mod deadline;
 mod discovery;
 mod error;
 mod grpc;
@@ -13,9 +14,10 @@ pub mod resilience;
 pub(crate) mod rest;
 mod titles_codec;
 
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{collections::HashMap, sync::Arc};
 
 pub use crate::config::BackendId;
+pub use deadline::Deadline;
 pub use error::BackendError;
 use policy::Failure;
 pub use policy::{BackendStatus, CallKind};
@@ -34,8 +36,9 @@ use crate::{
 pub struct CallContext {
     /// The verified user, for personalized calls.
     pub user: Option<UserId>,
-    /// When the request's budget runs out; every attempt gets at most the time left.
-    pub deadline: Option<Instant>,
+    /// When the call must be done by (the request's budget, or the latest of the budgets of the
+    /// requests sharing a load); every attempt gets at most the time left.
+    pub deadline: Deadline,
     /// The request's trace: every attempt sends `traceparent`/`tracestate` and `x-request-id`.
     pub trace: Option<Arc<crate::telemetry::RequestTrace>>,
     /// The viewer's verified scopes (space separated), for backends that get them
@@ -45,6 +48,9 @@ pub struct CallContext {
     pub token: Option<Arc<str>>,
 }
 
+/// The header carrying the verified user id to backends (REST header, gRPC metadata).
+pub(crate) const USER_ID_HEADER: &str = "x-user-id";
+
 /// The header carrying the verified scopes to backends that ask for them.
 pub(crate) const SCOPES_HEADER: &str = "x-user-scopes";
 
@@ -52,7 +58,7 @@ impl CallContext {
     /// A call made for `subject` (`None`: shared data, no identity at all).
     pub(crate) fn for_subject(
         subject: Option<crate::domain::Subject>,
-        deadline: Option<Instant>,
+        deadline: Deadline,
         trace: Option<Arc<crate::telemetry::RequestTrace>>,
     ) -> Self {
         match subject {
@@ -193,13 +199,13 @@ impl Upstream {
         }
         let (catalog, t) = grpc::GrpcBackend::new(
             BackendId::Catalog.name(),
-            &settings.catalog,
+            settings.get(BackendId::Catalog),
             metrics.clone(),
         )?;
         tasks.extend(t);
         let (recommendations, t) = grpc::GrpcBackend::new(
             BackendId::Recommendations.name(),
-            &settings.recommendations,
+            settings.get(BackendId::Recommendations),
             metrics.clone(),
         )?;
         tasks.extend(t);

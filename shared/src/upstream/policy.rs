@@ -18,6 +18,7 @@ use std::{
 
 use tracing::Instrument;
 
+use super::deadline::Deadline;
 use super::resilience::{
     Backoff, BreakerConfig, BreakerState, CircuitBreaker, ConcurrencyLimit, EjectionConfig,
     EndpointSet, EndpointStatus, LogLimit, RetryBudget,
@@ -190,7 +191,7 @@ impl<E: Clone + Send + Sync + 'static> BackendPolicy<E> {
     pub(crate) async fn call<T, F, Fut>(
         &self,
         kind: CallKind,
-        deadline: Option<Instant>,
+        deadline: &Deadline,
         op: F,
     ) -> Result<T, Failure>
     where
@@ -206,7 +207,7 @@ impl<E: Clone + Send + Sync + 'static> BackendPolicy<E> {
     pub(crate) async fn call_excused<T, F, Fut>(
         &self,
         kind: CallKind,
-        deadline: Option<Instant>,
+        deadline: &Deadline,
         client_at_fault: impl Fn(&Failure) -> bool,
         op: F,
     ) -> Result<T, Failure>
@@ -266,7 +267,7 @@ impl<E: Clone + Send + Sync + 'static> BackendPolicy<E> {
         let mut attempt = 0u32;
         // `failed_on`, the endpoint the last attempt failed on: a retry goes elsewhere when it can.
         loop {
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let left = deadline.left();
             if left == Some(Duration::ZERO) {
                 return Err(Failure::Timeout);
             }
@@ -293,11 +294,15 @@ impl<E: Clone + Send + Sync + 'static> BackendPolicy<E> {
             let started = Instant::now();
             // The attempt is created inside its span so the `traceparent` it sends names this span.
             let attempt_fut = span.in_scope(|| op(endpoint.payload().clone(), per_try));
-            let outcome =
-                match tokio::time::timeout(per_try, attempt_fut.instrument(span.clone())).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Failure::Timeout),
-                };
+            // Cut at the backend's timeout, or at the deadline as it stands then (a load shared
+            // by several requests runs until the latest of their deadlines, which may grow
+            // while this attempt runs).
+            let attempt_fut =
+                tokio::time::timeout(self.timeout, attempt_fut.instrument(span.clone()));
+            let outcome = tokio::select! {
+                r = attempt_fut => r.unwrap_or(Err(Failure::Timeout)),
+                () = deadline.passed() => Err(Failure::Timeout),
+            };
             let outcome = match outcome {
                 Err(f) if !matches!(f, Failure::Client(_)) && client_at_fault(&f) => {
                     Err(Failure::Client(format!("client broke the call ({f:?})")))
@@ -349,7 +354,7 @@ impl<E: Clone + Send + Sync + 'static> BackendPolicy<E> {
                 return Err(failure);
             }
             let pause = self.backoff.delay_thread_rng(attempt);
-            if deadline.is_some_and(|d| Instant::now() + pause >= d) {
+            if deadline.get().is_some_and(|d| Instant::now() + pause >= d) {
                 return Err(failure);
             }
             tracing::debug!(backend = %self.name, attempt = attempt + 1, error = ?failure, "retrying");

@@ -9,17 +9,16 @@ use reqwest::header::{HOST, HeaderValue};
 use serde::{Deserialize, de::DeserializeOwned};
 
 use super::{
-    CallContext, UpstreamInitError, discovery,
+    CallContext, USER_ID_HEADER, UpstreamInitError,
+    discovery::{self, Transport},
     policy::{BackendPolicy, CallKind, Failure},
+    resilience::http_probe,
 };
 use crate::{
-    config::BackendSettings,
+    config::{BackendSettings, HealthCheckSettings},
     telemetry::metrics::Metrics,
-    telemetry::trace::{REQUEST_ID, TRACEPARENT, TRACESTATE},
+    telemetry::trace::REQUEST_ID,
 };
-
-/// The header carrying the verified user id to backends.
-pub(crate) const USER_ID_HEADER: &str = "x-user-id";
 
 /// `{"items": [...]}` pages the list endpoints answer with.
 #[derive(Debug, Deserialize)]
@@ -47,6 +46,34 @@ impl RestEndpoint {
     pub(crate) fn keyed(url: &reqwest::Url, host: Option<HeaderValue>) -> (String, Self) {
         let base: Arc<str> = Arc::from(url.as_str().trim_end_matches('/'));
         (base.to_string(), Self { base, host })
+    }
+}
+
+impl Transport for RestEndpoint {
+    type Prober = reqwest::Client;
+
+    fn at_address(
+        url: &reqwest::Url,
+        authority: &str,
+        _: &BackendSettings,
+    ) -> Option<(String, Self)> {
+        Some(Self::keyed(url, HeaderValue::from_str(authority).ok()))
+    }
+
+    fn probe(
+        &self,
+        client: &reqwest::Client,
+        check: &HealthCheckSettings,
+    ) -> futures::future::BoxFuture<'static, bool> {
+        // The probe path is relative to the endpoint's origin, not its API root.
+        let origin = reqwest::Url::parse(&self.base)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default();
+        let mut url = format!("{origin}{}", check.path);
+        if url.is_empty() {
+            url = self.base.to_string();
+        }
+        http_probe(client.clone(), url, check.timeout)
     }
 }
 
@@ -100,7 +127,7 @@ impl RestBackend {
             forward: (s.forward_scopes, s.forward_token),
             max_response: s.max_response_bytes,
         };
-        let tasks = discovery::start_rest(&backend.policy, &backend.client, s);
+        let tasks = discovery::start(&backend.policy, s, backend.client.clone());
         Ok((backend, tasks))
     }
 
@@ -124,11 +151,8 @@ impl RestBackend {
         }
         if let Some(t) = &cx.trace {
             req = req
-                .header(TRACEPARENT, t.trace.outgoing())
+                .headers(t.trace.outgoing())
                 .header(REQUEST_ID, t.request_id.as_ref());
-            if let Some(state) = &t.trace.tracestate {
-                req = req.header(TRACESTATE, state.as_str());
-            }
         }
         req
     }
@@ -148,7 +172,7 @@ impl RestBackend {
             CallKind::Write
         };
         self.policy
-            .call(kind, cx.deadline, |ep, _| {
+            .call(kind, &cx.deadline, |ep, _| {
                 let req = self
                     .request(&ep, cx, method.clone(), path)
                     .query(query)

@@ -363,7 +363,7 @@ fn the_named_operation_is_the_one_analysed() {
     assert!(operation(&doc, Some("C")).is_none());
 }
 
-/// The fuzz suite of the request path before execution (README "Fuzzing"): parser, the analysis,
+/// The fuzz suite of the request path before execution (`docs/operations.md`, "Fuzzing"): parser, the analysis,
 /// the variables check and, for what the analysis admits, the engine's validation and execution
 /// on a schema shaped like the surfaces'. Properties: nothing panics, the analysis of one document
 /// is deterministic, and an admitted document is within the limits it was admitted under.

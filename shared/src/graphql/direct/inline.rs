@@ -19,7 +19,7 @@
 //! Results are those of the stock resolver: fields in query order, fragments expanded by type
 //! condition, equal response keys merged, a field error recorded at its path with the field left
 //! out. What this path leaves out is async-graphql's per-field extension hooks and custom
-//! directives: [`super::build_schema`] registers neither, and a schema with custom directives falls
+//! directives: [`crate::graphql::build_schema`] registers neither, and a schema with custom directives falls
 //! back to the stock resolvers here. The tests compare both paths on a query with fragments,
 //! aliases, merged keys, `@skip`/`@include`, `__typename` and failing fields.
 
@@ -34,7 +34,7 @@ use async_graphql::{
     resolver_utils::{resolve_container, resolve_list},
 };
 
-use super::render;
+use super::raw::{expand, raw_json};
 
 /// The `OutputType` items of a wrapper `W<T>(T)` that is the object type `T` itself: same name,
 /// fields, docs and SDL.
@@ -288,10 +288,10 @@ fn insert_value(target: &mut IndexMap<Name, Value>, key: Name, value: Value) {
 /// field, lists item by item (object items only), anything else keeps the first value, as the
 /// stock resolver does. Rendered JSON ([`super::render`]) is read back into a tree first.
 pub(super) fn merge(into: &mut Value, from: Value) {
-    if render::raw_json(into).is_some() {
-        *into = render::expand(std::mem::take(into));
+    if raw_json(into).is_some() {
+        *into = expand(std::mem::take(into));
     }
-    match (into, render::expand(from)) {
+    match (into, expand(from)) {
         (Value::Object(into), Value::Object(from)) => {
             for (k, v) in from {
                 insert_value(into, k, v);
@@ -299,10 +299,10 @@ pub(super) fn merge(into: &mut Value, from: Value) {
         }
         (Value::List(into), Value::List(from)) => {
             for (into, from) in into.iter_mut().zip(from) {
-                if render::raw_json(into).is_some() {
-                    *into = render::expand(std::mem::take(into));
+                if raw_json(into).is_some() {
+                    *into = expand(std::mem::take(into));
                 }
-                if let (Value::Object(into), Value::Object(from)) = (into, render::expand(from)) {
+                if let (Value::Object(into), Value::Object(from)) = (into, expand(from)) {
                     for (k, v) in from {
                         insert_value(into, k, v);
                     }

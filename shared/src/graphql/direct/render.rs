@@ -43,16 +43,14 @@ use std::{
 };
 
 use async_graphql::{
-    ContainerType, Context, ContextSelectionSet, InputType, Name, OutputType, Positioned,
-    ServerError, ServerResult, Value,
-    indexmap::IndexMap,
+    ContainerType, Context, ContextSelectionSet, InputType, OutputType, Positioned, ServerError,
+    ServerResult, Value,
     parser::types::{DocumentOperations, ExecutableDocument, Field, Selection, SelectionSet},
     registry::Registry,
 };
-use bytes::Bytes;
 use futures::FutureExt;
 
-use super::{inline, json};
+use super::{inline, json, raw::raw};
 
 /// Request data that turns rendering on for one request (the HTTP handler inserts a fresh one
 /// when the operation allows it). Clones share one count of the fields that went through their
@@ -66,42 +64,6 @@ impl RenderJson {
     /// Fields answered through their resolver so far in the requests carrying this value.
     pub fn fallbacks(&self) -> usize {
         self.fallbacks.load(Ordering::Relaxed)
-    }
-}
-
-/// The response key of a rendered marker: `{RAW_KEY: Binary(json)}`. A GraphQL response key is a
-/// name (`[_A-Za-z][_0-9A-Za-z]*`), so no selected field can collide with it.
-const RAW_KEY: &str = "\0json";
-
-/// A value holding already-written JSON.
-pub(super) fn raw(bytes: Vec<u8>) -> Value {
-    let mut map = IndexMap::with_capacity(1);
-    map.insert(Name::new(RAW_KEY), Value::Binary(bytes.into()));
-    Value::Object(map)
-}
-
-/// The JSON of a rendered marker; `None` for any other value.
-pub(crate) fn raw_json(value: &Value) -> Option<&Bytes> {
-    match value {
-        Value::Object(map) if map.len() == 1 => match map.get_index(0) {
-            Some((key, Value::Binary(bytes))) if key.as_str() == RAW_KEY => Some(bytes),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// A rendered marker as an ordinary value tree, for merging with another selection of the same
-/// response key; any other value unchanged.
-pub(crate) fn expand(value: Value) -> Value {
-    match raw_json(&value).map(|json| serde_json::from_slice::<Value>(json)) {
-        Some(Ok(tree)) => tree,
-        Some(Err(e)) => {
-            // Our own writer produced these bytes; keep the marker rather than lose the field.
-            tracing::error!(error = %e, "rendered JSON did not parse back");
-            value
-        }
-        None => value,
     }
 }
 
@@ -608,8 +570,8 @@ mod tests {
     };
     use serde_json::{Value as Json, json};
 
+    use super::super::json;
     use super::{FieldOut, RenderFields, RenderJson, Rendered, RenderedList, root_renderable};
-    use crate::graphql::json;
     use crate::graphql::{Inline, InlineList, response_json};
 
     struct Leaf {

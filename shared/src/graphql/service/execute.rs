@@ -1,0 +1,225 @@
+//! The execution stage of the GraphQL service: an admitted operation runs on the schema (its
+//! document already parsed and analysed; the schema's document cache skips re-validation of
+//! known documents), under `graphql.timeout`, shared with identical requests in flight when
+//! `graphql.coalesce` allows ([`crate::graphql::coalesce`]), and becomes an [`Answer`]: status,
+//! `Cache-Control`, `extensions.cost` / `extensions.cache`, the answer-size cap.
+
+use std::sync::Arc;
+
+use axum::{
+    body::Bytes,
+    http::{HeaderValue, Method, StatusCode},
+};
+use futures::FutureExt as _;
+use serde_json::Value as Json;
+use tracing::Instrument;
+
+use super::{
+    GraphqlService,
+    answer::{Answer, Refused, request_error},
+};
+use crate::graphql::direct::response_pieces;
+use crate::{
+    cache::{CacheLog, Freshness},
+    compose::RequestContext,
+    error::ErrorCode,
+    graphql::{
+        analysis::Analysis,
+        coalesce::Key,
+        errors::{Outcome, classify, stamp_trace_id},
+    },
+    refusal::Mode,
+};
+
+/// An operation ready to run, and what its answer needs to know.
+pub(super) struct Job {
+    pub(super) request: async_graphql::Request,
+    pub(super) rq: Arc<RequestContext>,
+    pub(super) method: Method,
+    pub(super) mode: Mode,
+    pub(super) personalized: bool,
+    pub(super) op_type: &'static str,
+    pub(super) op_name: Option<String>,
+    pub(super) analysis: Option<Analysis>,
+    pub(super) want_cost: bool,
+    /// The persisted operation's hash, to record that it validated.
+    pub(super) hash: Option<String>,
+    pub(super) validated: bool,
+    /// What identical requests share, when this one may share an execution.
+    pub(super) coalesce: Option<Key>,
+}
+
+/// The answer of `job`: its own execution's, or the one an identical request in flight makes.
+pub(super) async fn run(app: Arc<GraphqlService>, mut job: Job) -> Arc<Answer> {
+    let Some(key) = job.coalesce.take() else {
+        return Arc::new(execute(app, job).await);
+    };
+    let trace = crate::telemetry::current();
+    // The spawned execution's spans stay under this request's span (and trace).
+    let parent = tracing::Span::current();
+    let runner = app.clone();
+    let (answer, shared) = app
+        .coalescer
+        .answer(key, move || {
+            let run = execute(runner, job).instrument(parent);
+            // The execution runs in a task of its own: it keeps the request's trace.
+            match trace {
+                Some(t) => crate::telemetry::scope(t, run).boxed(),
+                None => run.boxed(),
+            }
+        })
+        .await;
+    if shared && let Some(m) = &app.metrics {
+        m.graphql_coalesced();
+    }
+    answer
+}
+
+/// Runs one operation and makes its answer.
+async fn execute(app: Arc<GraphqlService>, job: Job) -> Answer {
+    let Job {
+        request,
+        rq,
+        method,
+        mode,
+        personalized,
+        op_type,
+        op_name,
+        analysis,
+        want_cost,
+        hash,
+        validated,
+        coalesce: _,
+    } = job;
+    let op_name = op_name.as_deref();
+    let span = tracing::info_span!(
+        "graphql.operation",
+        otel.name = %format!("{op_type} {}", op_name.unwrap_or("anonymous")),
+        graphql.operation.name = op_name.unwrap_or("anonymous"),
+        graphql.operation.type = op_type,
+        outcome = tracing::field::Empty,
+    );
+    let started = std::time::Instant::now();
+    let limits = &app.settings;
+    // The estimate bounds the work; this bounds the time, whatever the estimate missed.
+    let executed = tokio::time::timeout(
+        limits.timeout,
+        app.schema
+            .execute(request, validated)
+            .instrument(span.clone()),
+    )
+    .await;
+    let Ok(mut response) = executed else {
+        span.record("outcome", "error");
+        if let Some(m) = &app.metrics {
+            m.graphql_operation(op_name, op_type, "error", started.elapsed());
+        }
+        tracing::warn!(parent: &span, timeout = ?limits.timeout, "operation cut off");
+        let msg = format!(
+            "the operation ran longer than {}",
+            humantime::format_duration(limits.timeout)
+        );
+        return Refused::Request(ErrorCode::QueryTooComplex, msg).answer(mode);
+    };
+    let outcome = classify(&mut response, !limits.introspection);
+    if outcome == Outcome::Executed {
+        // It validated: a persisted operation may skip validation from now on.
+        if let Some(h) = &hash {
+            app.persisted.mark_valid(h);
+        }
+        if response.data == async_graphql::Value::Null && response.errors.is_empty() {
+            // The engine answers a selection whose every field was skipped with null; the
+            // spec's answer is an empty object.
+            response.data = async_graphql::Value::Object(Default::default());
+        }
+    }
+    let outcome_label = match outcome {
+        Outcome::RequestError => "error",
+        Outcome::Executed if response.errors.is_empty() => "ok",
+        Outcome::Executed => "partial",
+    };
+    span.record("outcome", outcome_label);
+    if let Some(m) = &app.metrics {
+        m.graphql_operation(op_name, op_type, outcome_label, started.elapsed());
+    }
+    stamp_trace_id(&mut response);
+    report_stale(&mut response, &rq.cache_log);
+    if let Some(a) = analysis.filter(|_| want_cost) {
+        report_cost(&mut response, &a, limits);
+    }
+    let status = match outcome {
+        Outcome::RequestError => request_error(mode),
+        Outcome::Executed => StatusCode::OK,
+    };
+    let cache_control = cache_control(
+        personalized,
+        method == Method::GET && response.errors.is_empty(),
+        &rq.cache_log,
+    );
+    match response_pieces(&response) {
+        Ok(pieces) if pieces.iter().map(Bytes::len).sum::<usize>() > limits.max_response_bytes => {
+            tracing::warn!(
+                limit = limits.max_response_bytes,
+                "answer over the size limit"
+            );
+            let msg = format!(
+                "the answer is larger than {} bytes; select less",
+                limits.max_response_bytes
+            );
+            Refused::Request(ErrorCode::QueryTooComplex, msg).answer(mode)
+        }
+        Ok(pieces) => Answer::new(status, mode, cache_control, pieces),
+        Err(_) => Answer::internal(),
+    }
+}
+
+/// `extensions.cost` when the request asked for it (`"extensions": {"cost": true}`): the estimate
+/// the operation was admitted with, and the limits it was held to.
+fn report_cost(
+    response: &mut async_graphql::Response,
+    a: &Analysis,
+    limits: &crate::config::GraphqlSettings,
+) {
+    let cost = serde_json::json!({
+        "estimated": a.cost,
+        "maxCost": limits.max_cost,
+        "fields": a.fields,
+        "depth": a.depth,
+        "maxDepth": limits.max_depth,
+    });
+    if let Ok(value) = async_graphql::Value::from_json(cost) {
+        response.extensions.insert("cost".to_owned(), value);
+    }
+}
+
+/// `extensions.cache.stale`: which fragments were served past their TTL and how old they were, so
+/// clients and operators can tell a degraded answer from a fresh one.
+fn report_stale(response: &mut async_graphql::Response, log: &CacheLog) {
+    let stale: Vec<Json> = log
+        .uses()
+        .iter()
+        .filter(|u| u.freshness == Freshness::Stale)
+        .map(|u| serde_json::json!({ "fragment": u.kind.name(), "ageMs": u64::try_from(u.age.as_millis()).unwrap_or(u64::MAX) }))
+        .collect();
+    if stale.is_empty() {
+        return;
+    }
+    if let Ok(value) = async_graphql::Value::from_json(serde_json::json!({ "stale": stale })) {
+        response.extensions.insert("cache".to_owned(), value);
+    }
+}
+
+/// Personalized answers are never stored by shared caches. Anonymous, error-free GET answers may
+/// be cached publicly for as long as the least fresh fragment they were built from stays fresh.
+fn cache_control(personalized: bool, cacheable_get: bool, log: &CacheLog) -> HeaderValue {
+    if personalized {
+        return HeaderValue::from_static("private, no-store");
+    }
+    match log.max_age() {
+        Some(age) if cacheable_get => {
+            HeaderValue::from_str(&format!("public, max-age={}", age.as_secs()))
+                .unwrap_or(HeaderValue::from_static("no-store"))
+        }
+        _ => HeaderValue::from_static("no-store"),
+    }
+}
