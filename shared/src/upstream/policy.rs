@@ -248,7 +248,7 @@ impl<E: Clone + Send + Sync + 'static> BackendPolicy<E> {
     async fn attempts<T, F, Fut>(
         &self,
         kind: CallKind,
-        deadline: Option<Instant>,
+        deadline: &Deadline,
         client_at_fault: impl Fn(&Failure) -> bool,
         mut op: F,
         failed_on: &mut Option<String>,
@@ -395,8 +395,7 @@ fn current_trace_id() -> Option<String> {
     if let Some(t) = crate::telemetry::current() {
         return Some(t.trace.trace_id_hex());
     }
-    crate::telemetry::current_otel_span()
-        .map(|(id, _, _)| format!("{:032x}", u128::from_be_bytes(id)))
+    crate::telemetry::current_otel_span().map(|sc| sc.trace_id().to_string())
 }
 
 #[cfg(test)]
@@ -497,7 +496,9 @@ mod tests {
 
     /// A backend's settings with `retries` and everything else at its default.
     fn settings(retries: u32) -> BackendSettings {
-        let mut s = BackendsSettings::local_fixtures().top10;
+        let mut s = BackendsSettings::local_fixtures()
+            .get(crate::config::BackendId::Top10)
+            .clone();
         s.retries = retries;
         s
     }
@@ -534,13 +535,13 @@ mod tests {
         crate::telemetry::scope(trace, async {
             for _ in 0..100 {
                 let r: Result<(), Failure> = top10
-                    .call(CallKind::Read, None, |(), _| async {
+                    .call(CallKind::Read, &Deadline::new(None), |(), _| async {
                         Err(Failure::Unavailable("HTTP 503 Service Unavailable".into()))
                     })
                     .await;
                 assert!(r.is_err());
                 let r: Result<(), Failure> = catalog
-                    .call(CallKind::Read, None, |(), _| async {
+                    .call(CallKind::Read, &Deadline::new(None), |(), _| async {
                         Err(Failure::Timeout)
                     })
                     .await;
@@ -573,7 +574,9 @@ mod tests {
         // A second later (the breaker still open): one line, counting the 99 held back.
         tokio::time::advance(FAILURE_LOG_EVERY).await;
         let r: Result<(), Failure> = top10
-            .call(CallKind::Read, None, |(), _| async { Ok(()) })
+            .call(CallKind::Read, &Deadline::new(None), |(), _| async {
+                Ok(())
+            })
             .await;
         assert!(matches!(r, Err(Failure::Open)));
         let top = logs.of("backend call failed", "top10");
@@ -600,7 +603,7 @@ mod tests {
             None,
         );
         let r: Result<(), Failure> = p
-            .call(CallKind::Write, None, |(), _| async {
+            .call(CallKind::Write, &Deadline::new(None), |(), _| async {
                 Err(Failure::Client("body too large".into()))
             })
             .await;
@@ -631,7 +634,7 @@ mod tests {
             async move {
                 for _ in 0..n {
                     let _ = p
-                        .call(CallKind::Read, None, |ep, _| async move {
+                        .call(CallKind::Read, &Deadline::new(None), |ep, _| async move {
                             if ep == "a" && a_fails.load(Ordering::Relaxed) {
                                 Err(Failure::Transport("connection refused".into()))
                             } else {
@@ -678,7 +681,7 @@ mod tests {
         let p = BackendPolicy::new("recommendations", &s, vec![("r".into(), ())], None);
         for _ in 0..20 {
             let r: Result<(), Failure> = p
-                .call(CallKind::Read, None, |(), _| async {
+                .call(CallKind::Read, &Deadline::new(None), |(), _| async {
                     Err(Failure::Unavailable("HTTP 500".into()))
                 })
                 .await;
@@ -686,7 +689,11 @@ mod tests {
         }
         std::thread::sleep(Duration::from_millis(40));
         for _ in 0..10 {
-            let r = p.call(CallKind::Read, None, |(), _| async { Ok(()) }).await;
+            let r = p
+                .call(CallKind::Read, &Deadline::new(None), |(), _| async {
+                    Ok(())
+                })
+                .await;
             assert!(r.is_ok());
         }
         for (message, level) in [
