@@ -1,5 +1,6 @@
 //! The binary as a newcomer meets it: `--version`, a bad flag, a bad config value, and warnings
-//! found while loading the config, checked on the real process and its output.
+//! found while loading the config, checked on the real process and its output; and as a container
+//! runtime meets it: `--healthcheck` against a running instance and against nothing.
 
 use std::{
     io::{BufRead, BufReader},
@@ -104,5 +105,52 @@ fn warnings_found_while_loading_the_config_are_logged() {
         warned,
         "no warning about BFF_NOT_A_SECTION in:\n{}",
         seen.join("\n")
+    );
+}
+
+/// `--healthcheck` (the container's HEALTHCHECK) exits 0 naming the URL while an instance started
+/// with the same flags answers, and 1 with one plain line once it is gone.
+#[test]
+fn the_healthcheck_flag_passes_on_a_running_instance_and_fails_without_one() {
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("BFF_GRAPHIQL__ENABLED", "false")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start bff-web");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut addr = None;
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            addr = Some(rest.trim().to_owned());
+            break;
+        }
+    }
+    let addr = addr.expect("bff-web printed where it listens");
+    let (code, stdout, stderr) = run(&["--listen", &addr, "--healthcheck"], &[]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(stdout.trim(), format!("healthy: http://{addr}/healthz"));
+
+    let (code, stdout, stderr) = run(&["--listen", &addr, "--healthcheck"], &[]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "bff-web: health check of http://{addr}/healthz failed"
+        )),
+        "{stderr}"
     );
 }

@@ -1,5 +1,5 @@
 //! The command line every BFF binary shares: `--config`, `--listen`, `--demo`, `--print-schema`,
-//! `--version`. A binary's `main` is one call to [`run`] with its [`Surface`], which also owns how
+//! `--healthcheck`, `--version`. A binary's `main` is one call to [`run`] with its [`Surface`], which also owns how
 //! a failure is reported: one plain message (no backtrace, no repeated cause) and exit code 2 for
 //! bad configuration or flags, 1 for anything else.
 
@@ -43,6 +43,11 @@ pub struct Cli {
     /// operation per file) and exit: the trusted documents of `graphql.persisted.mode = "allow_list"`.
     #[arg(long, value_name = "DIR")]
     pub persisted_manifest: Option<PathBuf>,
+    /// Ask the running instance that the same config, env and `--listen` describe for its
+    /// `/healthz` (on `admin.listen` when set, else `listen`) and exit 0 when it answers 200, 1
+    /// otherwise: a container HEALTHCHECK needing no shell or curl in the image.
+    #[arg(long)]
+    pub healthcheck: bool,
 }
 
 /// `--listen`'s value: an IP and a port. A bare port is the common mistake, so the message says
@@ -94,6 +99,9 @@ pub enum RunError {
     /// Trace export could not be set up.
     #[error("cannot set up trace export: {0}")]
     Telemetry(#[from] crate::telemetry::otel::OtelError),
+    /// `--healthcheck`: the instance did not answer 200.
+    #[error(transparent)]
+    Probe(#[from] crate::server::probe::ProbeError),
     /// An operation file for `--persisted-manifest` is unusable.
     #[error("{path}: {reason}")]
     Operation {
@@ -212,6 +220,12 @@ async fn serve(surface: &Surface, cli: Cli) -> Result<(), RunError> {
         env: std::env::vars().collect(),
     };
     let (mut settings, warnings) = Settings::load_reporting(&(surface.defaults)(), &opts)?;
+    if cli.healthcheck {
+        // Before logging is set up: the check prints one line and touches nothing else.
+        let url = crate::server::probe::healthcheck(&settings).await?;
+        println!("healthy: {url}");
+        return Ok(());
+    }
     let telemetry = crate::telemetry::init(&settings.log, &settings.telemetry.otlp, surface.name)?;
     // Found before logging could record them; logged now, so they are seen.
     for w in &warnings {

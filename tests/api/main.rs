@@ -5,6 +5,7 @@
 
 mod auth;
 mod cache;
+mod deploy;
 mod docs;
 mod edge;
 mod events;

@@ -219,7 +219,7 @@ impl Settings {
 
     /// [`Settings::load`], handing the warnings back instead of logging them: a binary loads its
     /// settings before logging is set up (the settings say how to log), and logs them after.
-    pub(crate) fn load_reporting(
+    pub fn load_reporting(
         binary: &BinaryDefaults,
         opts: &LoadOptions,
     ) -> Result<(Self, Vec<String>), ConfigError> {

@@ -12,6 +12,7 @@ mod conn;
 pub mod graphiql;
 mod health;
 mod metrics;
+pub mod probe;
 pub mod reload;
 mod stack;
 pub mod tls;

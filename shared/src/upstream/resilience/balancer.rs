@@ -18,6 +18,12 @@
 //! are ejected at once, so traffic always has somewhere to go; a single-endpoint set is never
 //! ejected at 50%.
 //!
+//! # Logs
+//! Each state change is logged once, naming the backend and the endpoint: an ejection (warn),
+//! the endpoint's return (info, at its first pick after the ejection ran out: an ejection ends by
+//! the clock, not by an event), a health-check verdict that changed, and a panic episode's start
+//! and end.
+//!
 //! # Concurrency
 //! The list lives behind `RwLock<Arc<Vec<Arc<Endpoint>>>>`: a pick holds the read lock only while
 //! choosing, then clones the chosen endpoint's `Arc` into the guard, so no lock is held during a
@@ -91,6 +97,8 @@ struct Endpoint<E> {
     ejected_at: AtomicU64,
     ejected_until: AtomicU64,
     healthy: AtomicBool,
+    /// Set by an ejection, cleared (and the return logged) at the first pick after it ran out.
+    returning: AtomicBool,
 }
 
 impl<E> Endpoint<E> {
@@ -104,6 +112,7 @@ impl<E> Endpoint<E> {
             ejected_at: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
+            returning: AtomicBool::new(false),
         }
     }
 
@@ -123,6 +132,8 @@ impl<E> Endpoint<E> {
 type List<E> = Arc<Vec<Arc<Endpoint<E>>>>;
 
 struct Inner<E> {
+    /// The backend these endpoints serve, for log lines.
+    backend: String,
     strategy: Strategy,
     cfg: EjectionConfig,
     origin: Instant,
@@ -165,7 +176,14 @@ impl<E> Inner<E> {
         ep.ejected_until
             .store(now.saturating_add(length_nanos), Ordering::Release);
         ep.consecutive_failures.store(0, Ordering::Relaxed);
-        tracing::warn!(endpoint = %ep.label, ejected_ms = length.as_millis() as u64, times, "endpoint ejected after consecutive failures");
+        ep.returning.store(true, Ordering::Relaxed);
+        tracing::warn!(
+            backend = %self.backend,
+            endpoint = %ep.label,
+            ejected_ms = length.as_millis() as u64,
+            times,
+            "endpoint ejected after consecutive failures"
+        );
         true
     }
 }
@@ -179,12 +197,23 @@ pub struct EndpointSet<E> {
 impl<E: Clone + Send + Sync> EndpointSet<E> {
     /// A set of `(label, payload)` endpoints; duplicate labels keep the first.
     pub fn new(strategy: Strategy, cfg: EjectionConfig, endpoints: Vec<(String, E)>) -> Self {
+        Self::for_backend("", strategy, cfg, endpoints)
+    }
+
+    /// [`Self::new`] for the backend named `backend`, which its log lines name.
+    pub fn for_backend(
+        backend: &str,
+        strategy: Strategy,
+        cfg: EjectionConfig,
+        endpoints: Vec<(String, E)>,
+    ) -> Self {
         let cfg = EjectionConfig {
             max_ejection: cfg.max_ejection.max(cfg.base_ejection),
             ..cfg
         };
         let set = Self {
             inner: Arc::new(Inner {
+                backend: backend.to_owned(),
                 strategy,
                 cfg,
                 origin: Instant::now(),
@@ -227,13 +256,17 @@ impl<E: Clone + Send + Sync> EndpointSet<E> {
                     if self.inner.panicking.load(Ordering::Relaxed)
                         && self.inner.panicking.swap(false, Ordering::Relaxed)
                     {
-                        tracing::info!("endpoint panic mode over: usable endpoints again");
+                        tracing::info!(
+                            backend = %self.inner.backend,
+                            "endpoint panic mode over: usable endpoints again"
+                        );
                     }
                     Arc::clone(&list[i])
                 }
                 None => {
                     if !self.inner.panicking.swap(true, Ordering::Relaxed) {
                         tracing::warn!(
+                            backend = %self.inner.backend,
                             endpoints = list.len(),
                             "no usable endpoint: panic mode, using the least recently ejected"
                         );
@@ -242,6 +275,7 @@ impl<E: Clone + Send + Sync> EndpointSet<E> {
                 }
             }
         };
+        self.note_return(&chosen, now);
         Some(self.guard(chosen))
     }
 
@@ -267,8 +301,26 @@ impl<E: Clone + Send + Sync> EndpointSet<E> {
             usable.map(|i| Arc::clone(&others[i]))
         };
         match other {
-            Some(ep) => Some(self.guard(ep)),
+            Some(ep) => {
+                self.note_return(&ep, nanos);
+                Some(self.guard(ep))
+            }
             None => self.pick_at(now),
+        }
+    }
+
+    /// Logs, once, the return of `ep` picked at `now` (nanoseconds since the origin) when its
+    /// ejection has run out: the first pick after it is when it is back in rotation.
+    fn note_return(&self, ep: &Endpoint<E>, now: u64) {
+        if ep.returning.load(Ordering::Relaxed)
+            && !ep.ejected(now)
+            && ep.returning.swap(false, Ordering::Relaxed)
+        {
+            tracing::info!(
+                backend = %self.inner.backend,
+                endpoint = %ep.label,
+                "endpoint back in rotation: its ejection ran out"
+            );
         }
     }
 
@@ -328,7 +380,7 @@ impl<E: Clone + Send + Sync> EndpointSet<E> {
         let list = self.inner.list();
         match list.iter().find(|e| e.label == label) {
             Some(ep) => {
-                set_health(ep, healthy);
+                set_health(&self.inner.backend, ep, healthy);
                 true
             }
             None => false,
@@ -416,12 +468,12 @@ fn least_outstanding<E>(list: &[Arc<Endpoint<E>>], now: u64) -> Option<usize> {
     }
 }
 
-fn set_health<E>(ep: &Endpoint<E>, healthy: bool) {
+fn set_health<E>(backend: &str, ep: &Endpoint<E>, healthy: bool) {
     if ep.healthy.swap(healthy, Ordering::Relaxed) != healthy {
         if healthy {
-            tracing::info!(endpoint = %ep.label, "endpoint healthy again");
+            tracing::info!(backend, endpoint = %ep.label, "endpoint healthy again");
         } else {
-            tracing::warn!(endpoint = %ep.label, "endpoint failed its health check");
+            tracing::warn!(backend, endpoint = %ep.label, "endpoint failed its health check");
         }
     }
 }
@@ -608,7 +660,7 @@ where
     // Written to the endpoints probed, not looked up by label: an endpoint replaced meanwhile is
     // either the same `Arc` (label kept) or gone, so this is always right.
     for (ep, healthy) in list.iter().zip(results) {
-        set_health(ep, healthy);
+        set_health(&set.inner.backend, ep, healthy);
     }
 }
 

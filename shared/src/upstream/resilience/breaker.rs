@@ -11,6 +11,9 @@
 //! Outcomes are tied to the phase that admitted them (a generation number), so a slow call
 //! admitted while closed cannot re-trip or close a breaker that has since moved on, and a permit
 //! dropped without an outcome (the client cancelled) counts for nothing but frees its probe slot.
+//!
+//! Every phase change is logged once, naming the backend: opened and re-opened (warn), half-open
+//! and closed (info). Changes happen under the lock, so two racing calls cannot log one twice.
 
 use std::{
     fmt,
@@ -100,6 +103,8 @@ pub struct BreakerOpen;
 /// A circuit breaker for one backend. `Send + Sync`; share it by reference or `Arc`.
 #[derive(Debug)]
 pub struct CircuitBreaker {
+    /// The backend it guards, for log lines.
+    backend: String,
     cfg: BreakerConfig,
     inner: Mutex<Inner>,
 }
@@ -128,6 +133,11 @@ impl CircuitBreaker {
     /// A closed breaker. Zero probe/close counts are raised to 1 and `max_open_for` to at least
     /// `open_for`, so no config can wedge it open.
     pub fn new(cfg: BreakerConfig) -> Self {
+        Self::for_backend("", cfg)
+    }
+
+    /// [`Self::new`] for the backend named `backend`, which its log lines name.
+    pub fn for_backend(backend: &str, cfg: BreakerConfig) -> Self {
         let cfg = BreakerConfig {
             half_open_probes: cfg.half_open_probes.max(1),
             close_after: cfg.close_after.max(1),
@@ -136,6 +146,7 @@ impl CircuitBreaker {
         };
         let window = Window::new(cfg.window, Instant::now());
         Self {
+            backend: backend.to_owned(),
             cfg,
             inner: Mutex::new(Inner {
                 phase: Phase::Closed,
@@ -168,7 +179,7 @@ impl CircuitBreaker {
                     successes: 0,
                 };
                 g.generation += 1;
-                tracing::info!("circuit breaker half-open: probing");
+                tracing::info!(backend = %self.backend, "circuit breaker half-open: probing");
                 true
             }
             Phase::HalfOpen {
@@ -220,7 +231,12 @@ impl CircuitBreaker {
                 if calls >= u64::from(self.cfg.min_calls)
                     && failures as f64 >= self.cfg.failure_ratio * calls as f64
                 {
-                    tracing::warn!(calls, failures, "circuit breaker opened");
+                    tracing::warn!(
+                        backend = %self.backend,
+                        calls,
+                        failures,
+                        "circuit breaker opened"
+                    );
                     self.open(&mut g, now);
                 }
             }
@@ -231,6 +247,7 @@ impl CircuitBreaker {
                 if !ok {
                     g.reopens = g.reopens.saturating_add(1);
                     tracing::warn!(
+                        backend = %self.backend,
                         reopens = g.reopens,
                         "circuit breaker probe failed: re-opened"
                     );
@@ -240,7 +257,7 @@ impl CircuitBreaker {
                     g.generation += 1;
                     g.reopens = 0;
                     g.window.reset();
-                    tracing::info!("circuit breaker closed");
+                    tracing::info!(backend = %self.backend, "circuit breaker closed");
                 } else {
                     g.phase = Phase::HalfOpen {
                         in_flight: in_flight.saturating_sub(1),

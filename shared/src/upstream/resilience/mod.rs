@@ -1,6 +1,6 @@
 //! Resilience primitives for upstream calls: circuit breaker, retry budget, jittered backoff,
 //! concurrency limit and endpoint balancing (round robin / power of two choices, passive outlier
-//! ejection, active health checks, DNS re-resolution).
+//! ejection, active health checks, DNS re-resolution), and a limit on repeated log lines.
 //!
 //! Owns: the building blocks only. Each type is self-contained, `Send + Sync`, and cheap on the hot
 //! path (no allocation per call, short `std::sync` critical sections, no lock ever held across an
@@ -24,6 +24,7 @@ pub mod balancer;
 pub mod breaker;
 pub mod budget;
 pub mod limiter;
+pub mod log_limit;
 mod window;
 
 use std::{
@@ -39,6 +40,7 @@ pub use balancer::{
 pub use breaker::{BreakerConfig, BreakerOpen, BreakerPermit, BreakerState, CircuitBreaker};
 pub use budget::RetryBudget;
 pub use limiter::{ConcurrencyLimit, LimitPermit, Overloaded};
+pub use log_limit::LogLimit;
 
 // Poisoning is ignored on purpose: every critical section in this module only does arithmetic on
 // plain counters, so a panic elsewhere while holding the lock cannot leave them half-updated in a
