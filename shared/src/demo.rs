@@ -47,6 +47,21 @@ pub struct Demo {
     pub rewrite: crate::server::SettingsRewrite,
 }
 
+/// Makes `settings` trust the fixtures' identity provider at `issuer` (found through its
+/// discovery document), with its audience, RS256 and its maturity claim.
+pub fn trust_fixture_idp(settings: &mut Settings, issuer: &str) {
+    settings.auth.issuers = vec![IssuerSettings {
+        issuer: issuer.to_owned(),
+        jwks_url: None,
+        jwks_file: None,
+        audiences: vec![idp::AUDIENCE.to_owned()],
+        algorithms: vec!["RS256".to_owned()],
+        refresh: Duration::from_secs(600),
+        ca_file: None,
+    }];
+    settings.auth.maturity_claim = Some("max_rating".to_owned());
+}
+
 /// Starts the fixtures and rewrites `settings` to use them and to trust their identity provider.
 pub async fn start(settings: &mut Settings) -> Result<Demo, DemoError> {
     let fixtures = Fixtures::start(FixtureOptions::default()).await?;
@@ -55,16 +70,7 @@ pub async fn start(settings: &mut Settings) -> Result<Demo, DemoError> {
     let rewrite = std::sync::Arc::new(move |settings: &mut Settings| {
         settings.backends = backends.clone();
         settings.auth.hs256_secret = None;
-        settings.auth.issuers = vec![IssuerSettings {
-            issuer: issuer.clone(),
-            jwks_url: None,
-            jwks_file: None,
-            audiences: vec![idp::AUDIENCE.to_owned()],
-            algorithms: vec!["RS256".to_owned()],
-            refresh: Duration::from_secs(600),
-            ca_file: None,
-        }];
-        settings.auth.maturity_claim = Some("max_rating".to_owned());
+        trust_fixture_idp(settings, &issuer);
     });
     rewrite(settings);
     let token = fixtures.idp().token(

@@ -8,22 +8,11 @@ use std::time::Duration;
 
 use bff_fixtures::{Backend, FixtureOptions, Fixtures, idp};
 use serde_json::{Map, Value, json};
-use shared::config::{BackendId, IssuerSettings, RouteSettings, Settings};
+use shared::config::{BackendId, RouteSettings, Settings};
+
+use shared::demo::trust_fixture_idp;
 
 use crate::helpers::*;
-
-fn trust_idp(s: &mut Settings, issuer: &str) {
-    s.auth.issuers = vec![IssuerSettings {
-        issuer: issuer.to_owned(),
-        jwks_url: None,
-        jwks_file: None,
-        audiences: vec![idp::AUDIENCE.to_owned()],
-        algorithms: vec!["RS256".to_owned()],
-        refresh: Duration::from_secs(600),
-        ca_file: None,
-    }];
-    s.auth.maturity_claim = Some("max_rating".to_owned());
-}
 
 /// A BFF trusting its own fixtures' identity provider.
 async fn idp_app(adjust: impl FnOnce(&mut Settings)) -> TestApp {
@@ -35,7 +24,7 @@ async fn idp_app(adjust: impl FnOnce(&mut Settings)) -> TestApp {
             .url
             .trim_end_matches("/profile")
             .to_owned();
-        trust_idp(s, &issuer);
+        trust_fixture_idp(s, &issuer);
         adjust(s);
     })
     .await;
@@ -108,7 +97,7 @@ async fn a_provider_down_at_start_makes_tokens_unavailable_and_the_instance_unre
         .local_addr()
         .unwrap();
     let issuer = format!("http://{closed}");
-    let app = spawn_app_with(web(), |s| trust_idp(s, &issuer)).await;
+    let app = spawn_app_with(web(), |s| trust_fixture_idp(s, &issuer)).await;
     // A token of that provider (whatever key signed it: none can be checked yet).
     let key = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
         .unwrap();

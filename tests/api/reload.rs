@@ -23,7 +23,7 @@ use shared::{
     server::{ConfigSource, Reloaded},
 };
 
-use crate::{helpers::*, pki::*};
+use crate::{helpers::*, pki::*, tls::presented};
 
 /// A second HS256 secret the reloaded config trusts instead of [`SECRET`].
 const SECRET_2: &str = "second-secret-0123456789abcdef";
@@ -699,16 +699,6 @@ async fn twenty_reloads_under_load_fail_no_request_and_each_takes_effect() {
     assert_eq!((ok, refused), (15, 5));
     assert_eq!(app.reloads("ok").await, ok);
     assert_eq!(app.reloads("error").await, refused);
-}
-
-/// The certificate a TLS handshake with `addr` presents.
-async fn presented(addr: std::net::SocketAddr, ca: &Path) -> Vec<u8> {
-    let config = client_config(ca, None, &[b"http/1.1"]);
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = connector.connect(name, tcp).await.unwrap();
-    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
 #[tokio::test]

@@ -139,7 +139,7 @@ async fn a_client_certificate_from_the_ca_is_an_identity_and_another_is_refused(
 }
 
 /// The certificate a TLS handshake with `addr` presents.
-async fn presented(addr: std::net::SocketAddr, ca: &std::path::Path) -> Vec<u8> {
+pub(crate) async fn presented(addr: std::net::SocketAddr, ca: &std::path::Path) -> Vec<u8> {
     let config = client_config(ca, None, &[b"http/1.1"]);
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
