@@ -265,6 +265,12 @@ impl CostModel {
         self.list_sizes.insert((ty.to_owned(), field.to_owned()), n);
     }
 
+    /// Every (type, field) the model weighs.
+    #[cfg(test)]
+    fn named_fields(&self) -> impl Iterator<Item = &(String, String)> {
+        self.calls.keys().chain(self.list_sizes.keys())
+    }
+
     fn weights(&self, parent: Option<&str>, field: &str) -> (u64, u64) {
         let Some(parent) = parent else {
             return (0, DEFAULT_LIST_SIZE);

@@ -632,3 +632,27 @@ fn typename_is_validated_like_any_other_field() {
         );
     }
 }
+
+/// The model names fields by string: every one it weighs must be a field of both binaries'
+/// schemas (their exported SDL, which a test keeps equal to the running schema), so a renamed
+/// field cannot silently lose its weight.
+#[test]
+fn every_field_the_cost_model_weighs_exists_in_both_schemas() {
+    for (name, sdl) in [
+        ("web", include_str!("../../../../schema/web.graphql")),
+        ("mobile", include_str!("../../../../schema/mobile.graphql")),
+    ] {
+        let shape = Shape::from_sdl(sdl);
+        let profile = ClientProfile::new(vec![RowKind::Top10, RowKind::MyList], 20);
+        let model = CostModel::for_profile(&profile, shape.mutation());
+        let mut named = 0;
+        for (ty, field) in model.named_fields() {
+            assert!(
+                shape.field(Some(ty), field).is_some(),
+                "{name}: the cost model weighs {ty}.{field}, which the schema does not have"
+            );
+            named += 1;
+        }
+        assert!(named >= 8, "{name}: {named}");
+    }
+}
