@@ -893,15 +893,25 @@ async fn decisions_follow_their_slot_when_it_moves_to_another_master() {
     let mut want = vec![0; 3];
     want[to] = 2;
     assert_eq!(cluster.keys_per_node(), want, "both keys moved");
-    // Every decision was made in Redis: none fell back, and each counted once in both keys.
-    assert_eq!(fallback_count(&metrics), 0);
+    // The decisions were made in Redis and each counted once in both keys. On a loaded machine
+    // (CI running beside a benchmark) a slot can stay half-moved longer than a decision's
+    // retries wait, and that decision is made locally: at most a rare one may (without
+    // following redirections, every decision during the move falls back: ~50 here).
+    let fell_back = fallback_count(&metrics);
     assert!(n_during > 0);
+    assert!(
+        fell_back <= 2 && fell_back * 10 <= n_during,
+        "{fell_back} of {n_during} decisions fell back"
+    );
     for p in ["a", "b"] {
         let key = redis.key(&prefix, &format!("{p}|ip=192.0.2.1"));
-        assert_eq!(
-            redis.field(&key, "c").await,
-            Some(i64::try_from(40 + n_during).unwrap()),
-            "{key}"
+        // A decision that fell back after its script ran in Redis counted there too.
+        let counted = redis.field(&key, "c").await.unwrap_or(0);
+        let made = i64::try_from(40 + n_during).unwrap();
+        let local = i64::try_from(fell_back).unwrap();
+        assert!(
+            (made - local..=made).contains(&counted),
+            "{key}: {counted} counted of {made} made, {local} locally"
         );
     }
 }
