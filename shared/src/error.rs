@@ -51,6 +51,25 @@ impl ErrorCode {
         }
     }
 
+    /// The code whose wire value is `s`.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Unauthenticated,
+            Self::Forbidden,
+            Self::BadUserInput,
+            Self::GraphqlParseFailed,
+            Self::GraphqlValidationFailed,
+            Self::BackendUnavailable,
+            Self::BackendTimeout,
+            Self::RateLimited,
+            Self::QueryTooComplex,
+            Self::PersistedQueryNotFound,
+            Self::Internal,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
+
     /// A GraphQL error with this code and a client-safe message.
     pub fn error(self, message: impl Into<String>) -> async_graphql::Error {
         async_graphql::Error::new(message).extend_with(|_, e| e.set("code", self.as_str()))

@@ -15,6 +15,9 @@
 //!   (persisted lookup, parse, analysis, limits, late rate limits) → execute (document cache,
 //!   coalescing) → answer (one refusal type, status + code in one place) — over the analysis, the
 //!   shared schema types, the contained direct-JSON path, and error coding.
+//! - `live`: the live homepage's doors — subscriptions over WebSocket (`/graphql/ws`,
+//!   graphql-transport-ws) and SSE (`/graphql/stream`) — admitted like requests, one shared
+//!   execution per operation and view, bounded queues, connection limits.
 //! - [`proxy`]: pass-through routes.
 //! - [`ratelimit`]: rate-limit policies, their algorithms and stores (in-process, Redis), and a
 //!   request's late checks ([`ratelimit::LateLimits`]), which the pipeline hands the GraphQL
@@ -54,6 +57,7 @@ pub mod events;
 pub mod graphql;
 #[cfg(test)]
 mod layering;
+pub(crate) mod live;
 pub mod pipeline;
 pub mod profile;
 pub(crate) mod proxy;

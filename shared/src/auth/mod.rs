@@ -36,6 +36,9 @@ pub struct Viewer {
     pub max_maturity: Option<u8>,
     /// The token as received, for backends configured to get it (`forward_token`).
     pub token: Option<Arc<str>>,
+    /// When the token expires (its `exp`, seconds since the Unix epoch); `None` for identities
+    /// without one (a client certificate). A subscription ends then (`4401`).
+    pub expires_at: Option<u64>,
 }
 
 impl Viewer {
@@ -63,6 +66,7 @@ impl Viewer {
             scopes: BTreeSet::new(),
             max_maturity: None,
             token: None,
+            expires_at: None,
         }
     }
 
@@ -371,6 +375,7 @@ impl Authenticator {
             scopes,
             max_maturity,
             token: Some(Arc::from(token)),
+            expires_at: Some(claims.exp),
         }))
     }
 

@@ -22,6 +22,7 @@ pub mod key;
 pub mod l2;
 pub mod stats;
 pub mod tier;
+pub mod watch;
 
 use std::{
     collections::HashMap,
@@ -135,6 +136,8 @@ struct Inner {
     bus_down_since: std::sync::atomic::AtomicU64,
     /// `events.max_stale_while_disconnected`, in microseconds.
     bus_stale_bound: std::sync::atomic::AtomicU64,
+    /// Who waits for a fragment to change (the live homepage's subscriptions).
+    watchers: watch::Watchers,
 }
 
 /// Kinds that only domain events keep fresh within their (long) TTLs: while the subscription is
@@ -230,6 +233,7 @@ impl FragmentCache {
                 stored_after: Default::default(),
                 bus_down_since: std::sync::atomic::AtomicU64::new(0),
                 bus_stale_bound: std::sync::atomic::AtomicU64::new(0),
+                watchers: watch::Watchers::default(),
             }),
         }
     }
@@ -284,6 +288,7 @@ impl FragmentCache {
         self.inner
             .bus_down_since
             .store(micros_since_epoch(since).max(1), Relaxed);
+        self.inner.watchers.bus(watch::BusState::Down);
     }
 
     /// The event subscription is back (what it missed is dropped by the invalidator).
@@ -291,6 +296,7 @@ impl FragmentCache {
         self.inner
             .bus_down_since
             .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.inner.watchers.bus(watch::BusState::Up);
     }
 
     /// How long a fragment of `kind` stays fresh now: its TTL, or — the subscription down, so
@@ -582,6 +588,18 @@ impl FragmentCache {
         for tier in &self.inner.tiers {
             tier.remove(key.as_str()).await;
         }
+        // After every tier dropped it: a watcher reloading now reads the service's new state.
+        self.inner.watchers.changed(key.as_str());
+    }
+
+    /// Waits for `key` to change (see [`watch`]): the live homepage's subscriptions.
+    pub fn watch(&self, key: &FragmentKey) -> watch::Watch {
+        self.inner.watchers.watch(key.as_str())
+    }
+
+    /// Fragment keys someone watches now.
+    pub fn watched_keys(&self) -> usize {
+        self.inner.watchers.watched()
     }
 
     /// Drops every entry of `kinds` stored before `before` (and keeps loads that began before it

@@ -172,6 +172,8 @@ type Source = Result<Vec<Entry>, BackendError>;
 pub(crate) struct Access {
     /// Scope each mutation requires, by field name (`auth.mutation_scopes`).
     pub mutation_scopes: std::collections::BTreeMap<String, String>,
+    /// Scope each subscription field requires (`auth.subscription_scopes`).
+    pub subscription_scopes: std::collections::BTreeMap<String, String>,
 }
 
 /// Whether a title may be shown to a viewer with maturity ceiling `max` (an age).
@@ -309,6 +311,19 @@ impl Composer {
         }
     }
 
+    /// Whether `viewer` (`None`: anonymous) may subscribe to `field`; `Err` names the scope it
+    /// lacks.
+    pub(crate) fn authorize_subscription<'a>(
+        &'a self,
+        viewer: Option<&Viewer>,
+        field: &str,
+    ) -> Result<(), &'a str> {
+        match self.access.subscription_scopes.get(field) {
+            Some(scope) if !viewer.is_some_and(|v| v.has_scope(scope)) => Err(scope),
+            _ => Ok(()),
+        }
+    }
+
     /// The client profile this composer serves.
     pub fn profile(&self) -> &Arc<ClientProfile> {
         &self.profile
@@ -427,25 +442,7 @@ impl Composer {
                     continue;
                 }
             };
-            let ceiling = viewer.and_then(|v| v.max_maturity);
-            let items: Vec<RowItem> = entries
-                .iter()
-                .filter_map(|e| {
-                    // Ids the catalog does not know are dropped: never an invented title. Nor
-                    // is one above the viewer's maturity ceiling shown.
-                    let title = batch
-                        .get(&e.title_id)
-                        .filter(|t| within_ceiling(t, ceiling))?
-                        .clone();
-                    Some(RowItem {
-                        title,
-                        progress: e.progress,
-                        rank: e.rank,
-                        reason: e.reason.clone(),
-                    })
-                })
-                .take(limit)
-                .collect();
+            let items = row_items(entries, batch, viewer, limit);
             if items.is_empty() {
                 continue;
             }
@@ -466,6 +463,79 @@ impl Composer {
             None
         };
         Homepage { region, rows, hero }
+    }
+
+    /// One row for `rq`'s viewer as the homepage shows it (cut to the client's row length,
+    /// hydrated, held to the maturity ceiling), for the live homepage, which pushes it when the
+    /// bus says it changed. `region`: the regional rows' region (`None`: the viewer's home
+    /// region, else the profile's default). An empty row is a row with no items (on a live
+    /// row that is news: the last title left it); a personalized row for nobody is empty.
+    pub async fn row(
+        &self,
+        rq: &RequestContext,
+        kind: RowKind,
+        region: Option<Region>,
+    ) -> Result<HomeRow, BackendError> {
+        let viewer = rq.viewer.as_ref();
+        let limit = self.profile.items_per_row;
+        let user_profile = match viewer {
+            Some(v) if kind.is_personalized() || region.is_none() => {
+                // Headings and the home region only: a profile outage costs the name, not the row.
+                self.profile_of(&v.user_id, rq).await.ok().flatten()
+            }
+            _ => None,
+        };
+        let region = region.unwrap_or_else(|| self.home_region(user_profile.as_ref()));
+        let heading = heading(kind, user_profile.as_ref(), &region);
+        if kind.is_personalized() && viewer.is_none() {
+            return Ok(HomeRow {
+                kind,
+                heading,
+                items: Vec::new(),
+            });
+        }
+        let known = {
+            let region = region.clone();
+            async move { region }.boxed().shared()
+        };
+        let entries = within(
+            rq.deadline,
+            kind_backend(kind),
+            self.source(kind, rq, rq.deadline, known, limit),
+        )
+        .await?;
+        let mut seen = HashSet::new();
+        let ids: Vec<String> = entries
+            .iter()
+            .take(limit)
+            .filter(|e| seen.insert(e.title_id.as_str()))
+            .map(|e| e.title_id.clone())
+            .collect();
+        let batch = self.hydrate(&ids, rq).await?;
+        Ok(HomeRow {
+            kind,
+            heading,
+            items: row_items(&entries, &batch, viewer, limit),
+        })
+    }
+
+    /// The region of a viewer with `profile` (their home region), else the client's default.
+    pub(crate) fn home_region(&self, profile: Option<&Profile>) -> Region {
+        profile
+            .and_then(|p| Region::parse(&p.region))
+            .unwrap_or_else(|| self.default_region.clone())
+    }
+
+    /// The region the regional rows are for when a request names none: the viewer's home region
+    /// (from their profile, through the cache), else the client's default.
+    pub async fn region_of(&self, rq: &RequestContext) -> Region {
+        match rq.viewer.as_ref() {
+            Some(v) => {
+                let profile = self.profile_of(&v.user_id, rq).await.ok().flatten();
+                self.home_region(profile.as_ref())
+            }
+            None => self.default_region.clone(),
+        }
     }
 
     fn source<'a>(
@@ -680,6 +750,34 @@ impl Composer {
             .remove(id)
             .filter(|t| within_ceiling(t, ceiling)))
     }
+}
+
+/// A row's items: its entries' titles from `batch` in the source's order, cut to `limit`. Ids
+/// the catalog does not know are dropped (never an invented title), and so is a title above the
+/// viewer's maturity ceiling.
+fn row_items(
+    entries: &[Entry],
+    batch: &HashMap<String, Arc<Title>>,
+    viewer: Option<&Viewer>,
+    limit: usize,
+) -> Vec<RowItem> {
+    let ceiling = viewer.and_then(|v| v.max_maturity);
+    entries
+        .iter()
+        .filter_map(|e| {
+            let title = batch
+                .get(&e.title_id)
+                .filter(|t| within_ceiling(t, ceiling))?
+                .clone();
+            Some(RowItem {
+                title,
+                progress: e.progress,
+                rank: e.rank,
+                reason: e.reason.clone(),
+            })
+        })
+        .take(limit)
+        .collect()
 }
 
 /// The backend a row comes from.

@@ -36,6 +36,10 @@ pub struct AuthSettings {
     /// Scope each mutation requires, by field name; a token without it gets `FORBIDDEN` naming
     /// the scope. Scopes come from the `scope` claim (space separated) or `scp` (an array).
     pub mutation_scopes: BTreeMap<String, String>,
+    /// Scope each subscription field requires, by field name (`auth.subscription_scopes`, e.g.
+    /// `{ continueWatching = "history:read" }`); none by default. A token without it gets an
+    /// `error` message with `FORBIDDEN` naming the scope.
+    pub subscription_scopes: BTreeMap<String, String>,
     /// Most bytes of one document read from an identity provider (`auth.max_jwks_bytes`): the
     /// OpenID discovery document, the JWKS, a `jwks_file`. Larger ones are abandoned while
     /// reading (the keys held are kept, the failure logged): a provider's key set is a few
@@ -60,6 +64,7 @@ impl Default for AuthSettings {
             .into_iter()
             .map(|(m, s)| (m.to_owned(), s.to_owned()))
             .collect(),
+            subscription_scopes: BTreeMap::new(),
             max_jwks_bytes: 1024 * 1024,
         }
     }

@@ -18,6 +18,7 @@
 //! - `cache`: `cache.*`.
 //! - `ratelimit`: `rate_limits.*`.
 //! - `events`: `events.*`.
+//! - `subscriptions`: `subscriptions.*` (the live homepage's doors and their bounds).
 //! - `telemetry`: `log.*`, `metrics.*`, `telemetry.otlp.*`.
 //! - `reload`: `reload.*`, and which keys a reload can apply and which need a restart.
 //! - `names`, `duration`, `secret`: the names settings are keyed by, human durations, secrets.
@@ -34,6 +35,7 @@ mod ratelimit;
 mod reload;
 mod secret;
 mod server;
+mod subscriptions;
 mod telemetry;
 mod tls;
 
@@ -58,6 +60,7 @@ pub use reload::ReloadSettings;
 pub(crate) use reload::same;
 pub use secret::Secret;
 pub use server::{AdminSettings, ForwardedHeader, Http2Settings, ServerSettings};
+pub use subscriptions::SubscriptionSettings;
 pub use telemetry::{LogFormat, LogSettings, MetricsSettings, OtlpSettings, TelemetrySettings};
 pub use tls::{BackendTlsSettings, ClientAuth, TlsSettings};
 
@@ -103,6 +106,8 @@ pub struct Settings {
     pub rate_limits: RateLimitSettings,
     /// The event bus (`events.*`): in-process unless `events.url` names a RabbitMQ broker.
     pub events: EventsSettings,
+    /// Subscriptions over WebSocket and SSE (`subscriptions.*`).
+    pub subscriptions: SubscriptionSettings,
     /// Reloading the config file without a restart (`reload.*`).
     pub reload: ReloadSettings,
 }
@@ -203,6 +208,7 @@ impl Settings {
             cors: CorsSettings::default(),
             rate_limits: RateLimitSettings::default(),
             events: EventsSettings::default(),
+            subscriptions: SubscriptionSettings::default(),
             reload: ReloadSettings::default(),
         }
     }
@@ -322,6 +328,7 @@ impl Settings {
         let prefixes: Vec<&str> = self.routes.iter().map(|r| r.prefix.as_str()).collect();
         self.rate_limits.validate(&prefixes)?;
         self.auth.validate_hs256_secret()?;
+        self.subscriptions.validate()?;
         self.profile
             .validate()
             .map_err(|(key, msg)| invalid(&format!("profile.{key}"), msg))

@@ -18,6 +18,7 @@ pub(crate) mod errors;
 pub mod fields;
 pub mod persisted;
 pub(crate) mod service;
+pub(crate) mod subscription;
 pub mod types;
 
 use std::sync::Arc;
@@ -113,6 +114,12 @@ pub trait GraphqlExecutor: Send + Sync + 'static {
         request: async_graphql::Request,
         validated: bool,
     ) -> BoxFuture<'_, async_graphql::Response>;
+    /// Runs a subscription: one response now and one per change, until the stream is dropped
+    /// (a request error is one response, then the end).
+    fn execute_stream(
+        &self,
+        request: async_graphql::Request,
+    ) -> futures::stream::BoxStream<'static, async_graphql::Response>;
     /// The schema as SDL.
     fn sdl(&self) -> String;
 }
@@ -167,6 +174,13 @@ where
         }
     }
 
+    fn execute_stream(
+        &self,
+        request: async_graphql::Request,
+    ) -> futures::stream::BoxStream<'static, async_graphql::Response> {
+        self.schema.execute_stream(request)
+    }
+
     fn sdl(&self) -> String {
         self.schema.sdl()
     }
@@ -183,7 +197,7 @@ pub(crate) fn build_schema<T: TitleView, H: types::HomepageView>(
     let schema = schema_builder(
         types::RootQuery::<T, H>::default(),
         types::MyListMutation,
-        async_graphql::EmptySubscription,
+        subscription::RootSubscription::<T>::default(),
         composer.clone(),
         limits,
     )
@@ -191,7 +205,7 @@ pub(crate) fn build_schema<T: TitleView, H: types::HomepageView>(
     let prevalidated = schema_builder(
         types::RootQuery::<T, H>::default(),
         types::MyListMutation,
-        async_graphql::EmptySubscription,
+        subscription::RootSubscription::<T>::default(),
         composer,
         limits,
     )

@@ -25,6 +25,17 @@ pub struct Row<'a, T> {
     _title: PhantomData<fn() -> T>,
 }
 
+impl<'a, T> Row<'a, T> {
+    /// The GraphQL view of `row` for a client with `profile`.
+    pub(crate) fn of(row: &'a HomeRow, profile: &'a Arc<ClientProfile>) -> Self {
+        Self {
+            row,
+            profile,
+            _title: PhantomData,
+        }
+    }
+}
+
 /// A row of the homepage: a heading and the titles to show, in display order.
 #[Object(name = "Row")]
 impl<'a, T: TitleView> Row<'a, T> {
@@ -205,7 +216,7 @@ fn rows<'a, T: TitleView>(
 }
 
 /// Parses the optional `region` argument.
-fn region_arg(region: Option<String>) -> async_graphql::Result<Option<Region>> {
+pub(crate) fn region_arg(region: Option<String>) -> async_graphql::Result<Option<Region>> {
     region
         .map(|r| {
             Region::parse(&r).ok_or_else(|| {
@@ -216,7 +227,7 @@ fn region_arg(region: Option<String>) -> async_graphql::Result<Option<Region>> {
 }
 
 /// Checks a client-supplied title id before it is sent anywhere.
-fn title_id_arg(id: &str) -> async_graphql::Result<&str> {
+pub(crate) fn title_id_arg(id: &str) -> async_graphql::Result<&str> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id

@@ -2,7 +2,7 @@
 //! states, endpoint counts) are read into the registry at scrape time, so the hot paths that own
 //! them never touch the registry.
 
-use std::sync::Arc;
+use std::sync::{Arc, atomic::Ordering::Relaxed};
 
 use axum::{
     extract::State,
@@ -22,6 +22,7 @@ pub(crate) struct Scrape {
     pub(crate) upstream: Upstream,
     pub(crate) cache: FragmentCache,
     pub(crate) events: Arc<dyn crate::events::EventBus>,
+    pub(crate) live: Arc<crate::live::Live>,
 }
 
 pub(super) async fn serve(State(app): State<Arc<Scrape>>) -> Response {
@@ -46,6 +47,28 @@ pub(super) async fn serve(State(app): State<Arc<Scrape>>) -> Response {
         metrics.set_l2(l2.totals());
     }
     metrics.set_events(&app.events.status());
+    let live = &app.live;
+    let closed: Vec<(&'static str, u64)> = live
+        .stats
+        .refused
+        .lock()
+        .iter()
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    metrics.set_live(
+        (
+            live.stats.ws_open.load(Relaxed),
+            live.stats.sse_open.load(Relaxed),
+        ),
+        live.stats.subscriptions.load(Relaxed),
+        live.groups.len(),
+        app.cache.watched_keys(),
+        (
+            live.stats.ws_messages.load(Relaxed),
+            live.stats.sse_messages.load(Relaxed),
+        ),
+        &closed,
+    );
     match metrics.render() {
         Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
         Err(e) => {

@@ -139,6 +139,8 @@ pub struct Application {
     events: Arc<dyn crate::events::EventBus>,
     /// This instance's subscription to domain events (ends with the server).
     subscription: crate::events::Consumer,
+    /// The live doors' sockets and streams (closed at shutdown).
+    doors: Arc<crate::live::Live>,
     reloader: Option<Reloader>,
 }
 
@@ -185,6 +187,7 @@ impl Application {
             )
             .await?;
         let instance = Arc::new(health::Instance::new());
+        let doors = Arc::new(crate::live::Live::default());
         let process = Arc::new(Process {
             surface: *surface,
             client,
@@ -194,6 +197,7 @@ impl Application {
             recent,
             instance: instance.clone(),
             graphiql_headers: opts.graphiql_headers.clone(),
+            live: doors.clone(),
         });
         let settings = Arc::new(settings);
         let stack = Stack::build(settings.clone(), &process, None)?;
@@ -239,6 +243,7 @@ impl Application {
             cache,
             events,
             subscription,
+            doors,
             reloader,
         })
     }
@@ -313,6 +318,7 @@ impl Application {
         let stopping_at = Arc::new(parking_lot::Mutex::new(None::<tokio::time::Instant>));
         let stopping_mark = stopping_at.clone();
         let delay_of = server.clone();
+        let doors = self.doors.clone();
         let serve = conn::serve(self.listener, public, opts, async move {
             shutdown.await;
             // Readiness goes false first; the listener stays open for `shutdown_delay` so load
@@ -323,6 +329,9 @@ impl Application {
             tokio::time::sleep(delay).await;
             tracing::info!("no longer accepting; draining in-flight requests");
             *stopping_mark.lock() = Some(tokio::time::Instant::now());
+            // Subscription sockets close with 1001 after what is queued for them, and SSE
+            // streams end, so the drain below is not held up by streams that never finish.
+            tokio::spawn(async move { doors.shut_down(std::time::Duration::MAX).await });
             let _ = stopping_tx.send(());
         });
         let grace_of = server.clone();
@@ -349,6 +358,12 @@ impl Application {
         if let Some(watch) = reload_watch {
             watch.abort();
         }
+        // Sockets still closing get what is left of the grace period.
+        let grace = server().shutdown_grace;
+        let left = stopping_at
+            .lock()
+            .map_or(grace, |at| grace.saturating_sub(at.elapsed()));
+        self.doors.shut_down(left).await;
         self.live.load().stop();
         self.subscription.stop().await;
         // Accepted work is confirmed or spooled already; what the bus still holds gets the rest

@@ -48,6 +48,9 @@ pub(crate) struct Process {
     pub(crate) instance: Arc<health::Instance>,
     /// Headers GraphiQL starts with (`--demo`'s token).
     pub(crate) graphiql_headers: Option<String>,
+    /// The live doors' process part: running subscriptions and connection counts outlive a
+    /// reload (a reload's new limits apply to new connections).
+    pub(crate) live: Arc<crate::live::Live>,
 }
 
 /// The identity providers of one `auth.*`, with their key-refresh tasks, which stop when the
@@ -147,6 +150,7 @@ impl Stack {
         )
         .with_access(crate::compose::Access {
             mutation_scopes: settings.auth.mutation_scopes.clone(),
+            subscription_scopes: settings.auth.subscription_scopes.clone(),
         })
         .with_events(crate::compose::progress::Events {
             bus: process.events.clone(),
@@ -207,9 +211,8 @@ impl Stack {
             graphiql_page: graphiql.as_ref().map(|assets| {
                 Bytes::from(assets.page(&graphiql::Page {
                     endpoint: "/graphql",
-                    // Subscriptions are not served yet (the live-homepage issue): GraphiQL
-                    // must not be pointed at a WebSocket endpoint that answers 404.
-                    subscription_endpoint: None,
+                    // Only where the WebSocket door is open: never a URL that answers 404.
+                    subscription_endpoint: settings.subscriptions.enabled.then_some("/graphql/ws"),
                     headers: process.graphiql_headers.as_deref(),
                     binary: process.surface.name,
                     example_query: process.surface.example_query,
@@ -233,6 +236,7 @@ impl Stack {
                 upstream: upstream.clone(),
                 cache: process.cache.clone(),
                 events: process.events.clone(),
+                live: process.live.clone(),
             });
             Router::new()
                 .route("/metrics", get(metrics::serve))
@@ -257,6 +261,21 @@ impl Stack {
                 &settings.routes,
                 settings.server.body_read_timeout,
             ));
+        if settings.subscriptions.enabled {
+            let live = Arc::new(crate::live::LiveService {
+                live: process.live.clone(),
+                graphql: graphql.clone(),
+                auth: providers.auth.clone(),
+                failed_auth: failed_auth.clone(),
+                settings: settings.subscriptions.clone(),
+                budget: settings.server.request_budget,
+            });
+            router = router.merge(edge.around_service(
+                crate::live::router(live),
+                body_limit,
+                crate::ratelimit::Target::Graphql,
+            ));
+        }
         if let Some(assets) = &graphiql {
             router = router.merge(assets.router());
         }

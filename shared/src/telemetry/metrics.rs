@@ -189,6 +189,16 @@ metric_families! {
             "1 while connected to the event bus (domain events invalidate caches), 0 while caches rely on TTLs only.";
         events_lag: FloatGauge[] = "bff_events_lag_seconds",
             "Age of the last consumed event when this instance handled it.";
+
+        // Subscriptions (the live doors' counters are mirrored, below).
+        subscription_connections: IntGaugeVec["transport"] = "bff_subscription_connections",
+            "Subscription connections open now, by transport (ws = /graphql/ws, sse = /graphql/stream).";
+        subscriptions_active: IntGauge[] = "bff_subscriptions",
+            "Subscriptions running now, on every connection.";
+        subscription_executions: IntGauge[] = "bff_subscription_executions",
+            "Subscription executions running now: subscribers of the same operation and view share one.";
+        subscription_watched: IntGauge[] = "bff_subscription_watched_fragments",
+            "Fragment keys subscriptions are waiting on for a change.";
     }
     mirrored {
         /// The cache's own totals per kind, in the order of [`Metrics::set_cache`]'s arguments.
@@ -220,6 +230,16 @@ metric_families! {
                 "Compressed bytes read from the shared L2 tier.";
             "bff_cache_l2_written_bytes_total",
                 "Compressed bytes written to the shared L2 tier.";
+        }
+        /// Messages written to subscribers, by transport.
+        subscription_messages["transport"] {
+            "bff_subscription_messages_total",
+                "Messages written to subscribers (next, error, complete), by transport (ws, sse).";
+        }
+        /// Connections refused or closed by a bound, by reason.
+        subscription_closed["reason"] {
+            "bff_subscription_closed_total",
+                "Subscription connections refused or closed by a bound or a protocol error, by reason (max_connections, max_connections_per_address, max_connections_per_user, max_subscriptions_per_connection, init_timeout, token_refused, token_expired, too_slow, keepalive, invalid_message, message_too_big, ...).";
         }
         /// The event bus's own totals, in the order [`Metrics::set_events`] reads them.
         events_counters[] {
@@ -483,6 +503,37 @@ impl Metrics {
             .cache_bytes
             .with_label_values(&[kind])
             .set(saturating_i64(bytes));
+    }
+
+    /// Mirrors the live doors' state: connections by transport, subscriptions, shared
+    /// executions, watched fragments, messages by transport, closes by reason.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn set_live(
+        &self,
+        (ws, sse): (usize, usize),
+        subscriptions: usize,
+        executions: usize,
+        watched: usize,
+        (ws_messages, sse_messages): (u64, u64),
+        closed: &[(&'static str, u64)],
+    ) {
+        let f = &self.family;
+        f.subscription_connections
+            .with_label_values(&["ws"])
+            .set(saturating_i64(ws as u64));
+        f.subscription_connections
+            .with_label_values(&["sse"])
+            .set(saturating_i64(sse as u64));
+        f.subscriptions_active
+            .set(saturating_i64(subscriptions as u64));
+        f.subscription_executions
+            .set(saturating_i64(executions as u64));
+        f.subscription_watched.set(saturating_i64(watched as u64));
+        f.subscription_messages.observe(&["ws"], [ws_messages]);
+        f.subscription_messages.observe(&["sse"], [sse_messages]);
+        for (reason, n) in closed {
+            f.subscription_closed.observe(&[reason], [*n]);
+        }
     }
 
     /// Mirrors the shared L2 tier's totals (hits, misses, errors, skipped, too large, bytes read,

@@ -88,6 +88,12 @@ impl Refused {
         resp
     }
 
+    /// Its code and message, for a door that answers outside HTTP (a subscription's `error`).
+    pub(crate) fn code_and_message(&self) -> (ErrorCode, String) {
+        let (_, code, msg) = self.status_and_code(Mode::Json);
+        (code, msg.to_owned())
+    }
+
     /// The refusal as an execution's answer (limits the execution ran into).
     pub(super) fn answer(self, mode: Mode) -> Answer {
         let (status, code, msg) = self.status_and_code(mode);

@@ -93,6 +93,36 @@ impl Request {
     }
 }
 
+/// A subscription operation admitted by the live doors (`crate::live`): the same admission as a
+/// request's (persisted lookup, token count, parse, analysis and limits, late rate limits),
+/// as the request the schema's stream runs.
+pub(crate) struct LiveOperation {
+    /// The request to run (parsed document and the request context attached).
+    pub(crate) request: async_graphql::Request,
+    /// `"subscription"`, `"query"`, …
+    pub(crate) op_type: &'static str,
+}
+
+/// Admits one operation arriving at a live door, as `viewer`, charged to `late`.
+pub(crate) async fn admit_live(
+    app: &GraphqlService,
+    viewer: Option<Viewer>,
+    late: Option<Arc<LateLimits>>,
+    map: Map<String, Json>,
+) -> Result<LiveOperation, answer::Refused> {
+    let request = Request {
+        viewer,
+        late,
+        method: Method::POST,
+        mode: Mode::Json,
+    };
+    let job = admit::admit(app, &request, map).await?;
+    Ok(LiveOperation {
+        request: job.request,
+        op_type: job.op_type,
+    })
+}
+
 /// One operation's walk after the wire: admitted (or refused), executed, answered.
 async fn serve(app: Arc<GraphqlService>, request: Request, map: Map<String, Json>) -> Response {
     match admit::admit(&app, &request, map).await {

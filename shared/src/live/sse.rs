@@ -1,0 +1,369 @@
+//! `/graphql/stream`: subscriptions over Server-Sent Events, GraphQL over SSE in its "distinct
+//! connections" mode (one HTTP request per subscription, as the `graphql-sse` client sends it):
+//! `POST` with the usual JSON body (or `GET` with `query`, `operationName`, `variables`,
+//! `extensions` parameters) and `Accept: text/event-stream`. The token comes as on `/graphql`
+//! (`Authorization`, verified by the pipeline).
+//!
+//! A subscription that cannot start is answered like a request that cannot: a JSON body of
+//! errors with its status (`400`, `401` UNAUTHENTICATED, `403` FORBIDDEN, `429` RATE_LIMITED).
+//! Otherwise `200 text/event-stream`: `event: next` per result, `event: complete` at the end;
+//! a comment line every `subscriptions.ping_interval` keeps proxies from closing the stream. A
+//! reader too slow for its queue, an expired token and the server shutting down each end the
+//! stream after one last `next` carrying the reason as a coded error (the shutdown: only
+//! `complete`).
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    Extension,
+    body::{Body, Bytes},
+    extract::{RawQuery, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::{Map, Value as Json};
+use tokio::time::Instant;
+
+use super::{Full, Live, LiveService, Member, Msg, Refusal, Slot};
+use crate::{
+    auth::{Identity, Viewer},
+    error::ErrorCode,
+    pipeline::client_addr::ClientAddr,
+    ratelimit::LateLimits,
+};
+
+/// `GET /graphql/stream?query=…`.
+pub(crate) async fn get(
+    State(svc): State<Arc<LiveService>>,
+    addr: Option<Extension<ClientAddr>>,
+    identity: Option<Extension<Identity>>,
+    late: Option<Extension<Arc<LateLimits>>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let mut map = Map::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        let value = match k.as_ref() {
+            "query" | "operationName" => Json::String(v.into_owned()),
+            "variables" | "extensions" => match serde_json::from_str::<Json>(&v) {
+                Ok(j) => j,
+                Err(_) => {
+                    return error_response(
+                        &headers,
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::BadUserInput,
+                        &format!("`{k}` must be a JSON object"),
+                    );
+                }
+            },
+            _ => continue,
+        };
+        if map.insert(k.into_owned(), value).is_some() {
+            return error_response(
+                &headers,
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadUserInput,
+                "each parameter may be given once",
+            );
+        }
+    }
+    serve(svc, addr, identity, late, headers, map).await
+}
+
+/// `POST /graphql/stream` with a JSON body.
+pub(crate) async fn post(
+    State(svc): State<Arc<LiveService>>,
+    addr: Option<Extension<ClientAddr>>,
+    identity: Option<Extension<Identity>>,
+    late: Option<Extension<Arc<LateLimits>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if !json {
+        return error_response(
+            &headers,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::BadUserInput,
+            "POST bodies must be `Content-Type: application/json`",
+        );
+    }
+    let map = match serde_json::from_slice::<Json>(&body) {
+        Ok(Json::Object(m)) => m,
+        _ => {
+            return error_response(
+                &headers,
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadUserInput,
+                "the body must be a JSON object with `query`",
+            );
+        }
+    };
+    serve(svc, addr, identity, late, headers, map).await
+}
+
+async fn serve(
+    svc: Arc<LiveService>,
+    addr: Option<Extension<ClientAddr>>,
+    identity: Option<Extension<Identity>>,
+    late: Option<Extension<Arc<LateLimits>>>,
+    headers: HeaderMap,
+    map: Map<String, Json>,
+) -> Response {
+    let accepts = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("text/event-stream"));
+    if !accepts {
+        return error_response(
+            &headers,
+            StatusCode::NOT_ACCEPTABLE,
+            ErrorCode::BadUserInput,
+            "accept text/event-stream",
+        );
+    }
+    let ip = addr.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |Extension(a)| a.0);
+    let viewer: Option<Viewer> = identity
+        .and_then(|Extension(Identity(v))| v)
+        .map(|v| v.as_ref().clone());
+    let live = svc.live.clone();
+    if *live.stopping().borrow() {
+        return error_response(
+            &headers,
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::BackendUnavailable,
+            "the server is shutting down",
+        );
+    }
+    let slot = match live.open(
+        ip,
+        viewer.as_ref().map(|v| v.user_id.as_str()),
+        &svc.settings,
+    ) {
+        Ok(s) => s,
+        Err(full) => {
+            let status = match full {
+                Full::Instance => StatusCode::SERVICE_UNAVAILABLE,
+                Full::Address | Full::User => StatusCode::TOO_MANY_REQUESTS,
+            };
+            let code = if status == StatusCode::TOO_MANY_REQUESTS {
+                ErrorCode::RateLimited
+            } else {
+                ErrorCode::BackendUnavailable
+            };
+            return error_response(&headers, status, code, &full.message());
+        }
+    };
+    let mut member = match svc
+        .subscribe(viewer.as_ref(), late.map(|Extension(l)| l), map)
+        .await
+    {
+        Ok(m) => m,
+        Err(refusal) => return refused(refusal),
+    };
+    // The first message decides the status: an operation that cannot start is a request error.
+    let first = member.rx.recv().await;
+    let first = match first {
+        Some(Msg::Error(errors)) => return refused(Refusal::from_errors(errors)),
+        Some(m) => m,
+        None => Msg::Complete,
+    };
+    live.stats.sse_open.fetch_add(1, Ordering::Relaxed);
+    live.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+    let stream = Stream {
+        live: live.clone(),
+        stop: live.stopping(),
+        _slot: slot,
+        member,
+        first: Some(first),
+        ping: svc.settings.ping_interval,
+        expires: viewer.as_ref().and_then(|v| v.expires_at).map(instant_of),
+        done: false,
+    };
+    let body = Body::from_stream(futures::stream::unfold(stream, |mut s| async move {
+        let chunk = s.next_chunk().await?;
+        Some((Ok::<_, std::convert::Infallible>(chunk), s))
+    }));
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Proxies that buffer (nginx) must pass events through as they come.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+/// What woke a stream.
+enum Next {
+    Stop,
+    Msg(Option<Msg>),
+    Expired,
+    Ping,
+}
+
+/// One open stream's state.
+struct Stream {
+    live: Arc<Live>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    _slot: Slot,
+    member: Member,
+    first: Option<Msg>,
+    ping: Duration,
+    expires: Option<Instant>,
+    done: bool,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.live.stats.sse_open.fetch_sub(1, Ordering::Relaxed);
+        self.live
+            .stats
+            .subscriptions
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Stream {
+    /// The next bytes to write; `None` ends the response.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        if let Some(m) = self.first.take() {
+            return Some(self.event(&m));
+        }
+        let expires = self.expires;
+        let ping = self.ping;
+        let next = tokio::select! {
+            biased;
+            () = super::stopped(&mut self.stop) => Next::Stop,
+            m = self.member.rx.recv() => Next::Msg(m),
+            () = sleep_until_opt(expires), if expires.is_some() => Next::Expired,
+            () = tokio::time::sleep(ping) => Next::Ping,
+        };
+        match next {
+            Next::Stop => {
+                // Messages already queued go out first (one chunk), then `complete`.
+                let mut out = Vec::new();
+                while let Ok(m) = self.member.rx.try_recv() {
+                    out.extend_from_slice(&self.event(&m));
+                    if self.done {
+                        return Some(Bytes::from(out));
+                    }
+                }
+                out.extend_from_slice(&self.event(&Msg::Complete));
+                Some(Bytes::from(out))
+            }
+            Next::Msg(Some(m)) => Some(self.event(&m)),
+            Next::Msg(None) if self.member.too_slow() => {
+                self.live.stats.refused("too_slow");
+                Some(self.end_with(
+                    ErrorCode::RateLimited,
+                    "subscriber too slow: its message queue is full; subscribe again",
+                ))
+            }
+            Next::Msg(None) => Some(self.event(&Msg::Complete)),
+            Next::Expired => {
+                self.live.stats.refused("token_expired");
+                Some(self.end_with(
+                    ErrorCode::Unauthenticated,
+                    "the token expired; subscribe again with a new one",
+                ))
+            }
+            Next::Ping => Some(Bytes::from_static(b":\n\n")),
+        }
+    }
+
+    /// One error result, then `complete`.
+    fn end_with(&mut self, code: ErrorCode, message: &str) -> Bytes {
+        let body = crate::refusal::error_body(code, message);
+        let payload = serde_json::to_vec(&serde_json::json!({ "errors": body["errors"] }))
+            .unwrap_or_default();
+        let mut out = self.event(&Msg::Next(Bytes::from(payload))).to_vec();
+        out.extend_from_slice(&self.event(&Msg::Complete));
+        Bytes::from(out)
+    }
+
+    fn event(&mut self, m: &Msg) -> Bytes {
+        self.live.stats.sse_messages.fetch_add(1, Ordering::Relaxed);
+        match m {
+            Msg::Next(p) => {
+                let mut out = Vec::with_capacity(p.len() + 20);
+                out.extend_from_slice(b"event: next\ndata: ");
+                out.extend_from_slice(p);
+                out.extend_from_slice(b"\n\n");
+                Bytes::from(out)
+            }
+            Msg::Error(errors) => {
+                // After the start an operation error is a result with errors.
+                let mut out = Vec::with_capacity(errors.len() + 40);
+                out.extend_from_slice(b"event: next\ndata: {\"errors\":");
+                out.extend_from_slice(errors);
+                out.extend_from_slice(b"}\n\nevent: complete\ndata: \n\n");
+                self.done = true;
+                Bytes::from(out)
+            }
+            Msg::Complete => {
+                self.done = true;
+                Bytes::from_static(b"event: complete\ndata: \n\n")
+            }
+        }
+    }
+}
+
+/// The answer to a subscription that could not start.
+fn refused(r: Refusal) -> Response {
+    let status = match r.code {
+        ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::BackendUnavailable | ErrorCode::BackendTimeout => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let mut body = Vec::with_capacity(r.errors.len() + 12);
+    body.extend_from_slice(b"{\"errors\":");
+    body.extend_from_slice(&r.errors);
+    body.push(b'}');
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    resp
+}
+
+fn error_response(headers: &HeaderMap, status: StatusCode, code: ErrorCode, msg: &str) -> Response {
+    crate::refusal::stage_refusal(true, headers, status, code, msg)
+}
+
+fn instant_of(unix_secs: u64) -> Instant {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    Instant::now() + Duration::from_secs(unix_secs).saturating_sub(now)
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
