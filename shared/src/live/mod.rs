@@ -22,6 +22,7 @@
 //! closed with `1001` after the messages already queued for it, and SSE streams end.
 
 mod group;
+mod multipart;
 pub(crate) mod sse;
 pub(crate) mod ws;
 
@@ -80,11 +81,13 @@ pub(crate) struct LiveStats {
     /// Connections open now, by transport.
     pub(crate) ws_open: AtomicUsize,
     pub(crate) sse_open: AtomicUsize,
+    pub(crate) multipart_open: AtomicUsize,
     /// Subscriptions running now (on every connection).
     pub(crate) subscriptions: AtomicUsize,
     /// Messages written to subscribers (`next`, `error`, `complete`), ever.
     pub(crate) ws_messages: AtomicU64,
     pub(crate) sse_messages: AtomicU64,
+    pub(crate) multipart_messages: AtomicU64,
     /// Connections refused or closed by a bound, by reason.
     pub(crate) refused: Mutex<HashMap<&'static str, u64>>,
 }
@@ -251,18 +254,29 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     }
 }
 
+/// Joins admitted subscription operations to their shared executions: what every door needs
+/// after admission (a stack's schema and limits over the process's groups).
+pub(crate) struct Joiner {
+    pub(crate) live: Arc<Live>,
+    pub(crate) schema: Arc<dyn crate::graphql::GraphqlExecutor>,
+    pub(crate) settings: SubscriptionSettings,
+    /// Introspection is off: "Did you mean" suggestions are cut from errors.
+    pub(crate) hide_suggestions: bool,
+    /// `server.request_budget`: what one reload of a live row may take.
+    pub(crate) budget: Duration,
+}
+
 /// A stack's part of the live doors.
 pub(crate) struct LiveService {
-    pub(crate) live: Arc<Live>,
-    /// The GraphQL service whose admission and schema subscriptions use.
+    pub(crate) joiner: Arc<Joiner>,
+    /// The GraphQL service whose admission subscriptions go through.
     pub(crate) graphql: Arc<GraphqlService>,
     /// Verifies a `connection_init` token.
     pub(crate) auth: Arc<Authenticator>,
     /// Counts refused `connection_init` tokens per address (`rate_limits.failed_auth`).
     pub(crate) failed_auth: Option<Arc<FailedAuth>>,
     pub(crate) settings: SubscriptionSettings,
-    /// `server.request_budget`: what one reload of a live row may take.
-    pub(crate) budget: Duration,
+    pub(crate) live: Arc<Live>,
 }
 
 /// The doors' routes.
@@ -304,6 +318,36 @@ impl Refusal {
             errors: Bytes::from(errors),
         }
     }
+
+    /// The HTTP status of a door that answers it before streaming (SSE, multipart).
+    pub(crate) fn status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self.code {
+            ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::BackendUnavailable | ErrorCode::BackendTimeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// That answer: `{"errors": […]}` with its status.
+    pub(crate) fn response(&self) -> axum::response::Response {
+        use axum::{http::header, response::IntoResponse as _};
+        let mut body = Vec::with_capacity(self.errors.len() + 12);
+        body.extend_from_slice(b"{\"errors\":");
+        body.extend_from_slice(&self.errors);
+        body.push(b'}');
+        let mut resp = (self.status(), body).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        resp
+    }
 }
 
 impl LiveService {
@@ -334,7 +378,18 @@ impl LiveService {
                 "only subscription operations are served here; send queries and mutations to /graphql",
             ));
         }
-        let mut request = op.request;
+        self.joiner.join(op.request, viewer)
+    }
+}
+
+impl Joiner {
+    /// Joins the admitted subscription `request` of `viewer` to its execution (starting it
+    /// when there is none).
+    pub(crate) fn join(
+        &self,
+        mut request: async_graphql::Request,
+        viewer: Option<&Viewer>,
+    ) -> Result<Member, Refusal> {
         let operation_name = request.operation_name.clone();
         let (field, named_args) = {
             let doc = request
@@ -367,11 +422,11 @@ impl LiveService {
             view,
         };
         let request = request.data(LoadBudget(self.budget));
-        let schema = self.graphql.schema.clone();
+        let schema = self.schema.clone();
         Ok(self.live.groups.join(
             key,
             self.settings.buffer,
-            !self.graphql.settings.introspection,
+            self.hide_suggestions,
             move || schema.execute_stream(request),
         ))
     }

@@ -1,4 +1,5 @@
-//! `/graphql/stream`: subscriptions over Server-Sent Events, GraphQL over SSE in its "distinct
+//! `/graphql/stream`: subscriptions over Server-Sent Events (and the streaming answer of a
+//! subscription sent to `/graphql` with `Accept: multipart/mixed`, [`Framing::Multipart`]), GraphQL over SSE in its "distinct
 //! connections" mode (one HTTP request per subscription, as the `graphql-sse` client sends it):
 //! `POST` with the usual JSON body (or `GET` with `query`, `operationName`, `variables`,
 //! `extensions` parameters) and `Accept: text/event-stream`. The token comes as on `/graphql`
@@ -23,7 +24,7 @@ use axum::{
     body::{Body, Bytes},
     extract::{RawQuery, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use serde_json::{Map, Value as Json};
 use tokio::time::Instant;
@@ -166,21 +167,46 @@ async fn serve(
             return error_response(&headers, status, code, &full.message());
         }
     };
-    let mut member = match svc
+    let member = match svc
         .subscribe(viewer.as_ref(), late.map(|Extension(l)| l), map)
         .await
     {
         Ok(m) => m,
         Err(refusal) => return refused(refusal),
     };
-    // The first message decides the status: an operation that cannot start is a request error.
-    let first = member.rx.recv().await;
-    let first = match first {
+    let ping = svc.settings.ping_interval;
+    respond(live, slot, member, viewer.as_ref(), Framing::Sse { ping }).await
+}
+
+/// How results are framed on an HTTP stream.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Framing {
+    /// `text/event-stream`, with a comment every `ping` to keep proxies from closing it.
+    Sse { ping: Duration },
+    /// `multipart/mixed; boundary="-"`: one JSON part per result (the incremental-delivery
+    /// framing GraphiQL and `meros` read), for subscriptions sent to `/graphql`.
+    Multipart,
+}
+
+/// The streaming answer of `member`'s subscription: its first message decides the status (an
+/// operation that cannot start is answered as a request error), then one frame per result.
+pub(crate) async fn respond(
+    live: Arc<Live>,
+    slot: Slot,
+    mut member: Member,
+    viewer: Option<&Viewer>,
+    framing: Framing,
+) -> Response {
+    let first = match member.rx.recv().await {
         Some(Msg::Error(errors)) => return refused(Refusal::from_errors(errors)),
         Some(m) => m,
         None => Msg::Complete,
     };
-    live.stats.sse_open.fetch_add(1, Ordering::Relaxed);
+    let transport = match framing {
+        Framing::Sse { .. } => &live.stats.sse_open,
+        Framing::Multipart => &live.stats.multipart_open,
+    };
+    transport.fetch_add(1, Ordering::Relaxed);
     live.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
     let stream = Stream {
         live: live.clone(),
@@ -188,9 +214,10 @@ async fn serve(
         _slot: slot,
         member,
         first: Some(first),
-        ping: svc.settings.ping_interval,
-        expires: viewer.as_ref().and_then(|v| v.expires_at).map(instant_of),
+        framing,
+        expires: viewer.and_then(|v| v.expires_at).map(instant_of),
         done: false,
+        opened: false,
     };
     let body = Body::from_stream(futures::stream::unfold(stream, |mut s| async move {
         let chunk = s.next_chunk().await?;
@@ -200,7 +227,10 @@ async fn serve(
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+        HeaderValue::from_static(match framing {
+            Framing::Sse { .. } => "text/event-stream; charset=utf-8",
+            Framing::Multipart => "multipart/mixed; boundary=\"-\"",
+        }),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     // Proxies that buffer (nginx) must pass events through as they come.
@@ -223,14 +253,20 @@ struct Stream {
     _slot: Slot,
     member: Member,
     first: Option<Msg>,
-    ping: Duration,
+    framing: Framing,
     expires: Option<Instant>,
     done: bool,
+    /// The multipart preamble (the first boundary) is written.
+    opened: bool,
 }
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        self.live.stats.sse_open.fetch_sub(1, Ordering::Relaxed);
+        let transport = match self.framing {
+            Framing::Sse { .. } => &self.live.stats.sse_open,
+            Framing::Multipart => &self.live.stats.multipart_open,
+        };
+        transport.fetch_sub(1, Ordering::Relaxed);
         self.live
             .stats
             .subscriptions
@@ -248,13 +284,16 @@ impl Stream {
             return Some(self.event(&m));
         }
         let expires = self.expires;
-        let ping = self.ping;
+        let ping = match self.framing {
+            Framing::Sse { ping } => Some(ping),
+            Framing::Multipart => None,
+        };
         let next = tokio::select! {
             biased;
             () = super::stopped(&mut self.stop) => Next::Stop,
             m = self.member.rx.recv() => Next::Msg(m),
             () = sleep_until_opt(expires), if expires.is_some() => Next::Expired,
-            () = tokio::time::sleep(ping) => Next::Ping,
+            () = sleep_opt(ping) => Next::Ping,
         };
         match next {
             Next::Stop => {
@@ -291,63 +330,65 @@ impl Stream {
 
     /// One error result, then `complete`.
     fn end_with(&mut self, code: ErrorCode, message: &str) -> Bytes {
-        let body = crate::refusal::error_body(code, message);
-        let payload = serde_json::to_vec(&serde_json::json!({ "errors": body["errors"] }))
-            .unwrap_or_default();
-        let mut out = self.event(&Msg::Next(Bytes::from(payload))).to_vec();
-        out.extend_from_slice(&self.event(&Msg::Complete));
-        Bytes::from(out)
+        self.event(&Msg::Error(Refusal::new(code, message).errors))
     }
 
     fn event(&mut self, m: &Msg) -> Bytes {
-        self.live.stats.sse_messages.fetch_add(1, Ordering::Relaxed);
-        match m {
-            Msg::Next(p) => {
-                let mut out = Vec::with_capacity(p.len() + 20);
-                out.extend_from_slice(b"event: next\ndata: ");
-                out.extend_from_slice(p);
-                out.extend_from_slice(b"\n\n");
-                Bytes::from(out)
-            }
+        let messages = match self.framing {
+            Framing::Sse { .. } => &self.live.stats.sse_messages,
+            Framing::Multipart => &self.live.stats.multipart_messages,
+        };
+        messages.fetch_add(1, Ordering::Relaxed);
+        let (result, last): (Option<Vec<u8>>, bool) = match m {
+            Msg::Next(p) => (Some(p.to_vec()), false),
             Msg::Error(errors) => {
-                // After the start an operation error is a result with errors.
-                let mut out = Vec::with_capacity(errors.len() + 40);
-                out.extend_from_slice(b"event: next\ndata: {\"errors\":");
-                out.extend_from_slice(errors);
-                out.extend_from_slice(b"}\n\nevent: complete\ndata: \n\n");
-                self.done = true;
-                Bytes::from(out)
+                // After the start an operation error is a result with errors, and the end.
+                let mut r = Vec::with_capacity(errors.len() + 12);
+                r.extend_from_slice(b"{\"errors\":");
+                r.extend_from_slice(errors);
+                r.push(b'}');
+                (Some(r), true)
             }
-            Msg::Complete => {
-                self.done = true;
-                Bytes::from_static(b"event: complete\ndata: \n\n")
+            Msg::Complete => (None, true),
+        };
+        let mut out = Vec::with_capacity(result.as_ref().map_or(0, Vec::len) + 64);
+        match self.framing {
+            Framing::Sse { .. } => {
+                if let Some(r) = &result {
+                    out.extend_from_slice(b"event: next\ndata: ");
+                    out.extend_from_slice(r);
+                    out.extend_from_slice(b"\n\n");
+                }
+                if last {
+                    out.extend_from_slice(b"event: complete\ndata: \n\n");
+                }
+            }
+            Framing::Multipart => {
+                // Every part is followed by the boundary at once (not by the next part's), so
+                // a reader can hand it on as soon as it arrives.
+                if !self.opened {
+                    out.extend_from_slice(b"\r\n---");
+                    self.opened = true;
+                }
+                if let Some(r) = &result {
+                    out.extend_from_slice(
+                        b"\r\ncontent-type: application/json; charset=utf-8\r\n\r\n",
+                    );
+                    out.extend_from_slice(r);
+                    out.extend_from_slice(b"\r\n---");
+                }
+                if last {
+                    out.extend_from_slice(b"--\r\n");
+                }
             }
         }
+        self.done |= last;
+        Bytes::from(out)
     }
 }
 
-/// The answer to a subscription that could not start.
 fn refused(r: Refusal) -> Response {
-    let status = match r.code {
-        ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
-        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        ErrorCode::BackendUnavailable | ErrorCode::BackendTimeout => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        _ => StatusCode::BAD_REQUEST,
-    };
-    let mut body = Vec::with_capacity(r.errors.len() + 12);
-    body.extend_from_slice(b"{\"errors\":");
-    body.extend_from_slice(&r.errors);
-    body.push(b'}');
-    let mut resp = (status, body).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    resp
+    r.response()
 }
 
 fn error_response(headers: &HeaderMap, status: StatusCode, code: ErrorCode, msg: &str) -> Response {
@@ -359,6 +400,13 @@ fn instant_of(unix_secs: u64) -> Instant {
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO);
     Instant::now() + Duration::from_secs(unix_secs).saturating_sub(now)
+}
+
+async fn sleep_opt(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

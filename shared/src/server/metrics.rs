@@ -59,6 +59,7 @@ pub(super) async fn serve(State(app): State<Arc<Scrape>>) -> Response {
         (
             live.stats.ws_open.load(Relaxed),
             live.stats.sse_open.load(Relaxed),
+            live.stats.multipart_open.load(Relaxed),
         ),
         live.stats.subscriptions.load(Relaxed),
         live.groups.len(),
@@ -66,6 +67,7 @@ pub(super) async fn serve(State(app): State<Arc<Scrape>>) -> Response {
         (
             live.stats.ws_messages.load(Relaxed),
             live.stats.sse_messages.load(Relaxed),
+            live.stats.multipart_messages.load(Relaxed),
         ),
         &closed,
     );

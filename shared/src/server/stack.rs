@@ -200,7 +200,18 @@ impl Stack {
         };
         // GraphiQL is useless where introspection is not served (an allow list without it).
         let graphiql = graphiql.filter(|_| persisted.introspection_allowed());
+        let joiner = Arc::new(crate::live::Joiner {
+            live: process.live.clone(),
+            schema: schema.clone(),
+            settings: settings.subscriptions.clone(),
+            hide_suggestions: !settings.graphql.introspection,
+            budget: settings.server.request_budget,
+        });
         let graphql = Arc::new(GraphqlService {
+            subscriptions: settings
+                .subscriptions
+                .enabled
+                .then(|| joiner.clone() as Arc<dyn crate::graphql::service::SubscriptionDoor>),
             schema,
             persisted,
             coalescer: graphql::service::coalescer(),
@@ -263,12 +274,12 @@ impl Stack {
             ));
         if settings.subscriptions.enabled {
             let live = Arc::new(crate::live::LiveService {
-                live: process.live.clone(),
+                joiner,
                 graphql: graphql.clone(),
                 auth: providers.auth.clone(),
                 failed_auth: failed_auth.clone(),
                 settings: settings.subscriptions.clone(),
-                budget: settings.server.request_budget,
+                live: process.live.clone(),
             });
             router = router.merge(edge.around_service(
                 crate::live::router(live),

@@ -192,7 +192,7 @@ metric_families! {
 
         // Subscriptions (the live doors' counters are mirrored, below).
         subscription_connections: IntGaugeVec["transport"] = "bff_subscription_connections",
-            "Subscription connections open now, by transport (ws = /graphql/ws, sse = /graphql/stream).";
+            "Subscription connections open now, by transport (ws = /graphql/ws, sse = /graphql/stream, multipart = a subscription streamed from /graphql).";
         subscriptions_active: IntGauge[] = "bff_subscriptions",
             "Subscriptions running now, on every connection.";
         subscription_executions: IntGauge[] = "bff_subscription_executions",
@@ -234,7 +234,7 @@ metric_families! {
         /// Messages written to subscribers, by transport.
         subscription_messages["transport"] {
             "bff_subscription_messages_total",
-                "Messages written to subscribers (next, error, complete), by transport (ws, sse).";
+                "Messages written to subscribers (next, error, complete), by transport (ws, sse, multipart).";
         }
         /// Connections refused or closed by a bound, by reason.
         subscription_closed["reason"] {
@@ -510,11 +510,11 @@ impl Metrics {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn set_live(
         &self,
-        (ws, sse): (usize, usize),
+        (ws, sse, multipart): (usize, usize, usize),
         subscriptions: usize,
         executions: usize,
         watched: usize,
-        (ws_messages, sse_messages): (u64, u64),
+        (ws_messages, sse_messages, multipart_messages): (u64, u64, u64),
         closed: &[(&'static str, u64)],
     ) {
         let f = &self.family;
@@ -524,6 +524,9 @@ impl Metrics {
         f.subscription_connections
             .with_label_values(&["sse"])
             .set(saturating_i64(sse as u64));
+        f.subscription_connections
+            .with_label_values(&["multipart"])
+            .set(saturating_i64(multipart as u64));
         f.subscriptions_active
             .set(saturating_i64(subscriptions as u64));
         f.subscription_executions
@@ -531,6 +534,8 @@ impl Metrics {
         f.subscription_watched.set(saturating_i64(watched as u64));
         f.subscription_messages.observe(&["ws"], [ws_messages]);
         f.subscription_messages.observe(&["sse"], [sse_messages]);
+        f.subscription_messages
+            .observe(&["multipart"], [multipart_messages]);
         for (reason, n) in closed {
             f.subscription_closed.observe(&[reason], [*n]);
         }

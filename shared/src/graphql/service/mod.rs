@@ -35,6 +35,18 @@ use crate::{
     telemetry::metrics::Metrics,
 };
 
+/// Where a subscription sent to `/graphql` with `Accept: multipart/mixed` is streamed from
+/// (the live doors, `crate::live`, above this service: it names them only through this).
+pub(crate) trait SubscriptionDoor: Send + Sync + 'static {
+    /// The streaming answer of the admitted subscription `request` of `viewer` from `ip`.
+    fn multipart(
+        self: Arc<Self>,
+        request: async_graphql::Request,
+        viewer: Option<Viewer>,
+        ip: std::net::IpAddr,
+    ) -> futures::future::BoxFuture<'static, Response>;
+}
+
 /// What the GraphQL service needs, and nothing more.
 pub(crate) struct GraphqlService {
     /// This binary's schema.
@@ -52,6 +64,8 @@ pub(crate) struct GraphqlService {
     pub(crate) persisted: Persisted,
     /// Identical queries in flight, sharing one execution.
     pub(crate) coalescer: Coalescer<Answer>,
+    /// Subscriptions sent here (`None`: `subscriptions.enabled` is off).
+    pub(crate) subscriptions: Option<Arc<dyn SubscriptionDoor>>,
 }
 
 /// The service's routes (`GET`, `POST /graphql`); the pipeline's stages go around them.
@@ -70,6 +84,9 @@ struct Request {
     late: Option<Arc<LateLimits>>,
     method: Method,
     mode: Mode,
+    /// Set when the client accepts `multipart/mixed` (a subscription may stream then), with
+    /// the client's address; never inside a batch.
+    stream: Option<std::net::IpAddr>,
 }
 
 impl Request {
@@ -89,6 +106,7 @@ impl Request {
             late: late.map(|axum::Extension(l)| l),
             method,
             mode,
+            stream: None,
         }
     }
 }
@@ -115,6 +133,7 @@ pub(crate) async fn admit_live(
         late,
         method: Method::POST,
         mode: Mode::Json,
+        stream: None,
     };
     let job = admit::admit(app, &request, map).await?;
     Ok(LiveOperation {
@@ -126,6 +145,19 @@ pub(crate) async fn admit_live(
 /// One operation's walk after the wire: admitted (or refused), executed, answered.
 async fn serve(app: Arc<GraphqlService>, request: Request, map: Map<String, Json>) -> Response {
     match admit::admit(&app, &request, map).await {
+        Ok(job) if job.op_type == "subscription" => {
+            match (app.subscriptions.clone(), request.stream) {
+                (Some(door), Some(ip)) => door.multipart(job.request, request.viewer, ip).await,
+                _ => answer::Refused::Request(
+                    crate::error::ErrorCode::GraphqlValidationFailed,
+                    "subscriptions are served at /graphql/ws (graphql-transport-ws), at \
+                     /graphql/stream (GraphQL over SSE), and here to a single POST that accepts \
+                     multipart/mixed"
+                        .to_owned(),
+                )
+                .response(request.mode),
+            }
+        }
         Ok(job) => execute::run(app, job).await.response(),
         Err(refused) => refused.response(request.mode),
     }

@@ -129,11 +129,22 @@ pub(super) async fn get(
     }
 }
 
+/// Whether `Accept` names `multipart/mixed` (a subscription may stream its results then).
+fn accepts_multipart(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().to_ascii_lowercase().starts_with("multipart/mixed"))
+}
+
 /// `POST /graphql`.
 pub(super) async fn post(
     State(app): State<Arc<GraphqlService>>,
     identity: Option<axum::Extension<Identity>>,
     late: Option<axum::Extension<Arc<LateLimits>>>,
+    addr: Option<axum::Extension<crate::pipeline::client_addr::ClientAddr>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -167,9 +178,17 @@ pub(super) async fn post(
             return Refused::Body(fault.status(), msg).response(mode);
         }
     };
-    let request = Request::new(identity, late, Method::POST, mode);
+    let mut request = Request::new(identity, late, Method::POST, mode);
     match serde_json::from_slice::<Json>(&bytes) {
-        Ok(Json::Object(map)) => serve(app, request, map).await,
+        Ok(Json::Object(map)) => {
+            if accepts_multipart(&headers) {
+                request.stream = Some(addr.map_or(
+                    std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                    |axum::Extension(a)| a.0,
+                ));
+            }
+            serve(app, request, map).await
+        }
         Ok(Json::Array(items)) => batch(app, request, items).await,
         Ok(_) => Refused::Malformed("the body must be a JSON object".into()).response(mode),
         Err(_) => Refused::Malformed("the body is not valid JSON".into()).response(mode),
