@@ -34,6 +34,15 @@ pub struct TestApp {
     stop: Option<oneshot::Sender<()>>,
 }
 
+impl TestApp {
+    /// Stops the BFF as SIGTERM does (graceful shutdown), leaving the fixtures running.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {

@@ -27,4 +27,5 @@ mod reload;
 mod rendering;
 mod resilience;
 mod schema_files;
+mod subscriptions;
 mod tls;

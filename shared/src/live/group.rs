@@ -122,7 +122,7 @@ impl Group {
     }
 
     /// Hands `msg` to every member; a member whose queue is full is dropped as too slow.
-    fn fan_out(&self, msg: &Msg) -> usize {
+    fn fan_out(&self, msg: &Msg) {
         let mut st = self.state.lock();
         if let Msg::Next(bytes) = msg {
             st.last = Some(bytes.clone());
@@ -143,7 +143,6 @@ impl Group {
             // Dropping the sender ends the member's queue after what it holds.
             st.members.remove(id);
         }
-        slow.len()
     }
 }
 
@@ -155,8 +154,6 @@ pub(crate) struct Groups {
 struct GroupsInner {
     groups: Mutex<HashMap<GroupKey, Arc<Group>>>,
     next_id: AtomicU64,
-    /// Members dropped as too slow, ever.
-    slow: AtomicU64,
 }
 
 impl GroupsInner {
@@ -182,7 +179,6 @@ impl Default for Groups {
             inner: Arc::new(GroupsInner {
                 groups: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
-                slow: AtomicU64::new(0),
             }),
         }
     }
@@ -311,12 +307,7 @@ async fn run(
             }
         };
         let Some(g) = group.upgrade() else { return };
-        let dropped = g.fan_out(&msg);
-        if dropped > 0
-            && let Some(reg) = registry.upgrade()
-        {
-            reg.slow.fetch_add(dropped as u64, Ordering::Relaxed);
-        }
+        g.fan_out(&msg);
         if refused {
             refused_at_start = true;
             break;
@@ -340,4 +331,121 @@ async fn run(
         }
     }
     st.members.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn key(q: &str) -> GroupKey {
+        GroupKey {
+            query: Arc::from(q),
+            operation: None,
+            variables: String::new(),
+            view: View::Shared { max_maturity: None },
+        }
+    }
+
+    fn response(n: i32) -> async_graphql::Response {
+        async_graphql::Response::new(
+            async_graphql::Value::from_json(serde_json::json!({ "n": n })).unwrap(),
+        )
+    }
+
+    /// An execution fed by hand.
+    fn feed() -> (
+        futures::channel::mpsc::UnboundedSender<async_graphql::Response>,
+        impl FnOnce() -> BoxStream<'static, async_graphql::Response>,
+    ) {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        (tx, move || rx.boxed())
+    }
+
+    #[tokio::test]
+    async fn members_share_one_execution_and_a_late_joiner_gets_the_current_value() {
+        let groups = Groups::default();
+        let (tx, start) = feed();
+        let mut a = groups.join(key("q"), 8, false, start);
+        let mut b = groups.join(key("q"), 8, false, || panic!("one execution only"));
+        assert_eq!(groups.len(), 1);
+        tx.unbounded_send(response(1)).unwrap();
+        for m in [&mut a, &mut b] {
+            let Msg::Next(bytes) = m.rx.recv().await.unwrap() else {
+                panic!()
+            };
+            assert_eq!(&bytes[..], br#"{"data":{"n":1}}"#);
+        }
+        let mut c = groups.join(key("q"), 8, false, || panic!("one execution only"));
+        let Msg::Next(bytes) = c.rx.recv().await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(&bytes[..], br#"{"data":{"n":1}}"#);
+        drop((a, b, c));
+        assert_eq!(groups.len(), 0, "the last member's leaving ends it");
+        // The abort lands when the runtime next gets to the task.
+        for _ in 0..1000 {
+            if tx.is_closed() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(tx.is_closed(), "and drops its execution");
+    }
+
+    #[tokio::test]
+    async fn a_member_whose_queue_is_full_is_dropped_as_too_slow_and_the_others_go_on() {
+        let groups = Groups::default();
+        let (tx, start) = feed();
+        let mut slow = groups.join(key("q"), 2, false, start);
+        let mut fast = groups.join(key("q"), 2, false, || panic!());
+        for n in 0..5 {
+            tx.unbounded_send(response(n)).unwrap();
+            let Msg::Next(_) = fast.rx.recv().await.unwrap() else {
+                panic!()
+            };
+        }
+        // The slow one got what fit in its queue, then its queue ended.
+        assert!(matches!(slow.rx.recv().await, Some(Msg::Next(_))));
+        assert!(matches!(slow.rx.recv().await, Some(Msg::Next(_))));
+        assert!(slow.rx.recv().await.is_none());
+        assert!(slow.too_slow());
+        assert!(!fast.too_slow());
+        tx.unbounded_send(response(9)).unwrap();
+        assert!(matches!(fast.rx.recv().await, Some(Msg::Next(_))));
+    }
+
+    #[tokio::test]
+    async fn an_execution_that_cannot_start_is_one_error_then_nothing() {
+        let groups = Groups::default();
+        let (tx, start) = feed();
+        let mut m = groups.join(key("q"), 4, false, start);
+        let mut err = async_graphql::Response::from_errors(vec![async_graphql::ServerError::new(
+            "unknown field",
+            None,
+        )]);
+        err.data = async_graphql::Value::Null;
+        tx.unbounded_send(err).unwrap();
+        drop(tx);
+        let Msg::Error(errors) = m.rx.recv().await.unwrap() else {
+            panic!()
+        };
+        let errors: serde_json::Value = serde_json::from_slice(&errors).unwrap();
+        assert_eq!(errors[0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED");
+        assert!(m.rx.recv().await.is_none(), "no complete after an error");
+        assert_eq!(groups.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_execution_that_ends_completes_every_member() {
+        let groups = Groups::default();
+        let (tx, start) = feed();
+        let mut m = groups.join(key("q"), 4, false, start);
+        tx.unbounded_send(response(1)).unwrap();
+        drop(tx);
+        assert!(matches!(m.rx.recv().await, Some(Msg::Next(_))));
+        assert!(matches!(m.rx.recv().await, Some(Msg::Complete)));
+        assert_eq!(groups.len(), 0);
+    }
 }
