@@ -199,7 +199,7 @@ const MAP_PLACEHOLDERS: &[(&str, &str)] = &[("backends", "<name>")];
 
 /// Tables that are values in their own right (any key of a fixed value type), documented as one
 /// key.
-const FREE_FORM_TABLES: &[&str] = &["auth.mutation_scopes"];
+const FREE_FORM_TABLES: &[&str] = &["auth.mutation_scopes", "auth.subscription_scopes"];
 
 /// A TOML document that sets `path` (keys, and `[]` for one element of an array) to `value`,
 /// written as one line of inline tables and arrays.
