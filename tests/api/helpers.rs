@@ -41,6 +41,15 @@ impl TestApp {
             let _ = stop.send(());
         }
     }
+
+    /// [`Self::stop`], then waits until the listener no longer answers.
+    pub async fn stop_and_wait(mut self) {
+        self.stop();
+        eventually("the BFF stopped", || async {
+            tokio::net::TcpStream::connect(self.addr).await.is_err()
+        })
+        .await;
+    }
 }
 
 impl Drop for TestApp {

@@ -857,3 +857,90 @@ async fn shutdown_closes_every_socket_with_1001_and_ends_every_stream() {
     assert_eq!(results.len(), 1);
     assert!(ended, "the SSE stream ended with `complete`");
 }
+
+#[tokio::test]
+async fn a_reader_that_stops_reading_is_closed_and_the_others_keep_getting_every_change() {
+    let app = live_app(web(), |s| {
+        s.subscriptions.buffer = 8;
+        // Long enough that the stalled reader (which never answers pings either) fills its
+        // buffers before it could be closed for silence.
+        s.subscriptions.ping_interval = Duration::from_millis(1500);
+        s.subscriptions.idle_timeout = Duration::from_secs(3);
+    })
+    .await;
+    const BIG: &str = r#"subscription { top10(region: "US") { items { rank title { id name synopsis cast genres images { poster { url width height } backdrop { url width height } hero { url width height } } } } } }"#;
+    // A reader with a tiny receive window that stops reading after the first result.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(app.addr).await.unwrap();
+    let mut req = format!("ws://{}/graphql/ws", app.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut stalled, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    stalled
+        .send(Message::text(
+            json!({"type": "connection_init"}).to_string(),
+        ))
+        .await
+        .unwrap();
+    stalled
+        .send(Message::text(
+            json!({"id": "s", "type": "subscribe", "payload": {"query": BIG}}).to_string(),
+        ))
+        .await
+        .unwrap();
+    // A reader that keeps up, on the same execution.
+    let mut fast = Ws::init(&app, None).await;
+    fast.subscribe("f", BIG).await;
+    fast.next_payload("f").await;
+    let reader = tokio::spawn(async move {
+        let mut got = 0u64;
+        while let Ok(m) = fast.next().await {
+            if m["type"] == "next" {
+                got += 1;
+            }
+        }
+        got
+    });
+    let mut changes = 0u64;
+    while app
+        .metric_sum("bff_subscription_closed_total", &["too_slow"])
+        .await
+        < 1.0
+    {
+        assert!(changes < 5000, "the stalled reader was never closed");
+        let calls = app.control().stats_of(Backend::Top10).calls;
+        assert!(app.control().live().rotate_top10("US"));
+        changes += 1;
+        // One reload per change: wait for it, so no two changes fold into one result.
+        eventually("the change was reloaded", || async {
+            app.control().stats_of(Backend::Top10).calls > calls
+        })
+        .await;
+    }
+    eventually("the stalled socket is gone", || async {
+        app.metric_sum("bff_subscription_connections", &["ws"])
+            .await
+            == 1.0
+    })
+    .await;
+    // The reader that kept up got every change.
+    let last = app.control().stats_of(Backend::Top10).calls;
+    eventually("the last change reached the fast reader", || async {
+        app.metric_sum("bff_subscription_messages_total", &["ws"])
+            .await
+            > 0.0
+    })
+    .await;
+    drop(stalled);
+    app.stop_and_wait().await;
+    let got = reader.await.unwrap();
+    assert!(
+        got >= changes,
+        "the fast reader got {got} of {changes} changes (reloads {last})"
+    );
+}

@@ -9,7 +9,9 @@
 //! token (`token`, or `Authorization`: verified like a request's; refused → `4403`); then
 //! `connection_ack`, and `subscribe`/`complete` by id, `ping`/`pong` both ways. The server pings
 //! every `subscriptions.ping_interval` and closes a socket silent for
-//! `subscriptions.idle_timeout` (`4504`).
+//! `subscriptions.idle_timeout` (`4504`); a socket that takes no message for that long (its
+//! reader stopped reading) is closed as too slow (`4413`, or dropped when even the close frame
+//! does not fit).
 //!
 //! Close codes: `4400` a message outside the protocol, `4401` subscribe before the ack or the
 //! token expired, `4403` token refused, `4406` subprotocol, `4408` init timeout, `4409` an id
@@ -175,6 +177,32 @@ impl Close {
     }
 }
 
+/// The socket's writing half: every write must finish within `timeout` (`subscriptions.idle_timeout`),
+/// or the reader is taken for one that stopped reading.
+struct Out {
+    tx: futures::stream::SplitSink<WebSocket, Message>,
+    timeout: Duration,
+}
+
+/// Why a write failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteError {
+    /// The peer took nothing for `timeout`.
+    Stalled,
+    /// The socket is gone.
+    Gone,
+}
+
+impl Out {
+    async fn send(&mut self, msg: Message) -> Result<(), WriteError> {
+        match tokio::time::timeout(self.timeout, self.tx.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(WriteError::Gone),
+            Err(_) => Err(WriteError::Stalled),
+        }
+    }
+}
+
 /// What a subscription's queue gives the socket.
 enum Feed {
     Msg(Msg),
@@ -228,7 +256,11 @@ impl Conn {
         let live = self.svc.live.clone();
         live.stats.ws_open.fetch_add(1, Ordering::Relaxed);
         let _open = OpenSocket(live.clone());
-        let (mut tx, mut rx) = socket.split();
+        let (tx, mut rx) = socket.split();
+        let mut tx = Out {
+            tx,
+            timeout: self.svc.settings.idle_timeout,
+        };
         if !speaks {
             close(&mut tx, Close::Subprotocol, &live).await;
             return;
@@ -293,8 +325,10 @@ impl Conn {
                             if last {
                                 self.end(&mut s, &id);
                             }
-                            if send(&mut tx, &live, &id, &m).await.is_err() {
-                                return;
+                            match send(&mut tx, &live, &id, &m).await {
+                                Ok(()) => {}
+                                Err(WriteError::Stalled) => break Close::TooSlow,
+                                Err(WriteError::Gone) => return,
                             }
                         }
                         Feed::Slow => {
@@ -303,8 +337,10 @@ impl Conn {
                         }
                         Feed::Gone => {
                             self.end(&mut s, &id);
-                            if send(&mut tx, &live, &id, &Msg::Complete).await.is_err() {
-                                return;
+                            match send(&mut tx, &live, &id, &Msg::Complete).await {
+                                Ok(()) => {}
+                                Err(WriteError::Stalled) => break Close::TooSlow,
+                                Err(WriteError::Gone) => return,
                             }
                         }
                     }
@@ -315,8 +351,12 @@ impl Conn {
                     if last_heard.elapsed() >= settings.idle_timeout {
                         break Close::Keepalive;
                     }
-                    if s.acked && tx.send(text(br#"{"type":"ping"}"#.to_vec())).await.is_err() {
-                        return;
+                    if s.acked {
+                        match tx.send(text(br#"{"type":"ping"}"#.to_vec())).await {
+                            Ok(()) => {}
+                            Err(WriteError::Stalled) => break Close::TooSlow,
+                            Err(WriteError::Gone) => return,
+                        }
                     }
                 }
             }
@@ -328,12 +368,7 @@ impl Conn {
     }
 
     /// Handles one client message; `Err` closes the socket.
-    async fn on_message(
-        &mut self,
-        s: &mut Session,
-        tx: &mut futures::stream::SplitSink<WebSocket, Message>,
-        raw: &str,
-    ) -> Result<(), Close> {
+    async fn on_message(&mut self, s: &mut Session, tx: &mut Out, raw: &str) -> Result<(), Close> {
         let Ok(Json::Object(mut msg)) = serde_json::from_str::<Json>(raw) else {
             return Err(Close::Invalid);
         };
@@ -352,12 +387,10 @@ impl Conn {
         };
         match kind.as_str() {
             "connection_init" => self.init(s, tx, payload.as_ref()).await,
-            "ping" => {
-                if tx.send(text(br#"{"type":"pong"}"#.to_vec())).await.is_err() {
-                    return Err(Close::Invalid);
-                }
-                Ok(())
-            }
+            "ping" => tx
+                .send(text(br#"{"type":"pong"}"#.to_vec()))
+                .await
+                .map_err(|_| Close::TooSlow),
             "pong" => Ok(()),
             "subscribe" => {
                 if !s.acked {
@@ -384,7 +417,7 @@ impl Conn {
                     );
                     return send(tx, &self.svc.live, &id, &Msg::Error(errors.errors))
                         .await
-                        .map_err(|()| Close::Invalid);
+                        .map_err(|_| Close::TooSlow);
                 }
                 match self
                     .svc
@@ -403,7 +436,7 @@ impl Conn {
                     }
                     Err(refusal) => send(tx, &self.svc.live, &id, &Msg::Error(refusal.errors))
                         .await
-                        .map_err(|()| Close::Invalid),
+                        .map_err(|_| Close::TooSlow),
                 }
             }
             "complete" => {
@@ -419,7 +452,7 @@ impl Conn {
     async fn init(
         &mut self,
         s: &mut Session,
-        tx: &mut futures::stream::SplitSink<WebSocket, Message>,
+        tx: &mut Out,
         payload: Option<&Map<String, Json>>,
     ) -> Result<(), Close> {
         if s.acked {
@@ -459,7 +492,7 @@ impl Conn {
         s.acked = true;
         tx.send(text(br#"{"type":"connection_ack"}"#.to_vec()))
             .await
-            .map_err(|_| Close::Invalid)
+            .map_err(|_| Close::TooSlow)
     }
 
     /// Ends subscription `id` on this socket (its seat in the group is given back).
@@ -511,18 +544,13 @@ fn text(bytes: Vec<u8>) -> Message {
 }
 
 /// Writes one message for subscription `id`.
-async fn send(
-    tx: &mut futures::stream::SplitSink<WebSocket, Message>,
-    live: &super::Live,
-    id: &str,
-    msg: &Msg,
-) -> Result<(), ()> {
+async fn send(tx: &mut Out, live: &super::Live, id: &str, msg: &Msg) -> Result<(), WriteError> {
     let (kind, payload): (&str, Option<&Bytes>) = match msg {
         Msg::Next(p) => ("next", Some(p)),
         Msg::Error(p) => ("error", Some(p)),
         Msg::Complete => ("complete", None),
     };
-    let id = serde_json::to_string(id).map_err(|_| ())?;
+    let id = serde_json::to_string(id).map_err(|_| WriteError::Gone)?;
     let mut out = Vec::with_capacity(40 + id.len() + payload.map_or(0, Bytes::len));
     out.extend_from_slice(b"{\"id\":");
     out.extend_from_slice(id.as_bytes());
@@ -535,23 +563,22 @@ async fn send(
     }
     out.push(b'}');
     live.stats.ws_messages.fetch_add(1, Ordering::Relaxed);
-    tx.send(text(out)).await.map_err(|_| ())
+    tx.send(text(out)).await
 }
 
-async fn close(
-    tx: &mut futures::stream::SplitSink<WebSocket, Message>,
-    why: Close,
-    live: &super::Live,
-) {
+async fn close(tx: &mut Out, why: Close, live: &super::Live) {
     let (code, reason) = why.frame();
     if !matches!(why, Close::Shutdown) {
         live.stats.refused(why.reason());
     }
-    let _ = tx
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        })))
-        .await;
-    let _ = tx.close().await;
+    let frame = Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }));
+    // A reader that stopped reading cannot take the close frame either: it gets a moment, then
+    // the socket is dropped.
+    tx.timeout = tx.timeout.min(Duration::from_secs(1));
+    if tx.send(frame).await.is_ok() {
+        let _ = tokio::time::timeout(tx.timeout, tx.tx.close()).await;
+    }
 }
