@@ -255,3 +255,37 @@ async fn the_estimated_cost_is_reported_when_asked() {
     let body: Value = ask(json!({})).await.unwrap().json().await.unwrap();
     assert!(body.get("extensions").is_none(), "{body}");
 }
+
+/// The estimates of both binaries, pinned (docs/edge.md, "Limits and the cost model"): the full
+/// homepage (web: 7 backend calls, 5 rows of 20 items; mobile: 6 calls, 4 rows of 10), one title,
+/// the viewer and each mutation (one call each). Read from the refusal under
+/// `graphql.max_cost = 0`, so nothing runs and no mutation takes effect.
+#[tokio::test]
+async fn both_binaries_estimate_the_documented_costs() {
+    for (surface, full, figures) in [
+        (web(), WEB_FULL, [10_991, 13, 13, 12, 12, 12]),
+        (mobile(), MOBILE_FULL, [795, 13, 13, 12, 12, 12]),
+    ] {
+        let app = spawn_app_with(surface, |s| s.graphql.max_cost = 0).await;
+        let queries = [
+            full,
+            "{ title(id: \"t1\") { id name } }",
+            "{ viewer { id name } }",
+            "mutation { addToMyList(titleId: \"t1\") { changed } }",
+            "mutation { removeFromMyList(titleId: \"t1\") { changed } }",
+            "mutation { reportProgress(titleId: \"t1\", positionSeconds: 5) { accepted } }",
+        ];
+        let mut found = Vec::new();
+        for q in queries {
+            let (status, body) = app.post_graphql(q, json!({}), None).await;
+            assert_eq!(status, 400, "{q}: {body}");
+            let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+            let estimate = message
+                .strip_prefix("the operation has an estimated cost of ")
+                .and_then(|m| m.split(';').next())
+                .and_then(|n| n.parse::<u64>().ok());
+            found.push(estimate.unwrap_or_else(|| panic!("{q}: {body}")));
+        }
+        assert_eq!(found, figures, "{}", surface.name);
+    }
+}

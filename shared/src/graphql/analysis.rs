@@ -9,10 +9,12 @@
 //! the document's size however far it expands; numbers saturate instead of overflowing.
 //!
 //! **The cost model** (`docs/edge.md`, "Limits and the cost model"): every selected field costs 1; a field
-//! that calls backends costs [`CALL_COST`] more per call it makes (`homepage` makes one per row
-//! plus the profile and the catalog round); a list of objects multiplies the cost of its
-//! sub-selection by its largest size (`rows` by the profile's rows, `items` by its items per
-//! row, any other list by [`DEFAULT_LIST_SIZE`]). Introspection (`__schema`, `__type`) is not data:
+//! that calls backends costs [`CALL_COST`] more per call it makes; a list of objects multiplies
+//! the cost of its sub-selection by its largest size. Calls and list sizes are declared on the
+//! fields themselves as schema directives ([`cost`]: `homepage` makes one call per row plus the
+//! profile and the catalog round, `rows` holds the profile's rows, `items` its items per row,
+//! any other list [`cost::DEFAULT_LIST_SIZE`]) and read back here from the schema's SDL with the
+//! rest of its shape. Introspection (`__schema`, `__type`) is not data:
 //! it is bounded by its own fixed depth and field count, so GraphiQL's and graphql-js's standard
 //! introspection queries always pass while `graphql.max_depth` stays tight for data.
 //!
@@ -27,13 +29,11 @@ use async_graphql::parser::types::{
 };
 use serde_json::{Map, Value as Json};
 
-use crate::profile::ClientProfile;
+pub(crate) use self::cost::CostModel;
+use self::cost::{CALL_COST, Weight};
 
-/// Extra cost of one backend call a field makes: a call is worth about ten fields of work.
-pub(crate) const CALL_COST: u64 = 10;
-/// Items assumed for a list field with no declared bound (genres, cast, image renditions are all
-/// below it).
-pub(crate) const DEFAULT_LIST_SIZE: u64 = 10;
+pub(crate) mod cost;
+
 /// Deepest introspection selection accepted: graphql-js's `getIntrospectionQuery()` reaches 13–14
 /// (its `TypeRef` fragment unwraps nine `ofType` levels); 20 leaves room for tools that go deeper.
 pub(crate) const INTROSPECTION_MAX_DEPTH: u32 = 20;
@@ -98,16 +98,39 @@ pub enum Refusal {
     Invalid(String),
 }
 
-/// The schema as far as the analysis needs it: object fields' types, input types, root names.
-/// Built once from the schema's SDL, so nothing here depends on the engine's internals.
+/// The schema as far as the analysis needs it: object fields' types and declared weights, input
+/// types, root names. Built once from the schema's SDL, so nothing here depends on the engine's
+/// internals.
 #[derive(Debug, Default)]
 pub struct Shape {
     query: String,
     mutation: Option<String>,
     subscription: Option<String>,
-    /// Object type → field → (named type, whether it is a list).
-    objects: HashMap<String, HashMap<String, (String, bool)>>,
+    /// Object (or interface) type → field → its shape.
+    objects: HashMap<String, HashMap<String, FieldShape>>,
     inputs: HashMap<String, InputShape>,
+}
+
+/// A field of an object or interface type.
+#[derive(Debug)]
+struct FieldShape {
+    /// The named type under any list and non-null wrappers.
+    ty: String,
+    /// Whether the field is a list.
+    list: bool,
+    /// What the field declares it weighs.
+    weight: Weight,
+}
+
+impl FieldShape {
+    fn new(def: &async_graphql::parser::types::FieldDefinition) -> Self {
+        let (ty, list) = unwrap_named(&def.ty.node);
+        Self {
+            ty: ty.to_owned(),
+            list,
+            weight: Weight::from_directives(&def.directives),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -126,8 +149,9 @@ fn unwrap_named(ty: &Type) -> (&str, bool) {
 }
 
 impl Shape {
-    /// From the schema's SDL; an SDL that does not parse gives an empty shape (every field then
-    /// costs 1 and no variable type is known), never a failure to start.
+    /// From the schema's SDL, its cost declarations included; an SDL that does not parse gives an
+    /// empty shape (every field then costs 1 and no variable type is known), never a failure to
+    /// start.
     pub(crate) fn from_sdl(sdl: &str) -> Self {
         match async_graphql::parser::parse_schema(sdl) {
             Ok(doc) => Self::from_document(&doc),
@@ -165,10 +189,7 @@ impl Shape {
                             let fields = o
                                 .fields
                                 .iter()
-                                .map(|f| {
-                                    let (ty, list) = unwrap_named(&f.node.ty.node);
-                                    (f.node.name.node.to_string(), (ty.to_owned(), list))
-                                })
+                                .map(|f| (f.node.name.node.to_string(), FieldShape::new(&f.node)))
                                 .collect();
                             shape.objects.insert(name, fields);
                         }
@@ -176,10 +197,7 @@ impl Shape {
                             let fields = o
                                 .fields
                                 .iter()
-                                .map(|f| {
-                                    let (ty, list) = unwrap_named(&f.node.ty.node);
-                                    (f.node.name.node.to_string(), (ty.to_owned(), list))
-                                })
+                                .map(|f| (f.node.name.node.to_string(), FieldShape::new(&f.node)))
                                 .collect();
                             shape.objects.insert(name, fields);
                         }
@@ -213,78 +231,12 @@ impl Shape {
         shape
     }
 
-    /// The mutation root's type name, if the schema has mutations.
-    pub fn mutation(&self) -> Option<&str> {
-        self.mutation.as_deref()
-    }
-
-    fn field(&self, parent: Option<&str>, name: &str) -> Option<(&str, bool)> {
-        let (ty, list) = self.objects.get(parent?)?.get(name)?;
-        Some((ty.as_str(), *list))
+    fn field(&self, parent: Option<&str>, name: &str) -> Option<&FieldShape> {
+        self.objects.get(parent?)?.get(name)
     }
 
     fn is_object(&self, name: &str) -> bool {
         self.objects.contains_key(name)
-    }
-}
-
-/// Weights of the fields that are not worth 1: backend calls and list sizes.
-#[derive(Debug, Default)]
-pub(crate) struct CostModel {
-    /// (type, field) → backend calls the field makes.
-    calls: HashMap<(String, String), u64>,
-    /// (type, field) → most items the list holds.
-    list_sizes: HashMap<(String, String), u64>,
-}
-
-impl CostModel {
-    /// The model of the shared surface for one client profile: the root fields' backend calls
-    /// and the homepage's list sizes. `mutation` is the schema's mutation type name.
-    pub(crate) fn for_profile(profile: &ClientProfile, mutation: Option<&str>) -> Self {
-        let mut model = Self::default();
-        let rows = profile.rows.len() as u64;
-        // One call per row source, the profile, and the catalog round that hydrates them all.
-        model.calls(("Query", "homepage"), rows + 2);
-        model.calls(("Query", "title"), 1);
-        model.calls(("Query", "viewer"), 1);
-        if let Some(m) = mutation {
-            for field in ["addToMyList", "removeFromMyList", "reportProgress"] {
-                model.calls((m, field), 1);
-            }
-        }
-        model.list_size(("Homepage", "rows"), rows);
-        model.list_size(("Row", "items"), profile.items_per_row as u64);
-        model
-    }
-
-    fn calls(&mut self, (ty, field): (&str, &str), n: u64) {
-        self.calls.insert((ty.to_owned(), field.to_owned()), n);
-    }
-
-    fn list_size(&mut self, (ty, field): (&str, &str), n: u64) {
-        self.list_sizes.insert((ty.to_owned(), field.to_owned()), n);
-    }
-
-    /// Every (type, field) the model weighs.
-    #[cfg(test)]
-    fn named_fields(&self) -> impl Iterator<Item = &(String, String)> {
-        self.calls.keys().chain(self.list_sizes.keys())
-    }
-
-    fn weights(&self, parent: Option<&str>, field: &str) -> (u64, u64) {
-        let Some(parent) = parent else {
-            return (0, DEFAULT_LIST_SIZE);
-        };
-        // A lookup key without allocating per field would need a borrowed tuple type; the
-        // analysis walks each fragment once, so this is not on a per-item path.
-        let key = (parent.to_owned(), field.to_owned());
-        (
-            self.calls.get(&key).copied().unwrap_or(0),
-            self.list_sizes
-                .get(&key)
-                .copied()
-                .unwrap_or(DEFAULT_LIST_SIZE),
-        )
     }
 }
 
@@ -345,11 +297,11 @@ impl<'a> Walk<'a> {
                         });
                         continue;
                     }
-                    let child_type = self.shape.field(parent, name);
+                    let child = self.shape.field(parent, name);
                     let inner = if sub_set.items.is_empty() {
                         Sub::default()
                     } else {
-                        self.set(sub_set, child_type.map(|(t, _)| t), intro, level + 1)?
+                        self.set(sub_set, child.map(|f| f.ty.as_str()), intro, level + 1)?
                     };
                     if intro {
                         out.add(Sub {
@@ -359,11 +311,13 @@ impl<'a> Walk<'a> {
                         });
                         continue;
                     }
-                    let (calls, list_size) = self.model.weights(parent, name);
+                    let (calls, list_size) = self
+                        .model
+                        .weigh(child.map(|f| f.weight).unwrap_or_default());
                     // Lists of scalars cost their field; lists of objects multiply what each
                     // item selects. A field the schema does not know counts as one object.
-                    let multiplier = match child_type {
-                        Some((ty, true)) if self.shape.is_object(ty) => list_size,
+                    let multiplier = match child {
+                        Some(f) if f.list && self.shape.is_object(&f.ty) => list_size,
                         _ => 1,
                     };
                     out.add(Sub {

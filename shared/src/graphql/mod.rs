@@ -212,7 +212,7 @@ pub(crate) fn build_schema<T: TitleView, H: types::HomepageView>(
     .validation_mode(async_graphql::ValidationMode::Fast)
     .finish();
     let shape = Shape::from_sdl(&schema.sdl());
-    let model = CostModel::for_profile(&profile, shape.mutation());
+    let model = CostModel::for_profile(&profile);
     Arc::new(Executor {
         schema,
         prevalidated,

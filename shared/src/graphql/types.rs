@@ -8,7 +8,11 @@ use async_graphql::{ContainerType, Context, ID, Object, SimpleObject};
 
 use crate::domain::Title;
 
-use super::{Inline, Rendered, RenderedList, TitleView, composer, request, require_viewer};
+use super::{
+    Inline, Rendered, RenderedList, TitleView,
+    analysis::cost::{ProfileLimit, backend_calls, max_items},
+    composer, request, require_viewer,
+};
 use crate::{
     compose::{HomeRow, Homepage, RowItem as ComposedItem},
     domain::{Profile, Region},
@@ -50,6 +54,7 @@ impl<'a, T: TitleView> Row<'a, T> {
     }
 
     /// The row's titles in display order, already cut to this client's row length.
+    #[graphql(directive = max_items::apply(ProfileLimit::ItemsPerRow))]
     async fn items(&self) -> RenderedList<RowItem<'a, T>> {
         RenderedList(
             self.row
@@ -311,6 +316,7 @@ impl<T: TitleView> HomepageRows<T> {
     /// Rows in display order, each cut to this client's row length. Empty rows are left out; a
     /// row whose service failed is null, with an error (code BACKEND_UNAVAILABLE or
     /// BACKEND_TIMEOUT, `backend` naming the service) at its index.
+    #[graphql(directive = max_items::apply(ProfileLimit::Rows))]
     async fn rows(&self) -> Vec<Option<async_graphql::Result<Inline<Row<'_, T>>>>> {
         rows(&self.home, &self.profile)
     }
@@ -332,6 +338,8 @@ impl<T: TitleView, H: HomepageView> RootQuery<T, H> {
     /// public rows only. `region` (e.g. "US") picks the regional rows; without it the viewer's
     /// home region is used. A row whose service failed is null with an error at its path; the
     /// other rows still arrive.
+    // One call per row source, the profile, and the catalog round that hydrates them all.
+    #[graphql(directive = backend_calls::apply(2, Some(1)))]
     async fn homepage(
         &self,
         ctx: &Context<'_>,
@@ -348,6 +356,7 @@ impl<T: TitleView, H: HomepageView> RootQuery<T, H> {
     }
 
     /// One title by id, or null when no such title exists.
+    #[graphql(directive = backend_calls::apply(1, None))]
     async fn title(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Rendered<T>>> {
         let id = title_id_arg(&id)?;
         let composer = composer(ctx)?;
@@ -360,6 +369,7 @@ impl<T: TitleView, H: HomepageView> RootQuery<T, H> {
 
     /// The signed-in user. Requires a valid bearer token (UNAUTHENTICATED otherwise); null when the
     /// profile service does not know the user.
+    #[graphql(directive = backend_calls::apply(1, None))]
     async fn viewer(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<ViewerProfile>> {
         let viewer = require_viewer(ctx)?;
         let composer = composer(ctx)?;
@@ -404,6 +414,7 @@ pub(crate) struct MyListMutation;
 impl MyListMutation {
     /// Saves a title to the viewer's list. Idempotent; the next homepage shows it first in MY_LIST.
     /// Requires a signed-in viewer; an unknown title is BAD_USER_INPUT.
+    #[graphql(directive = backend_calls::apply(1, None))]
     async fn add_to_my_list(
         &self,
         ctx: &Context<'_>,
@@ -413,6 +424,7 @@ impl MyListMutation {
     }
 
     /// Removes a title from the viewer's list. Idempotent; requires a signed-in viewer.
+    #[graphql(directive = backend_calls::apply(1, None))]
     async fn remove_from_my_list(
         &self,
         ctx: &Context<'_>,
@@ -429,6 +441,8 @@ impl MyListMutation {
     /// an unknown title, is BAD_USER_INPUT; BACKEND_UNAVAILABLE with `backend: "events"` means
     /// the report was not accepted (retry later); RATE_LIMITED means too many of this viewer's
     /// reports are waiting. Requires a signed-in viewer with the `progress:write` scope.
+    // The catalog lookup of the title; the report itself goes to the event bus.
+    #[graphql(directive = backend_calls::apply(1, None))]
     async fn report_progress(
         &self,
         ctx: &Context<'_>,

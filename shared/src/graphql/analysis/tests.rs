@@ -3,21 +3,22 @@
 use async_graphql::parser::parse_query;
 use serde_json::json;
 
+use super::cost::{DEFAULT_LIST_SIZE, ProfileLimit, backend_calls, max_items};
 use super::*;
 use crate::profile::{ClientProfile, RowKind};
 
-/// A schema shaped like the web surface's, small enough to read.
+/// A schema shaped like the web surface's, small enough to read, with its cost declarations.
 const SDL: &str = r#"
 type Query {
-  homepage(region: String): Homepage!
-  title(id: ID!): Title
-  viewer: Viewer
+  homepage(region: String): Homepage! @backendCalls(fixed: 2, perRow: 1)
+  title(id: ID!): Title @backendCalls(fixed: 1)
+  viewer: Viewer @backendCalls(fixed: 1)
 }
-type Mutation { addToMyList(titleId: ID!): Update! }
+type Mutation { addToMyList(titleId: ID!): Update! @backendCalls(fixed: 1) }
 type Update { changed: Boolean! }
 type Viewer { id: ID! name: String! }
-type Homepage { region: String! rows: [Row]! hero: Title }
-type Row { kind: RowKind! heading: String! items: [RowItem!]! }
+type Homepage { region: String! rows: [Row]! @maxItems(profile: ROWS) hero: Title }
+type Row { kind: RowKind! heading: String! items: [RowItem!]! @maxItems(profile: ITEMS_PER_ROW) }
 type RowItem { rank: Int title: Title! }
 type Title { id: ID! name: String! genres: [String!]! images: Images! }
 type Images { poster: [Image!]! }
@@ -30,7 +31,7 @@ schema { query: Query mutation: Mutation }
 fn model() -> (Shape, CostModel) {
     let shape = Shape::from_sdl(SDL);
     let profile = ClientProfile::new(vec![RowKind::Top10, RowKind::MyList], 20);
-    let model = CostModel::for_profile(&profile, shape.mutation());
+    let model = CostModel::for_profile(&profile);
     (shape, model)
 }
 
@@ -390,12 +391,14 @@ mod fuzz {
     #[derive(SimpleObject)]
     struct Row {
         kind: String,
+        #[graphql(directive = max_items::apply(ProfileLimit::ItemsPerRow))]
         items: Vec<Title>,
     }
 
     #[derive(SimpleObject)]
     struct Homepage {
         region: String,
+        #[graphql(directive = max_items::apply(ProfileLimit::Rows))]
         rows: Vec<Row>,
     }
 
@@ -403,6 +406,7 @@ mod fuzz {
 
     #[Object]
     impl Query {
+        #[graphql(directive = backend_calls::apply(2, Some(1)))]
         async fn homepage(&self, region: Option<String>) -> Homepage {
             let title = || Title {
                 id: ID("t1".into()),
@@ -556,7 +560,7 @@ mod fuzz {
             let schema = Schema::build(Query, Mutation, EmptySubscription).finish();
             let shape = Shape::from_sdl(&schema.sdl());
             let profile = ClientProfile::new(vec![RowKind::Top10], 20);
-            let model = CostModel::for_profile(&profile, shape.mutation());
+            let model = CostModel::for_profile(&profile);
             let limits = Limits {
                 max_depth: 8,
                 max_fields: 200,
@@ -633,26 +637,91 @@ fn typename_is_validated_like_any_other_field() {
     }
 }
 
-/// The model names fields by string: every one it weighs must be a field of both binaries'
-/// schemas (their exported SDL, which a test keeps equal to the running schema), so a renamed
-/// field cannot silently lose its weight.
+/// A weight declared on a resolver reaches the estimate through the schema's SDL: backend calls
+/// (fixed and per homepage row) and a list bound, in the numbers of the profile the model is
+/// built for; an undeclared field calls nothing and an undeclared list counts the default.
 #[test]
-fn every_field_the_cost_model_weighs_exists_in_both_schemas() {
+fn a_declared_weight_is_weighed() {
+    use async_graphql::{EmptyMutation, EmptySubscription, Object, Schema, SimpleObject};
+
+    #[derive(SimpleObject)]
+    struct Item {
+        id: i32,
+    }
+
+    struct Query;
+
+    #[Object]
+    impl Query {
+        #[graphql(directive = backend_calls::apply(3, Some(2)))]
+        async fn slow(&self) -> i32 {
+            0
+        }
+
+        #[graphql(directive = backend_calls::apply(4, None))]
+        async fn fixed(&self) -> i32 {
+            0
+        }
+
+        #[graphql(directive = max_items::apply(ProfileLimit::ItemsPerRow))]
+        async fn items(&self) -> Vec<Item> {
+            Vec::new()
+        }
+
+        #[graphql(directive = max_items::apply(ProfileLimit::Rows))]
+        async fn rows(&self) -> Vec<Item> {
+            Vec::new()
+        }
+
+        async fn plain(&self) -> Vec<Item> {
+            Vec::new()
+        }
+    }
+
+    let sdl = Schema::new(Query, EmptyMutation, EmptySubscription).sdl();
+    assert!(sdl.contains("@backendCalls(fixed: 3, perRow: 2)"), "{sdl}");
+    let shape = Shape::from_sdl(&sdl);
+    for (rows, per_row) in [(3_u64, 7_u64), (1, 30)] {
+        let kinds = [RowKind::Top10, RowKind::MyList, RowKind::NewReleases];
+        let profile = ClientProfile::new(kinds[..rows as usize].to_vec(), per_row as usize);
+        let model = CostModel::for_profile(&profile);
+        let cost = |q: &str| {
+            let doc = parse_query(q).unwrap();
+            let op = operation(&doc, None).unwrap();
+            analyze(&shape, &model, &doc, op, &LOOSE).unwrap().cost
+        };
+        assert_eq!(cost("{ slow }"), 1 + CALL_COST * (3 + 2 * rows));
+        assert_eq!(cost("{ fixed }"), 1 + CALL_COST * 4);
+        assert_eq!(cost("{ items { id } }"), 1 + per_row);
+        assert_eq!(cost("{ rows { id } }"), 1 + rows);
+        assert_eq!(cost("{ plain { id } }"), 1 + DEFAULT_LIST_SIZE);
+    }
+}
+
+/// Weights travel with their fields, so a renamed or moved field keeps its weight; what must
+/// still hold is that no entry point goes unweighed: every root field of both binaries' schemas
+/// (their exported SDL, which a test keeps equal to the running schema) declares the backend
+/// calls it makes.
+#[test]
+fn every_root_field_of_both_schemas_declares_its_backend_calls() {
     for (name, sdl) in [
         ("web", include_str!("../../../../schema/web.graphql")),
         ("mobile", include_str!("../../../../schema/mobile.graphql")),
     ] {
         let shape = Shape::from_sdl(sdl);
-        let profile = ClientProfile::new(vec![RowKind::Top10, RowKind::MyList], 20);
-        let model = CostModel::for_profile(&profile, shape.mutation());
-        let mut named = 0;
-        for (ty, field) in model.named_fields() {
-            assert!(
-                shape.field(Some(ty), field).is_some(),
-                "{name}: the cost model weighs {ty}.{field}, which the schema does not have"
-            );
-            named += 1;
+        let mut roots = 0;
+        for root in [Some(&shape.query), shape.mutation.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            for (field, f) in &shape.objects[root] {
+                assert!(
+                    f.weight.declares_calls(),
+                    "{name}: {root}.{field} declares no @backendCalls"
+                );
+                roots += 1;
+            }
         }
-        assert!(named >= 8, "{name}: {named}");
+        assert!(roots >= 6, "{name}: {roots}");
     }
 }
