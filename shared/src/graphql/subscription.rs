@@ -10,7 +10,9 @@
 //!
 //! Who may see what is the homepage's rule: personal rows need a viewer (`UNAUTHENTICATED`),
 //! `auth.subscription_scopes` may require a scope per field (`FORBIDDEN`), and the maturity
-//! ceiling holds for every row and title. Execution, sharing and delivery are `crate::live`'s.
+//! ceiling holds for every row and title. Each field declares the backend calls one result costs
+//! (`@backendCalls`: a row's source, its titles and the viewer's profile), which the cost limit
+//! weighs as for a query. Execution, sharing and delivery are `crate::live`'s.
 
 use std::{future::Future, marker::PhantomData, sync::Arc, time::Duration};
 
@@ -21,7 +23,9 @@ use async_graphql::{
 use futures::Stream;
 
 use super::{
-    Inline, Rendered, TitleView, composer, request,
+    Inline, Rendered, TitleView,
+    analysis::cost::backend_calls,
+    composer, request,
     types::{Row, region_arg, title_id_arg},
 };
 use crate::{
@@ -63,6 +67,7 @@ impl<T: TitleView> RootSubscription<T> {
     /// The viewer's CONTINUE_WATCHING row, sent again whenever their playback progress is
     /// applied — a report from any of their devices, through any instance. Requires a signed-in
     /// viewer (UNAUTHENTICATED otherwise).
+    #[graphql(directive = backend_calls::apply(3, None))]
     async fn continue_watching(
         &self,
         ctx: &Context<'_>,
@@ -77,6 +82,7 @@ impl<T: TitleView> RootSubscription<T> {
 
     /// The viewer's MY_LIST row, sent again whenever their list changes (from any device).
     /// Requires a signed-in viewer.
+    #[graphql(directive = backend_calls::apply(3, None))]
     async fn my_list(
         &self,
         ctx: &Context<'_>,
@@ -88,6 +94,7 @@ impl<T: TitleView> RootSubscription<T> {
 
     /// The TOP_10 row of `region` (e.g. "US"; without it the viewer's home region, else the
     /// default), sent again whenever that top 10 changes.
+    #[graphql(directive = backend_calls::apply(3, None))]
     async fn top10(
         &self,
         ctx: &Context<'_>,
@@ -119,6 +126,7 @@ impl<T: TitleView> RootSubscription<T> {
 
     /// One title by id, sent again whenever the catalog changes it; null when no such title
     /// exists (or it is above the viewer's maturity ceiling).
+    #[graphql(directive = backend_calls::apply(1, None))]
     async fn title(
         &self,
         ctx: &Context<'_>,

@@ -710,9 +710,13 @@ fn every_root_field_of_both_schemas_declares_its_backend_calls() {
     ] {
         let shape = Shape::from_sdl(sdl);
         let mut roots = 0;
-        for root in [Some(&shape.query), shape.mutation.as_ref()]
-            .into_iter()
-            .flatten()
+        for root in [
+            Some(&shape.query),
+            shape.mutation.as_ref(),
+            shape.subscription.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
         {
             for (field, f) in &shape.objects[root] {
                 assert!(
@@ -722,6 +726,6 @@ fn every_root_field_of_both_schemas_declares_its_backend_calls() {
                 roots += 1;
             }
         }
-        assert!(roots >= 6, "{name}: {roots}");
+        assert!(roots >= 10, "{name}: {roots}");
     }
 }
