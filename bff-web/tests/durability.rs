@@ -414,3 +414,126 @@ async fn sigkill_and_sigterm_mid_burst_lose_no_accepted_report_and_the_newest_wi
 async fn a_cut_broker_then_a_death_loses_no_spooled_report_and_the_newest_wins() {
     trials("cut", 20, true).await;
 }
+
+/// A graphql-transport-ws subscriber of `url`'s instance (`http://…/graphql`).
+async fn subscriber(
+    url: &str,
+    token: &str,
+    query: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    use futures::SinkExt as _;
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let ws_url = url.replacen("http:", "ws:", 1) + "/ws";
+    let mut req = ws_url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let init = json!({"type": "connection_init", "payload": {"token": token}});
+    ws.send(Message::text(init.to_string())).await.unwrap();
+    let sub = json!({"id": "cw", "type": "subscribe", "payload": {"query": query}});
+    ws.send(Message::text(sub.to_string())).await.unwrap();
+    ws
+}
+
+/// The next result (`next` payload) of a subscriber, or the close code it ended with.
+async fn next_result(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Result<Value, u16> {
+    use futures::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("a message in time");
+        match msg {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "next" {
+                    return Ok(v["payload"].clone());
+                }
+            }
+            Some(Ok(Message::Close(f))) => return Err(f.map_or(1005, |f| u16::from(f.code))),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return Err(1006),
+        }
+    }
+}
+
+/// The position a continue-watching result shows for `title`.
+fn position_of(result: &Value, title: &str) -> Option<u64> {
+    result["data"]["continueWatching"]["items"]
+        .as_array()?
+        .iter()
+        .find(|i| i["title"]["id"] == title)
+        .and_then(|i| i["progress"]["positionSeconds"].as_u64())
+}
+
+/// A subscription holds nothing the services do not: when the instance holding a socket dies
+/// (SIGKILL, or SIGTERM at a deploy) the client sees the socket end (1006, or 1001 after what was
+/// queued), subscribes again on another instance and gets the current row at once — every report
+/// accepted meanwhile, through any instance, included.
+#[tokio::test]
+async fn a_subscriber_whose_instance_dies_resubscribes_elsewhere_and_loses_nothing() {
+    const CW: &str =
+        "subscription { continueWatching { items { progress { positionSeconds } title { id } } } }";
+    let stack = Stack::new("live").await;
+    let broker: SocketAddr = BROKER.parse().unwrap();
+    let (spool_a, spool_b) = (temp("live-a"), temp("live-b"));
+    let mut survivor = stack.spawn("live-b", broker, &spool_b);
+    let title = stack.fixtures.dataset().titles()[4].id.clone();
+    let token = stack.token("u1");
+    let mut rng = StdRng::seed_from_u64(25);
+    let (mut codes, trials) = (HashMap::<u16, usize>::new(), 10u32);
+    for trial in 0..trials {
+        let mut victim = stack.spawn("live-a", broker, &spool_a);
+        let mut ws = subscriber(&victim.url, &token, CW).await;
+        next_result(&mut ws).await.expect("the current row");
+        // A report through the other instance, then the victim dies: before or after it
+        // pushed the change, whichever comes first.
+        let pos = 1000 + trial;
+        stack
+            .report(&survivor.url, &token, &title, pos)
+            .await
+            .expect("accepted");
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..30))).await;
+        let death = if rng.random_bool(0.5) {
+            Death::Kill
+        } else {
+            Death::Term
+        };
+        match death {
+            Death::Kill => victim.kill(),
+            Death::Term => assert_eq!(victim.terminate(), Some(0)),
+        }
+        let code = loop {
+            match next_result(&mut ws).await {
+                Ok(_) => continue,
+                Err(code) => break code,
+            }
+        };
+        *codes.entry(code).or_default() += 1;
+        match death {
+            Death::Term => assert_eq!(code, 1001, "SIGTERM closes with 1001"),
+            Death::Kill => assert_ne!(code, 1001),
+        }
+        // Subscribed again elsewhere: the newest report is there at once or arrives.
+        let mut again = subscriber(&survivor.url, &token, CW).await;
+        loop {
+            let row = next_result(&mut again)
+                .await
+                .expect("the row on the survivor");
+            if position_of(&row, &title) == Some(u64::from(pos)) {
+                break;
+            }
+        }
+    }
+    println!("[live failover] {trials} deaths, close codes seen: {codes:?}");
+    survivor.kill();
+    let _ = std::fs::remove_dir_all(&spool_a);
+    let _ = std::fs::remove_dir_all(&spool_b);
+    stack.cleanup().await;
+}
