@@ -202,10 +202,20 @@ impl Live {
         user: &str,
         limits: &SubscriptionSettings,
     ) -> Result<(), Full> {
-        if slot.user.is_some() {
+        if slot.user.as_deref() == Some(user) {
             return Ok(());
         }
         let mut c = self.counts.lock();
+        // `connection_init` named another user than the upgrade's header: the connection is
+        // that user's from now on.
+        if let Some(previous) = slot.user.take()
+            && let Some(n) = c.per_user.get_mut(&previous)
+        {
+            *n -= 1;
+            if *n == 0 {
+                c.per_user.remove(&previous);
+            }
+        }
         let n = c.per_user.entry(user.to_owned()).or_default();
         if *n >= limits.max_connections_per_user {
             if *n == 0 {
