@@ -143,13 +143,28 @@ async fn live_app(surface: shared::Surface, adjust: impl FnOnce(&mut Settings)) 
     app
 }
 
-fn first_ids(row: &Value) -> Vec<String> {
-    row["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["title"]["id"].as_str().unwrap().to_owned())
-        .collect()
+/// A progress report of `token`'s viewer through `app`, accepted.
+async fn report(app: &TestApp, token: &str, title: &str, pos: u32) {
+    let (s, body) = app
+        .post_graphql(
+            "mutation($t: ID!, $p: Int!) { reportProgress(titleId: $t, positionSeconds: $p) { accepted } }",
+            json!({"t": title, "p": pos}),
+            Some(token),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["data"]["reportProgress"]["accepted"], true, "{body}");
+}
+
+/// The first item of a pushed continue-watching row: its title id and position.
+fn first_item(pushed: &Value) -> (String, u64) {
+    let first = &pushed["data"]["continueWatching"]["items"][0];
+    (
+        first["title"]["id"].as_str().unwrap_or_default().to_owned(),
+        first["progress"]["positionSeconds"]
+            .as_u64()
+            .unwrap_or_default(),
+    )
 }
 
 const TOP10: &str =
@@ -165,12 +180,12 @@ async fn top10_is_sent_now_and_again_when_the_bus_says_it_changed() {
     let row = &first["data"]["top10"];
     assert_eq!(row["kind"], "TOP_10");
     assert_eq!(row["heading"], "Top 10 in US Today");
-    let before = first_ids(row);
+    let before = ids(row);
     assert_eq!(before.len(), 10);
     let calls = app.control().stats_of(Backend::Top10).calls;
     assert!(app.control().live().rotate_top10("US"));
     let second = ws.next_payload("1").await;
-    let after = first_ids(&second["data"]["top10"]);
+    let after = ids(&second["data"]["top10"]);
     // The service rotated it by one: number one dropped to the end.
     assert_eq!(after[..9], before[1..]);
     assert_eq!(after[9], before[0]);
@@ -276,32 +291,16 @@ async fn each_user_receives_only_their_own_rows() {
     let b0 = b.next_payload("cw").await;
     assert_ne!(a0, b0, "two users, two rows");
     let title = app.data().titles()[5].id.clone();
-    let (s, body) = app
-        .post_graphql(
-            "mutation($t: ID!) { reportProgress(titleId: $t, positionSeconds: 61) { accepted } }",
-            json!({"t": title}),
-            Some(&u1),
-        )
-        .await;
-    assert_eq!(s, 200, "{body}");
+    report(&app, &u1, &title, 61).await;
     let a1 = a.next_payload("cw").await;
-    let first = &a1["data"]["continueWatching"]["items"][0];
-    assert_eq!(first["title"]["id"], title.as_str());
-    assert_eq!(first["progress"]["positionSeconds"], 61);
+    assert_eq!(first_item(&a1), (title.clone(), 61));
     // u2's next message is u2's own change, not u1's row.
     let title2 = app.data().titles()[6].id.clone();
-    app.post_graphql(
-        "mutation($t: ID!) { reportProgress(titleId: $t, positionSeconds: 62) { accepted } }",
-        json!({"t": title2}),
-        Some(&u2),
-    )
-    .await;
+    report(&app, &u2, &title2, 62).await;
     let b1 = b.next_payload("cw").await;
-    let first = &b1["data"]["continueWatching"]["items"][0];
-    assert_eq!(first["title"]["id"], title2.as_str());
-    assert_eq!(first["progress"]["positionSeconds"], 62);
-    let b_ids = first_ids(&b1["data"]["continueWatching"]);
-    assert!(!b_ids.contains(&title) || first_ids(&b0["data"]["continueWatching"]).contains(&title));
+    assert_eq!(first_item(&b1), (title2, 62));
+    let b_ids = ids(&b1["data"]["continueWatching"]);
+    assert!(!b_ids.contains(&title) || ids(&b0["data"]["continueWatching"]).contains(&title));
 }
 
 #[tokio::test]
@@ -336,18 +335,9 @@ async fn a_report_through_the_mobile_instance_reaches_the_web_session_over_rabbi
     ws.subscribe("cw", CW).await;
     ws.next_payload("cw").await;
     let title = web_app.data().titles()[9].id.clone();
-    let (s, body) = mobile_app
-        .post_graphql(
-            "mutation($t: ID!) { reportProgress(titleId: $t, positionSeconds: 123) { accepted } }",
-            json!({"t": title}),
-            Some(&token),
-        )
-        .await;
-    assert_eq!(s, 200, "{body}");
+    report(&mobile_app, &token, &title, 123).await;
     let pushed = ws.next_payload("cw").await;
-    let first = &pushed["data"]["continueWatching"]["items"][0];
-    assert_eq!(first["title"]["id"], title.as_str(), "{pushed}");
-    assert_eq!(first["progress"]["positionSeconds"], 123);
+    assert_eq!(first_item(&pushed), (title, 123), "{pushed}");
 }
 
 #[tokio::test]

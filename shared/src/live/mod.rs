@@ -257,6 +257,23 @@ impl Live {
     }
 }
 
+/// The tokio instant of a Unix time in seconds, such as a token's `exp` (now, when it has
+/// passed).
+pub(crate) fn instant_of(unix_secs: u64) -> tokio::time::Instant {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now() + Duration::from_secs(unix_secs).saturating_sub(now)
+}
+
+/// Sleeps until `at`, or forever without one.
+pub(crate) async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves once `rx` (from [`Live::stopping`]) says the process is shutting down.
 pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     if rx.wait_for(|stopping| *stopping).await.is_err() {

@@ -16,7 +16,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr},
     sync::{Arc, atomic::Ordering},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use axum::{
@@ -215,7 +215,7 @@ pub(crate) async fn respond(
         member,
         first: Some(first),
         framing,
-        expires: viewer.and_then(|v| v.expires_at).map(instant_of),
+        expires: viewer.and_then(|v| v.expires_at).map(super::instant_of),
         done: false,
         opened: false,
     };
@@ -292,7 +292,7 @@ impl Stream {
             biased;
             () = super::stopped(&mut self.stop) => Next::Stop,
             m = self.member.rx.recv() => Next::Msg(m),
-            () = sleep_until_opt(expires), if expires.is_some() => Next::Expired,
+            () = super::sleep_until_opt(expires), if expires.is_some() => Next::Expired,
             () = sleep_opt(ping) => Next::Ping,
         };
         match next {
@@ -395,23 +395,9 @@ fn error_response(headers: &HeaderMap, status: StatusCode, code: ErrorCode, msg:
     crate::refusal::stage_refusal(true, headers, status, code, msg)
 }
 
-fn instant_of(unix_secs: u64) -> Instant {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    Instant::now() + Duration::from_secs(unix_secs).saturating_sub(now)
-}
-
 async fn sleep_opt(d: Option<Duration>) {
     match d {
         Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

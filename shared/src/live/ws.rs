@@ -23,7 +23,7 @@ use std::{
     collections::HashSet,
     net::{IpAddr, Ipv4Addr},
     sync::{Arc, atomic::Ordering},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use axum::{
@@ -346,7 +346,7 @@ impl Conn {
                     }
                 }
                 () = tokio::time::sleep_until(init_deadline), if !s.acked => break Close::InitTimeout,
-                () = sleep_until_opt(expires), if expires.is_some() => break Close::Expired,
+                () = super::sleep_until_opt(expires), if expires.is_some() => break Close::Expired,
                 _ = ping.tick() => {
                     if last_heard.elapsed() >= settings.idle_timeout {
                         break Close::Keepalive;
@@ -486,7 +486,7 @@ impl Conn {
                 .live
                 .claim_user(&mut self.slot, v.user_id.as_str(), &self.svc.settings)
                 .map_err(|_| Close::TooManyForUser)?;
-            s.expires = v.expires_at.map(instant_of);
+            s.expires = v.expires_at.map(super::instant_of);
         }
         s.viewer = viewer;
         s.acked = true;
@@ -513,21 +513,6 @@ fn subscription_id(msg: &Map<String, Json>) -> Result<String, Close> {
     match msg.get("id") {
         Some(Json::String(id)) if !id.is_empty() && id.len() <= MAX_ID_BYTES => Ok(id.clone()),
         _ => Err(Close::Invalid),
-    }
-}
-
-/// The tokio instant of a Unix time in seconds (now, when it has passed).
-fn instant_of(unix_secs: u64) -> Instant {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    Instant::now() + Duration::from_secs(unix_secs).saturating_sub(now)
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
