@@ -10,12 +10,14 @@
 //! 2. [`admit`]: persisted lookup, token count, parse, the GET-is-read-only rule, analysis and
 //!    limits, the rate limits that need the operation;
 //! 3. [`execute`]: the schema runs it (document cache), shared with identical requests in flight;
+//!    or [`incremental`] runs it part by part when rows are deferred (`@defer`);
 //! 4. [`answer`]: status, headers and body; every refusal on the way is one [`answer::Refused`]
 //!    mapped to its status and code in one place.
 
 mod admit;
 mod answer;
 mod execute;
+mod incremental;
 mod wire;
 
 use std::sync::Arc;
@@ -70,6 +72,8 @@ struct Request {
     late: Option<Arc<LateLimits>>,
     method: Method,
     mode: Mode,
+    /// `Accept` allows an incremental (`multipart/mixed`) answer; never for a batch's operations.
+    incremental: bool,
 }
 
 impl Request {
@@ -78,6 +82,7 @@ impl Request {
         late: Option<axum::Extension<Arc<LateLimits>>>,
         method: Method,
         mode: Mode,
+        incremental: bool,
     ) -> Self {
         // The authentication stage runs before this service on every route that reaches it; an
         // absent identity (a router assembled without it) is anonymous, never trusted.
@@ -89,6 +94,7 @@ impl Request {
             late: late.map(|axum::Extension(l)| l),
             method,
             mode,
+            incremental,
         }
     }
 }
@@ -96,6 +102,7 @@ impl Request {
 /// One operation's walk after the wire: admitted (or refused), executed, answered.
 async fn serve(app: Arc<GraphqlService>, request: Request, map: Map<String, Json>) -> Response {
     match admit::admit(&app, &request, map).await {
+        Ok(job) if job.defer.is_some() => incremental::run(app, job).await,
         Ok(job) => execute::run(app, job).await.response(),
         Err(refused) => refused.response(request.mode),
     }

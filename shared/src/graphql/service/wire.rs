@@ -1,5 +1,6 @@
 //! The wire stage of the GraphQL service: what arrives over HTTP becomes a parameter map, or is
-//! refused before anything GraphQL happens — Accept negotiation (`406`), GraphiQL for browsers on
+//! refused before anything GraphQL happens — Accept negotiation (`406`; and whether an
+//! incremental `multipart/mixed` answer is accepted), GraphiQL for browsers on
 //! `GET`, the GET query string, the POST body's media type (`415`) and JSON shape, the body's
 //! size and time faults, and batches (a JSON array of requests).
 
@@ -122,7 +123,8 @@ pub(super) async fn get(
     let Some(mode) = negotiate(&headers) else {
         return Refused::NotAcceptable.response(Mode::Json);
     };
-    let request = Request::new(identity, late, Method::GET, mode);
+    let incremental = crate::graphql::defer::parts::accepted(&headers);
+    let request = Request::new(identity, late, Method::GET, mode, incremental);
     match get_params(raw.as_deref()) {
         Ok(map) => serve(app, request, map).await,
         Err(msg) => Refused::Malformed(msg.into()).response(mode),
@@ -167,10 +169,20 @@ pub(super) async fn post(
             return Refused::Body(fault.status(), msg).response(mode);
         }
     };
-    let request = Request::new(identity, late, Method::POST, mode);
+    let incremental = crate::graphql::defer::parts::accepted(&headers);
+    let request = Request::new(identity, late, Method::POST, mode, incremental);
     match serde_json::from_slice::<Json>(&bytes) {
         Ok(Json::Object(map)) => serve(app, request, map).await,
-        Ok(Json::Array(items)) => batch(app, request, items).await,
+        // A batch's answer is one JSON array: its operations' answers are never incremental.
+        Ok(Json::Array(items)) => batch(
+            app,
+            Request {
+                incremental: false,
+                ..request
+            },
+            items,
+        )
+        .await,
         Ok(_) => Refused::Malformed("the body must be a JSON object".into()).response(mode),
         Err(_) => Refused::Malformed("the body is not valid JSON".into()).response(mode),
     }
