@@ -116,7 +116,11 @@ async fn read(mut resp: reqwest::Response, started: Instant) -> Answer {
             continue;
         }
         if consumed == 0 && raw.len() >= OPEN.len() {
-            assert_eq!(&raw[..OPEN.len()], OPEN, "the body opens with the delimiter");
+            assert_eq!(
+                &raw[..OPEN.len()],
+                OPEN,
+                "the body opens with the delimiter"
+            );
             consumed = OPEN.len();
         }
         // Every complete part: headers, JSON, then the delimiter it ends with.
@@ -196,7 +200,12 @@ fn assert_row_list(answer: &Answer, kinds: &[&str], keys: &[&str]) {
     let rows = first["data"]["homepage"]["rows"].as_array().unwrap();
     assert_eq!(rows.len(), kinds.len(), "{first}");
     for (row, kind) in rows.iter().zip(kinds) {
-        let got: Vec<&str> = row.as_object().unwrap().keys().map(String::as_str).collect();
+        let got: Vec<&str> = row
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         let mut want = keys.to_vec();
         want.sort_unstable();
         let mut got = got;
@@ -234,7 +243,10 @@ async fn the_fast_rows_arrive_first_and_the_slow_top10_in_a_later_part() {
     assert!(answer.closed, "the body ends with the closing delimiter");
     assert_row_list(&answer, &WEB_ROWS, &["kind", "heading"]);
     let first = &answer.parts[0].json;
-    assert_eq!(first["data"]["homepage"]["rows"][2]["heading"], "Top 10 in US Today");
+    assert_eq!(
+        first["data"]["homepage"]["rows"][2]["heading"],
+        "Top 10 in US Today"
+    );
 
     // Every row arrives once, labelled, in a later part; the top 10 in the last one, alone.
     let mut arrived: BTreeMap<usize, usize> = BTreeMap::new();
@@ -242,8 +254,15 @@ async fn the_fast_rows_arrive_first_and_the_slow_top10_in_a_later_part() {
         assert_eq!(entry["label"], "items", "{entry}");
         assert!(entry.get("errors").is_none(), "{entry}");
         let keys: Vec<&String> = entry["data"].as_object().unwrap().keys().collect();
-        assert_eq!(keys, ["items"], "only the deferred fragment's fields: {entry}");
-        assert!(arrived.insert(Answer::row_of(entry), n).is_none(), "twice: {entry}");
+        assert_eq!(
+            keys,
+            ["items"],
+            "only the deferred fragment's fields: {entry}"
+        );
+        assert!(
+            arrived.insert(Answer::row_of(entry), n).is_none(),
+            "twice: {entry}"
+        );
     }
     assert_eq!(arrived.keys().copied().collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
     let last = answer.parts.len() - 1;
@@ -259,10 +278,15 @@ async fn the_fast_rows_arrive_first_and_the_slow_top10_in_a_later_part() {
 
     // The rows are the plain homepage's.
     let stats = app.control().stats();
-    let plain = "{ homepage(region: \"US\") { rows { kind heading items { rank title { id name } } } } }";
+    let plain =
+        "{ homepage(region: \"US\") { rows { kind heading items { rank title { id name } } } } }";
     let (status, body) = app.post_graphql(plain, json!({}), Some(&token)).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(answer.merged(), body["data"], "the merged parts are the plain answer");
+    assert_eq!(
+        answer.merged(),
+        body["data"],
+        "the merged parts are the plain answer"
+    );
 
     // One call per source; every title asked of the catalog once.
     for b in [
@@ -283,24 +307,33 @@ async fn the_fast_rows_arrive_first_and_the_slow_top10_in_a_later_part() {
         .collect();
     ids.sort();
     ids.dedup();
-    assert_eq!(stats.backends[&Backend::Catalog].ids_requested, ids.len() as u64);
+    assert_eq!(
+        stats.backends[&Backend::Catalog].ids_requested,
+        ids.len() as u64
+    );
     assert!(stats.backends[&Backend::Catalog].calls <= (answer.parts.len() - 1) as u64);
 
     // Counted: one operation, its parts.
     assert_eq!(
-        app.metric_sum("bff_graphql_deferred_parts_total", &["part=\"first\""]).await,
+        app.metric_sum("bff_graphql_deferred_parts_total", &["part=\"first\""])
+            .await,
         1.0
     );
     assert_eq!(
-        app.metric_sum("bff_graphql_deferred_parts_total", &["part=\"later\""]).await,
+        app.metric_sum("bff_graphql_deferred_parts_total", &["part=\"later\""])
+            .await,
         (answer.parts.len() - 1) as f64
     );
     assert_eq!(
-        app.metric_sum("bff_graphql_operations_total", &["outcome=\"ok\""]).await,
+        app.metric_sum("bff_graphql_operations_total", &["outcome=\"ok\""])
+            .await,
         2.0,
         "the deferred operation and the plain one"
     );
-    assert_eq!(app.metric_sum("bff_graphql_deferred_in_flight", &[]).await, 0.0);
+    assert_eq!(
+        app.metric_sum("bff_graphql_deferred_in_flight", &[]).await,
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -349,10 +382,7 @@ async fn a_deferred_row_keeps_its_place_when_it_comes_back_empty_or_fails() {
     let user = data
         .users()
         .iter()
-        .find(|u| {
-            data.continue_watching(&u.id)
-                .is_some_and(<[_]>::is_empty)
-        })
+        .find(|u| data.continue_watching(&u.id).is_some_and(<[_]>::is_empty))
         .expect("a fixture user with nothing to continue");
     let token = app.token(&user.id);
     app.fault(Backend::Top10, down());
@@ -390,7 +420,8 @@ async fn a_deferred_row_keeps_its_place_when_it_comes_back_empty_or_fails() {
     assert_eq!(answer.parts.last().unwrap().json["hasNext"], false);
     assert!(answer.closed);
     assert_eq!(
-        app.metric_sum("bff_graphql_operations_total", &["outcome=\"partial\""]).await,
+        app.metric_sum("bff_graphql_operations_total", &["outcome=\"partial\""])
+            .await,
         1.0
     );
 }
@@ -407,19 +438,47 @@ async fn without_defer_answers_are_the_same_bytes() {
     let by_variable = format!(
         "query($d: Boolean!) {{ homepage(region: \"US\") {{ rows {{ kind ... @defer(if: $d, label: \"x\") {{ {inner} }} }} }} }}"
     );
-    let on = format!("{{ homepage(region: \"US\") {{ rows {{ kind ... @defer {{ {inner} }} }} }} }}");
+    let on =
+        format!("{{ homepage(region: \"US\") {{ rows {{ kind ... @defer {{ {inner} }} }} }} }}");
     // Warm the caches: every answer below is built from the same fragments.
-    let reference = post(&app, json!({ "query": plain }), Some(&token), "application/json").await;
+    let reference = post(
+        &app,
+        json!({ "query": plain }),
+        Some(&token),
+        "application/json",
+    )
+    .await;
     assert_eq!(reference.status, 200);
-    let reference = post(&app, json!({ "query": plain }), Some(&token), "application/json").await;
+    let reference = post(
+        &app,
+        json!({ "query": plain }),
+        Some(&token),
+        "application/json",
+    )
+    .await;
     assert_eq!(reference.content_type(), "application/json; charset=utf-8");
     let body: Value = serde_json::from_slice(&reference.raw).unwrap();
-    assert!(body.get("errors").is_none() && kinds(&body).len() == 5, "{body}");
+    assert!(
+        body.get("errors").is_none() && kinds(&body).len() == 5,
+        "{body}"
+    );
     for (what, body, accept) in [
-        ("plain, multipart accepted", json!({ "query": plain }), APOLLO_ACCEPT),
+        (
+            "plain, multipart accepted",
+            json!({ "query": plain }),
+            APOLLO_ACCEPT,
+        ),
         ("if: false", json!({ "query": off }), APOLLO_ACCEPT),
-        ("if: $d = false", json!({ "query": by_variable, "variables": { "d": false } }), APOLLO_ACCEPT),
-        ("JSON only accepted", json!({ "query": on }), "application/json"),
+        (
+            "if: $d = false",
+            json!({ "query": by_variable, "variables": { "d": false } }),
+            APOLLO_ACCEPT,
+        ),
+        (
+            "JSON only accepted",
+            json!({ "query": on }),
+            "application/json",
+        ),
     ] {
         let answer = post(&app, body, Some(&token), accept).await;
         assert_eq!(answer.status, 200, "{what}");
@@ -433,7 +492,11 @@ async fn without_defer_answers_are_the_same_bytes() {
     // A batch's operations are never incremental.
     let app = spawn_app_with(web(), |s| s.graphql.max_batch = 2).await;
     let resp = app
-        .post_body(&json!([{ "query": on }, { "query": plain }]), Some(APOLLO_ACCEPT), Some(&token))
+        .post_body(
+            &json!([{ "query": on }, { "query": plain }]),
+            Some(APOLLO_ACCEPT),
+            Some(&token),
+        )
         .await;
     assert_eq!(resp.status(), 200);
     let answers: Value = resp.json().await.unwrap();
@@ -501,9 +564,21 @@ async fn hostile_defer_gets_coded_errors() {
         ),
     ] {
         let answer = post(&app, body, Some(&token), APOLLO_ACCEPT).await;
-        assert_eq!(answer.status, 200, "{what}: JSON clients get 200 for request errors");
-        assert_eq!(answer.content_type(), "application/json; charset=utf-8", "{what}");
-        assert_eq!(code_of(&answer), code, "{what}: {}", String::from_utf8_lossy(&answer.raw));
+        assert_eq!(
+            answer.status, 200,
+            "{what}: JSON clients get 200 for request errors"
+        );
+        assert_eq!(
+            answer.content_type(),
+            "application/json; charset=utf-8",
+            "{what}"
+        );
+        assert_eq!(
+            code_of(&answer),
+            code,
+            "{what}: {}",
+            String::from_utf8_lossy(&answer.raw)
+        );
     }
     // Deeper in a mutation it is delivered inline: one JSON answer.
     let answer = post(
@@ -526,7 +601,12 @@ async fn hostile_defer_gets_coded_errors() {
     .await;
     assert_eq!(answer.status, 406);
     // The server is still well.
-    let answer = deferred(&app, "{ homepage { rows { kind ... @defer { items { rank } } } } }", Some(&token)).await;
+    let answer = deferred(
+        &app,
+        "{ homepage { rows { kind ... @defer { items { rank } } } } }",
+        Some(&token),
+    )
+    .await;
     assert_eq!(answer.content_type(), MULTIPART);
 }
 
@@ -557,7 +637,13 @@ async fn get_and_persisted_queries_defer_too() {
     // APQ: registered over POST, then the hash alone over GET.
     let hash = shared::graphql::persisted::sha256_hex(q);
     let ext = json!({ "persistedQuery": { "version": 1, "sha256Hash": hash } });
-    let answer = post(&app, json!({ "query": q, "extensions": ext }), Some(&token), APOLLO_ACCEPT).await;
+    let answer = post(
+        &app,
+        json!({ "query": q, "extensions": ext }),
+        Some(&token),
+        APOLLO_ACCEPT,
+    )
+    .await;
     assert_eq!(answer.content_type(), MULTIPART);
     let answer = get(vec![("extensions", ext.to_string())]).await;
     assert_eq!(answer.content_type(), MULTIPART);
@@ -602,7 +688,10 @@ async fn max_response_bytes_bounds_the_whole_incremental_answer() {
     let mut refused = 0;
     for (_, entry) in answer.entries() {
         if entry["data"].is_null() {
-            assert_eq!(entry["errors"][0]["extensions"]["code"], "QUERY_TOO_COMPLEX", "{entry}");
+            assert_eq!(
+                entry["errors"][0]["extensions"]["code"], "QUERY_TOO_COMPLEX",
+                "{entry}"
+            );
             refused += 1;
         }
         rows.insert(Answer::row_of(entry), ());
@@ -638,14 +727,20 @@ async fn a_client_gone_mid_answer_stops_the_answer() {
         .unwrap();
     let first = resp.chunk().await.unwrap().unwrap();
     assert!(first.starts_with(b"\r\n---\r\n"));
-    assert_eq!(app.metric_sum("bff_graphql_deferred_in_flight", &[]).await, 1.0);
+    assert_eq!(
+        app.metric_sum("bff_graphql_deferred_in_flight", &[]).await,
+        1.0
+    );
     drop(resp);
     eventually("the answer is dropped with its client", || async {
         app.metric_sum("bff_graphql_deferred_in_flight", &[]).await == 0.0
     })
     .await;
     // Not counted as answered.
-    assert_eq!(app.metric_sum("bff_graphql_operations_total", &[]).await, 0.0);
+    assert_eq!(
+        app.metric_sum("bff_graphql_operations_total", &[]).await,
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -656,7 +751,14 @@ async fn apollo_client_renders_the_deferred_homepage() {
     let q = "{ homepage(region: \"US\") { rows { kind heading ... @defer { items { rank title { id name } } } } } }";
     let out = node_client(
         "defer.mjs",
-        &[&app.url("/graphql"), q, "--token", &token, "--timeout", "20"],
+        &[
+            &app.url("/graphql"),
+            q,
+            "--token",
+            &token,
+            "--timeout",
+            "20",
+        ],
     )
     .await;
     let report: Value = serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("{out}"));
@@ -673,17 +775,28 @@ async fn apollo_client_renders_the_deferred_homepage() {
         .map(|r| r["kind"].as_str().unwrap())
         .collect();
     assert_eq!(first_kinds, WEB_ROWS);
-    assert!(first.as_array().unwrap().iter().all(|r| r.get("items").is_none()), "{first}");
+    assert!(
+        first
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r.get("items").is_none()),
+        "{first}"
+    );
     // The top 10's items only in the last rendering, the others before it.
     let items_of = |e: &Value, i: usize| e["data"]["homepage"]["rows"][i].get("items").cloned();
     let last = emissions.last().unwrap();
     let before = &emissions[emissions.len() - 2];
     assert!(items_of(before, 2).is_none(), "{before}");
     for i in [0, 1, 3, 4] {
-        assert!(items_of(before, i).is_some(), "row {i} waited for the top 10: {before}");
+        assert!(
+            items_of(before, i).is_some(),
+            "row {i} waited for the top 10: {before}"
+        );
     }
     // The last rendering is the plain answer (Apollo Client adds `__typename`).
-    let plain = "{ homepage(region: \"US\") { rows { kind heading items { rank title { id name } } } } }";
+    let plain =
+        "{ homepage(region: \"US\") { rows { kind heading items { rank title { id name } } } } }";
     let (_, plain) = app.post_graphql(plain, json!({}), Some(&token)).await;
     let mut rendered = last["data"].clone();
     strip_typenames(&mut rendered);

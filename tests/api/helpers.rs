@@ -390,7 +390,13 @@ pub async fn node_client(script: &str, args: &[&str]) -> String {
                 return;
             }
             let out = tokio::process::Command::new("npm")
-                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
+                .args([
+                    "ci",
+                    "--no-audit",
+                    "--no-fund",
+                    "--loglevel=error",
+                    "--prefix",
+                ])
                 .arg(&clients)
                 .output()
                 .await

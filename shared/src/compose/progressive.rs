@@ -185,14 +185,16 @@ impl Composer {
                         }
                     }
                     shown = Some(headings);
-                    if !held.is_empty() && tx.unbounded_send(Step::Rows(std::mem::take(&mut held))).is_err()
+                    if !held.is_empty()
+                        && tx
+                            .unbounded_send(Step::Rows(std::mem::take(&mut held)))
+                            .is_err()
                     {
                         return;
                     }
                 }
             }
-            if shown.is_some() && pending.is_empty() && hydrating.is_none() && waiting.is_empty()
-            {
+            if shown.is_some() && pending.is_empty() && hydrating.is_none() && waiting.is_empty() {
                 return;
             }
             let want_region = needs.region && region_in.is_none();

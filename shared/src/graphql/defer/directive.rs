@@ -10,7 +10,7 @@ use async_graphql::{
     ContextDirective, CustomDirective, CustomDirectiveFactory, ServerResult,
     indexmap::IndexMap,
     parser::types::Directive,
-    registry::{Deprecation, MetaDirective, MetaInputValue, Registry, __DirectiveLocation},
+    registry::{__DirectiveLocation, Deprecation, MetaDirective, MetaInputValue, Registry},
 };
 
 /// The directive's name.

@@ -240,11 +240,17 @@ mod tests {
 
     #[test]
     fn multipart_is_accepted_as_apollo_client_asks_for_it() {
-        assert!(accept("multipart/mixed;deferSpec=20220824,application/json"));
+        assert!(accept(
+            "multipart/mixed;deferSpec=20220824,application/json"
+        ));
         assert!(accept("application/json, multipart/mixed"));
-        assert!(accept("Multipart/Mixed; deferSpec=\"20220824\"; q=0.5, application/json"));
+        assert!(accept(
+            "Multipart/Mixed; deferSpec=\"20220824\"; q=0.5, application/json"
+        ));
         assert!(!accept("application/json"));
-        assert!(!accept("multipart/mixed;deferSpec=20990101,application/json"));
+        assert!(!accept(
+            "multipart/mixed;deferSpec=20990101,application/json"
+        ));
         assert!(!accept("multipart/mixed;q=0,application/json"));
         assert!(!accept("multipart/mixed-up"));
         assert!(!accept(""));
@@ -261,9 +267,15 @@ mod tests {
             None,
         )
         .unwrap();
-        let row: Value = Value::from_json(serde_json::json!({ "kind": "TOP_10", "items": [{ "rank": 1 }] })).unwrap();
+        let row: Value =
+            Value::from_json(serde_json::json!({ "kind": "TOP_10", "items": [{ "rank": 1 }] }))
+                .unwrap();
         let entries = [
-            Entries { index: 2, value: row, errors: Vec::new() },
+            Entries {
+                index: 2,
+                value: row,
+                errors: Vec::new(),
+            },
             Entries {
                 index: 3,
                 value: Value::Null,

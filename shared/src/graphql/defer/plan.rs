@@ -79,8 +79,10 @@ pub(crate) fn check(doc: &ExecutableDocument) -> Result<(), String> {
         if op.ty == OperationType::Subscription
             && anywhere(doc, &op.selection_set.node, &mut HashSet::new(), 0)
         {
-            return Err("`@defer` is not supported in subscriptions; disable it with `if: false`"
-                .to_owned());
+            return Err(
+                "`@defer` is not supported in subscriptions; disable it with `if: false`"
+                    .to_owned(),
+            );
         }
     }
     Ok(())
@@ -220,11 +222,7 @@ pub(crate) fn plan(
     let Selection::Field(homepage) = &homepage_selection.node else {
         return None;
     };
-    let reader = Reader {
-        doc,
-        op,
-        variables,
-    };
+    let reader = Reader { doc, op, variables };
     if !reader.included(&homepage.node.directives)? {
         return None;
     }
@@ -365,14 +363,20 @@ impl<'d> Reader<'d> {
                 }
                 Selection::InlineFragment(f) => &f.node.selection_set.node,
                 Selection::FragmentSpread(s) => {
-                    &self.doc.fragments.get(&s.node.fragment_name.node)?.node.selection_set.node
+                    &self
+                        .doc
+                        .fragments
+                        .get(&s.node.fragment_name.node)?
+                        .node
+                        .selection_set
+                        .node
                 }
             };
             let deferred = match (deferred, self.deferred(selection.node.directives())?) {
                 (Some(d), _) => Some(d),
                 (None, None) => None,
-                (None, Some((label, at))) => Some(
-                    match out.fragments.iter().position(|f| f.at == at) {
+                (None, Some((label, at))) => {
+                    Some(match out.fragments.iter().position(|f| f.at == at) {
                         Some(d) => d,
                         None => {
                             out.fragments.push(Deferred {
@@ -382,8 +386,8 @@ impl<'d> Reader<'d> {
                             });
                             out.fragments.len() - 1
                         }
-                    },
-                ),
+                    })
+                }
             };
             self.rows(inner, deferred, out, depth + 1)?;
         }
@@ -429,21 +433,22 @@ impl<'d> Reader<'d> {
         match directive.get_argument("if").map(|v| &v.node) {
             None => Some(default),
             Some(Value::Boolean(b)) => Some(*b),
-            Some(Value::Variable(name)) => match self.variables.and_then(|v| v.get(name.as_str()))
-            {
-                Some(Json::Bool(b)) => Some(*b),
-                Some(_) => None,
-                None => self
-                    .op
-                    .variable_definitions
-                    .iter()
-                    .find(|v| v.node.name.node == *name)
-                    .and_then(|v| v.node.default_value.as_ref())
-                    .and_then(|d| match &d.node {
-                        ConstValue::Boolean(b) => Some(*b),
-                        _ => None,
-                    }),
-            },
+            Some(Value::Variable(name)) => {
+                match self.variables.and_then(|v| v.get(name.as_str())) {
+                    Some(Json::Bool(b)) => Some(*b),
+                    Some(_) => None,
+                    None => self
+                        .op
+                        .variable_definitions
+                        .iter()
+                        .find(|v| v.node.name.node == *name)
+                        .and_then(|v| v.node.default_value.as_ref())
+                        .and_then(|d| match &d.node {
+                            ConstValue::Boolean(b) => Some(*b),
+                            _ => None,
+                        }),
+                }
+            }
             Some(_) => None,
         }
     }
@@ -524,7 +529,10 @@ mod tests {
         for (q, vars) in [
             // No defer, or off.
             ("{ homepage { rows { kind items { rank } } } }", json!({})),
-            ("{ homepage { rows { kind ... @defer(if: false) { items { rank } } } } }", json!({})),
+            (
+                "{ homepage { rows { kind ... @defer(if: false) { items { rank } } } } }",
+                json!({}),
+            ),
             (
                 "query($d: Boolean!) { homepage { rows { kind ... @defer(if: $d) { items { rank } } } } }",
                 json!({ "d": false }),
@@ -535,18 +543,39 @@ mod tests {
                 json!({ "d": "yes" }),
             ),
             // Items outside the deferred fragment need the row's sources.
-            ("{ homepage { rows { kind items { rank } ... @defer { heading } } } }", json!({})),
+            (
+                "{ homepage { rows { kind items { rank } ... @defer { heading } } } }",
+                json!({}),
+            ),
             // Two homepages, a root fragment, a mutation.
-            ("{ a: homepage { rows { ... @defer { items { rank } } } } b: homepage { region } }", json!({})),
-            ("{ ... on Query { homepage { rows { ... @defer { items { rank } } } } } }", json!({})),
-            ("mutation { addToMyList(titleId: \"t1\") { ... @defer { changed } } }", json!({})),
+            (
+                "{ a: homepage { rows { ... @defer { items { rank } } } } b: homepage { region } }",
+                json!({}),
+            ),
+            (
+                "{ ... on Query { homepage { rows { ... @defer { items { rank } } } } } }",
+                json!({}),
+            ),
+            (
+                "mutation { addToMyList(titleId: \"t1\") { ... @defer { changed } } }",
+                json!({}),
+            ),
             // Deferred elsewhere than on rows.
-            ("{ homepage { rows { kind items { title { ... @defer { name } } } } } }", json!({})),
+            (
+                "{ homepage { rows { kind items { title { ... @defer { name } } } } } }",
+                json!({}),
+            ),
             ("{ title(id: \"t1\") { ... @defer { name } } }", json!({})),
             // Two response keys for rows, an unknown fragment, a label that is not a string.
-            ("{ homepage { a: rows { ... @defer { items { rank } } } rows { kind } } }", json!({})),
+            (
+                "{ homepage { a: rows { ... @defer { items { rank } } } rows { kind } } }",
+                json!({}),
+            ),
             ("{ homepage { rows { ...Nope @defer } } }", json!({})),
-            ("{ homepage { rows { ... @defer(label: 5) { items { rank } } } } }", json!({})),
+            (
+                "{ homepage { rows { ... @defer(label: 5) { items { rank } } } } }",
+                json!({}),
+            ),
         ] {
             assert!(plan_of(q, vars).is_none(), "{q}");
         }

@@ -116,7 +116,7 @@ impl<T: ScalarFields> OutputType for Scalars<T> {
         ctx: &ContextSelectionSet<'_>,
         _field: &Positioned<Field>,
     ) -> ServerResult<Value> {
-        if super::field_directives(&ctx.schema_env) {
+        if super::field_directives(ctx.schema_env) {
             return resolve_container(ctx, &self.0).await;
         }
         resolve_inline(ctx, &self.0, Some(T::scalar_field)).await
@@ -135,7 +135,7 @@ impl<T: OutputType> OutputType for InlineList<T> {
         ctx: &ContextSelectionSet<'_>,
         field: &Positioned<Field>,
     ) -> ServerResult<Value> {
-        if super::field_directives(&ctx.schema_env) {
+        if super::field_directives(ctx.schema_env) {
             return resolve_list(ctx, field, &self.0, Some(self.0.len())).await;
         }
         let mut items = Vec::with_capacity(self.0.len());
@@ -159,7 +159,7 @@ pub(super) async fn resolve_object<T: ContainerType>(
     ctx: &ContextSelectionSet<'_>,
     root: &T,
 ) -> ServerResult<Value> {
-    if super::field_directives(&ctx.schema_env) {
+    if super::field_directives(ctx.schema_env) {
         return resolve_container(ctx, root).await;
     }
     resolve_inline(ctx, root, None).await

@@ -22,9 +22,9 @@ mod render;
 
 pub use inline::{Inline, InlineList, ScalarFields, Scalars};
 pub(crate) use json::response_pieces;
+pub(crate) use json::{Chunks, JsonOut, write_value};
 #[cfg(test)]
 pub(crate) use raw::{raw, raw_json};
-pub(crate) use json::{Chunks, JsonOut, write_value};
 pub(crate) use render::root_renderable;
 pub use render::{FieldOut, RenderFields, RenderJson, Rendered, RenderedList};
 

@@ -132,7 +132,7 @@ fn root_keys<'d>(
 
 /// Whether this request renders (see the module docs).
 fn renders(ctx: &ContextSelectionSet<'_>) -> bool {
-    !super::field_directives(&ctx.schema_env) && ctx.data_opt::<RenderJson>().is_some()
+    !super::field_directives(ctx.schema_env) && ctx.data_opt::<RenderJson>().is_some()
 }
 
 /// An object whose selected fields can be written straight as JSON (see the module docs).

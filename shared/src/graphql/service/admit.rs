@@ -81,7 +81,9 @@ pub(super) async fn admit(
         .preflight(&doc, p.operation_name.as_deref(), p.variables.as_ref())?;
     // `@defer`'s rules the engine does not know; and whether the answer is incremental (a
     // quick look at the text first: nearly every document has no `@defer`).
-    let mentions_defer = resolved.query.contains(crate::graphql::defer::directive::NAME);
+    let mentions_defer = resolved
+        .query
+        .contains(crate::graphql::defer::directive::NAME);
     if mentions_defer {
         crate::graphql::defer::plan::check(&doc)
             .map_err(|msg| Refused::Request(ErrorCode::GraphqlValidationFailed, msg))?;

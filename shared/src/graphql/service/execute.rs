@@ -20,7 +20,7 @@ use super::{
 };
 use crate::graphql::direct::response_pieces;
 use crate::{
-    cache::{CacheLog, Freshness, FragmentUse},
+    cache::{CacheLog, FragmentUse, Freshness},
     compose::RequestContext,
     error::ErrorCode,
     graphql::{

@@ -129,7 +129,10 @@ pub(super) async fn run(app: Arc<GraphqlService>, mut job: Job) -> Response {
     (
         StatusCode::OK,
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static(parts::CONTENT_TYPE)),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(parts::CONTENT_TYPE),
+            ),
             (header::VARY, HeaderValue::from_static(VARY)),
             // Composed while it is sent: no cache may store it (nor, when personalized, share it).
             (
@@ -224,7 +227,10 @@ impl Stream {
     /// The part of rows that completed together.
     async fn rows(
         &mut self,
-        rows: Vec<(usize, Result<crate::compose::HomeRow, crate::upstream::BackendError>)>,
+        rows: Vec<(
+            usize,
+            Result<crate::compose::HomeRow, crate::upstream::BackendError>,
+        )>,
     ) -> Vec<Bytes> {
         let mut home = self.base.clone();
         let mut indices = Vec::with_capacity(rows.len());

@@ -174,15 +174,17 @@ pub(super) async fn post(
     match serde_json::from_slice::<Json>(&bytes) {
         Ok(Json::Object(map)) => serve(app, request, map).await,
         // A batch's answer is one JSON array: its operations' answers are never incremental.
-        Ok(Json::Array(items)) => batch(
-            app,
-            Request {
-                incremental: false,
-                ..request
-            },
-            items,
-        )
-        .await,
+        Ok(Json::Array(items)) => {
+            batch(
+                app,
+                Request {
+                    incremental: false,
+                    ..request
+                },
+                items,
+            )
+            .await
+        }
         Ok(_) => Refused::Malformed("the body must be a JSON object".into()).response(mode),
         Err(_) => Refused::Malformed("the body is not valid JSON".into()).response(mode),
     }
