@@ -813,3 +813,56 @@ fn strip_typenames(v: &mut Value) {
         _ => {}
     }
 }
+
+#[tokio::test]
+async fn a_slow_profile_holds_the_first_part_no_longer_than_the_first_row() {
+    let app = spawn_app(web()).await;
+    let token = app.token("u1");
+    app.fault(Backend::Profile, latency(400));
+    // The region is named: nothing but headings wants the profile.
+    let q = "{ homepage(region: \"US\") { rows { kind heading ... @defer { items { rank } } } } }";
+    let answer = deferred(&app, q, Some(&token)).await;
+    assert_row_list(&answer, &WEB_ROWS, &["kind", "heading"]);
+    assert!(
+        answer.parts[0].at < Duration::from_millis(400),
+        "the first part waited for the profile: {:?}",
+        answer.parts[0].at
+    );
+    let first = &answer.parts[0].json["data"]["homepage"]["rows"];
+    assert_eq!(
+        first[0]["heading"], "Continue Watching",
+        "generic without the profile"
+    );
+    assert_eq!(first[1]["heading"], "Recommended for You");
+
+    // Without a region, the first part needs the profile's (as the regional rows do).
+    let q = "{ homepage { rows { kind heading ... @defer { items { rank } } } } }";
+    let app = spawn_app(web()).await;
+    app.fault(Backend::Profile, latency(300));
+    let answer = deferred(&app, q, Some(&token)).await;
+    assert!(answer.parts[0].at >= Duration::from_millis(300));
+    let first = &answer.parts[0].json["data"]["homepage"]["rows"];
+    let data = app.data();
+    let u1 = data.users().iter().find(|u| u.id == "u1").unwrap();
+    let name = u1.name.split(' ').next().unwrap();
+    assert_eq!(first[0]["heading"], format!("Continue Watching for {name}"));
+}
+
+#[tokio::test]
+async fn the_hero_outside_the_deferred_fragments_waits_for_its_rows() {
+    let app = spawn_app(web()).await;
+    app.fault(Backend::Top10, latency(300));
+    // Anonymous: no recommendations, so the hero is the top 10's number one.
+    let q = "{ homepage(region: \"US\") { hero { id } rows { kind ... @defer { items { title { id } } } } } }";
+    let answer = deferred(&app, q, None).await;
+    assert_row_list(&answer, &["TOP_10", "NEW_RELEASES"], &["kind"]);
+    let first = &answer.parts[0];
+    assert!(first.at >= Duration::from_millis(300), "{:?}", first.at);
+    let number_one = app.data().top10("US").unwrap()[0].title_id.clone();
+    assert_eq!(
+        first.json["data"]["homepage"]["hero"]["id"],
+        number_one.as_str()
+    );
+    // Its rows still come in later parts.
+    assert_eq!(answer.entries().len(), 2);
+}

@@ -286,3 +286,57 @@ fn hero_of(kinds: &[RowKind], leads: &[Option<Lead>]) -> Option<Lead> {
     }
     Some(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn title(id: &str) -> Arc<Title> {
+        Arc::new(Title {
+            id: id.to_owned(),
+            name: String::new(),
+            synopsis: String::new(),
+            year: 2000,
+            maturity_rating: "PG".to_owned(),
+            runtime_minutes: 90,
+            genres: Vec::new(),
+            cast: Vec::new(),
+            images: Vec::new(),
+        })
+    }
+
+    fn id(lead: Option<Lead>) -> Option<Option<String>> {
+        lead.map(|l| l.map(|t| t.id.clone()))
+    }
+
+    /// The hero is known as soon as the rows `pick_hero` would look at are, and is its choice.
+    #[test]
+    fn the_hero_is_decided_by_the_rows_it_depends_on_only() {
+        use RowKind::*;
+        let kinds = [ContinueWatching, Recommended, Top10, MyList, NewReleases];
+        let some = |id: &str| Some(Some(title(id)));
+        // Recommended in with a title: decided, whatever else is pending.
+        let leads = [None, some("r1"), None, None, None];
+        assert_eq!(id(hero_of(&kinds, &leads)), Some(Some("r1".into())));
+        // Recommended pending: not yet.
+        let leads = [some("c1"), None, some("t1"), None, None];
+        assert_eq!(id(hero_of(&kinds, &leads)), None);
+        // Recommended empty or failed: the top 10's.
+        let leads = [None, Some(None), some("t1"), None, None];
+        assert_eq!(id(hero_of(&kinds, &leads)), Some(Some("t1".into())));
+        // Both empty: the first row with a title, once every row before it is in.
+        let leads = [Some(None), Some(None), Some(None), None, some("n1")];
+        assert_eq!(id(hero_of(&kinds, &leads)), None);
+        let leads = [Some(None), Some(None), Some(None), some("m1"), None];
+        assert_eq!(id(hero_of(&kinds, &leads)), Some(Some("m1".into())));
+        let leads = [Some(None), Some(None), Some(None), Some(None), Some(None)];
+        assert_eq!(id(hero_of(&kinds, &leads)), Some(None));
+        // Anonymous: no recommended row at all.
+        let kinds = [Top10, NewReleases];
+        assert_eq!(id(hero_of(&kinds, &[None, some("n1")])), None);
+        assert_eq!(
+            id(hero_of(&kinds, &[some("t1"), None])),
+            Some(Some("t1".into()))
+        );
+    }
+}
