@@ -92,18 +92,19 @@ fn rows_of<'v>(data: &'v mut Value, plan: &Plan) -> Option<&'v mut Vec<Value>> {
     }
 }
 
-/// Cuts every row of the first part to what a pending row shows: its fields outside the
-/// deferred fragments. Returns how many rows there are.
-pub(crate) fn strip_pending(data: &mut Value, plan: &Plan) -> usize {
-    let Some(rows) = rows_of(data, plan) else {
-        return 0;
+/// Cuts every row of the first part to what a pending row shows (its fields outside the
+/// deferred fragments) when the answer lists the `expected` rows; `false`, and nothing cut,
+/// when it does not (no rows: nothing is deferred).
+pub(crate) fn strip_pending(data: &mut Value, plan: &Plan, expected: usize) -> bool {
+    let Some(rows) = rows_of(data, plan).filter(|r| r.len() == expected && expected > 0) else {
+        return false;
     };
     for row in rows.iter_mut() {
         if let Value::Object(fields) = row {
             fields.retain(|key, _| plan.first_keys.contains(key));
         }
     }
-    rows.len()
+    true
 }
 
 /// A row's entries in a later part: one per deferred fragment.

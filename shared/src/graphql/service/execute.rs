@@ -2,7 +2,8 @@
 //! document already parsed and analysed; the schema's document cache skips re-validation of
 //! known documents), under `graphql.timeout`, shared with identical requests in flight when
 //! `graphql.coalesce` allows ([`crate::graphql::coalesce`]), and becomes an [`Answer`]: status,
-//! `Cache-Control`, `extensions.cost` / `extensions.cache`, the answer-size cap.
+//! `Cache-Control`, `extensions.cost` / `extensions.cache`, the answer-size cap. Its steps
+//! ([`Meta`], [`settle`], [`finish`]) are also the incremental stage's (`super::incremental`).
 
 use std::sync::Arc;
 

@@ -76,8 +76,8 @@ pub(super) async fn run(app: Arc<GraphqlService>, mut job: Job) -> Response {
         // Refused, or the homepage never started: the answer is complete as it is.
         _ => return finish(&app, &meta, &response, outcome).response(),
     };
-    let listed = parts::strip_pending(&mut response.data, &plan);
-    if listed == 0 || started.base.rows.len() != listed {
+    let listed = started.base.rows.len();
+    if !parts::strip_pending(&mut response.data, &plan, listed) {
         // No row to defer (a homepage without rows): the answer is complete as it is.
         return finish(&app, &meta, &response, outcome).response();
     }
