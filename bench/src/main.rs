@@ -9,12 +9,13 @@
 //! ```
 //!
 //! `-s cache` runs the fragment-cache matrix, `-s issue3` the first homepage figures, `-s faults`
-//! the resilience scenarios. `--telemetry on` installs the BFF's tracing stack (log filter `info`,
+//! the resilience scenarios, `-s defer` the incremental homepage. `--telemetry on` installs the BFF's tracing stack (log filter `info`,
 //! OpenTelemetry layer with a local provider, text log lines formatted into a sink) and keeps
 //! metrics on; `off` (default) has no subscriber and `metrics.enabled = false`. The subscriber is
 //! global, so on/off are compared across processes (`bench/overhead.sh`).
 
 mod critical;
+mod defer;
 mod events;
 mod harness;
 mod hostile;
@@ -146,6 +147,7 @@ async fn main() -> Result<()> {
     let mut ratelimit_table = None;
     let mut events_table = None;
     let mut tiers_table = None;
+    let mut defer_table = None;
     for s in selected {
         match &s.kind {
             Kind::Load(spec) => {
@@ -180,6 +182,11 @@ async fn main() -> Result<()> {
                 eprintln!("[{}] homepage from backends, L2 and L1", s.name);
                 let tiers = tiers::measure(&env).await?;
                 tiers_table = Some(tiers::render(&tiers));
+            }
+            Kind::Defer => {
+                eprintln!("[{}] the web homepage with @defer, top 10 +300 ms", s.name);
+                let report = defer::measure(&env).await?;
+                defer_table = Some(defer::render(&report)?);
             }
             Kind::Hostile => {
                 eprintln!("[{}] hostile queries against one web BFF", s.name);
@@ -247,6 +254,11 @@ async fn main() -> Result<()> {
     if let Some(table) = tiers_table {
         println!(
             "\ncache tiers (signed-in web homepage, 100 users × 5 alternating rounds, one client, backends +2 ms; L2 = Redis at 127.0.0.1:6379 with L1 kept empty):\n\n{table}"
+        );
+    }
+    if let Some(table) = defer_table {
+        println!(
+            "\n@defer (full web homepage, u1, cache off, backends +2 ms, one request at a time, alternating):\n\n{table}"
         );
     }
     if let Some(table) = hostile_table {

@@ -207,6 +207,8 @@ pub(crate) enum Kind {
     Events,
     /// One homepage's cost from the backends, from the shared L2 tier and from L1.
     Tiers,
+    /// `@defer` on the homepage's rows with a slow top 10: first part, fast rows, full answer.
+    Defer,
 }
 
 /// One named benchmark.
@@ -220,7 +222,7 @@ pub(crate) struct Scenario {
 }
 
 /// Named sets of scenarios for `-s`, with what they are for.
-pub(crate) const GROUPS: [(&str, &str); 8] = [
+pub(crate) const GROUPS: [(&str, &str); 9] = [
     (
         "issue3",
         "the first homepage figures: *-latency50, critical-path, *-rps (cache off), engine, payload",
@@ -250,6 +252,10 @@ pub(crate) const GROUPS: [(&str, &str); 8] = [
         "issue 24: tiers (a signed-in homepage from the backends, from the shared L2 tier in Redis, from L1: calls, latency, CPU)",
     ),
     (
+        "live",
+        "issue 25: defer (the web homepage with its rows' items deferred, top 10 +300 ms: first part, fast rows, full answer)",
+    ),
+    (
         "traffic",
         "issue 15: ratelimit (each algorithm at 10× its limit, locally and two BFFs + Redis; cost per decision; homepage CPU with policies); anonymous web homepage, cache off, concurrency 32: web-anon-{distinct|identical|identical-nocoalesce}; web-anon-{post|persisted-get} warm",
     ),
@@ -264,6 +270,7 @@ const EDGE: &[&str] = &["edge"];
 const TRAFFIC: &[&str] = &["traffic"];
 const EVENTS: &[&str] = &["bus"];
 const FLEET: &[&str] = &["fleet"];
+const LIVE: &[&str] = &["live"];
 
 /// `["u1", …, "u{n}"]`: fixture users (u1…u200 exist).
 pub(crate) fn users(n: usize) -> Vec<String> {
@@ -661,6 +668,12 @@ pub(crate) fn catalogue() -> Vec<Scenario> {
         about: "a signed-in web homepage whose fragments come from the backends (cache off), from the shared L2 tier in Redis (L1 kept empty) and from L1: backend calls, latency p50/p99, CPU per homepage, side by side (needs Redis on 127.0.0.1:6379)".into(),
         groups: FLEET,
         kind: Kind::Tiers,
+    });
+    all.push(Scenario {
+        name: "defer".into(),
+        about: "the full web homepage (u1, cache off, backends +2 ms) with its rows' items deferred and the top 10 at +300 ms, one request at a time, 100 per variant: time to the first part, to the last fast row and to the full answer, beside the plain homepage with the top 10 fast (the fast rows' latency) and slow; target: first part p50 ≤ the fast rows' p50 + 5 ms".into(),
+        groups: LIVE,
+        kind: Kind::Defer,
     });
     all
 }

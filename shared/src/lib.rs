@@ -13,18 +13,22 @@
 //!   client-address rules → CORS → body limits → authentication → rate limits.
 //! - [`graphql`]: the GraphQL service in four stages — wire (Accept, method, body) → admit
 //!   (persisted lookup, parse, analysis, limits, late rate limits) → execute (document cache,
-//!   coalescing) → answer (one refusal type, status + code in one place) — over the analysis, the
-//!   shared schema types, the contained direct-JSON path, and error coding.
+//!   coalescing; or incremental, for `@defer` on homepage rows) → answer (one refusal type,
+//!   status + code in one place) — over the analysis, the shared schema types, the
+//!   `Subscription` root, `@defer` (plan and wire format), the contained direct-JSON path, and
+//!   error coding.
 //! - `live`: the live homepage's doors — subscriptions over WebSocket (`/graphql/ws`,
-//!   graphql-transport-ws) and SSE (`/graphql/stream`) — admitted like requests, one shared
-//!   execution per operation and view, bounded queues, connection limits.
+//!   graphql-transport-ws), SSE (`/graphql/stream`) and multipart from `/graphql` — admitted
+//!   like requests, one shared execution per operation and view, bounded queues, connection
+//!   limits.
 //! - [`proxy`]: pass-through routes.
 //! - [`ratelimit`]: rate-limit policies, their algorithms and stores (in-process, Redis), and a
 //!   request's late checks ([`ratelimit::LateLimits`]), which the pipeline hands the GraphQL
 //!   service as a request extension.
 //! - [`auth`]: bearer JWT → verified [`auth::Viewer`].
 //! - [`body`]: request bodies held to a size and a deadline.
-//! - [`compose`]: the parallel homepage plan and title hydration.
+//! - [`compose`]: the parallel homepage plan and title hydration, whole or progressively (rows
+//!   in waves, for `@defer`).
 //! - [`events`]: builds the event bus (the `bff-events` crate: in-process or RabbitMQ, outbox,
 //!   spool) from `events.*`; transport only.
 //! - [`cache`]: fragment cache (L1 moka, L2 Redis or Redis Cluster shared by the fleet),

@@ -394,3 +394,52 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+/// Runs `node tests/clients/<script> <args>` (real GraphQL clients from npm) and returns what it
+/// printed; panics with its output when it fails. The first call of a test run installs the
+/// pinned packages (`npm ci --prefix tests/clients`) when `node_modules` is missing; concurrent
+/// tests wait for that one install.
+pub async fn node_client(script: &str, args: &[&str]) -> String {
+    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    let clients = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients");
+    INSTALLED
+        .get_or_init(|| async {
+            if clients.join("node_modules").is_dir() {
+                return;
+            }
+            let out = tokio::process::Command::new("npm")
+                .args([
+                    "ci",
+                    "--no-audit",
+                    "--no-fund",
+                    "--loglevel=error",
+                    "--prefix",
+                ])
+                .arg(&clients)
+                .output()
+                .await
+                .expect("npm runs (Node.js and npm are needed for the client tests)");
+            assert!(
+                out.status.success(),
+                "npm ci --prefix tests/clients failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        })
+        .await;
+    let out = tokio::process::Command::new("node")
+        .arg(clients.join(script))
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "node {script} failed ({}): {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

@@ -5,6 +5,7 @@
 
 mod auth;
 mod cache;
+mod defer;
 mod deploy;
 mod docs;
 mod edge;

@@ -5,9 +5,11 @@
 //! wait only for the profile when the query named no region. When all sources are in, the
 //! de-duplicated union of their title ids is hydrated with ONE catalog call. Latency is therefore
 //! the slowest source plus one catalog round, never a sum. A failed source becomes a failed row;
-//! the others still arrive. Owns no GraphQL types and no wire formats.
+//! the others still arrive. [`progressive`] composes the same homepage in waves, for answers
+//! that defer rows. Owns no GraphQL types and no wire formats.
 
 pub mod progress;
+pub mod progressive;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -337,6 +339,72 @@ impl Composer {
     /// Builds the homepage: all sources in parallel, then one catalog round.
     pub async fn homepage(&self, rq: &RequestContext, req: &HomepageRequest) -> Homepage {
         let viewer = rq.viewer.as_ref();
+        let Fanout {
+            kinds,
+            sources,
+            region,
+            user_profile,
+            limit,
+        } = self.fanout(rq, req);
+
+        // The profile only feeds headings (and the region, which the sources already waited
+        // for if needed): it must never hold up the rows. It is driven alongside the sources and
+        // the catalog round, and if it is not in by then the headings are generic. Its load runs
+        // in the cache's own task, so the next homepage still gets it.
+        let work = async {
+            let (sources, region) = futures::join!(futures::future::join_all(sources), region);
+            // One catalog call for the de-duplicated union of ids across every row.
+            let union = id_union(sources.iter(), limit);
+            let titles = self.hydrate(&union, rq).await;
+            (sources, region, titles)
+        };
+        let ((sources, region, titles), user_profile) =
+            match futures::future::select(Box::pin(work), user_profile).await {
+                // Rows first; a profile that is ready by now (a cache hit, or an answer that came
+                // with the rows) still names the headings: only one still on its way is dropped.
+                futures::future::Either::Left((done, profile)) => {
+                    (done, profile.now_or_never().and_then(|p| p.ok().flatten()))
+                }
+                futures::future::Either::Right((profile, work)) => {
+                    (work.await, profile.ok().flatten())
+                }
+            };
+
+        let ceiling = viewer.and_then(|v| v.max_maturity);
+        let mut hero_candidates: Vec<(RowKind, Arc<Title>)> = Vec::new();
+        let mut rows = Vec::with_capacity(kinds.len());
+        for (kind, source) in kinds.iter().copied().zip(&sources) {
+            let items = match row_items(source, &titles, ceiling, limit) {
+                Ok(items) if items.is_empty() => continue,
+                Ok(items) => items,
+                Err(e) => {
+                    rows.push(Err(e));
+                    continue;
+                }
+            };
+            if let Some(first) = items.first() {
+                hero_candidates.push((kind, first.title.clone()));
+            }
+            let heading = heading(kind, user_profile.as_ref(), &region);
+            rows.push(Ok(HomeRow {
+                kind,
+                heading,
+                items,
+            }));
+        }
+
+        let hero = if req.want_hero {
+            pick_hero(&hero_candidates)
+        } else {
+            None
+        };
+        Homepage { region, rows, hero }
+    }
+
+    /// The start of every homepage: the rows this viewer gets, each row's source and the
+    /// viewer's profile started (lazily: they run when polled), and the region they resolve to.
+    fn fanout<'a>(&'a self, rq: &'a RequestContext, req: &HomepageRequest) -> Fanout<'a> {
+        let viewer = rq.viewer.as_ref();
         // Row sources must be in by three quarters of the time left: the catalog round that
         // hydrates them needs the rest, or one stalled row would time out every row.
         let sources_deadline = rq.deadline.map(|d| {
@@ -392,77 +460,13 @@ impl Composer {
                 .boxed()
             })
             .collect();
-
-        // The profile only feeds headings (and the region, which the sources already waited
-        // for if needed): it must never hold up the rows. It is driven alongside the sources and
-        // the catalog round, and if it is not in by then the headings are generic. Its load runs
-        // in the cache's own task, so the next homepage still gets it.
-        let work = async {
-            let (sources, region) = futures::join!(futures::future::join_all(sources), region);
-            // One catalog call for the de-duplicated union of ids across every row.
-            let mut seen = HashSet::new();
-            let mut union = Vec::new();
-            for entries in sources.iter().flatten() {
-                for e in entries.iter().take(limit) {
-                    if seen.insert(e.title_id.as_str()) {
-                        union.push(e.title_id.clone());
-                    }
-                }
-            }
-            let titles = self.hydrate(&union, rq).await;
-            (sources, region, titles)
-        };
-        let ((sources, region, titles), user_profile) =
-            match futures::future::select(Box::pin(work), user_profile).await {
-                // Rows first; a profile that is ready by now (a cache hit, or an answer that came
-                // with the rows) still names the headings: only one still on its way is dropped.
-                futures::future::Either::Left((done, profile)) => {
-                    (done, profile.now_or_never().and_then(|p| p.ok().flatten()))
-                }
-                futures::future::Either::Right((profile, work)) => {
-                    (work.await, profile.ok().flatten())
-                }
-            };
-
-        let mut hero_candidates: Vec<(RowKind, Arc<Title>)> = Vec::new();
-        let mut rows = Vec::with_capacity(kinds.len());
-        for (kind, source) in kinds.iter().copied().zip(&sources) {
-            let entries = match source {
-                Ok(entries) if entries.is_empty() => continue,
-                Ok(entries) => entries,
-                Err(e) => {
-                    rows.push(Err(e.clone()));
-                    continue;
-                }
-            };
-            let batch = match &titles {
-                Ok(batch) => batch,
-                Err(e) => {
-                    rows.push(Err(e.clone()));
-                    continue;
-                }
-            };
-            let items = row_items(entries, batch, viewer, limit);
-            if items.is_empty() {
-                continue;
-            }
-            if let Some(first) = items.first() {
-                hero_candidates.push((kind, first.title.clone()));
-            }
-            let heading = heading(kind, user_profile.as_ref(), &region);
-            rows.push(Ok(HomeRow {
-                kind,
-                heading,
-                items,
-            }));
+        Fanout {
+            kinds,
+            sources,
+            region,
+            user_profile,
+            limit,
         }
-
-        let hero = if req.want_hero {
-            pick_hero(&hero_candidates)
-        } else {
-            None
-        };
-        Homepage { region, rows, hero }
     }
 
     /// One row for `rq`'s viewer as the homepage shows it (cut to the client's row length,
@@ -498,24 +502,19 @@ impl Composer {
             let region = region.clone();
             async move { region }.boxed().shared()
         };
-        let entries = within(
+        let source = within(
             rq.deadline,
             kind_backend(kind),
             self.source(kind, rq, rq.deadline, known, limit),
         )
-        .await?;
-        let mut seen = HashSet::new();
-        let ids: Vec<String> = entries
-            .iter()
-            .take(limit)
-            .filter(|e| seen.insert(e.title_id.as_str()))
-            .map(|e| e.title_id.clone())
-            .collect();
-        let batch = self.hydrate(&ids, rq).await?;
+        .await;
+        let ids = id_union(std::iter::once(&source), limit);
+        let titles = self.hydrate(&ids, rq).await;
+        let ceiling = viewer.and_then(|v| v.max_maturity);
         Ok(HomeRow {
             kind,
             heading,
-            items: row_items(&entries, &batch, viewer, limit),
+            items: row_items(&source, &titles, ceiling, limit)?,
         })
     }
 
@@ -752,19 +751,52 @@ impl Composer {
     }
 }
 
-/// A row's items: its entries' titles from `batch` in the source's order, cut to `limit`. Ids
-/// the catalog does not know are dropped (never an invented title), and so is a title above the
-/// viewer's maturity ceiling.
-fn row_items(
-    entries: &[Entry],
-    batch: &HashMap<String, Arc<Title>>,
-    viewer: Option<&Viewer>,
+/// A homepage's sources as [`Composer::fanout`] starts them.
+struct Fanout<'a> {
+    /// The rows this viewer gets, in display order.
+    kinds: Vec<RowKind>,
+    /// Each row's source, in the order of `kinds`.
+    sources: Vec<BoxFuture<'a, Source>>,
+    /// The region the regional rows are for.
+    region: futures::future::Shared<BoxFuture<'a, Region>>,
+    /// The viewer's profile (`None`: anonymous, or unknown to the profile service).
+    user_profile: futures::future::Shared<BoxFuture<'a, Result<Option<Profile>, BackendError>>>,
+    /// Items per row.
     limit: usize,
-) -> Vec<RowItem> {
-    let ceiling = viewer.and_then(|v| v.max_maturity);
-    entries
+}
+
+/// The de-duplicated union of the title ids of `sources` (each cut to `limit`), in order.
+fn id_union<'s>(sources: impl Iterator<Item = &'s Source>, limit: usize) -> Vec<String> {
+    let mut seen = HashSet::new();
+    let mut union = Vec::new();
+    for entries in sources.flatten() {
+        for e in entries.iter().take(limit) {
+            if seen.insert(e.title_id.as_str()) {
+                union.push(e.title_id.clone());
+            }
+        }
+    }
+    union
+}
+
+/// A row's items from its source and the hydrated titles: the source's failure, else the
+/// catalog's, else the titles the catalog knows and the viewer may see, cut to `limit`.
+fn row_items(
+    source: &Source,
+    titles: &Result<HashMap<String, Arc<Title>>, BackendError>,
+    ceiling: Option<u8>,
+    limit: usize,
+) -> Result<Vec<RowItem>, BackendError> {
+    let entries = source.as_ref().map_err(Clone::clone)?;
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let batch = titles.as_ref().map_err(Clone::clone)?;
+    Ok(entries
         .iter()
         .filter_map(|e| {
+            // Ids the catalog does not know are dropped: never an invented title. Nor is one
+            // above the viewer's maturity ceiling shown.
             let title = batch
                 .get(&e.title_id)
                 .filter(|t| within_ceiling(t, ceiling))?
@@ -777,7 +809,7 @@ fn row_items(
             })
         })
         .take(limit)
-        .collect()
+        .collect())
 }
 
 /// The backend a row comes from.

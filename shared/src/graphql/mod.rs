@@ -8,10 +8,11 @@
 //!
 //! Row items and titles are written straight to JSON as they resolve ([`Rendered`],
 //! [`RenderedList`]); other in-memory objects resolve [`Inline`]; the response is printed by a
-//! writer of our own.
+//! writer of our own. `@defer` on homepage rows is answered incrementally ([`defer`]).
 
 pub mod analysis;
 mod coalesce;
+pub(crate) mod defer;
 mod direct;
 mod documents;
 pub(crate) mod errors;
@@ -245,7 +246,9 @@ where
 {
     // Depth, field and cost limits are not the engine's: its counts run on the document as
     // written and include introspection, so [`analysis`] decides them before validation.
-    let builder = Schema::build(query, mutation, subscription).data(composer);
+    let builder = Schema::build(query, mutation, subscription)
+        .data(composer)
+        .directive(defer::directive::Defer);
     if limits.introspection {
         builder
     } else {

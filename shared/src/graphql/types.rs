@@ -351,7 +351,14 @@ impl<T: TitleView, H: HomepageView> RootQuery<T, H> {
             region,
             want_hero: H::WANTS_HERO,
         };
-        let home = composer.homepage(request(ctx)?, &req).await;
+        // An incremental answer (`@defer` on rows) prepared the homepage this part shows.
+        let home = match ctx.data_opt::<super::defer::Prepared>() {
+            Some(prepared) => {
+                let rq = ctx.data::<Arc<crate::compose::RequestContext>>()?;
+                prepared.homepage(composer, rq, &req).await?
+            }
+            None => composer.homepage(request(ctx)?, &req).await,
+        };
         Ok(Inline(H::view(home, composer.profile())))
     }
 

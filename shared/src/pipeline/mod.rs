@@ -17,7 +17,9 @@
 //!
 //! Stages 2–5 wrap the whole public router ([`Edge::around_app`]); 6–8 wrap each group of routes
 //! that takes bodies and identities ([`Edge::around_service`]), so `/healthz` never needs a token.
-//! Compression wraps everything, so every answer, refusals included, is compressed alike.
+//! Compression wraps everything, so every answer, refusals included, is compressed alike — except
+//! incremental (`multipart/mixed`) answers: an encoder holds output back until it has enough to
+//! compress, so the first part would wait for the last.
 
 pub(crate) mod authn;
 pub mod client_addr;
@@ -30,7 +32,19 @@ pub(crate) mod ratelimit;
 use std::sync::Arc;
 
 use axum::{Router, middleware::from_fn_with_state};
-use tower_http::{compression::CompressionLayer, cors::CorsLayer};
+use tower_http::{
+    compression::{
+        CompressionLayer,
+        predicate::{DefaultPredicate, NotForContentType, Predicate as _},
+    },
+    cors::CorsLayer,
+};
+
+/// The default rule (not tiny bodies, not images, gRPC or server-sent events) and not incremental
+/// answers, whose parts must leave as they are written.
+fn streamed_uncompressed() -> impl tower_http::compression::Predicate {
+    DefaultPredicate::new().and(NotForContentType::const_new("multipart/mixed"))
+}
 
 /// The stages built once from the settings.
 pub(crate) struct Edge {
@@ -84,7 +98,13 @@ impl Edge {
                 self.trusted.clone(),
                 client_addr::client_addr,
             ))
-            .layer(CompressionLayer::new().gzip(true).br(true).zstd(true))
+            .layer(
+                CompressionLayer::new()
+                    .gzip(true)
+                    .br(true)
+                    .zstd(true)
+                    .compress_when(streamed_uncompressed()),
+            )
     }
 
     /// The stages an operator's admin listener keeps: the client address and observation.

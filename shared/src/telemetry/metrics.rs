@@ -157,6 +157,10 @@ metric_families! {
             "Time to execute one GraphQL operation, by operation name (bounded) and type.";
         graphql_coalesced: IntCounterVec[] = "bff_graphql_coalesced_total",
             "GraphQL requests answered by another identical request's execution (graphql.coalesce).";
+        graphql_deferred_parts: IntCounterVec["part"] = "bff_graphql_deferred_parts_total",
+            "Parts of incremental answers sent (@defer on homepage rows, multipart/mixed), by part: first (the row list) or later (rows as they complete).";
+        graphql_deferred_in_flight: IntGauge[] = "bff_graphql_deferred_in_flight",
+            "Incremental answers (@defer) whose parts are still being composed and sent.";
 
         // Rate limits.
         ratelimit_decisions: IntCounterVec["policy", "outcome"] = "bff_ratelimit_decisions_total",
@@ -362,6 +366,20 @@ impl Metrics {
             .graphql_coalesced
             .with_label_values::<&str>(&[])
             .inc();
+    }
+
+    /// Counts one part of an incremental answer: the `first` or a `later` one.
+    pub(crate) fn graphql_deferred_part(&self, first: bool) {
+        self.family
+            .graphql_deferred_parts
+            .with_label_values(&[if first { "first" } else { "later" }])
+            .inc();
+    }
+
+    /// Counts one incremental answer as being sent until the returned guard is dropped (its last
+    /// part went out, or the client left).
+    pub(crate) fn graphql_deferred_in_flight(&self) -> InFlightGuard {
+        InFlightGuard::new(self.family.graphql_deferred_in_flight.clone())
     }
 
     /// Counts one policy's decision; `policy` is a configured name (bounded by the config).

@@ -19,7 +19,8 @@
 //! Results are those of the stock resolver: fields in query order, fragments expanded by type
 //! condition, equal response keys merged, a field error recorded at its path with the field left
 //! out. What this path leaves out is async-graphql's per-field extension hooks and custom
-//! directives: [`crate::graphql::build_schema`] registers neither, and a schema with custom directives falls
+//! directives on fields: [`crate::graphql::build_schema`] registers neither (its one custom
+//! directive, `@defer`, applies to fragments), and a schema with custom field directives falls
 //! back to the stock resolvers here. The tests compare both paths on a query with fragments,
 //! aliases, merged keys, `@skip`/`@include`, `__typename` and failing fields.
 
@@ -115,7 +116,7 @@ impl<T: ScalarFields> OutputType for Scalars<T> {
         ctx: &ContextSelectionSet<'_>,
         _field: &Positioned<Field>,
     ) -> ServerResult<Value> {
-        if !ctx.schema_env.custom_directives.is_empty() {
+        if super::field_directives(ctx.schema_env) {
             return resolve_container(ctx, &self.0).await;
         }
         resolve_inline(ctx, &self.0, Some(T::scalar_field)).await
@@ -134,7 +135,7 @@ impl<T: OutputType> OutputType for InlineList<T> {
         ctx: &ContextSelectionSet<'_>,
         field: &Positioned<Field>,
     ) -> ServerResult<Value> {
-        if !ctx.schema_env.custom_directives.is_empty() {
+        if super::field_directives(ctx.schema_env) {
             return resolve_list(ctx, field, &self.0, Some(self.0.len())).await;
         }
         let mut items = Vec::with_capacity(self.0.len());
@@ -158,7 +159,7 @@ pub(super) async fn resolve_object<T: ContainerType>(
     ctx: &ContextSelectionSet<'_>,
     root: &T,
 ) -> ServerResult<Value> {
-    if !ctx.schema_env.custom_directives.is_empty() {
+    if super::field_directives(ctx.schema_env) {
         return resolve_container(ctx, root).await;
     }
     resolve_inline(ctx, root, None).await

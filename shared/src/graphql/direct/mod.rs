@@ -22,7 +22,22 @@ mod render;
 
 pub use inline::{Inline, InlineList, ScalarFields, Scalars};
 pub(crate) use json::response_pieces;
+pub(crate) use json::{Chunks, JsonOut, write_value};
 #[cfg(test)]
 pub(crate) use raw::{raw, raw_json};
 pub(crate) use render::root_renderable;
 pub use render::{FieldOut, RenderFields, RenderJson, Rendered, RenderedList};
+
+/// Whether the schema has custom directives the engine runs on fields: this path does not run
+/// them, so with one it falls back to the stock resolvers. `@defer` is not one: it applies to
+/// fragments only, and the engine never hands a fragment's directive to a custom directive
+/// (`graphql::defer` reads it from the document instead).
+pub(crate) fn field_directives(env: &async_graphql::SchemaEnv) -> bool {
+    use async_graphql::registry::__DirectiveLocation;
+    env.custom_directives.keys().any(|name| {
+        env.registry
+            .directives
+            .get(name)
+            .is_none_or(|d| d.locations.contains(&__DirectiveLocation::FIELD))
+    })
+}

@@ -30,7 +30,7 @@
 //! (decoding them first, [`super::inline`]); the engine's own root container does not, so the
 //! HTTP handler turns rendering on ([`RenderJson`]) only for operations whose root selects no
 //! object field twice under one response key ([`root_renderable`]). Without that request data
-//! (other transports, `graphql.direct_json = false`, custom directives) both wrappers resolve
+//! (other transports, `graphql.direct_json = false`, custom directives on fields) both wrappers resolve
 //! exactly as [`super::Inline`] and [`super::InlineList`].
 
 use std::{
@@ -132,7 +132,7 @@ fn root_keys<'d>(
 
 /// Whether this request renders (see the module docs).
 fn renders(ctx: &ContextSelectionSet<'_>) -> bool {
-    ctx.schema_env.custom_directives.is_empty() && ctx.data_opt::<RenderJson>().is_some()
+    !super::field_directives(ctx.schema_env) && ctx.data_opt::<RenderJson>().is_some()
 }
 
 /// An object whose selected fields can be written straight as JSON (see the module docs).

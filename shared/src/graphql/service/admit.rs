@@ -1,7 +1,8 @@
 //! The admission stage of the GraphQL service: a parameter map becomes an operation ready to run,
 //! or a [`Refused`] — the persisted lookup (APQ, the allow list), the token count, parsing, the
-//! GET-is-read-only rule, the analysis (cost, depth, variables, introspection), and the rate-limit
-//! policies that need the operation. Everything here is decided per request, before identical
+//! GET-is-read-only rule, the analysis (cost, depth, variables, introspection), `@defer`'s own
+//! rules and whether the answer is incremental, and the rate-limit policies that need the
+//! operation. Everything here is decided per request, before identical
 //! requests share an execution.
 
 use std::sync::Arc;
@@ -78,6 +79,24 @@ pub(super) async fn admit(
     let analysis = app
         .schema
         .preflight(&doc, p.operation_name.as_deref(), p.variables.as_ref())?;
+    // `@defer`'s rules the engine does not know; and whether the answer is incremental (a
+    // quick look at the text first: nearly every document has no `@defer`).
+    let mentions_defer = resolved
+        .query
+        .contains(crate::graphql::defer::directive::NAME);
+    if mentions_defer {
+        crate::graphql::defer::plan::check(&doc)
+            .map_err(|msg| Refused::Request(ErrorCode::GraphqlValidationFailed, msg))?;
+    }
+    let defer = (mentions_defer && request.incremental)
+        .then(|| {
+            crate::graphql::defer::plan::plan(
+                &doc,
+                p.operation_name.as_deref(),
+                p.variables.as_ref(),
+            )
+        })
+        .flatten();
     // The allow list: only its operations, and introspection only where allowed.
     if app.persisted.allow_list() && !resolved.trusted {
         let introspection_only =
@@ -101,7 +120,11 @@ pub(super) async fn admit(
     // See `render`: the engine's root merge cannot take rendered values twice.
     let renderable = app.settings.direct_json
         && crate::graphql::direct::root_renderable(&doc, p.operation_name.as_deref());
-    let coalesce = (app.settings.coalesce && operation == Some(OperationType::Query)).then(|| {
+    // An incremental answer is a stream of its own: never shared.
+    let coalesce = (app.settings.coalesce
+        && operation == Some(OperationType::Query)
+        && defer.is_none())
+    .then(|| {
         let mut extensions = p.extensions.clone();
         extensions.remove("persistedQuery");
         Key {
@@ -159,6 +182,7 @@ pub(super) async fn admit(
         hash: resolved.hash,
         validated: resolved.validated,
         coalesce,
+        defer,
     })
 }
 

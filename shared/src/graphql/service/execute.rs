@@ -2,7 +2,8 @@
 //! document already parsed and analysed; the schema's document cache skips re-validation of
 //! known documents), under `graphql.timeout`, shared with identical requests in flight when
 //! `graphql.coalesce` allows ([`crate::graphql::coalesce`]), and becomes an [`Answer`]: status,
-//! `Cache-Control`, `extensions.cost` / `extensions.cache`, the answer-size cap.
+//! `Cache-Control`, `extensions.cost` / `extensions.cache`, the answer-size cap. Its steps
+//! ([`Meta`], [`settle`], [`finish`]) are also the incremental stage's (`super::incremental`).
 
 use std::sync::Arc;
 
@@ -20,7 +21,7 @@ use super::{
 };
 use crate::graphql::direct::response_pieces;
 use crate::{
-    cache::{CacheLog, Freshness},
+    cache::{CacheLog, FragmentUse, Freshness},
     compose::RequestContext,
     error::ErrorCode,
     graphql::{
@@ -47,6 +48,8 @@ pub(super) struct Job {
     pub(super) validated: bool,
     /// What identical requests share, when this one may share an execution.
     pub(super) coalesce: Option<Key>,
+    /// How the answer is delivered incrementally (`@defer` on rows), when it is.
+    pub(super) defer: Option<crate::graphql::defer::plan::Plan>,
 }
 
 /// The answer of `job`: its own execution's, or the one an identical request in flight makes.
@@ -75,56 +78,118 @@ pub(super) async fn run(app: Arc<GraphqlService>, mut job: Job) -> Arc<Answer> {
     answer
 }
 
+/// What answering an operation needs besides its response: the job without its request.
+pub(super) struct Meta {
+    pub(super) rq: Arc<RequestContext>,
+    pub(super) method: Method,
+    pub(super) mode: Mode,
+    pub(super) personalized: bool,
+    pub(super) op_type: &'static str,
+    pub(super) op_name: Option<String>,
+    pub(super) analysis: Option<Analysis>,
+    pub(super) want_cost: bool,
+    pub(super) hash: Option<String>,
+    /// The operation's span, under the request's.
+    pub(super) span: tracing::Span,
+    pub(super) started: std::time::Instant,
+}
+
+impl Job {
+    /// The request for the engine, whether it validated before, and what its answer needs; the
+    /// operation's span starts here.
+    pub(super) fn start(self) -> (async_graphql::Request, bool, Meta) {
+        let Job {
+            request,
+            rq,
+            method,
+            mode,
+            personalized,
+            op_type,
+            op_name,
+            analysis,
+            want_cost,
+            hash,
+            validated,
+            coalesce: _,
+            defer: _,
+        } = self;
+        let name = op_name.as_deref().unwrap_or("anonymous");
+        let span = tracing::info_span!(
+            "graphql.operation",
+            otel.name = %format!("{op_type} {name}"),
+            graphql.operation.name = name,
+            graphql.operation.type = op_type,
+            outcome = tracing::field::Empty,
+        );
+        let meta = Meta {
+            rq,
+            method,
+            mode,
+            personalized,
+            op_type,
+            op_name,
+            analysis,
+            want_cost,
+            hash,
+            span,
+            started: std::time::Instant::now(),
+        };
+        (request, validated, meta)
+    }
+}
+
 /// Runs one operation and makes its answer.
 async fn execute(app: Arc<GraphqlService>, job: Job) -> Answer {
-    let Job {
-        request,
-        rq,
-        method,
-        mode,
-        personalized,
-        op_type,
-        op_name,
-        analysis,
-        want_cost,
-        hash,
-        validated,
-        coalesce: _,
-    } = job;
-    let op_name = op_name.as_deref();
-    let span = tracing::info_span!(
-        "graphql.operation",
-        otel.name = %format!("{op_type} {}", op_name.unwrap_or("anonymous")),
-        graphql.operation.name = op_name.unwrap_or("anonymous"),
-        graphql.operation.type = op_type,
-        outcome = tracing::field::Empty,
-    );
-    let started = std::time::Instant::now();
-    let limits = &app.settings;
+    let (request, validated, meta) = job.start();
     // The estimate bounds the work; this bounds the time, whatever the estimate missed.
     let executed = tokio::time::timeout(
-        limits.timeout,
+        app.settings.timeout,
         app.schema
             .execute(request, validated)
-            .instrument(span.clone()),
+            .instrument(meta.span.clone()),
     )
     .await;
-    let Ok(mut response) = executed else {
-        span.record("outcome", "error");
-        if let Some(m) = &app.metrics {
-            m.graphql_operation(op_name, op_type, "error", started.elapsed());
+    match executed {
+        Ok(mut response) => {
+            let outcome = settle(&app, &meta, &mut response);
+            finish(&app, &meta, &response, outcome)
         }
-        tracing::warn!(parent: &span, timeout = ?limits.timeout, "operation cut off");
-        let msg = format!(
-            "the operation ran longer than {}",
-            humantime::format_duration(limits.timeout)
+        Err(_) => timed_out(&app, &meta),
+    }
+}
+
+/// The answer of an operation cut off by `graphql.timeout`.
+pub(super) fn timed_out(app: &GraphqlService, meta: &Meta) -> Answer {
+    meta.span.record("outcome", "error");
+    if let Some(m) = &app.metrics {
+        m.graphql_operation(
+            meta.op_name.as_deref(),
+            meta.op_type,
+            "error",
+            meta.started.elapsed(),
         );
-        return Refused::Request(ErrorCode::QueryTooComplex, msg).answer(mode);
-    };
-    let outcome = classify(&mut response, !limits.introspection);
+    }
+    let timeout = app.settings.timeout;
+    tracing::warn!(parent: &meta.span, timeout = ?timeout, "operation cut off");
+    let msg = format!(
+        "the operation ran longer than {}",
+        humantime::format_duration(timeout)
+    );
+    Refused::Request(ErrorCode::QueryTooComplex, msg).answer(meta.mode)
+}
+
+/// Codes the response's errors and says how it ended; adds what every answer carries (trace
+/// ids, `extensions.cache`, `extensions.cost`).
+pub(super) fn settle(
+    app: &GraphqlService,
+    meta: &Meta,
+    response: &mut async_graphql::Response,
+) -> Outcome {
+    let limits = &app.settings;
+    let outcome = classify(response, !limits.introspection);
     if outcome == Outcome::Executed {
         // It validated: a persisted operation may skip validation from now on.
-        if let Some(h) = &hash {
+        if let Some(h) = &meta.hash {
             app.persisted.mark_valid(h);
         }
         if response.data == async_graphql::Value::Null && response.errors.is_empty() {
@@ -133,44 +198,65 @@ async fn execute(app: Arc<GraphqlService>, job: Job) -> Answer {
             response.data = async_graphql::Value::Object(Default::default());
         }
     }
-    let outcome_label = match outcome {
-        Outcome::RequestError => "error",
-        Outcome::Executed if response.errors.is_empty() => "ok",
-        Outcome::Executed => "partial",
-    };
-    span.record("outcome", outcome_label);
-    if let Some(m) = &app.metrics {
-        m.graphql_operation(op_name, op_type, outcome_label, started.elapsed());
+    stamp_trace_id(response);
+    report_stale(response, &meta.rq.cache_log.uses());
+    if let Some(a) = meta.analysis.filter(|_| meta.want_cost) {
+        report_cost(response, &a, limits);
     }
-    stamp_trace_id(&mut response);
-    report_stale(&mut response, &rq.cache_log);
-    if let Some(a) = analysis.filter(|_| want_cost) {
-        report_cost(&mut response, &a, limits);
+    outcome
+}
+
+/// The `outcome` label of metrics and spans.
+pub(super) fn outcome_label(outcome: Outcome, has_errors: bool) -> &'static str {
+    match outcome {
+        Outcome::RequestError => "error",
+        Outcome::Executed if has_errors => "partial",
+        Outcome::Executed => "ok",
+    }
+}
+
+/// The answer of a settled response: status, `Cache-Control`, the size cap; records the
+/// operation's outcome.
+pub(super) fn finish(
+    app: &GraphqlService,
+    meta: &Meta,
+    response: &async_graphql::Response,
+    outcome: Outcome,
+) -> Answer {
+    let limits = &app.settings;
+    let outcome_label = outcome_label(outcome, !response.errors.is_empty());
+    meta.span.record("outcome", outcome_label);
+    if let Some(m) = &app.metrics {
+        m.graphql_operation(
+            meta.op_name.as_deref(),
+            meta.op_type,
+            outcome_label,
+            meta.started.elapsed(),
+        );
     }
     let status = match outcome {
-        Outcome::RequestError => request_error(mode),
+        Outcome::RequestError => request_error(meta.mode),
         Outcome::Executed => StatusCode::OK,
     };
     let cache_control = cache_control(
-        personalized,
-        method == Method::GET && response.errors.is_empty(),
-        &rq.cache_log,
+        meta.personalized,
+        meta.method == Method::GET && response.errors.is_empty(),
+        &meta.rq.cache_log,
     );
-    match response_pieces(&response) {
+    match response_pieces(response) {
         Ok(pieces) if pieces.iter().map(Bytes::len).sum::<usize>() > limits.max_response_bytes => {
-            tracing::warn!(
-                limit = limits.max_response_bytes,
-                "answer over the size limit"
-            );
-            let msg = format!(
-                "the answer is larger than {} bytes; select less",
-                limits.max_response_bytes
-            );
-            Refused::Request(ErrorCode::QueryTooComplex, msg).answer(mode)
+            too_large(limits.max_response_bytes).answer(meta.mode)
         }
-        Ok(pieces) => Answer::new(status, mode, cache_control, pieces),
+        Ok(pieces) => Answer::new(status, meta.mode, cache_control, pieces),
         Err(_) => Answer::internal(),
     }
+}
+
+/// The refusal of an answer over `graphql.max_response_bytes`.
+pub(super) fn too_large(limit: usize) -> Refused {
+    tracing::warn!(limit, "answer over the size limit");
+    let msg = format!("the answer is larger than {limit} bytes; select less");
+    Refused::Request(ErrorCode::QueryTooComplex, msg)
 }
 
 /// `extensions.cost` when the request asked for it (`"extensions": {"cost": true}`): the estimate
@@ -192,11 +278,10 @@ fn report_cost(
     }
 }
 
-/// `extensions.cache.stale`: which fragments were served past their TTL and how old they were, so
-/// clients and operators can tell a degraded answer from a fresh one.
-fn report_stale(response: &mut async_graphql::Response, log: &CacheLog) {
-    let stale: Vec<Json> = log
-        .uses()
+/// `extensions.cache.stale`: which fragments (of `uses`) were served past their TTL and how old
+/// they were, so clients and operators can tell a degraded answer from a fresh one.
+pub(super) fn report_stale(response: &mut async_graphql::Response, uses: &[FragmentUse]) {
+    let stale: Vec<Json> = uses
         .iter()
         .filter(|u| u.freshness == Freshness::Stale)
         .map(|u| serde_json::json!({ "fragment": u.kind.name(), "ageMs": u64::try_from(u.age.as_millis()).unwrap_or(u64::MAX) }))

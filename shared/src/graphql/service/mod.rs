@@ -10,12 +10,14 @@
 //! 2. [`admit`]: persisted lookup, token count, parse, the GET-is-read-only rule, analysis and
 //!    limits, the rate limits that need the operation;
 //! 3. [`execute`]: the schema runs it (document cache), shared with identical requests in flight;
+//!    or [`incremental`] runs it part by part when rows are deferred (`@defer`);
 //! 4. [`answer`]: status, headers and body; every refusal on the way is one [`answer::Refused`]
 //!    mapped to its status and code in one place.
 
 mod admit;
 mod answer;
 mod execute;
+mod incremental;
 mod wire;
 
 use std::sync::Arc;
@@ -84,9 +86,11 @@ struct Request {
     late: Option<Arc<LateLimits>>,
     method: Method,
     mode: Mode,
-    /// Set when the client accepts `multipart/mixed` (a subscription may stream then), with
-    /// the client's address; never inside a batch.
-    stream: Option<std::net::IpAddr>,
+    /// `Accept` allows an incremental (`multipart/mixed`) answer (`@defer`, or a subscription's
+    /// stream); never for a batch's operations.
+    incremental: bool,
+    /// The client's address (a subscription's stream takes a place in the connection counts).
+    client: std::net::IpAddr,
 }
 
 impl Request {
@@ -95,6 +99,7 @@ impl Request {
         late: Option<axum::Extension<Arc<LateLimits>>>,
         method: Method,
         mode: Mode,
+        incremental: bool,
     ) -> Self {
         // The authentication stage runs before this service on every route that reaches it; an
         // absent identity (a router assembled without it) is anonymous, never trusted.
@@ -106,7 +111,8 @@ impl Request {
             late: late.map(|axum::Extension(l)| l),
             method,
             mode,
-            stream: None,
+            incremental,
+            client: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         }
     }
 }
@@ -133,7 +139,8 @@ pub(crate) async fn admit_live(
         late,
         method: Method::POST,
         mode: Mode::Json,
-        stream: None,
+        incremental: false,
+        client: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
     };
     let job = admit::admit(app, &request, map).await?;
     Ok(LiveOperation {
@@ -146,8 +153,11 @@ pub(crate) async fn admit_live(
 async fn serve(app: Arc<GraphqlService>, request: Request, map: Map<String, Json>) -> Response {
     match admit::admit(&app, &request, map).await {
         Ok(job) if job.op_type == "subscription" => {
-            match (app.subscriptions.clone(), request.stream) {
-                (Some(door), Some(ip)) => door.multipart(job.request, request.viewer, ip).await,
+            match (app.subscriptions.clone(), request.incremental) {
+                (Some(door), true) => {
+                    door.multipart(job.request, request.viewer, request.client)
+                        .await
+                }
                 _ => answer::Refused::Request(
                     crate::error::ErrorCode::GraphqlValidationFailed,
                     "subscriptions are served at /graphql/ws (graphql-transport-ws), at \
@@ -158,6 +168,7 @@ async fn serve(app: Arc<GraphqlService>, request: Request, map: Map<String, Json
                 .response(request.mode),
             }
         }
+        Ok(job) if job.defer.is_some() => incremental::run(app, job).await,
         Ok(job) => execute::run(app, job).await.response(),
         Err(refused) => refused.response(request.mode),
     }

@@ -1,5 +1,6 @@
 //! The wire stage of the GraphQL service: what arrives over HTTP becomes a parameter map, or is
-//! refused before anything GraphQL happens — Accept negotiation (`406`), GraphiQL for browsers on
+//! refused before anything GraphQL happens — Accept negotiation (`406`; and whether an
+//! incremental `multipart/mixed` answer is accepted), GraphiQL for browsers on
 //! `GET`, the GET query string, the POST body's media type (`415`) and JSON shape, the body's
 //! size and time faults, and batches (a JSON array of requests).
 
@@ -122,21 +123,12 @@ pub(super) async fn get(
     let Some(mode) = negotiate(&headers) else {
         return Refused::NotAcceptable.response(Mode::Json);
     };
-    let request = Request::new(identity, late, Method::GET, mode);
+    let incremental = crate::graphql::defer::parts::accepted(&headers);
+    let request = Request::new(identity, late, Method::GET, mode, incremental);
     match get_params(raw.as_deref()) {
         Ok(map) => serve(app, request, map).await,
         Err(msg) => Refused::Malformed(msg.into()).response(mode),
     }
-}
-
-/// Whether `Accept` names `multipart/mixed` (a subscription may stream its results then).
-fn accepts_multipart(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim().to_ascii_lowercase().starts_with("multipart/mixed"))
 }
 
 /// `POST /graphql`.
@@ -178,18 +170,25 @@ pub(super) async fn post(
             return Refused::Body(fault.status(), msg).response(mode);
         }
     };
-    let mut request = Request::new(identity, late, Method::POST, mode);
+    let incremental = crate::graphql::defer::parts::accepted(&headers);
+    let mut request = Request::new(identity, late, Method::POST, mode, incremental);
+    if let Some(axum::Extension(a)) = addr {
+        request.client = a.0;
+    }
     match serde_json::from_slice::<Json>(&bytes) {
-        Ok(Json::Object(map)) => {
-            if accepts_multipart(&headers) {
-                request.stream = Some(addr.map_or(
-                    std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-                    |axum::Extension(a)| a.0,
-                ));
-            }
-            serve(app, request, map).await
+        Ok(Json::Object(map)) => serve(app, request, map).await,
+        // A batch's answer is one JSON array: its operations' answers are never incremental.
+        Ok(Json::Array(items)) => {
+            batch(
+                app,
+                Request {
+                    incremental: false,
+                    ..request
+                },
+                items,
+            )
+            .await
         }
-        Ok(Json::Array(items)) => batch(app, request, items).await,
         Ok(_) => Refused::Malformed("the body must be a JSON object".into()).response(mode),
         Err(_) => Refused::Malformed("the body is not valid JSON".into()).response(mode),
     }
