@@ -934,3 +934,43 @@ async fn a_reader_that_stops_reading_is_closed_and_the_others_keep_getting_every
         "the fast reader got {got} of {changes} changes (reloads {last})"
     );
 }
+
+#[tokio::test]
+async fn the_npm_graphql_ws_and_graphql_sse_clients_receive_the_row_and_its_change() {
+    for surface in [web(), mobile()] {
+        let app = live_app(surface, |_| {}).await;
+        let token = app.token("u1");
+        let rotate = format!("{}/top10/US", app.fixtures.admin_url());
+        for (transport, url) in [
+            ("ws", format!("ws://{}/graphql/ws", app.addr)),
+            ("sse", app.url("/graphql/stream")),
+        ] {
+            let out = node_client(
+                "live.mjs",
+                &[
+                    transport,
+                    &url,
+                    TOP10,
+                    "--token",
+                    &token,
+                    "--after-post",
+                    &rotate,
+                ],
+            )
+            .await;
+            let report: Value = serde_json::from_str(out.trim()).unwrap();
+            assert_eq!(report["error"], Value::Null, "{transport}: {report}");
+            let events = report["events"].as_array().unwrap();
+            assert_eq!(events.len(), 2, "{transport}: {report}");
+            let (before, after) = (
+                ids(&events[0]["data"]["top10"]),
+                ids(&events[1]["data"]["top10"]),
+            );
+            assert_eq!(
+                after[..9],
+                before[1..],
+                "{transport}: the change, rotated by one"
+            );
+        }
+    }
+}
