@@ -9,7 +9,8 @@
 //! ```
 //!
 //! `-s cache` runs the fragment-cache matrix, `-s issue3` the first homepage figures, `-s faults`
-//! the resilience scenarios. `--telemetry on` installs the BFF's tracing stack (log filter `info`,
+//! the resilience scenarios, `-s live` 10,000 graphql-ws subscribers (`--concurrency` sets how
+//! many; their clients run in a child process, this binary with the hidden `--swarm`). `--telemetry on` installs the BFF's tracing stack (log filter `info`,
 //! OpenTelemetry layer with a local provider, text log lines formatted into a sink) and keeps
 //! metrics on; `off` (default) has no subscriber and `metrics.enabled = false`. The subscriber is
 //! global, so on/off are compared across processes (`bench/overhead.sh`).
@@ -26,6 +27,7 @@ mod ratelimit;
 mod report;
 mod scenario;
 mod stats;
+mod subscribers;
 mod tiers;
 mod tls;
 
@@ -66,7 +68,8 @@ struct Cli {
     /// Unmeasured load before the window (connections, caches, allocator settle).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// Concurrent clients for every load scenario; default: each scenario's own (8 or 32).
+    /// Concurrent clients for every load scenario; default: each scenario's own (8 or 32; the
+    /// `subscribers` scenario's 10,000 subscribers).
     #[arg(long)]
     concurrency: Option<usize>,
     /// Runs per scenario; columns report the median.
@@ -79,6 +82,9 @@ struct Cli {
     /// List the scenarios and exit.
     #[arg(long)]
     list: bool,
+    /// Internal: the `subscribers` scenario's client process (reads its spec on stdin).
+    #[arg(long, hide = true)]
+    swarm: bool,
 }
 
 /// Installs the same global subscriber as `shared::telemetry::init` with `log.level = "info"`,
@@ -112,6 +118,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    if cli.swarm {
+        return subscribers::swarm().await;
+    }
     let catalogue = scenario::catalogue();
     if cli.list {
         println!("groups (-s GROUP):");
@@ -146,6 +155,7 @@ async fn main() -> Result<()> {
     let mut ratelimit_table = None;
     let mut events_table = None;
     let mut tiers_table = None;
+    let mut subscribers_table = None;
     for s in selected {
         match &s.kind {
             Kind::Load(spec) => {
@@ -180,6 +190,12 @@ async fn main() -> Result<()> {
                 eprintln!("[{}] homepage from backends, L2 and L1", s.name);
                 let tiers = tiers::measure(&env).await?;
                 tiers_table = Some(tiers::render(&tiers));
+            }
+            Kind::Subscribers => {
+                let n = cli.concurrency.unwrap_or(subscribers::SUBSCRIBERS);
+                eprintln!("[{}] {n} graphql-ws subscribers on one web BFF", s.name);
+                let report = subscribers::measure(&env, n).await?;
+                subscribers_table = Some(subscribers::render(&report));
             }
             Kind::Hostile => {
                 eprintln!("[{}] hostile queries against one web BFF", s.name);
@@ -247,6 +263,11 @@ async fn main() -> Result<()> {
     if let Some(table) = tiers_table {
         println!(
             "\ncache tiers (signed-in web homepage, 100 users × 5 alternating rounds, one client, backends +2 ms; L2 = Redis at 127.0.0.1:6379 with L1 kept empty):\n\n{table}"
+        );
+    }
+    if let Some(table) = subscribers_table {
+        println!(
+            "\nsubscribers (one web BFF with in-process fixtures and bus; the clients in a child process; CPU and RSS of the BFF's process):\n\n{table}"
         );
     }
     if let Some(table) = hostile_table {

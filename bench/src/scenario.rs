@@ -207,6 +207,9 @@ pub(crate) enum Kind {
     Events,
     /// One homepage's cost from the backends, from the shared L2 tier and from L1.
     Tiers,
+    /// 10,000 graphql-ws subscribers of one top 10: RSS per connection, event → last
+    /// subscriber, CPU per delivered message.
+    Subscribers,
 }
 
 /// One named benchmark.
@@ -220,7 +223,7 @@ pub(crate) struct Scenario {
 }
 
 /// Named sets of scenarios for `-s`, with what they are for.
-pub(crate) const GROUPS: [(&str, &str); 8] = [
+pub(crate) const GROUPS: [(&str, &str); 9] = [
     (
         "issue3",
         "the first homepage figures: *-latency50, critical-path, *-rps (cache off), engine, payload",
@@ -253,6 +256,10 @@ pub(crate) const GROUPS: [(&str, &str); 8] = [
         "traffic",
         "issue 15: ratelimit (each algorithm at 10× its limit, locally and two BFFs + Redis; cost per decision; homepage CPU with policies); anonymous web homepage, cache off, concurrency 32: web-anon-{distinct|identical|identical-nocoalesce}; web-anon-{post|persisted-get} warm",
     ),
+    (
+        "live",
+        "issue 25: subscribers (10,000 graphql-ws subscribers of one top 10 on one web BFF: RSS per connection, event → last subscriber, CPU per message)",
+    ),
 ];
 
 const ISSUE3: &[&str] = &["issue3"];
@@ -264,6 +271,7 @@ const EDGE: &[&str] = &["edge"];
 const TRAFFIC: &[&str] = &["traffic"];
 const EVENTS: &[&str] = &["bus"];
 const FLEET: &[&str] = &["fleet"];
+const LIVE: &[&str] = &["live"];
 
 /// `["u1", …, "u{n}"]`: fixture users (u1…u200 exist).
 pub(crate) fn users(n: usize) -> Vec<String> {
@@ -661,6 +669,12 @@ pub(crate) fn catalogue() -> Vec<Scenario> {
         about: "a signed-in web homepage whose fragments come from the backends (cache off), from the shared L2 tier in Redis (L1 kept empty) and from L1: backend calls, latency p50/p99, CPU per homepage, side by side (needs Redis on 127.0.0.1:6379)".into(),
         groups: FLEET,
         kind: Kind::Tiers,
+    });
+    all.push(Scenario {
+        name: "subscribers".into(),
+        about: "10,000 graphql-transport-ws subscribers of top10(region: \"US\") on one web BFF (clients in a child process): RSS per connection, 50 top-10 changes each until the last subscriber read it (p50/p99, target p99 < 100 ms), BFF CPU per delivered message, losses and close codes".into(),
+        groups: LIVE,
+        kind: Kind::Subscribers,
     });
     all
 }
