@@ -168,6 +168,11 @@ pub(crate) struct RunningBff {
 }
 
 impl RunningBff {
+    /// The listener's address.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     pub(crate) fn graphql_url(&self) -> String {
         format!("http://{}/graphql", self.addr)
     }

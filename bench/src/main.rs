@@ -9,7 +9,10 @@
 //! ```
 //!
 //! `-s cache` runs the fragment-cache matrix, `-s issue3` the first homepage figures, `-s faults`
-//! the resilience scenarios, `-s defer` the incremental homepage. `--telemetry on` installs the BFF's tracing stack (log filter `info`,
+//! the resilience scenarios, `-s live` the live homepage: `-s defer` the incremental homepage and
+//! `-s subscribers` 10,000 graphql-ws subscribers (`--concurrency` sets how many; their clients
+//! run in a child process, this binary with the hidden `--swarm`). `--telemetry on` installs the
+//! BFF's tracing stack (log filter `info`,
 //! OpenTelemetry layer with a local provider, text log lines formatted into a sink) and keeps
 //! metrics on; `off` (default) has no subscriber and `metrics.enabled = false`. The subscriber is
 //! global, so on/off are compared across processes (`bench/overhead.sh`).
@@ -27,6 +30,7 @@ mod ratelimit;
 mod report;
 mod scenario;
 mod stats;
+mod subscribers;
 mod tiers;
 mod tls;
 
@@ -67,7 +71,8 @@ struct Cli {
     /// Unmeasured load before the window (connections, caches, allocator settle).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// Concurrent clients for every load scenario; default: each scenario's own (8 or 32).
+    /// Concurrent clients for every load scenario; default: each scenario's own (8 or 32; the
+    /// `subscribers` scenario's 10,000 subscribers).
     #[arg(long)]
     concurrency: Option<usize>,
     /// Runs per scenario; columns report the median.
@@ -80,6 +85,9 @@ struct Cli {
     /// List the scenarios and exit.
     #[arg(long)]
     list: bool,
+    /// Internal: the `subscribers` scenario's client process (reads its spec on stdin).
+    #[arg(long, hide = true)]
+    swarm: bool,
 }
 
 /// Installs the same global subscriber as `shared::telemetry::init` with `log.level = "info"`,
@@ -113,6 +121,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    if cli.swarm {
+        return subscribers::swarm().await;
+    }
     let catalogue = scenario::catalogue();
     if cli.list {
         println!("groups (-s GROUP):");
@@ -148,6 +159,7 @@ async fn main() -> Result<()> {
     let mut events_table = None;
     let mut tiers_table = None;
     let mut defer_table = None;
+    let mut subscribers_table = None;
     for s in selected {
         match &s.kind {
             Kind::Load(spec) => {
@@ -187,6 +199,12 @@ async fn main() -> Result<()> {
                 eprintln!("[{}] the web homepage with @defer, top 10 +300 ms", s.name);
                 let report = defer::measure(&env).await?;
                 defer_table = Some(defer::render(&report)?);
+            }
+            Kind::Subscribers => {
+                let n = cli.concurrency.unwrap_or(subscribers::SUBSCRIBERS);
+                eprintln!("[{}] {n} graphql-ws subscribers on one web BFF", s.name);
+                let report = subscribers::measure(&env, n).await?;
+                subscribers_table = Some(subscribers::render(&report));
             }
             Kind::Hostile => {
                 eprintln!("[{}] hostile queries against one web BFF", s.name);
@@ -259,6 +277,11 @@ async fn main() -> Result<()> {
     if let Some(table) = defer_table {
         println!(
             "\n@defer (full web homepage, u1, cache off, backends +2 ms, one request at a time, alternating):\n\n{table}"
+        );
+    }
+    if let Some(table) = subscribers_table {
+        println!(
+            "\nsubscribers (one web BFF with in-process fixtures and bus; the clients in a child process; CPU and RSS of the BFF's process):\n\n{table}"
         );
     }
     if let Some(table) = hostile_table {

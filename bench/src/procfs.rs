@@ -1,5 +1,6 @@
-//! Process CPU time and peak RSS from `/proc/self`. Linux only; the numbers cover the whole
-//! process — fixtures, BFF and load generator alike, since they all run in it.
+//! Process CPU time and RSS from `/proc`. Linux only; the numbers cover a whole process: for
+//! `/proc/self` the fixtures, BFF and load generator alike, since they all run in it; the
+//! `subscribers` scenario's client process reads its parent's (fixtures and BFF only).
 
 use anyhow::{Context, Result, bail};
 
@@ -9,7 +10,16 @@ const USER_HZ: u64 = 100;
 
 /// utime + stime of this process so far, in microseconds (10 ms resolution).
 pub(crate) fn cpu_time_us() -> Result<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").context("read /proc/self/stat")?;
+    cpu_time_us_at("/proc/self/stat")
+}
+
+/// utime + stime of process `pid` so far, in microseconds (10 ms resolution).
+pub(crate) fn cpu_time_us_of(pid: u32) -> Result<u64> {
+    cpu_time_us_at(&format!("/proc/{pid}/stat"))
+}
+
+fn cpu_time_us_at(path: &str) -> Result<u64> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("read {path}"))?;
     let ticks = parse_cpu_ticks(&stat)?;
     Ok(ticks * (1_000_000 / USER_HZ))
 }
@@ -17,7 +27,14 @@ pub(crate) fn cpu_time_us() -> Result<u64> {
 /// Peak resident set size (VmHWM) of this process, in KiB.
 pub(crate) fn peak_rss_kib() -> Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status").context("read /proc/self/status")?;
-    parse_vm_hwm_kib(&status)
+    parse_status_kib(&status, "VmHWM")
+}
+
+/// Resident set size now (VmRSS) of process `pid`, in KiB.
+pub(crate) fn rss_kib_of(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    parse_status_kib(&status, "VmRSS")
 }
 
 /// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line, in clock ticks.
@@ -39,19 +56,21 @@ fn parse_cpu_ticks(stat: &str) -> Result<u64> {
     Ok(field(11, "utime")? + field(12, "stime")?)
 }
 
-/// The `VmHWM:` line of `/proc/PID/status`, in KiB.
-fn parse_vm_hwm_kib(status: &str) -> Result<u64> {
+/// The `{field}:` line (`VmHWM`, `VmRSS`) of `/proc/PID/status`, in KiB.
+fn parse_status_kib(status: &str, field: &str) -> Result<u64> {
     let line = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .context("no VmHWM in /proc/self/status")?;
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .with_context(|| format!("no {field} in /proc/PID/status"))?;
     let mut parts = line.split_whitespace();
-    let value = parts.next().context("empty VmHWM")?;
+    let value = parts.next().with_context(|| format!("empty {field}"))?;
     match parts.next() {
         Some("kB") => {}
-        other => bail!("unexpected VmHWM unit {other:?}"),
+        other => bail!("unexpected {field} unit {other:?}"),
     }
-    value.parse().context("VmHWM is not a number")
+    value
+        .parse()
+        .with_context(|| format!("{field} is not a number"))
 }
 
 #[cfg(test)]
@@ -76,8 +95,9 @@ mod tests {
     fn vm_hwm_is_read_in_kib() {
         let status =
             "Name:\tbff-bench\nVmPeak:\t  999999 kB\nVmHWM:\t   51234 kB\nVmRSS:\t 40000 kB\n";
-        assert_eq!(parse_vm_hwm_kib(status).ok(), Some(51234));
-        assert!(parse_vm_hwm_kib("VmRSS:\t 1 kB\n").is_err());
+        assert_eq!(parse_status_kib(status, "VmHWM").ok(), Some(51234));
+        assert_eq!(parse_status_kib(status, "VmRSS").ok(), Some(40000));
+        assert!(parse_status_kib("VmRSS:\t 1 kB\n", "VmHWM").is_err());
     }
 
     #[test]
@@ -85,5 +105,8 @@ mod tests {
         // Whatever the values, reading our own /proc must work on the Linux CI.
         assert!(peak_rss_kib().is_ok_and(|k| k > 0));
         assert!(cpu_time_us().is_ok());
+        let me = std::process::id();
+        assert!(rss_kib_of(me).is_ok_and(|k| k > 0));
+        assert!(cpu_time_us_of(me).is_ok());
     }
 }

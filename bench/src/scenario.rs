@@ -209,6 +209,9 @@ pub(crate) enum Kind {
     Tiers,
     /// `@defer` on the homepage's rows with a slow top 10: first part, fast rows, full answer.
     Defer,
+    /// 10,000 graphql-ws subscribers of one top 10: RSS per connection, event → last
+    /// subscriber, CPU per delivered message.
+    Subscribers,
 }
 
 /// One named benchmark.
@@ -253,7 +256,7 @@ pub(crate) const GROUPS: [(&str, &str); 9] = [
     ),
     (
         "live",
-        "issue 25: defer (the web homepage with its rows' items deferred, top 10 +300 ms: first part, fast rows, full answer)",
+        "issue 25: defer (the web homepage with its rows' items deferred, top 10 +300 ms: first part, fast rows, full answer); subscribers (10,000 graphql-ws subscribers of one top 10 on one web BFF: RSS per connection, event → last subscriber, CPU per message)",
     ),
     (
         "traffic",
@@ -674,6 +677,12 @@ pub(crate) fn catalogue() -> Vec<Scenario> {
         about: "the full web homepage (u1, cache off, backends +2 ms) with its rows' items deferred and the top 10 at +300 ms, one request at a time, 100 per variant: time to the first part, to the last fast row and to the full answer, beside the plain homepage with the top 10 fast (the fast rows' latency) and slow; target: first part p50 ≤ the fast rows' p50 + 5 ms".into(),
         groups: LIVE,
         kind: Kind::Defer,
+    });
+    all.push(Scenario {
+        name: "subscribers".into(),
+        about: "10,000 graphql-transport-ws subscribers of top10(region: \"US\") on one web BFF (clients in a child process): RSS per connection, 50 top-10 changes each until the last subscriber read it (p50/p99, target p99 < 100 ms), BFF CPU per delivered message, losses and close codes".into(),
+        groups: LIVE,
+        kind: Kind::Subscribers,
     });
     all
 }
