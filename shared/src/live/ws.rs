@@ -272,7 +272,11 @@ impl Conn {
             return;
         }
         let settings = self.svc.settings.clone();
-        let mut stop = live.stopping();
+        let mut stopping = live.stopping();
+        // One wait for the whole life of the socket: a fresh one per wake-up would re-register
+        // on the shared shutdown signal every time a message goes out, 10,000 sockets at once.
+        let stop = super::stopped(&mut stopping);
+        tokio::pin!(stop);
         let init_deadline = Instant::now() + settings.init_timeout;
         let mut ping = tokio::time::interval_at(
             Instant::now() + settings.ping_interval,
@@ -291,7 +295,7 @@ impl Conn {
             let expires = s.expires;
             tokio::select! {
                 biased;
-                () = super::stopped(&mut stop) => {
+                () = &mut stop => {
                     // What is already queued for this socket goes out first.
                     while let Some(Some((id, item))) =
                         futures::FutureExt::now_or_never(s.feeds.next())
