@@ -667,15 +667,7 @@ async fn connections_are_bounded_per_address_per_user_and_in_all() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("429"), "{err}");
-    let resp = app
-        .http
-        .post(app.url("/graphql/stream"))
-        .header("content-type", "application/json")
-        .header("accept", "text/event-stream")
-        .body(json!({"query": TOP10}).to_string())
-        .send()
-        .await
-        .unwrap();
+    let resp = stream_post(&app, TOP10, "text/event-stream", None).await;
     assert_eq!(resp.status(), 429);
     assert!(
         app.metric_sum(
@@ -685,6 +677,25 @@ async fn connections_are_bounded_per_address_per_user_and_in_all() {
         .await
             >= 2.0
     );
+}
+
+/// `POST /graphql/stream` with `query`, accepting `accept`, as `token`'s viewer.
+async fn stream_post(
+    app: &TestApp,
+    query: &str,
+    accept: &str,
+    token: Option<&str>,
+) -> reqwest::Response {
+    let mut req = app
+        .http
+        .post(app.url("/graphql/stream"))
+        .header("content-type", "application/json")
+        .header("accept", accept)
+        .body(json!({ "query": query }).to_string());
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.unwrap()
 }
 
 /// Reads an SSE or multipart body until `n` results arrived (or it ended).
@@ -723,16 +734,7 @@ async fn read_results(resp: reqwest::Response, n: usize, multipart: bool) -> (Ve
 async fn sse_and_multipart_stream_the_same_results() {
     let app = live_app(web(), |_| {}).await;
     let token = app.token("u1");
-    let sse = app
-        .http
-        .post(app.url("/graphql/stream"))
-        .header("content-type", "application/json")
-        .header("accept", "text/event-stream")
-        .bearer_auth(&token)
-        .body(json!({"query": TOP10}).to_string())
-        .send()
-        .await
-        .unwrap();
+    let sse = stream_post(&app, TOP10, "text/event-stream", Some(&token)).await;
     assert_eq!(sse.status(), 200);
     assert!(
         sse.headers()["content-type"]
@@ -770,15 +772,7 @@ async fn sse_and_multipart_stream_the_same_results() {
     assert_eq!(sse_results, mp_results);
     assert_ne!(sse_results[0], sse_results[1]);
     // A subscription that cannot start is a request error, with its status.
-    let resp = app
-        .http
-        .post(app.url("/graphql/stream"))
-        .header("content-type", "application/json")
-        .header("accept", "text/event-stream")
-        .body(json!({"query": CW}).to_string())
-        .send()
-        .await
-        .unwrap();
+    let resp = stream_post(&app, CW, "text/event-stream", None).await;
     assert_eq!(resp.status(), 401);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
@@ -794,15 +788,7 @@ async fn sse_and_multipart_stream_the_same_results() {
     assert_eq!(get.status(), 200);
     let (first, _) = read_results(get, 1, false).await;
     assert_eq!(first[0]["data"]["top10"]["kind"], "TOP_10");
-    let no = app
-        .http
-        .post(app.url("/graphql/stream"))
-        .header("content-type", "application/json")
-        .header("accept", "application/json")
-        .body(json!({"query": TOP10}).to_string())
-        .send()
-        .await
-        .unwrap();
+    let no = stream_post(&app, TOP10, "application/json", None).await;
     assert_eq!(no.status(), 406);
     // A subscription to /graphql without multipart: a clear error, not a hang.
     let (s, body) = app.post_graphql(TOP10, json!({}), None).await;
@@ -820,15 +806,7 @@ async fn shutdown_closes_every_socket_with_1001_and_ends_every_stream() {
         ws.next_payload("t").await;
         sockets.push(ws);
     }
-    let sse = app
-        .http
-        .post(app.url("/graphql/stream"))
-        .header("content-type", "application/json")
-        .header("accept", "text/event-stream")
-        .body(json!({"query": TOP10}).to_string())
-        .send()
-        .await
-        .unwrap();
+    let sse = stream_post(&app, TOP10, "text/event-stream", None).await;
     let sse_task = tokio::spawn(read_results(sse, 100, false));
     eventually("the stream is open", || async {
         app.metric_sum("bff_subscription_connections", &["sse"])

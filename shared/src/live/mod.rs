@@ -124,6 +124,20 @@ impl Full {
             self.reason()
         )
     }
+
+    /// The answer to the request refused for this, before any upgrade or stream: `503` when
+    /// the instance is full, `429` for a client's own bounds.
+    pub(crate) fn response(self, headers: &axum::http::HeaderMap) -> axum::response::Response {
+        use axum::http::StatusCode;
+        let (status, code) = match self {
+            Self::Instance => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::BackendUnavailable,
+            ),
+            Self::Address | Self::User => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
+        };
+        crate::refusal::stage_refusal(true, headers, status, code, &self.message())
+    }
 }
 
 /// One open connection's place in the counts; gives it back when dropped.

@@ -6,10 +6,10 @@
 
 use std::{net::IpAddr, sync::Arc};
 
-use axum::{http::StatusCode, response::Response};
+use axum::response::Response;
 use futures::{FutureExt as _, future::BoxFuture};
 
-use super::{Full, Joiner, sse};
+use super::{Joiner, sse};
 use crate::{auth::Viewer, error::ErrorCode, graphql::service::SubscriptionDoor};
 
 impl SubscriptionDoor for Joiner {
@@ -31,17 +31,7 @@ impl SubscriptionDoor for Joiner {
             let user = viewer.as_ref().map(|v| v.user_id.as_str());
             let slot = match live.open(ip, user, &self.settings) {
                 Ok(s) => s,
-                Err(full) => {
-                    let code = match full {
-                        Full::Instance => ErrorCode::BackendUnavailable,
-                        Full::Address | Full::User => ErrorCode::RateLimited,
-                    };
-                    let mut resp = super::Refusal::new(code, &full.message()).response();
-                    if full == Full::Instance {
-                        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                    }
-                    return resp;
-                }
+                Err(full) => return full.response(&axum::http::HeaderMap::new()),
             };
             match self.join(request, viewer.as_ref()) {
                 Ok(member) => {

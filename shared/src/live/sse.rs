@@ -29,7 +29,7 @@ use axum::{
 use serde_json::{Map, Value as Json};
 use tokio::time::Instant;
 
-use super::{Full, Live, LiveService, Member, Msg, Refusal, Slot};
+use super::{Live, LiveService, Member, Msg, Refusal, Slot};
 use crate::{
     auth::{Identity, Viewer},
     error::ErrorCode,
@@ -154,18 +154,7 @@ async fn serve(
         &svc.settings,
     ) {
         Ok(s) => s,
-        Err(full) => {
-            let status = match full {
-                Full::Instance => StatusCode::SERVICE_UNAVAILABLE,
-                Full::Address | Full::User => StatusCode::TOO_MANY_REQUESTS,
-            };
-            let code = if status == StatusCode::TOO_MANY_REQUESTS {
-                ErrorCode::RateLimited
-            } else {
-                ErrorCode::BackendUnavailable
-            };
-            return error_response(&headers, status, code, &full.message());
-        }
+        Err(full) => return full.response(&headers),
     };
     let member = match svc
         .subscribe(viewer.as_ref(), late.map(|Extension(l)| l), map)

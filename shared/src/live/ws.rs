@@ -41,7 +41,7 @@ use serde_json::{Map, Value as Json};
 use tokio::time::Instant;
 use tokio_stream::StreamMap;
 
-use super::{Full, LiveService, Member, Msg, Slot, init_token};
+use super::{LiveService, Member, Msg, Slot, init_token};
 use crate::{
     auth::{AuthError, Identity, Viewer},
     error::ErrorCode,
@@ -81,13 +81,7 @@ pub(crate) async fn upgrade(
         &svc.settings,
     ) {
         Ok(s) => s,
-        Err(full) => {
-            let status = match full {
-                Full::Instance => StatusCode::SERVICE_UNAVAILABLE,
-                Full::Address | Full::User => StatusCode::TOO_MANY_REQUESTS,
-            };
-            return refuse(&headers, status, &full.message());
-        }
+        Err(full) => return full.response(&headers),
     };
     let limit = svc.settings.max_message_bytes;
     let ws = ws
