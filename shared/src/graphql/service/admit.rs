@@ -11,7 +11,12 @@ use async_graphql::parser::types::{DocumentOperations, OperationType};
 use axum::http::Method;
 use serde_json::{Map, Value as Json};
 
-use super::{GraphqlService, Request, answer::Refused, execute::Job, wire::params};
+use super::{
+    GraphqlService, Request,
+    answer::Refused,
+    execute::{Job, Op},
+    wire::params,
+};
 use crate::{
     compose::RequestContext,
     error::ErrorCode,
@@ -171,15 +176,17 @@ pub(super) async fn admit(
     );
     Ok(Job {
         request: graphql_request,
-        rq,
-        method,
-        mode,
-        personalized,
-        op_type,
-        op_name,
-        analysis,
-        want_cost: p.extensions.get("cost") == Some(&Json::Bool(true)),
-        hash: resolved.hash,
+        op: Op {
+            rq,
+            method,
+            mode,
+            personalized,
+            op_type,
+            op_name,
+            analysis,
+            want_cost: p.extensions.get("cost") == Some(&Json::Bool(true)),
+            hash: resolved.hash,
+        },
         validated: resolved.validated,
         coalesce,
         defer,

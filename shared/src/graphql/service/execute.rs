@@ -32,9 +32,8 @@ use crate::{
     refusal::Mode,
 };
 
-/// An operation ready to run, and what its answer needs to know.
-pub(super) struct Job {
-    pub(super) request: async_graphql::Request,
+/// What answering an operation needs besides its response.
+pub(super) struct Op {
     pub(super) rq: Arc<RequestContext>,
     pub(super) method: Method,
     pub(super) mode: Mode,
@@ -45,6 +44,12 @@ pub(super) struct Job {
     pub(super) want_cost: bool,
     /// The persisted operation's hash, to record that it validated.
     pub(super) hash: Option<String>,
+}
+
+/// An operation ready to run, and what its answer needs to know.
+pub(super) struct Job {
+    pub(super) request: async_graphql::Request,
+    pub(super) op: Op,
     pub(super) validated: bool,
     /// What identical requests share, when this one may share an execution.
     pub(super) coalesce: Option<Key>,
@@ -78,17 +83,9 @@ pub(super) async fn run(app: Arc<GraphqlService>, mut job: Job) -> Arc<Answer> {
     answer
 }
 
-/// What answering an operation needs besides its response: the job without its request.
+/// An operation being answered: what the answer needs, its span and when it started.
 pub(super) struct Meta {
-    pub(super) rq: Arc<RequestContext>,
-    pub(super) method: Method,
-    pub(super) mode: Mode,
-    pub(super) personalized: bool,
-    pub(super) op_type: &'static str,
-    pub(super) op_name: Option<String>,
-    pub(super) analysis: Option<Analysis>,
-    pub(super) want_cost: bool,
-    pub(super) hash: Option<String>,
+    pub(super) op: Op,
     /// The operation's span, under the request's.
     pub(super) span: tracing::Span,
     pub(super) started: std::time::Instant,
@@ -100,37 +97,21 @@ impl Job {
     pub(super) fn start(self) -> (async_graphql::Request, bool, Meta) {
         let Job {
             request,
-            rq,
-            method,
-            mode,
-            personalized,
-            op_type,
-            op_name,
-            analysis,
-            want_cost,
-            hash,
+            op,
             validated,
             coalesce: _,
             defer: _,
         } = self;
-        let name = op_name.as_deref().unwrap_or("anonymous");
+        let name = op.op_name.as_deref().unwrap_or("anonymous");
         let span = tracing::info_span!(
             "graphql.operation",
-            otel.name = %format!("{op_type} {name}"),
+            otel.name = %format!("{} {name}", op.op_type),
             graphql.operation.name = name,
-            graphql.operation.type = op_type,
+            graphql.operation.type = op.op_type,
             outcome = tracing::field::Empty,
         );
         let meta = Meta {
-            rq,
-            method,
-            mode,
-            personalized,
-            op_type,
-            op_name,
-            analysis,
-            want_cost,
-            hash,
+            op,
             span,
             started: std::time::Instant::now(),
         };
@@ -163,8 +144,8 @@ pub(super) fn timed_out(app: &GraphqlService, meta: &Meta) -> Answer {
     meta.span.record("outcome", "error");
     if let Some(m) = &app.metrics {
         m.graphql_operation(
-            meta.op_name.as_deref(),
-            meta.op_type,
+            meta.op.op_name.as_deref(),
+            meta.op.op_type,
             "error",
             meta.started.elapsed(),
         );
@@ -175,7 +156,7 @@ pub(super) fn timed_out(app: &GraphqlService, meta: &Meta) -> Answer {
         "the operation ran longer than {}",
         humantime::format_duration(timeout)
     );
-    Refused::Request(ErrorCode::QueryTooComplex, msg).answer(meta.mode)
+    Refused::Request(ErrorCode::QueryTooComplex, msg).answer(meta.op.mode)
 }
 
 /// Codes the response's errors and says how it ended; adds what every answer carries (trace
@@ -189,7 +170,7 @@ pub(super) fn settle(
     let outcome = classify(response, !limits.introspection);
     if outcome == Outcome::Executed {
         // It validated: a persisted operation may skip validation from now on.
-        if let Some(h) = &meta.hash {
+        if let Some(h) = &meta.op.hash {
             app.persisted.mark_valid(h);
         }
         if response.data == async_graphql::Value::Null && response.errors.is_empty() {
@@ -199,8 +180,8 @@ pub(super) fn settle(
         }
     }
     stamp_trace_id(response);
-    report_stale(response, &meta.rq.cache_log.uses());
-    if let Some(a) = meta.analysis.filter(|_| meta.want_cost) {
+    report_stale(response, &meta.op.rq.cache_log.uses());
+    if let Some(a) = meta.op.analysis.filter(|_| meta.op.want_cost) {
         report_cost(response, &a, limits);
     }
     outcome
@@ -228,26 +209,26 @@ pub(super) fn finish(
     meta.span.record("outcome", outcome_label);
     if let Some(m) = &app.metrics {
         m.graphql_operation(
-            meta.op_name.as_deref(),
-            meta.op_type,
+            meta.op.op_name.as_deref(),
+            meta.op.op_type,
             outcome_label,
             meta.started.elapsed(),
         );
     }
     let status = match outcome {
-        Outcome::RequestError => request_error(meta.mode),
+        Outcome::RequestError => request_error(meta.op.mode),
         Outcome::Executed => StatusCode::OK,
     };
     let cache_control = cache_control(
-        meta.personalized,
-        meta.method == Method::GET && response.errors.is_empty(),
-        &meta.rq.cache_log,
+        meta.op.personalized,
+        meta.op.method == Method::GET && response.errors.is_empty(),
+        &meta.op.rq.cache_log,
     );
     match response_pieces(response) {
         Ok(pieces) if pieces.iter().map(Bytes::len).sum::<usize>() > limits.max_response_bytes => {
-            too_large(limits.max_response_bytes).answer(meta.mode)
+            too_large(limits.max_response_bytes).answer(meta.op.mode)
         }
-        Ok(pieces) => Answer::new(status, meta.mode, cache_control, pieces),
+        Ok(pieces) => Answer::new(status, meta.op.mode, cache_control, pieces),
         Err(_) => Answer::internal(),
     }
 }

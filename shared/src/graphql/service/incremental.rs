@@ -90,15 +90,15 @@ pub(super) async fn run(app: Arc<GraphqlService>, mut job: Job) -> Response {
     if sent > app.settings.max_response_bytes {
         record(&app, &meta, errors);
         return too_large(app.settings.max_response_bytes)
-            .answer(meta.mode)
+            .answer(meta.op.mode)
             .response();
     }
     if let Some(m) = &app.metrics {
         m.graphql_deferred_part(true);
     }
-    let seen = meta.rq.cache_log.uses().len();
+    let seen = meta.op.rq.cache_log.uses().len();
     let in_flight = app.metrics.as_ref().map(|m| m.graphql_deferred_in_flight());
-    let personalized = meta.personalized;
+    let personalized = meta.op.personalized;
     let stream = Stream {
         app,
         meta,
@@ -155,8 +155,8 @@ fn record(app: &GraphqlService, meta: &Meta, errors: bool) {
     meta.span.record("outcome", label);
     if let Some(m) = &app.metrics {
         m.graphql_operation(
-            meta.op_name.as_deref(),
-            meta.op_type,
+            meta.op.op_name.as_deref(),
+            meta.op.op_type,
             label,
             meta.started.elapsed(),
         );
@@ -242,7 +242,7 @@ impl Stream {
         }
         let mut request = async_graphql::Request::new(self.later.query.clone())
             .variables(self.later.variables.clone())
-            .data(self.meta.rq.clone())
+            .data(self.meta.op.rq.clone())
             .data(Prepared::later(home));
         if let Some(name) = &self.later.operation {
             request = request.operation_name(name.clone());
@@ -275,7 +275,7 @@ impl Stream {
             .enumerate()
             .any(|(i, &p)| p && !indices.contains(&i));
         // Fragments served stale for these rows (`extensions.cache`, as on a plain answer).
-        let uses = self.meta.rq.cache_log.uses();
+        let uses = self.meta.op.rq.cache_log.uses();
         let mut stale = async_graphql::Response::new(async_graphql::Value::Null);
         report_stale(&mut stale, uses.get(self.seen..).unwrap_or_default());
         self.seen = uses.len();

@@ -145,14 +145,14 @@ pub(crate) async fn admit_live(
     let job = admit::admit(app, &request, map).await?;
     Ok(LiveOperation {
         request: job.request,
-        op_type: job.op_type,
+        op_type: job.op.op_type,
     })
 }
 
 /// One operation's walk after the wire: admitted (or refused), executed, answered.
 async fn serve(app: Arc<GraphqlService>, request: Request, map: Map<String, Json>) -> Response {
     match admit::admit(&app, &request, map).await {
-        Ok(job) if job.op_type == "subscription" => {
+        Ok(job) if job.op.op_type == "subscription" => {
             match (app.subscriptions.clone(), request.incremental) {
                 (Some(door), true) => {
                     door.multipart(job.request, request.viewer, request.client)
