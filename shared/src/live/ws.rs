@@ -21,6 +21,7 @@
 
 use std::{
     collections::HashSet,
+    io::IoSlice,
     net::{IpAddr, Ipv4Addr},
     sync::{Arc, atomic::Ordering},
     time::Duration,
@@ -28,18 +29,32 @@ use std::{
 
 use axum::{
     Extension,
-    extract::{
-        State,
-        ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
+    extract::{Request, State},
+    http::{
+        HeaderMap, HeaderValue, Method, StatusCode, Version,
+        header::{
+            CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+            SEC_WEBSOCKET_VERSION, UPGRADE,
+        },
     },
-    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
 use futures::{SinkExt as _, StreamExt as _, stream::BoxStream};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value as Json};
-use tokio::time::Instant;
+use tokio::{io::AsyncWriteExt as _, time::Instant};
 use tokio_stream::StreamMap;
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{
+        self, Message, Utf8Bytes,
+        error::CapacityError,
+        handshake::derive_accept_key,
+        protocol::{CloseFrame, Role, WebSocketConfig},
+    },
+};
 
 use super::{LiveService, Member, Msg, Slot, init_token};
 use crate::{
@@ -55,22 +70,46 @@ const PROTOCOL: &str = "graphql-transport-ws";
 /// Longest subscription id accepted.
 const MAX_ID_BYTES: usize = 128;
 
-/// The upgrade.
+/// The socket: tungstenite reads the client's frames and writes the protocol's own messages;
+/// results go out through [`Out::send_text`].
+type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// The upgrade (RFC 6455 §4.2, HTTP/1.1): checked as axum's `WebSocketUpgrade` checks it, and
+/// answered `101` with `graphql-transport-ws` when the client offers it. The door owns the
+/// upgraded connection itself (not axum's `WebSocket`) so that a result can be written
+/// straight from the bytes its group rendered once ([`Out::send_text`]).
 pub(crate) async fn upgrade(
     State(svc): State<Arc<LiveService>>,
     addr: Option<Extension<ClientAddr>>,
     identity: Option<Extension<Identity>>,
     late: Option<Extension<Arc<LateLimits>>>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    request: Request,
 ) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    let headers = &parts.headers;
+    let key = match handshake(parts.version, &parts.method, headers) {
+        Ok(key) => key,
+        Err((status, message)) => return (status, message).into_response(),
+    };
+    let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            "WebSocket request couldn't be upgraded since no upgrade state was present",
+        )
+            .into_response();
+    };
+    let speaks = headers
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|p| p.trim_ascii() == PROTOCOL.as_bytes());
     let ip = addr.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |Extension(a)| a.0);
     let viewer = identity
         .and_then(|Extension(Identity(v))| v)
         .map(|v| v.as_ref().clone());
     if *svc.live.stopping().borrow() {
         return refuse(
-            &headers,
+            headers,
             StatusCode::SERVICE_UNAVAILABLE,
             "the server is shutting down",
         );
@@ -81,25 +120,34 @@ pub(crate) async fn upgrade(
         &svc.settings,
     ) {
         Ok(s) => s,
-        Err(full) => return full.response(&headers),
+        Err(full) => return full.response(headers),
     };
     let limit = svc.settings.max_message_bytes;
-    let ws = ws
-        .protocols([PROTOCOL])
-        .max_message_size(limit)
-        .max_frame_size(limit)
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
         // Small buffers: thousands of mostly idle sockets; a message grows them as it needs.
         // The read buffer is allocated whole and zero-filled on every read attempt (tungstenite
         // resizes it to its capacity before each read, and the socket's loop polls the read side
         // after every message it writes), while what clients send is a few hundred bytes (pongs,
         // subscribe): 1 KiB instead of 4 saves ~3.4 KiB per connection (21.2 → 17.8 KiB RSS
         // with 10,000 subscribers, `bff-bench -s subscribers`); a larger message is read in
-        // 1 KiB steps.
+        // 1 KiB steps. Results do not pass through tungstenite's write buffer at all
+        // ([`Out::send_text`]).
         .read_buffer_size(1024)
         .write_buffer_size(0);
-    let speaks = ws.selected_protocol().is_some();
     let late = late.map(|Extension(l)| l);
-    ws.on_upgrade(move |socket| async move {
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "subscription socket upgrade failed");
+                return;
+            }
+        };
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
         Conn {
             svc,
             ip,
@@ -109,7 +157,78 @@ pub(crate) async fn upgrade(
         }
         .run(socket, speaks)
         .await;
-    })
+    });
+    let mut response = (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (CONNECTION, HeaderValue::from_static("upgrade")),
+            (UPGRADE, HeaderValue::from_static("websocket")),
+        ],
+    )
+        .into_response();
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        response.headers_mut().insert(SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if speaks {
+        response
+            .headers_mut()
+            .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(PROTOCOL));
+    }
+    response
+}
+
+/// The opening handshake's checks: the client's `Sec-WebSocket-Key`, or the status and reason
+/// it is refused with.
+fn handshake(
+    version: Version,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<HeaderValue, (StatusCode, &'static str)> {
+    let has = |name, token: &str| {
+        headers.get_all(name).iter().any(|v: &HeaderValue| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
+    };
+    if version > Version::HTTP_11 {
+        // The server does not offer RFC 8441 (WebSocket over HTTP/2).
+        return Err((
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            "WebSocket subscriptions are served over HTTP/1.1",
+        ));
+    }
+    if method != Method::GET {
+        return Err((
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Request method must be `GET`",
+        ));
+    }
+    if !has(CONNECTION, "upgrade") {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "Connection header did not include 'upgrade'",
+        ));
+    }
+    if !has(UPGRADE, "websocket") {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "`Upgrade` header did not include 'websocket'",
+        ));
+    }
+    if headers
+        .get(SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "`Sec-WebSocket-Version` header did not include '13'",
+        ));
+    }
+    headers.get(SEC_WEBSOCKET_KEY).cloned().ok_or((
+        StatusCode::BAD_REQUEST,
+        "`Sec-WebSocket-Key` header missing",
+    ))
 }
 
 fn refuse(headers: &HeaderMap, status: StatusCode, message: &str) -> Response {
@@ -177,11 +296,14 @@ impl Close {
     }
 }
 
-/// The socket's writing half: every write must finish within `timeout` (`subscriptions.idle_timeout`),
-/// or the reader is taken for one that stopped reading.
+/// The socket, for writing: every write must finish within `timeout`
+/// (`subscriptions.idle_timeout`), or the reader is taken for one that stopped reading.
 struct Out {
-    tx: futures::stream::SplitSink<WebSocket, Message>,
+    ws: Socket,
     timeout: Duration,
+    /// A write of [`Out::send_text`] was cut short: the stream ends inside a frame, and nothing
+    /// more (not even a close frame) may be written.
+    torn: bool,
 }
 
 /// Why a write failed.
@@ -194,11 +316,99 @@ enum WriteError {
 }
 
 impl Out {
+    /// Writes a message of the protocol's own (an ack, a ping, a close) through tungstenite.
     async fn send(&mut self, msg: Message) -> Result<(), WriteError> {
-        match tokio::time::timeout(self.timeout, self.tx.send(msg)).await {
+        if self.torn {
+            return Err(WriteError::Gone);
+        }
+        match tokio::time::timeout(self.timeout, self.ws.send(msg)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(WriteError::Gone),
             Err(_) => Err(WriteError::Stalled),
+        }
+    }
+
+    /// Writes ONE text frame made of `parts` (valid UTF-8 together).
+    ///
+    /// The one place this door writes WebSocket frames itself instead of through tungstenite:
+    /// a result's payload is the same `Bytes` for every member of its group, and written from
+    /// there (a gathered write: the frame header and the envelope's few bytes, the payload, the
+    /// closing brace), instead of being copied into an envelope and again into tungstenite's
+    /// write buffer for each of 10,000 sockets — a buffer each socket then keeps at the size
+    /// of its largest message. A server's frame is unmasked and this one is never fragmented
+    /// (RFC 6455 §5.2, [`text_frame_header`]); tungstenite's own pending writes (a pong it owes)
+    /// are flushed first, so frames never interleave. The tests read these frames with
+    /// tungstenite and with the npm `graphql-ws` client.
+    async fn send_text(&mut self, parts: [&[u8]; 3]) -> Result<(), WriteError> {
+        if self.torn {
+            return Err(WriteError::Gone);
+        }
+        let write = async {
+            self.ws.flush().await.map_err(|_| WriteError::Gone)?;
+            write_text_frame(self.ws.get_mut(), parts)
+                .await
+                .map_err(|_| WriteError::Gone)
+        };
+        match tokio::time::timeout(self.timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.torn = true;
+                Err(e)
+            }
+            Err(_) => {
+                self.torn = true;
+                Err(WriteError::Stalled)
+            }
+        }
+    }
+}
+
+/// Writes `parts` (valid UTF-8 together) to `io` as one final, unmasked text frame, in one
+/// gathered write when the socket takes it whole.
+async fn write_text_frame<W: tokio::io::AsyncWrite + Unpin>(
+    io: &mut W,
+    parts: [&[u8]; 3],
+) -> std::io::Result<()> {
+    let (header, header_len) = text_frame_header(parts.iter().map(|p| p.len()).sum());
+    let mut slices = [
+        IoSlice::new(&header[..header_len]),
+        IoSlice::new(parts[0]),
+        IoSlice::new(parts[1]),
+        IoSlice::new(parts[2]),
+    ];
+    let mut rest = &mut slices[..];
+    IoSlice::advance_slices(&mut rest, 0);
+    while !rest.is_empty() {
+        match io.write_vectored(rest).await? {
+            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+            n => IoSlice::advance_slices(&mut rest, n),
+        }
+    }
+    // A TLS stream holds the record until flushed.
+    io.flush().await
+}
+
+/// The header of one final, unmasked text frame of `len` payload bytes (RFC 6455 §5.2: the
+/// length in 7 bits, or 126 and 16 bits, or 127 and 64 bits), and how many of its bytes are
+/// used.
+fn text_frame_header(len: usize) -> ([u8; 10], usize) {
+    const FIN_TEXT: u8 = 0x81;
+    let mut h = [0u8; 10];
+    h[0] = FIN_TEXT;
+    match (u8::try_from(len), u16::try_from(len)) {
+        (Ok(n), _) if n < 126 => {
+            h[1] = n;
+            (h, 2)
+        }
+        (_, Ok(n)) => {
+            h[1] = 126;
+            h[2..4].copy_from_slice(&n.to_be_bytes());
+            (h, 4)
+        }
+        (_, Err(_)) => {
+            h[1] = 127;
+            h[2..10].copy_from_slice(&u64::try_from(len).unwrap_or(u64::MAX).to_be_bytes());
+            (h, 10)
         }
     }
 }
@@ -252,14 +462,14 @@ struct Session {
 }
 
 impl Conn {
-    async fn run(mut self, socket: WebSocket, speaks: bool) {
+    async fn run(mut self, socket: Socket, speaks: bool) {
         let live = self.svc.live.clone();
         live.stats.ws_open.fetch_add(1, Ordering::Relaxed);
         let _open = OpenSocket(live.clone());
-        let (tx, mut rx) = socket.split();
         let mut tx = Out {
-            tx,
+            ws: socket,
             timeout: self.svc.settings.idle_timeout,
+            torn: false,
         };
         if !speaks {
             close(&mut tx, Close::Subprotocol, &live).await;
@@ -302,7 +512,7 @@ impl Conn {
                     }
                     break Close::Shutdown;
                 }
-                incoming = rx.next() => {
+                incoming = tx.ws.next() => {
                     last_heard = Instant::now();
                     let text = match incoming {
                         None | Some(Ok(Message::Close(_))) => return,
@@ -313,7 +523,9 @@ impl Conn {
                             tracing::debug!(error = %e, "subscription socket read failed");
                             return;
                         }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                            continue;
+                        }
                         Some(Ok(Message::Binary(_))) => break Close::Invalid,
                         Some(Ok(Message::Text(t))) => t,
                     };
@@ -520,9 +732,11 @@ fn subscription_id(msg: &Map<String, Json>) -> Result<String, Close> {
     }
 }
 
-fn is_too_big(e: &axum::Error) -> bool {
-    let text = e.to_string();
-    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
+fn is_too_big(e: &tungstenite::Error) -> bool {
+    matches!(
+        e,
+        tungstenite::Error::Capacity(CapacityError::MessageTooLong { .. })
+    )
 }
 
 fn text(bytes: Vec<u8>) -> Message {
@@ -532,7 +746,8 @@ fn text(bytes: Vec<u8>) -> Message {
     ))
 }
 
-/// Writes one message for subscription `id`.
+/// Writes one message for subscription `id`: the envelope around the payload the group
+/// rendered, in one frame ([`Out::send_text`]).
 async fn send(tx: &mut Out, live: &super::Live, id: &str, msg: &Msg) -> Result<(), WriteError> {
     let (kind, payload): (&str, Option<&Bytes>) = match msg {
         Msg::Next(p) => ("next", Some(p)),
@@ -540,19 +755,18 @@ async fn send(tx: &mut Out, live: &super::Live, id: &str, msg: &Msg) -> Result<(
         Msg::Complete => ("complete", None),
     };
     let id = serde_json::to_string(id).map_err(|_| WriteError::Gone)?;
-    let mut out = Vec::with_capacity(40 + id.len() + payload.map_or(0, Bytes::len));
-    out.extend_from_slice(b"{\"id\":");
-    out.extend_from_slice(id.as_bytes());
-    out.extend_from_slice(b",\"type\":\"");
-    out.extend_from_slice(kind.as_bytes());
-    out.push(b'"');
-    if let Some(p) = payload {
-        out.extend_from_slice(b",\"payload\":");
-        out.extend_from_slice(p);
+    let mut head = String::with_capacity(40 + id.len());
+    head.push_str("{\"id\":");
+    head.push_str(&id);
+    head.push_str(",\"type\":\"");
+    head.push_str(kind);
+    head.push('"');
+    if payload.is_some() {
+        head.push_str(",\"payload\":");
     }
-    out.push(b'}');
     live.stats.ws_messages.fetch_add(1, Ordering::Relaxed);
-    tx.send(text(out)).await
+    tx.send_text([head.as_bytes(), payload.map_or(&[][..], |p| &p[..]), b"}"])
+        .await
 }
 
 async fn close(tx: &mut Out, why: Close, live: &super::Live) {
@@ -561,13 +775,157 @@ async fn close(tx: &mut Out, why: Close, live: &super::Live) {
         live.stats.refused(why.reason());
     }
     let frame = Message::Close(Some(CloseFrame {
-        code,
+        code: code.into(),
         reason: Utf8Bytes::from_static(reason),
     }));
     // A reader that stopped reading cannot take the close frame either: it gets a moment, then
-    // the socket is dropped.
+    // the socket is dropped (at once when a frame was cut short: `Out::send` refuses).
     tx.timeout = tx.timeout.min(Duration::from_secs(1));
     if tx.send(frame).await.is_ok() {
-        let _ = tokio::time::timeout(tx.timeout, tx.tx.close()).await;
+        let _ = tokio::time::timeout(tx.timeout, tx.ws.close(None)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
+    use futures::StreamExt as _;
+    use tokio_tungstenite::{
+        WebSocketStream,
+        tungstenite::{
+            Message,
+            protocol::{Role, WebSocketConfig},
+        },
+    };
+
+    use super::{handshake, write_text_frame};
+
+    /// The frames this door writes itself are read by tungstenite (as a client) as the text
+    /// messages they carry, at every length encoding and across the 16/64-bit boundaries.
+    #[tokio::test]
+    async fn the_frames_written_here_are_read_by_tungstenite_as_the_messages_they_carry() {
+        let lengths = [
+            0usize, 1, 124, 125, 126, 127, 65_534, 65_535, 65_536, 200_000,
+        ];
+        let (mut server, client) = tokio::io::duplex(64 * 1024);
+        let config = WebSocketConfig::default().max_message_size(Some(1 << 20));
+        let mut client = WebSocketStream::from_raw_socket(client, Role::Client, Some(config)).await;
+        let writer = tokio::spawn(async move {
+            for len in lengths {
+                // `{"id":"1","type":"next","payload":"ééé…"}` with a multi-byte character
+                // split across the parts.
+                let payload: String = "é".repeat(len / 2) + &"x".repeat(len % 2);
+                let body = format!("\"{payload}\"");
+                let (a, b) = body.as_bytes().split_at(body.len() / 2);
+                let head = [br#"{"id":"1","type":"next","payload":"#.as_slice(), a].concat();
+                write_text_frame(&mut server, [&head, b, b"}"]).await?;
+            }
+            std::io::Result::Ok(())
+        });
+        for len in lengths {
+            let Some(Ok(Message::Text(text))) = client.next().await else {
+                panic!("no text message for length {len}");
+            };
+            let v: serde_json::Value = serde_json::from_str(text.as_str()).expect("JSON");
+            let payload = v["payload"].as_str().expect("the payload string");
+            assert_eq!(payload.chars().count(), len / 2 + len % 2, "length {len}");
+            assert_eq!(v["type"], "next");
+        }
+        writer
+            .await
+            .expect("the writer")
+            .expect("every frame written");
+    }
+
+    fn upgrade_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        h.insert("upgrade", HeaderValue::from_static("WebSocket"));
+        h.insert("sec-websocket-version", HeaderValue::from_static("13"));
+        h.insert(
+            "sec-websocket-key",
+            HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+        );
+        h
+    }
+
+    #[test]
+    fn the_opening_handshake_is_checked_as_rfc_6455_asks() {
+        let ok = upgrade_headers();
+        assert_eq!(
+            handshake(Version::HTTP_11, &Method::GET, &ok).ok(),
+            ok.get("sec-websocket-key").cloned()
+        );
+        let refused = |version, method: Method, drop: Option<&str>, set: Option<(&str, &str)>| {
+            let mut h = upgrade_headers();
+            if let Some(name) = drop {
+                h.remove(name);
+            }
+            if let Some((name, value)) = set {
+                h.insert(
+                    axum::http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                    HeaderValue::from_str(value).expect("value"),
+                );
+            }
+            handshake(version, &method, &h)
+                .err()
+                .map(|(status, _)| status)
+        };
+        let bad = Some(StatusCode::BAD_REQUEST);
+        assert_eq!(
+            refused(Version::HTTP_11, Method::POST, None, None),
+            Some(StatusCode::METHOD_NOT_ALLOWED)
+        );
+        assert_eq!(
+            refused(Version::HTTP_2, Method::GET, None, None),
+            Some(StatusCode::HTTP_VERSION_NOT_SUPPORTED)
+        );
+        assert_eq!(
+            refused(Version::HTTP_11, Method::GET, Some("connection"), None),
+            bad
+        );
+        assert_eq!(
+            refused(
+                Version::HTTP_11,
+                Method::GET,
+                None,
+                Some(("connection", "upgraded"))
+            ),
+            bad
+        );
+        assert_eq!(
+            refused(Version::HTTP_11, Method::GET, Some("upgrade"), None),
+            bad
+        );
+        assert_eq!(
+            refused(
+                Version::HTTP_11,
+                Method::GET,
+                None,
+                Some(("upgrade", "h2c"))
+            ),
+            bad
+        );
+        assert_eq!(
+            refused(
+                Version::HTTP_11,
+                Method::GET,
+                None,
+                Some(("sec-websocket-version", "8"))
+            ),
+            bad
+        );
+        assert_eq!(
+            refused(
+                Version::HTTP_11,
+                Method::GET,
+                Some("sec-websocket-key"),
+                None
+            ),
+            bad
+        );
     }
 }
