@@ -482,6 +482,69 @@ async fn scopes_and_the_maturity_ceiling_apply_to_what_is_pushed() {
     );
 }
 
+/// What is not a WebSocket upgrade is refused at `/graphql/ws` with a status, and takes no
+/// place in the connection counts.
+#[tokio::test]
+async fn requests_that_are_not_upgrades_are_refused_at_the_socket_door() {
+    let app = live_app(web(), |_| {}).await;
+    let url = app.url("/graphql/ws");
+    let http = reqwest::Client::new();
+    let upgrade = [
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let status = |without: Option<&'static str>, with: Option<(&'static str, &'static str)>| {
+        let mut req = http.get(&url);
+        for (name, value) in upgrade {
+            if Some(name) != without && with.is_none_or(|(n, _)| n != name) {
+                req = req.header(name, value);
+            }
+        }
+        if let Some((name, value)) = with {
+            req = req.header(name, value);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    // A plain GET, a POST.
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 400);
+    assert_eq!(http.post(&url).send().await.unwrap().status(), 405);
+    // Each header missing or wrong.
+    assert_eq!(status(Some("connection"), None).await, 400);
+    assert_eq!(status(None, Some(("connection", "keep-alive"))).await, 400);
+    assert_eq!(status(Some("upgrade"), None).await, 400);
+    assert_eq!(status(None, Some(("upgrade", "h2c"))).await, 400);
+    assert_eq!(status(Some("sec-websocket-version"), None).await, 400);
+    assert_eq!(
+        status(None, Some(("sec-websocket-version", "8"))).await,
+        400
+    );
+    assert_eq!(status(Some("sec-websocket-key"), None).await, 400);
+    // Over HTTP/2 (no RFC 8441 here).
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2.get(&url).send().await.unwrap();
+    assert_eq!(
+        (r.version(), r.status().as_u16()),
+        (reqwest::Version::HTTP_2, 505)
+    );
+    // None of them holds a connection place; a real socket still works.
+    assert_eq!(
+        app.metric_sum("bff_subscription_connections", &["ws"])
+            .await,
+        0.0
+    );
+    let mut ws = Ws::init(&app, None).await;
+    ws.subscribe("1", TOP10).await;
+    assert_eq!(
+        ws.next_payload("1").await["data"]["top10"]["kind"],
+        "TOP_10"
+    );
+}
+
 #[tokio::test]
 async fn protocol_violations_close_the_socket_with_their_codes() {
     let app = live_app(web(), |s| {

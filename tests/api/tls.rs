@@ -250,3 +250,89 @@ async fn backends_are_reached_over_https_with_a_custom_ca_and_a_client_certifica
     let body = app.homepage("kind", None).await;
     assert_eq!(codes(&body), ["BACKEND_UNAVAILABLE"], "{body}");
 }
+
+/// A subscription over `wss://`: the upgrade and every frame pass through the TLS layer (the
+/// results are gathered writes, which a TLS stream must be flushed after), at the 7-bit and
+/// 16-bit frame lengths.
+#[tokio::test]
+async fn subscriptions_are_served_over_wss() {
+    use futures::SinkExt as _;
+    use tokio_tungstenite::tungstenite::{
+        Message, client::IntoClientRequest as _, http::HeaderValue,
+    };
+
+    let pki = Pki::new("wss");
+    let server = pki.issue("server", "localhost", false);
+    let app = spawn_app_with(web(), |s| serve_tls(s, &server)).await;
+    app.control().live().attach(app.bus.clone());
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(
+        &pki.ca_file(),
+        None,
+        &[b"http/1.1"],
+    )));
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let mut request = format!("wss://localhost:{}/graphql/ws", app.addr.port())
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static("graphql-transport-ws"),
+    );
+    let (mut ws, response) = tokio_tungstenite::client_async(request, tls).await.unwrap();
+    assert_eq!(
+        response.headers()["sec-websocket-protocol"],
+        "graphql-transport-ws"
+    );
+    ws.send(Message::text(r#"{"type":"connection_init","payload":{}}"#))
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut ws).await["type"], "connection_ack");
+    ws.send(Message::text(
+        json!({"id": "a", "type": "subscribe", "payload": {"query":
+            r#"subscription { top10(region: "US") { items { rank title { id name } } } }"#}})
+        .to_string(),
+    ))
+    .await
+    .unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        assert_eq!(v["type"], "next", "{v}");
+        assert_eq!(v["id"], "a");
+        v["payload"]["data"]["top10"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["title"]["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let before = ids(&next_message(&mut ws).await);
+    assert_eq!(before.len(), 10);
+    assert!(app.control().live().rotate_top10("US"));
+    let after = ids(&next_message(&mut ws).await);
+    assert_eq!(after[..9], before[1..]);
+    // A short message (7-bit length) after the long ones.
+    ws.send(Message::text(r#"{"type":"ping"}"#)).await.unwrap();
+    assert_eq!(next_message(&mut ws).await["type"], "pong");
+}
+
+/// The next protocol message other than the server's keepalive `ping`.
+async fn next_message<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> serde_json::Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] != "ping" {
+                    return v;
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no message: {other:?}"),
+        }
+    }
+}
