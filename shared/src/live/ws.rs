@@ -859,7 +859,68 @@ mod tests {
             handshake(Version::HTTP_11, &Method::GET, &ok).ok(),
             ok.get("sec-websocket-key").cloned()
         );
-        let refused = |version, method: Method, drop: Option<&str>, set: Option<(&str, &str)>| {
+        let bad = StatusCode::BAD_REQUEST;
+        // (version, method, header left out, header set to another value, refusal)
+        let cases: [(
+            Version,
+            Method,
+            Option<&str>,
+            Option<(&str, &str)>,
+            StatusCode,
+        ); 9] = [
+            (
+                Version::HTTP_11,
+                Method::POST,
+                None,
+                None,
+                StatusCode::METHOD_NOT_ALLOWED,
+            ),
+            (
+                Version::HTTP_2,
+                Method::GET,
+                None,
+                None,
+                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            ),
+            (Version::HTTP_11, Method::GET, Some("connection"), None, bad),
+            (
+                Version::HTTP_11,
+                Method::GET,
+                None,
+                Some(("connection", "upgraded")),
+                bad,
+            ),
+            (Version::HTTP_11, Method::GET, Some("upgrade"), None, bad),
+            (
+                Version::HTTP_11,
+                Method::GET,
+                None,
+                Some(("upgrade", "h2c")),
+                bad,
+            ),
+            (
+                Version::HTTP_11,
+                Method::GET,
+                Some("sec-websocket-version"),
+                None,
+                bad,
+            ),
+            (
+                Version::HTTP_11,
+                Method::GET,
+                None,
+                Some(("sec-websocket-version", "8")),
+                bad,
+            ),
+            (
+                Version::HTTP_11,
+                Method::GET,
+                Some("sec-websocket-key"),
+                None,
+                bad,
+            ),
+        ];
+        for (version, method, drop, set, want) in cases {
             let mut h = upgrade_headers();
             if let Some(name) = drop {
                 h.remove(name);
@@ -867,65 +928,17 @@ mod tests {
             if let Some((name, value)) = set {
                 h.insert(
                     axum::http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
-                    HeaderValue::from_str(value).expect("value"),
+                    HeaderValue::from_static(value),
                 );
             }
-            handshake(version, &method, &h)
+            let got = handshake(version, &method, &h)
                 .err()
-                .map(|(status, _)| status)
-        };
-        let bad = Some(StatusCode::BAD_REQUEST);
-        assert_eq!(
-            refused(Version::HTTP_11, Method::POST, None, None),
-            Some(StatusCode::METHOD_NOT_ALLOWED)
-        );
-        assert_eq!(
-            refused(Version::HTTP_2, Method::GET, None, None),
-            Some(StatusCode::HTTP_VERSION_NOT_SUPPORTED)
-        );
-        assert_eq!(
-            refused(Version::HTTP_11, Method::GET, Some("connection"), None),
-            bad
-        );
-        assert_eq!(
-            refused(
-                Version::HTTP_11,
-                Method::GET,
-                None,
-                Some(("connection", "upgraded"))
-            ),
-            bad
-        );
-        assert_eq!(
-            refused(Version::HTTP_11, Method::GET, Some("upgrade"), None),
-            bad
-        );
-        assert_eq!(
-            refused(
-                Version::HTTP_11,
-                Method::GET,
-                None,
-                Some(("upgrade", "h2c"))
-            ),
-            bad
-        );
-        assert_eq!(
-            refused(
-                Version::HTTP_11,
-                Method::GET,
-                None,
-                Some(("sec-websocket-version", "8"))
-            ),
-            bad
-        );
-        assert_eq!(
-            refused(
-                Version::HTTP_11,
-                Method::GET,
-                Some("sec-websocket-key"),
-                None
-            ),
-            bad
-        );
+                .map(|(status, _)| status);
+            assert_eq!(
+                got,
+                Some(want),
+                "{version:?} {method} without {drop:?}, with {set:?}"
+            );
+        }
     }
 }
