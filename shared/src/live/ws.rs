@@ -861,13 +861,14 @@ mod tests {
         );
         let bad = StatusCode::BAD_REQUEST;
         // (version, method, header left out, header set to another value, refusal)
-        let cases: [(
+        type Case = (
             Version,
             Method,
-            Option<&str>,
-            Option<(&str, &str)>,
+            Option<&'static str>,
+            Option<(&'static str, &'static str)>,
             StatusCode,
-        ); 9] = [
+        );
+        let cases: [Case; 9] = [
             (
                 Version::HTTP_11,
                 Method::POST,
