@@ -11,7 +11,9 @@
 //! `-s cache` runs the fragment-cache matrix, `-s issue3` the first homepage figures, `-s faults`
 //! the resilience scenarios, `-s live` the live homepage: `-s defer` the incremental homepage and
 //! `-s subscribers` 10,000 graphql-ws subscribers (`--concurrency` sets how many; their clients
-//! run in a child process, this binary with the hidden `--swarm`). `--telemetry on` installs the
+//! run in a child process, this binary with the hidden `--swarm`; `-s subscribers-floor` and
+//! `-s subscribers-floor-loop` run the same clients against a bare WebSocket server, the floor
+//! under those figures). `--telemetry on` installs the
 //! BFF's tracing stack (log filter `info`,
 //! OpenTelemetry layer with a local provider, text log lines formatted into a sink) and keeps
 //! metrics on; `off` (default) has no subscriber and `metrics.enabled = false`. The subscriber is
@@ -20,6 +22,7 @@
 mod critical;
 mod defer;
 mod events;
+mod floor;
 mod harness;
 mod hostile;
 mod load;
@@ -160,6 +163,7 @@ async fn main() -> Result<()> {
     let mut tiers_table = None;
     let mut defer_table = None;
     let mut subscribers_table = None;
+    let mut floor_tables = Vec::new();
     for s in selected {
         match &s.kind {
             Kind::Load(spec) => {
@@ -205,6 +209,15 @@ async fn main() -> Result<()> {
                 eprintln!("[{}] {n} graphql-ws subscribers on one web BFF", s.name);
                 let report = subscribers::measure(&env, n).await?;
                 subscribers_table = Some(subscribers::render(&report));
+            }
+            Kind::SubscribersFloor(design) => {
+                let n = cli.concurrency.unwrap_or(subscribers::SUBSCRIBERS);
+                eprintln!(
+                    "[{}] {n} graphql-ws subscribers on the floor server",
+                    s.name
+                );
+                let report = floor::measure(n, *design).await?;
+                floor_tables.push((s.name.clone(), subscribers::render(&report)));
             }
             Kind::Hostile => {
                 eprintln!("[{}] hostile queries against one web BFF", s.name);
@@ -282,6 +295,11 @@ async fn main() -> Result<()> {
     if let Some(table) = subscribers_table {
         println!(
             "\nsubscribers (one web BFF with in-process fixtures and bus; the clients in a child process; CPU and RSS of the BFF's process):\n\n{table}"
+        );
+    }
+    for (name, table) in floor_tables {
+        println!(
+            "\n{name} (the same clients against a bare tokio WebSocket server writing one pre-built frame to every socket; \"BFF\" is that server's process):\n\n{table}"
         );
     }
     if let Some(table) = hostile_table {

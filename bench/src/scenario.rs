@@ -212,6 +212,8 @@ pub(crate) enum Kind {
     /// 10,000 graphql-ws subscribers of one top 10: RSS per connection, event → last
     /// subscriber, CPU per delivered message.
     Subscribers,
+    /// The same subscribers against a bare WebSocket server: the machine's floor under them.
+    SubscribersFloor(crate::floor::Design),
 }
 
 /// One named benchmark.
@@ -683,6 +685,18 @@ pub(crate) fn catalogue() -> Vec<Scenario> {
         about: "10,000 graphql-transport-ws subscribers of top10(region: \"US\") on one web BFF (clients in a child process): RSS per connection, 50 top-10 changes each until the last subscriber read it (p50/p99, target p99 < 100 ms), BFF CPU per delivered message, losses and close codes".into(),
         groups: LIVE,
         kind: Kind::Subscribers,
+    });
+    all.push(Scenario {
+        name: "subscribers-floor".into(),
+        about: "the subscribers scenario's clients and measurement against a bare tokio WebSocket server (no BFF) whose task per socket writes one pre-built 7,009-byte frame per event: the floor this machine sets under `subscribers`' figures".into(),
+        groups: LIVE,
+        kind: Kind::SubscribersFloor(crate::floor::Design::Tasks),
+    });
+    all.push(Scenario {
+        name: "subscribers-floor-loop".into(),
+        about: "as subscribers-floor, but with no task per socket: each event is written to every socket in a tight loop (try_write), half on each of 2 tasks".into(),
+        groups: LIVE,
+        kind: Kind::SubscribersFloor(crate::floor::Design::Loop),
     });
     all
 }

@@ -65,21 +65,24 @@ const CHILD_DEADLINE: Duration = Duration::from_secs(600);
 /// A live top-10 row as an app's card shows it (not the web homepage's every title field).
 const QUERY: &str = "subscription { top10(region: \"US\") { kind heading items { rank title { id name year maturityRating genres images { poster { url width height } } } } } }";
 /// The id of the one subscription on each socket.
-const ID: &str = "1";
+pub(crate) const ID: &str = "1";
 
 /// What the parent tells the client process.
 #[derive(Debug, Serialize, Deserialize)]
-struct Spec {
+pub(crate) struct Spec {
     /// The BFF's listener.
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// The fixture admin API (`…/__admin`).
-    admin_url: String,
+    pub(crate) admin_url: String,
     /// The process whose CPU and RSS are measured (fixtures + BFF).
-    pid: u32,
-    subscribers: usize,
-    events: usize,
+    pub(crate) pid: u32,
+    pub(crate) subscribers: usize,
+    pub(crate) events: usize,
     /// `subscriptions.ping_interval`: how long the connected subscribers are left idle.
-    ping_interval_ms: u64,
+    pub(crate) ping_interval_ms: u64,
+    /// Whether the server has the BFF's `/metrics` to read after the events (the floor's
+    /// server has none).
+    pub(crate) metrics: bool,
 }
 
 /// What the scenario measured (printed by the client process, read by the parent).
@@ -153,7 +156,15 @@ pub(crate) async fn measure(env: &Env, subscribers: usize) -> Result<Report> {
         subscribers,
         events: EVENTS,
         ping_interval_ms: u64::try_from(ping_interval.as_millis()).unwrap_or(u64::MAX),
+        metrics: true,
     };
+    let report = run_swarm(&spec).await;
+    bff.stop().await?;
+    report
+}
+
+/// Runs the client process on `spec` and reads its report.
+pub(crate) async fn run_swarm(spec: &Spec) -> Result<Report> {
     let mut child = tokio::process::Command::new(
         std::env::current_exe().context("the path of this benchmark binary")?,
     )
@@ -165,12 +176,11 @@ pub(crate) async fn measure(env: &Env, subscribers: usize) -> Result<Report> {
     .spawn()
     .context("start the client process")?;
     let mut stdin = child.stdin.take().context("the client's stdin")?;
-    stdin.write_all(&serde_json::to_vec(&spec)?).await?;
+    stdin.write_all(&serde_json::to_vec(spec)?).await?;
     drop(stdin);
     let out = tokio::time::timeout(CHILD_DEADLINE, child.wait_with_output())
         .await
         .context("the client process did not finish in time")??;
-    bff.stop().await?;
     ensure!(
         out.status.success(),
         "the client process failed: {}",
@@ -393,12 +403,15 @@ async fn run(spec: &Spec) -> Result<Report> {
     let bff_cpu_us = procfs::cpu_time_us_of(spec.pid)? - bff0;
     let client_cpu_us = procfs::cpu_time_us()? - me0;
 
-    let metrics = http
-        .get(format!("http://{}/metrics", spec.addr))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = if spec.metrics {
+        http.get(format!("http://{}/metrics", spec.addr))
+            .send()
+            .await?
+            .text()
+            .await?
+    } else {
+        String::new()
+    };
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
