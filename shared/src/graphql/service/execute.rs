@@ -188,11 +188,26 @@ pub(super) fn settle(
 }
 
 /// The `outcome` label of metrics and spans.
-pub(super) fn outcome_label(outcome: Outcome, has_errors: bool) -> &'static str {
+fn outcome_label(outcome: Outcome, has_errors: bool) -> &'static str {
     match outcome {
         Outcome::RequestError => "error",
         Outcome::Executed if has_errors => "partial",
         Outcome::Executed => "ok",
+    }
+}
+
+/// Records the operation's outcome once, on its span and in `bff_graphql_operations_total`
+/// (with its duration so far: an incremental answer records it after its last part).
+pub(super) fn record_operation(app: &GraphqlService, meta: &Meta, outcome: Outcome, errors: bool) {
+    let label = outcome_label(outcome, errors);
+    meta.span.record("outcome", label);
+    if let Some(m) = &app.metrics {
+        m.graphql_operation(
+            meta.op.op_name.as_deref(),
+            meta.op.op_type,
+            label,
+            meta.started.elapsed(),
+        );
     }
 }
 
@@ -205,16 +220,7 @@ pub(super) fn finish(
     outcome: Outcome,
 ) -> Answer {
     let limits = &app.settings;
-    let outcome_label = outcome_label(outcome, !response.errors.is_empty());
-    meta.span.record("outcome", outcome_label);
-    if let Some(m) = &app.metrics {
-        m.graphql_operation(
-            meta.op.op_name.as_deref(),
-            meta.op.op_type,
-            outcome_label,
-            meta.started.elapsed(),
-        );
-    }
+    record_operation(app, meta, outcome, !response.errors.is_empty());
     let status = match outcome {
         Outcome::RequestError => request_error(meta.op.mode),
         Outcome::Executed => StatusCode::OK,

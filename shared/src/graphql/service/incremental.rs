@@ -27,7 +27,7 @@ use tracing::Instrument as _;
 use super::{
     GraphqlService,
     answer::Answer,
-    execute::{Job, Meta, finish, outcome_label, report_stale, settle, timed_out, too_large},
+    execute::{Job, Meta, finish, record_operation, report_stale, settle, timed_out, too_large},
 };
 use crate::{
     compose::{Homepage, progressive::Step},
@@ -88,7 +88,7 @@ pub(super) async fn run(app: Arc<GraphqlService>, mut job: Job) -> Response {
     let sent: usize = first.iter().map(Bytes::len).sum();
     let errors = !response.errors.is_empty();
     if sent > app.settings.max_response_bytes {
-        record(&app, &meta, errors);
+        record_operation(&app, &meta, Outcome::Executed, errors);
         return too_large(app.settings.max_response_bytes)
             .answer(meta.op.mode)
             .response();
@@ -149,20 +149,6 @@ pub(super) async fn run(app: Arc<GraphqlService>, mut job: Job) -> Response {
         .into_response()
 }
 
-/// Counts the operation once, when its answer ends.
-fn record(app: &GraphqlService, meta: &Meta, errors: bool) {
-    let label = outcome_label(Outcome::Executed, errors);
-    meta.span.record("outcome", label);
-    if let Some(m) = &app.metrics {
-        m.graphql_operation(
-            meta.op.op_name.as_deref(),
-            meta.op.op_type,
-            label,
-            meta.started.elapsed(),
-        );
-    }
-}
-
 /// What a later part's request is made of.
 struct Later {
     query: String,
@@ -219,7 +205,7 @@ impl Stream {
             // The last part: the answer is complete once it is written.
             self.ended = true;
             self.in_flight = None;
-            record(&self.app, &self.meta, self.errors);
+            record_operation(&self.app, &self.meta, Outcome::Executed, self.errors);
         }
         Some(part)
     }
