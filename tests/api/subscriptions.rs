@@ -545,6 +545,70 @@ async fn requests_that_are_not_upgrades_are_refused_at_the_socket_door() {
     );
 }
 
+/// A client frame as RFC 6455 asks (final text frame, masked), by hand.
+fn masked_text(text: &str) -> Vec<u8> {
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let len = text.len();
+    let mut f = vec![0x81u8];
+    if len < 126 {
+        f.push(0x80 | u8::try_from(len).unwrap());
+    } else {
+        f.push(0x80 | 126);
+        f.extend_from_slice(&u16::try_from(len).unwrap().to_be_bytes());
+    }
+    f.extend_from_slice(&mask);
+    f.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+#[tokio::test]
+async fn frames_sent_right_behind_the_upgrade_request_are_read() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = live_app(web(), |_| {}).await;
+    // The upgrade request, `connection_init` and a subscribe in one write: the HTTP server
+    // reads past the request, and the socket must still see both frames first.
+    let mut bytes = format!(
+        "GET /graphql/ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n",
+        app.addr
+    )
+    .into_bytes();
+    bytes.extend(masked_text(r#"{"type":"connection_init"}"#));
+    bytes.extend(masked_text(
+        &json!({"id": "1", "type": "subscribe", "payload": {"query": TOP10}}).to_string(),
+    ));
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    stream.write_all(&bytes).await.unwrap();
+    // The response head, byte by byte: what follows it is the socket's.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await.unwrap());
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        stream,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    let mut texts = Vec::new();
+    while texts.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                texts.push(serde_json::from_str::<Value>(t.as_str()).unwrap());
+            }
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            other => panic!("after {texts:?}: {other:?}"),
+        }
+    }
+    assert_eq!(texts[0]["type"], "connection_ack");
+    assert_eq!(texts[1]["type"], "next");
+    assert_eq!(texts[1]["id"], "1");
+    assert_eq!(texts[1]["payload"]["data"]["top10"]["kind"], "TOP_10");
+}
+
 #[tokio::test]
 async fn protocol_violations_close_the_socket_with_their_codes() {
     let app = live_app(web(), |s| {

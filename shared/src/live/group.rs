@@ -5,11 +5,18 @@
 //! member as the same bytes; 10,000 phones watching the US top 10 cost one reload and one
 //! rendering per change, not 10,000.
 //!
-//! Each member has a bounded queue (`subscriptions.buffer` messages). A member whose queue is
+//! Each member has a bounded queue (`subscriptions.buffer` messages): a channel its connection
+//! reads (SSE, multipart), or its WebSocket's [`Wire`], which takes a message straight into the
+//! socket when it can and queues it for the socket's task otherwise. A member whose queue is
 //! full when a message is handed out is dropped from the group and marked slow: its connection
 //! closes it with a code (`4413`, or an SSE error event) instead of letting it grow the process.
 //! A group ends when its last member leaves (its execution is dropped with it) or when its
 //! execution ends.
+//!
+//! A message is handed out from a snapshot of the members, outside the group's lock, yielding
+//! to the runtime every [`YIELD_EVERY`] members: writing 10,000 sockets takes tens of
+//! milliseconds, and members joining or leaving meanwhile must not wait for it (a joiner gets
+//! the message as the current value; a leaver's queue or wire refuses it).
 
 use std::{
     collections::HashMap,
@@ -24,7 +31,16 @@ use futures::{FutureExt as _, StreamExt as _, stream::BoxStream};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
+use super::wire::{Handed, Wire};
 use crate::graphql::errors::{Outcome, classify};
+
+/// Members handed a message between two yields to the runtime.
+const YIELD_EVERY: usize = 128;
+
+/// From this many members a message is handed out on several tasks at once (one per core, at
+/// most [`MAX_LANES`]): with 10,000 WebSockets, writing them is most of the work of a change.
+const PARALLEL_FROM: usize = 1024;
+const MAX_LANES: usize = 8;
 
 /// Who may share an execution: see the module docs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -86,9 +102,38 @@ impl Drop for Seat {
     }
 }
 
-struct Seated {
-    tx: mpsc::Sender<Msg>,
-    slow: Arc<AtomicBool>,
+/// Where a member's messages go.
+enum Seated {
+    /// A channel its connection reads; `slow` is set when it overflows.
+    Queue {
+        tx: mpsc::Sender<Msg>,
+        slow: Arc<AtomicBool>,
+    },
+    /// Subscription `key` of a WebSocket.
+    Wire { wire: Arc<Wire>, key: u64 },
+}
+
+impl Seated {
+    /// Hands `msg` over; `false` when the member is too slow and must be dropped.
+    fn hand(&self, msg: &Msg) -> bool {
+        match self {
+            Self::Queue { tx, slow } => match tx.try_send(msg.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    slow.store(true, Ordering::Relaxed);
+                    false
+                }
+                // Its connection is gone; its seat leaves on its own.
+                Err(mpsc::error::TrySendError::Closed(_)) => true,
+            },
+            Self::Wire { wire, key } => wire.hand(*key, msg) != Handed::Slow,
+        }
+    }
+}
+
+/// A WebSocket subscription's place in its group: leaves it when dropped.
+pub(crate) struct WireMember {
+    _seat: Seat,
 }
 
 struct Group {
@@ -99,7 +144,7 @@ struct Group {
 
 #[derive(Default)]
 struct State {
-    members: HashMap<u64, Seated>,
+    members: HashMap<u64, Arc<Seated>>,
     /// The last result, for members who join after it was sent.
     last: Option<Bytes>,
     /// The execution was started (by the first member).
@@ -122,28 +167,68 @@ impl Group {
     }
 
     /// Hands `msg` to every member; a member whose queue is full is dropped as too slow.
-    fn fan_out(&self, msg: &Msg) {
-        let mut st = self.state.lock();
-        if let Msg::Next(bytes) = msg {
-            st.last = Some(bytes.clone());
-        }
-        let mut slow = Vec::new();
-        for (id, m) in &st.members {
-            match m.tx.try_send(msg.clone()) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    m.slow.store(true, Ordering::Relaxed);
-                    slow.push(*id);
+    async fn fan_out(&self, msg: &Msg) {
+        let members: Arc<[(u64, Arc<Seated>)]> = {
+            let mut st = self.state.lock();
+            if let Msg::Next(bytes) = msg {
+                st.last = Some(bytes.clone());
+            }
+            st.members.iter().map(|(id, m)| (*id, m.clone())).collect()
+        };
+        let lanes = if members.len() >= PARALLEL_FROM {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_LANES))
+        } else {
+            1
+        };
+        let slow = if lanes <= 1 {
+            hand_out(&members, 0..members.len(), msg).await
+        } else {
+            // Each member is in one lane, and the next message waits for every lane: a
+            // member's messages keep their order.
+            let per_lane = members.len().div_ceil(lanes);
+            let tasks: Vec<_> = (0..lanes)
+                .map(|lane| {
+                    let (members, msg) = (members.clone(), msg.clone());
+                    let range = lane * per_lane..((lane + 1) * per_lane).min(members.len());
+                    tokio::spawn(async move { hand_out(&members, range, &msg).await })
+                })
+                .collect();
+            let mut slow = Vec::new();
+            for task in tasks {
+                // A lane that panicked handed out part of its share; its members see the
+                // next message.
+                if let Ok(s) = task.await {
+                    slow.extend(s);
                 }
-                // Its connection is gone; its seat leaves on its own.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+            slow
+        };
+        if !slow.is_empty() {
+            let mut st = self.state.lock();
+            for id in &slow {
+                // Dropping the sender ends the member's queue after what it holds.
+                st.members.remove(id);
             }
         }
-        for id in &slow {
-            // Dropping the sender ends the member's queue after what it holds.
-            st.members.remove(id);
+    }
+}
+
+/// Hands `msg` to `members[range]`: the ids of those too slow for it.
+async fn hand_out(
+    members: &[(u64, Arc<Seated>)],
+    range: std::ops::Range<usize>,
+    msg: &Msg,
+) -> Vec<u64> {
+    let mut slow = Vec::new();
+    for (n, (id, m)) in members[range].iter().enumerate() {
+        if !m.hand(msg) {
+            slow.push(*id);
+        }
+        if n % YIELD_EVERY == YIELD_EVERY - 1 {
+            tokio::task::yield_now().await;
         }
     }
+    slow
 }
 
 /// Every group of this instance.
@@ -196,6 +281,49 @@ impl Groups {
     ) -> Member {
         let (tx, rx) = mpsc::channel(buffer.max(1));
         let slow = Arc::new(AtomicBool::new(false));
+        let seat = self.seat(
+            key,
+            Seated::Queue {
+                tx,
+                slow: slow.clone(),
+            },
+            hide_suggestions,
+            start,
+        );
+        Member {
+            rx,
+            slow,
+            _seat: seat,
+        }
+    }
+
+    /// Joins the group of `key` as subscription `sub` of WebSocket `wire` (which bounds what
+    /// waits for it), starting its execution with `start` when there is none.
+    pub(crate) fn join_wire(
+        &self,
+        key: GroupKey,
+        wire: Arc<Wire>,
+        sub: u64,
+        hide_suggestions: bool,
+        start: impl FnOnce() -> BoxStream<'static, async_graphql::Response>,
+    ) -> WireMember {
+        WireMember {
+            _seat: self.seat(
+                key,
+                Seated::Wire { wire, key: sub },
+                hide_suggestions,
+                start,
+            ),
+        }
+    }
+
+    fn seat(
+        &self,
+        key: GroupKey,
+        seated: Seated,
+        hide_suggestions: bool,
+        start: impl FnOnce() -> BoxStream<'static, async_graphql::Response>,
+    ) -> Seat {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let mut groups = self.inner.groups.lock();
         let group = match groups.get(&key) {
@@ -216,15 +344,9 @@ impl Groups {
             let mut st = group.state.lock();
             if let Some(last) = &st.last {
                 // The current value, at once: a late joiner does not wait for the next change.
-                let _ = tx.try_send(Msg::Next(last.clone()));
+                seated.hand(&Msg::Next(last.clone()));
             }
-            st.members.insert(
-                id,
-                Seated {
-                    tx,
-                    slow: slow.clone(),
-                },
-            );
+            st.members.insert(id, Arc::new(seated));
             !std::mem::replace(&mut st.started, true)
         };
         drop(groups);
@@ -244,11 +366,7 @@ impl Groups {
                 st.task = Some(task.abort_handle());
             }
         }
-        Member {
-            rx,
-            slow,
-            _seat: Seat { group, id },
-        }
+        Seat { group, id }
     }
 
     /// Groups running now.
@@ -307,7 +425,8 @@ async fn run(
             }
         };
         let Some(g) = group.upgrade() else { return };
-        g.fan_out(&msg);
+        g.fan_out(&msg).await;
+        drop(g);
         if refused {
             refused_at_start = true;
             break;
@@ -327,7 +446,7 @@ async fn run(
     st.task = None;
     if !refused_at_start {
         for m in st.members.values() {
-            let _ = m.tx.try_send(Msg::Complete);
+            m.hand(&Msg::Complete);
         }
     }
     st.members.clear();

@@ -9,7 +9,8 @@
 //! fed by the fragment cache's change notices, which this instance's one bus consumer causes:
 //! no queue per client. Subscribers of the same operation with the same view share one
 //! execution ([`group`]): a change is reloaded and rendered once, and the same bytes reach every
-//! one of them through a bounded queue each.
+//! one of them through a bounded queue each (on a plain WebSocket, straight into the socket when
+//! it can take them at once: [`wire`]).
 //!
 //! [`Live`] is the process's part (the groups, the connection counts, the shutdown signal: it
 //! outlives config reloads); [`LiveService`] is a stack's (the schema, the authenticator, the
@@ -24,6 +25,7 @@
 mod group;
 mod multipart;
 pub(crate) mod sse;
+mod wire;
 pub(crate) mod ws;
 
 use std::{
@@ -39,11 +41,13 @@ use std::{
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
 use axum::{Router, routing::get};
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use parking_lot::Mutex;
 use serde_json::{Map, Value as Json};
 use tokio::sync::{Notify, watch};
 
-pub(crate) use group::{Groups, Member, Msg};
+pub(crate) use group::{Groups, Member, Msg, WireMember};
+pub(crate) use wire::Wire;
 
 use crate::{
     auth::{Authenticator, Viewer},
@@ -400,6 +404,34 @@ impl LiveService {
         late: Option<Arc<LateLimits>>,
         payload: Map<String, Json>,
     ) -> Result<Member, Refusal> {
+        let request = self.admit(viewer, late, payload).await?;
+        self.joiner.join(request, viewer)
+    }
+
+    /// [`LiveService::subscribe`] for subscription `sub` of the WebSocket `wire`.
+    pub(crate) async fn subscribe_wire(
+        &self,
+        viewer: Option<&Viewer>,
+        late: Option<Arc<LateLimits>>,
+        payload: Map<String, Json>,
+        wire: Arc<Wire>,
+        sub: u64,
+    ) -> Result<WireMember, Refusal> {
+        let request = self.admit(viewer, late, payload).await?;
+        let (key, start) = self.joiner.prepare(request, viewer)?;
+        Ok(self
+            .live
+            .groups
+            .join_wire(key, wire, sub, self.joiner.hide_suggestions, start))
+    }
+
+    /// Admits a subscription operation like a request to `/graphql`.
+    async fn admit(
+        &self,
+        viewer: Option<&Viewer>,
+        late: Option<Arc<LateLimits>>,
+        payload: Map<String, Json>,
+    ) -> Result<async_graphql::Request, Refusal> {
         // Every subscription is an operation to the client-keyed policies too: the connection
         // was charged once, each operation on it is charged again.
         if let Some(late) = &late
@@ -419,18 +451,34 @@ impl LiveService {
                 "only subscription operations are served here; send queries and mutations to /graphql",
             ));
         }
-        self.joiner.join(op.request, viewer)
+        Ok(op.request)
     }
 }
+
+/// How a subscription's execution starts: the schema's stream of its responses.
+type Start = Box<dyn FnOnce() -> BoxStream<'static, async_graphql::Response> + Send>;
 
 impl Joiner {
     /// Joins the admitted subscription `request` of `viewer` to its execution (starting it
     /// when there is none).
     pub(crate) fn join(
         &self,
-        mut request: async_graphql::Request,
+        request: async_graphql::Request,
         viewer: Option<&Viewer>,
     ) -> Result<Member, Refusal> {
+        let (key, start) = self.prepare(request, viewer)?;
+        Ok(self
+            .live
+            .groups
+            .join(key, self.settings.buffer, self.hide_suggestions, start))
+    }
+
+    /// The group `request` of `viewer` belongs to, and how its execution starts.
+    fn prepare(
+        &self,
+        mut request: async_graphql::Request,
+        viewer: Option<&Viewer>,
+    ) -> Result<(group::GroupKey, Start), Refusal> {
         let operation_name = request.operation_name.clone();
         let (field, named_args) = {
             let doc = request
@@ -464,12 +512,7 @@ impl Joiner {
         };
         let request = request.data(LoadBudget(self.budget));
         let schema = self.schema.clone();
-        Ok(self.live.groups.join(
-            key,
-            self.settings.buffer,
-            self.hide_suggestions,
-            move || schema.execute_stream(request),
-        ))
+        Ok((key, Box::new(move || schema.execute_stream(request))))
     }
 }
 

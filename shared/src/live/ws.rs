@@ -13,6 +13,11 @@
 //! reader stopped reading) is closed as too slow (`4413`, or dropped when even the close frame
 //! does not fit).
 //!
+//! Results are written straight from their group's fan-out when the socket takes the whole
+//! frame at once, and by the socket's task from its outbox otherwise ([`super::wire`]: TLS, a
+//! full send buffer, the task writing); tungstenite reads the client's frames and writes the
+//! protocol's own messages through the same write side.
+//!
 //! Close codes: `4400` a message outside the protocol, `4401` subscribe before the ack or the
 //! token expired, `4403` token refused, `4406` subprotocol, `4408` init timeout, `4409` an id
 //! already running, `4413` a reader too slow for its queue, `4429` a second `connection_init`
@@ -20,7 +25,7 @@
 //! `subscriptions.max_message_bytes`, `1001` the server is shutting down.
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     io::IoSlice,
     net::{IpAddr, Ipv4Addr},
     sync::{Arc, atomic::Ordering},
@@ -40,12 +45,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
-use futures::{SinkExt as _, StreamExt as _, stream::BoxStream};
-use hyper::upgrade::{OnUpgrade, Upgraded};
+use futures::{SinkExt as _, StreamExt as _};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value as Json};
 use tokio::{io::AsyncWriteExt as _, time::Instant};
-use tokio_stream::StreamMap;
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
@@ -56,7 +60,10 @@ use tokio_tungstenite::{
     },
 };
 
-use super::{LiveService, Member, Msg, Slot, init_token};
+use super::{
+    LiveService, Msg, Slot, WireMember, init_token,
+    wire::{Next, Wire, WireIo},
+};
 use crate::{
     auth::{AuthError, Identity, Viewer},
     error::ErrorCode,
@@ -71,8 +78,9 @@ const PROTOCOL: &str = "graphql-transport-ws";
 const MAX_ID_BYTES: usize = 128;
 
 /// The socket: tungstenite reads the client's frames and writes the protocol's own messages;
-/// results go out through [`Out::send_text`].
-type Socket = WebSocketStream<TokioIo<Upgraded>>;
+/// results go out through [`Out::send_text`], or straight from their group's fan-out
+/// ([`Wire`]).
+type Socket = WebSocketStream<WireIo>;
 
 /// The upgrade (RFC 6455 §4.2, HTTP/1.1): checked as axum's `WebSocketUpgrade` checks it, and
 /// answered `101` with `graphql-transport-ws` when the client offers it. The door owns the
@@ -145,9 +153,31 @@ pub(crate) async fn upgrade(
                 return;
             }
         };
-        let socket =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
+        let buffer = svc.settings.buffer;
+        let (io, wire) = match crate::server::upgraded_tcp(upgraded) {
+            Ok((tcp, read_first)) => {
+                // Even empty, a slice keeps the HTTP server's whole read buffer alive.
+                let read_first = if read_first.is_empty() {
+                    Bytes::new()
+                } else {
+                    read_first
+                };
+                let wire = Wire::new(Some(tcp), buffer, svc.live.clone());
+                (
+                    WireIo::Tcp {
+                        wire: wire.clone(),
+                        read_first,
+                    },
+                    wire,
+                )
+            }
+            // TLS: only the socket's task writes its records.
+            Err(upgraded) => (
+                WireIo::Other(TokioIo::new(upgraded)),
+                Wire::new(None, buffer, svc.live.clone()),
+            ),
+        };
+        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
         Conn {
             svc,
             ip,
@@ -155,7 +185,7 @@ pub(crate) async fn upgrade(
             viewer,
             late,
         }
-        .run(socket, speaks)
+        .run(socket, wire, speaks)
         .await;
     });
     let mut response = (
@@ -300,6 +330,9 @@ impl Close {
 /// (`subscriptions.idle_timeout`), or the reader is taken for one that stopped reading.
 struct Out {
     ws: Socket,
+    /// The write side shared with the fan-outs: told when this task has written everything
+    /// it began ([`Wire::settle`]).
+    wire: Arc<Wire>,
     timeout: Duration,
     /// A write of [`Out::send_text`] was cut short: the stream ends inside a frame, and nothing
     /// more (not even a close frame) may be written.
@@ -322,7 +355,30 @@ impl Out {
             return Err(WriteError::Gone);
         }
         match tokio::time::timeout(self.timeout, self.ws.send(msg)).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.wire.settle();
+                Ok(())
+            }
+            Ok(Err(_)) => Err(WriteError::Gone),
+            Err(_) => Err(WriteError::Stalled),
+        }
+    }
+
+    /// Finishes what tungstenite or a fan-out began writing (the rest of a frame the socket
+    /// took part of; with `owed`, a pong tungstenite owes for a ping), then lets fan-outs write
+    /// again.
+    async fn settle(&mut self, owed: bool) -> Result<(), WriteError> {
+        if self.torn {
+            return Err(WriteError::Gone);
+        }
+        if !owed && !self.wire.is_busy() && !self.wire.has_rest() {
+            return Ok(());
+        }
+        match tokio::time::timeout(self.timeout, self.ws.flush()).await {
+            Ok(Ok(())) => {
+                self.wire.settle();
+                Ok(())
+            }
             Ok(Err(_)) => Err(WriteError::Gone),
             Err(_) => Err(WriteError::Stalled),
         }
@@ -350,13 +406,18 @@ impl Out {
                 .map_err(|_| WriteError::Gone)
         };
         match tokio::time::timeout(self.timeout, write).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.wire.settle();
+                Ok(())
+            }
             Ok(Err(e)) => {
                 self.torn = true;
+                self.wire.shut();
                 Err(e)
             }
             Err(_) => {
                 self.torn = true;
+                self.wire.shut();
                 Err(WriteError::Stalled)
             }
         }
@@ -391,7 +452,7 @@ async fn write_text_frame<W: tokio::io::AsyncWrite + Unpin>(
 /// The header of one final, unmasked text frame of `len` payload bytes (RFC 6455 §5.2: the
 /// length in 7 bits, or 126 and 16 bits, or 127 and 64 bits), and how many of its bytes are
 /// used.
-fn text_frame_header(len: usize) -> ([u8; 10], usize) {
+pub(super) fn text_frame_header(len: usize) -> ([u8; 10], usize) {
     const FIN_TEXT: u8 = 0x81;
     let mut h = [0u8; 10];
     h[0] = FIN_TEXT;
@@ -411,26 +472,6 @@ fn text_frame_header(len: usize) -> ([u8; 10], usize) {
             (h, 10)
         }
     }
-}
-
-/// What a subscription's queue gives the socket.
-enum Feed {
-    Msg(Msg),
-    /// The queue ended without a last message: the group dropped it as too slow.
-    Slow,
-    /// The queue ended otherwise (its execution is gone).
-    Gone,
-}
-
-fn feed(member: Member) -> BoxStream<'static, Feed> {
-    futures::stream::unfold(Some(member), |m| async move {
-        let mut m = m?;
-        match m.rx.recv().await {
-            Some(msg) => Some((Feed::Msg(msg), Some(m))),
-            None => Some((if m.too_slow() { Feed::Slow } else { Feed::Gone }, None)),
-        }
-    })
-    .boxed()
 }
 
 /// One socket.
@@ -457,17 +498,33 @@ struct Session {
     acked: bool,
     viewer: Option<Viewer>,
     expires: Option<Instant>,
-    ids: HashSet<String>,
-    feeds: StreamMap<String, BoxStream<'static, Feed>>,
+    /// Running subscriptions by id: their key on the wire and their seat in their group.
+    subs: HashMap<String, (u64, WireMember)>,
+    next_key: u64,
+    wire: Arc<Wire>,
+}
+
+/// Why the socket's loop ends: closed with a code, or gone without one.
+type Ended = Option<Close>;
+
+/// Closes the socket to fan-outs however its task ends.
+struct ShutOnDrop(Arc<Wire>);
+
+impl Drop for ShutOnDrop {
+    fn drop(&mut self) {
+        self.0.shut();
+    }
 }
 
 impl Conn {
-    async fn run(mut self, socket: Socket, speaks: bool) {
+    async fn run(mut self, socket: Socket, wire: Arc<Wire>, speaks: bool) {
         let live = self.svc.live.clone();
         live.stats.ws_open.fetch_add(1, Ordering::Relaxed);
         let _open = OpenSocket(live.clone());
+        let _shut = ShutOnDrop(wire.clone());
         let mut tx = Out {
             ws: socket,
+            wire: wire.clone(),
             timeout: self.svc.settings.idle_timeout,
             torn: false,
         };
@@ -492,25 +549,22 @@ impl Conn {
             acked: false,
             viewer: None,
             expires: None,
-            ids: HashSet::new(),
-            feeds: StreamMap::new(),
+            subs: HashMap::new(),
+            next_key: 1,
+            wire: wire.clone(),
         };
         let outcome: Close = loop {
             let expires = s.expires;
             tokio::select! {
                 biased;
                 () = &mut stop => {
-                    // What is already queued for this socket goes out first.
-                    while let Some(Some((id, item))) =
-                        futures::FutureExt::now_or_never(s.feeds.next())
-                    {
-                        if let Feed::Msg(m) = item
-                            && send(&mut tx, &live, &id, &m).await.is_err()
-                        {
-                            break;
-                        }
+                    // What is already queued for this socket goes out first; nothing more
+                    // joins it.
+                    wire.shut();
+                    match self.drain(&mut s, &mut tx).await {
+                        Ok(()) | Err(Some(_)) => break Close::Shutdown,
+                        Err(None) => return,
                     }
-                    break Close::Shutdown;
                 }
                 incoming = tx.ws.next() => {
                     last_heard = Instant::now();
@@ -523,9 +577,15 @@ impl Conn {
                             tracing::debug!(error = %e, "subscription socket read failed");
                             return;
                         }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
-                            continue;
+                        Some(Ok(Message::Ping(_))) => {
+                            // The pong tungstenite owes for a ping is written now, whole.
+                            match tx.settle(true).await {
+                                Ok(()) => continue,
+                                Err(WriteError::Stalled) => break Close::TooSlow,
+                                Err(WriteError::Gone) => return,
+                            }
                         }
+                        Some(Ok(Message::Pong(_) | Message::Frame(_))) => continue,
                         Some(Ok(Message::Binary(_))) => break Close::Invalid,
                         Some(Ok(Message::Text(t))) => t,
                     };
@@ -533,34 +593,17 @@ impl Conn {
                         Ok(()) => {}
                         Err(c) => break c,
                     }
-                }
-                Some((id, item)) = s.feeds.next(), if !s.feeds.is_empty() => {
-                    match item {
-                        Feed::Msg(m) => {
-                            let last = matches!(m, Msg::Error(_) | Msg::Complete);
-                            if last {
-                                self.end(&mut s, &id);
-                            }
-                            match send(&mut tx, &live, &id, &m).await {
-                                Ok(()) => {}
-                                Err(WriteError::Stalled) => break Close::TooSlow,
-                                Err(WriteError::Gone) => return,
-                            }
-                        }
-                        Feed::Slow => {
-                            self.end(&mut s, &id);
-                            break Close::TooSlow;
-                        }
-                        Feed::Gone => {
-                            self.end(&mut s, &id);
-                            match send(&mut tx, &live, &id, &Msg::Complete).await {
-                                Ok(()) => {}
-                                Err(WriteError::Stalled) => break Close::TooSlow,
-                                Err(WriteError::Gone) => return,
-                            }
-                        }
+                    match tx.settle(false).await {
+                        Ok(()) => {}
+                        Err(WriteError::Stalled) => break Close::TooSlow,
+                        Err(WriteError::Gone) => return,
                     }
                 }
+                () = wire.woken() => match self.drain(&mut s, &mut tx).await {
+                    Ok(()) => {}
+                    Err(Some(c)) => break c,
+                    Err(None) => return,
+                },
                 () = tokio::time::sleep_until(init_deadline), if !s.acked => break Close::InitTimeout,
                 () = super::sleep_until_opt(expires), if expires.is_some() => break Close::Expired,
                 _ = ping.tick() => {
@@ -577,10 +620,38 @@ impl Conn {
                 }
             }
         };
-        for id in std::mem::take(&mut s.ids) {
+        let ids: Vec<String> = s.subs.keys().cloned().collect();
+        for id in ids {
             self.end(&mut s, &id);
         }
         close(&mut tx, outcome, &live).await;
+    }
+
+    /// Writes what waits for the socket's task: the messages fan-outs could not write, in
+    /// order, and the rest of a frame one began.
+    async fn drain(&self, s: &mut Session, tx: &mut Out) -> Result<(), Ended> {
+        loop {
+            match tx.wire.next() {
+                Next::Msg(id, m) => {
+                    if matches!(m, Msg::Error(_) | Msg::Complete) {
+                        self.end(s, &id);
+                    }
+                    match send(tx, &self.svc.live, &id, &m).await {
+                        Ok(()) => {}
+                        Err(WriteError::Stalled) => return Err(Some(Close::TooSlow)),
+                        Err(WriteError::Gone) => return Err(None),
+                    }
+                }
+                Next::Slow => return Err(Some(Close::TooSlow)),
+                Next::Nothing => {
+                    return match tx.settle(false).await {
+                        Ok(()) => Ok(()),
+                        Err(WriteError::Stalled) => Err(Some(Close::TooSlow)),
+                        Err(WriteError::Gone) => Err(None),
+                    };
+                }
+            }
+        }
     }
 
     /// Handles one client message; `Err` closes the socket.
@@ -616,10 +687,10 @@ impl Conn {
                 let Some(payload) = payload else {
                     return Err(Close::Invalid);
                 };
-                if s.ids.contains(&id) {
+                if s.subs.contains_key(&id) {
                     return Err(Close::Duplicate);
                 }
-                if s.ids.len() >= self.svc.settings.max_subscriptions_per_connection {
+                if s.subs.len() >= self.svc.settings.max_subscriptions_per_connection {
                     self.svc
                         .live
                         .stats
@@ -635,9 +706,19 @@ impl Conn {
                         .await
                         .map_err(|_| Close::TooSlow);
                 }
+                let key = s.next_key;
+                s.next_key += 1;
+                // On the wire before it joins: its group hands it the current value at once.
+                tx.wire.add(key, &id);
                 match self
                     .svc
-                    .subscribe(s.viewer.as_ref(), self.late.clone(), payload)
+                    .subscribe_wire(
+                        s.viewer.as_ref(),
+                        self.late.clone(),
+                        payload,
+                        tx.wire.clone(),
+                        key,
+                    )
                     .await
                 {
                     Ok(member) => {
@@ -646,13 +727,15 @@ impl Conn {
                             .stats
                             .subscriptions
                             .fetch_add(1, Ordering::Relaxed);
-                        s.ids.insert(id.clone());
-                        s.feeds.insert(id, feed(member));
+                        s.subs.insert(id, (key, member));
                         Ok(())
                     }
-                    Err(refusal) => send(tx, &self.svc.live, &id, &Msg::Error(refusal.errors))
-                        .await
-                        .map_err(|_| Close::TooSlow),
+                    Err(refusal) => {
+                        tx.wire.remove(key);
+                        send(tx, &self.svc.live, &id, &Msg::Error(refusal.errors))
+                            .await
+                            .map_err(|_| Close::TooSlow)
+                    }
                 }
             }
             "complete" => {
@@ -711,16 +794,19 @@ impl Conn {
             .map_err(|_| Close::TooSlow)
     }
 
-    /// Ends subscription `id` on this socket (its seat in the group is given back).
+    /// Ends subscription `id` on this socket: nothing more is written for it, and its seat in
+    /// the group is given back.
     fn end(&self, s: &mut Session, id: &str) {
-        if s.feeds.remove(id).is_some() {
+        if let Some((key, member)) = s.subs.remove(id) {
+            // Off the wire first: a fan-out under way writes nothing more for it.
+            s.wire.remove(key);
+            drop(member);
             self.svc
                 .live
                 .stats
                 .subscriptions
                 .fetch_sub(1, Ordering::Relaxed);
         }
-        s.ids.remove(id);
     }
 }
 
@@ -770,6 +856,8 @@ async fn send(tx: &mut Out, live: &super::Live, id: &str, msg: &Msg) -> Result<(
 }
 
 async fn close(tx: &mut Out, why: Close, live: &super::Live) {
+    // The close frame is the last: no fan-out writes after it.
+    tx.wire.shut();
     let (code, reason) = why.frame();
     if !matches!(why, Close::Shutdown) {
         live.stats.refused(why.reason());
@@ -798,7 +886,15 @@ mod tests {
         },
     };
 
-    use super::{handshake, write_text_frame};
+    use std::{sync::Arc, time::Duration};
+
+    use bytes::Bytes;
+
+    use super::{Out, handshake, send, write_text_frame};
+    use crate::live::{
+        Live, Msg,
+        wire::{Handed, Next, Wire, WireIo},
+    };
 
     /// The frames this door writes itself are read by tungstenite (as a client) as the text
     /// messages they carry, at every length encoding and across the 16/64-bit boundaries.
@@ -835,6 +931,143 @@ mod tests {
             .await
             .expect("the writer")
             .expect("every frame written");
+    }
+
+    /// A fan-out writing straight into a socket whose buffers are small (so that frames are
+    /// taken in part, or not at all), while the socket's task writes what waits and pings
+    /// through tungstenite, and the reader reads slowly: tungstenite reads every frame whole,
+    /// every result in the order handed out, none lost, and the pings between them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn results_written_by_the_fan_out_and_by_the_task_never_tear_or_reorder() {
+        const RESULTS: usize = 600;
+        let listener = tokio::net::TcpSocket::new_v4().expect("socket");
+        listener.set_send_buffer_size(4096).expect("sndbuf");
+        listener
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let listener = listener.listen(8).expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let client = tokio::net::TcpSocket::new_v4().expect("socket");
+        client.set_recv_buffer_size(4096).expect("rcvbuf");
+        let (client, accepted) = tokio::join!(client.connect(addr), listener.accept());
+        let (client, (server, _)) = (client.expect("connect"), accepted.expect("accept"));
+
+        let wire = Wire::new(Some(server), RESULTS, Arc::new(Live::default()));
+        wire.add(1, "s");
+        let io = WireIo::Tcp {
+            wire: wire.clone(),
+            read_first: Bytes::new(),
+        };
+        let mut tx = Out {
+            ws: WebSocketStream::from_raw_socket(io, Role::Server, None).await,
+            wire: wire.clone(),
+            timeout: Duration::from_secs(20),
+            torn: false,
+        };
+        let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
+        // The socket's task: what waits, pings, and the client's pongs read.
+        let task = tokio::spawn(async move {
+            let live = Live::default();
+            let mut ping = tokio::time::interval(Duration::from_millis(2));
+            let mut pings = 0usize;
+            // One waiting result per turn, so that pings and pongs go between them.
+            let mut more = false;
+            loop {
+                tokio::select! {
+                    _ = &mut done_rx => break,
+                    () = tx.wire.woken(), if !more => more = true,
+                    () = std::future::ready(()), if more => match tx.wire.next() {
+                        Next::Msg(id, m) => send(&mut tx, &live, &id, &m).await.expect("send"),
+                        Next::Nothing => {
+                            tx.settle(false).await.expect("settle");
+                            more = false;
+                        }
+                        Next::Slow => panic!("no subscription is too slow here"),
+                    },
+                    _ = ping.tick() => {
+                        tx.send(Message::Ping(Bytes::from_static(b"p"))).await.expect("ping");
+                        pings += 1;
+                    }
+                    incoming = tx.ws.next() => match incoming {
+                        Some(Ok(_)) => tx.settle(true).await.expect("settle"),
+                        other => panic!("the client went away: {other:?}"),
+                    },
+                }
+            }
+            // Whatever is still waiting goes out.
+            while let Next::Msg(id, m) = tx.wire.next() {
+                send(&mut tx, &live, &id, &m).await.expect("send");
+            }
+            tx.settle(false).await.expect("settle");
+            pings
+        });
+        // The fan-out: results of many sizes, some larger than both buffers together.
+        let (read_tx, mut read) = tokio::sync::watch::channel(0usize);
+        let handing = {
+            let wire = wire.clone();
+            tokio::spawn(async move {
+                let (mut written, mut queued, mut rests) = (0, 0, 0);
+                for n in 0..RESULTS {
+                    let pad = "x".repeat((n * 7919) % 20_000);
+                    let msg = Msg::Next(Bytes::from(format!("{{\"n\":{n},\"pad\":\"{pad}\"}}")));
+                    match wire.hand(1, &msg) {
+                        Handed::Written => written += 1,
+                        Handed::Queued => queued += 1,
+                        other => panic!("result {n}: {other:?}"),
+                    }
+                    if wire.has_rest() {
+                        rests += 1;
+                    }
+                    if n % 3 == 2 {
+                        // Changes come and go: now and then the socket has drained before the
+                        // next one, which the fan-out then writes itself.
+                        let _ = read.wait_for(|r| *r > n).await;
+                    }
+                }
+                (written, queued, rests)
+            })
+        };
+        let mut client = WebSocketStream::from_raw_socket(
+            client,
+            Role::Client,
+            Some(WebSocketConfig::default().max_message_size(Some(1 << 20))),
+        )
+        .await;
+        let (mut expect, mut pings_seen) = (0usize, 0usize);
+        while expect < RESULTS {
+            match client.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("JSON");
+                    assert_eq!(v["id"], "s");
+                    assert_eq!(v["type"], "next");
+                    assert_eq!(v["payload"]["n"], expect, "results in order");
+                    expect += 1;
+                    read_tx.send_replace(expect);
+                    if expect % 50 == 0 {
+                        // A slow reader: the server's buffers fill meanwhile.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                Some(Ok(Message::Ping(_))) => pings_seen += 1,
+                other => panic!("after {expect} results: {other:?}"),
+            }
+        }
+        let (written, queued, rests) = handing.await.expect("the fan-out");
+        done_tx.send(()).expect("the task");
+        let pings = task.await.expect("the task");
+        assert!(
+            pings > 0 && pings_seen > 0,
+            "pings went between results: {pings} sent, {pings_seen} read; {written} written, {queued} queued, {rests} rests"
+        );
+        assert!(
+            written >= RESULTS / 10,
+            "results written by the fan-out: {written}"
+        );
+        assert!(queued > 0, "some results waited for the task");
+        assert!(
+            rests > 0,
+            "some frames were taken in part and finished by the task"
+        );
     }
 
     fn upgrade_headers() -> HeaderMap {

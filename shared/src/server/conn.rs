@@ -108,7 +108,7 @@ impl Drop for ActiveGuard {
 }
 
 /// The socket, noting every read and write that moves bytes.
-struct Observed<I> {
+pub(crate) struct Observed<I> {
     io: I,
     activity: Arc<Activity>,
 }
@@ -325,6 +325,18 @@ pub(crate) async fn serve(
     stop_tx.send_replace(());
     stop_tx.closed().await;
     Ok(())
+}
+
+/// The plain TCP socket under a connection upgraded off this stage (a WebSocket), with the
+/// bytes the HTTP server had already read past the upgrade request; the upgraded connection
+/// back when it is not plain TCP (TLS).
+pub(crate) fn upgraded_tcp(
+    upgraded: hyper::upgrade::Upgraded,
+) -> Result<(tokio::net::TcpStream, bytes::Bytes), hyper::upgrade::Upgraded> {
+    // `auto` serves a connection wrapped in its own rewinding reader; its `downcast` sees
+    // through it. What `Observed` noted is the HTTP stage's: it is over for this connection.
+    let parts = auto::upgrade::downcast::<TokioIo<Observed<tokio::net::TcpStream>>>(upgraded)?;
+    Ok((parts.io.into_inner().io, parts.read_buf))
 }
 
 async fn connection<I>(
