@@ -189,7 +189,8 @@ impl Group {
             let tasks: Vec<_> = (0..lanes)
                 .map(|lane| {
                     let (members, msg) = (members.clone(), msg.clone());
-                    let range = lane * per_lane..((lane + 1) * per_lane).min(members.len());
+                    let len = members.len();
+                    let range = (lane * per_lane).min(len)..((lane + 1) * per_lane).min(len);
                     tokio::spawn(async move { hand_out(&members, range, &msg).await })
                 })
                 .collect();
@@ -511,6 +512,35 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(tx.is_closed(), "and drops its execution");
+    }
+
+    /// Past [`PARALLEL_FROM`] members a message is handed out on several tasks: every member
+    /// still gets every message once and in order, and members leaving meanwhile are skipped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_group_hands_out_on_several_lanes_in_order() {
+        let groups = Groups::default();
+        let (tx, start) = feed();
+        let n = PARALLEL_FROM + 500;
+        let mut members: Vec<Member> = vec![groups.join(key("q"), 8, false, start)];
+        for _ in 1..n {
+            members.push(groups.join(key("q"), 8, false, || panic!("one execution only")));
+        }
+        for i in 0..5 {
+            tx.unbounded_send(response(i)).unwrap();
+        }
+        // Some members leave while the messages are handed out.
+        let leaving: Vec<Member> = members.drain(..100).collect();
+        drop(leaving);
+        for m in &mut members {
+            for i in 0..5 {
+                let Msg::Next(bytes) = m.rx.recv().await.unwrap() else {
+                    panic!("a result")
+                };
+                assert_eq!(bytes, format!(r#"{{"data":{{"n":{i}}}}}"#).as_bytes());
+            }
+            assert!(m.rx.try_recv().is_err(), "each message once");
+            assert!(!m.too_slow());
+        }
     }
 
     #[tokio::test]
