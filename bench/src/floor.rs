@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::{
     http::HeaderValue,
 };
 
-use crate::subscribers::{EVENTS, ID, Report, Spec, run_swarm};
+use crate::subscribers::{ID, Report, Spec, run_swarm};
 
 /// How the floor server writes an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +50,7 @@ struct Floor {
 const MESSAGE_BYTES: usize = 7_009;
 
 /// Runs the floor server and the client process against it.
-pub(crate) async fn measure(subscribers: usize, design: Design) -> Result<Report> {
+pub(crate) async fn measure(subscribers: usize, design: Design, events: usize) -> Result<Report> {
     let floor = Arc::new(Floor {
         design,
         frames: watch::channel(frame(0)).0,
@@ -70,7 +70,7 @@ pub(crate) async fn measure(subscribers: usize, design: Design) -> Result<Report
         admin_url,
         pid: std::process::id(),
         subscribers,
-        events: EVENTS,
+        events,
         // No keepalive here: a second's idle before the events.
         ping_interval_ms: 1_000,
         metrics: false,

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release -p bff-bench -- [--scenario NAME|GROUP ...] [--duration 10s]
-//!     [--concurrency N] [--warmup 2s] [--runs 3] [--telemetry off|on] [--list]
+//!     [--concurrency N] [--events N] [--warmup 2s] [--runs 3] [--telemetry off|on] [--list]
 //! ```
 //!
 //! `-s cache` runs the fragment-cache matrix, `-s issue3` the first homepage figures, `-s faults`
@@ -78,6 +78,10 @@ struct Cli {
     /// `subscribers` scenario's 10,000 subscribers).
     #[arg(long)]
     concurrency: Option<usize>,
+    /// Changes the `subscribers` scenarios push, one after another (each gives one "event →
+    /// last subscriber" sample: with the default 50, its p99 is the slowest event).
+    #[arg(long, default_value_t = subscribers::EVENTS)]
+    events: usize,
     /// Runs per scenario; columns report the median.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -207,7 +211,7 @@ async fn main() -> Result<()> {
             Kind::Subscribers => {
                 let n = cli.concurrency.unwrap_or(subscribers::SUBSCRIBERS);
                 eprintln!("[{}] {n} graphql-ws subscribers on one web BFF", s.name);
-                let report = subscribers::measure(&env, n).await?;
+                let report = subscribers::measure(&env, n, cli.events).await?;
                 subscribers_table = Some(subscribers::render(&report));
             }
             Kind::SubscribersFloor(design) => {
@@ -216,7 +220,7 @@ async fn main() -> Result<()> {
                     "[{}] {n} graphql-ws subscribers on the floor server",
                     s.name
                 );
-                let report = floor::measure(n, *design).await?;
+                let report = floor::measure(n, *design, cli.events).await?;
                 floor_tables.push((s.name.clone(), subscribers::render(&report)));
             }
             Kind::Hostile => {

@@ -135,7 +135,7 @@ impl Report {
 
 /// The parent's part: one web BFF whose limits admit `subscribers`, the fixtures publishing on
 /// its bus, and the client process.
-pub(crate) async fn measure(env: &Env, subscribers: usize) -> Result<Report> {
+pub(crate) async fn measure(env: &Env, subscribers: usize, events: usize) -> Result<Report> {
     env.set_latency(Duration::ZERO);
     let limit = subscribers + SPARE_CONNECTIONS;
     let mut ping_interval = Duration::ZERO;
@@ -154,7 +154,7 @@ pub(crate) async fn measure(env: &Env, subscribers: usize) -> Result<Report> {
         admin_url: env.fixtures().admin_url(),
         pid: std::process::id(),
         subscribers,
-        events: EVENTS,
+        events,
         ping_interval_ms: u64::try_from(ping_interval.as_millis()).unwrap_or(u64::MAX),
         metrics: true,
     };
