@@ -312,6 +312,14 @@ pub(crate) struct Joiner {
 }
 
 /// A stack's part of the live doors.
+/// Recovers the plain TCP socket under an upgraded connection (with the bytes read past the
+/// upgrade request), or gives the connection back when it is not one (TLS). The server's
+/// connection stage knows its own socket types and provides it.
+pub(crate) type UpgradedTcp =
+    fn(
+        hyper::upgrade::Upgraded,
+    ) -> Result<(tokio::net::TcpStream, Bytes), hyper::upgrade::Upgraded>;
+
 pub(crate) struct LiveService {
     pub(crate) joiner: Arc<Joiner>,
     /// The GraphQL service whose admission subscriptions go through.
@@ -322,6 +330,8 @@ pub(crate) struct LiveService {
     pub(crate) failed_auth: Option<Arc<FailedAuth>>,
     pub(crate) settings: SubscriptionSettings,
     pub(crate) live: Arc<Live>,
+    /// How `/graphql/ws` finds a plain socket under its upgrade ([`wire`]).
+    pub(crate) upgraded_tcp: UpgradedTcp,
 }
 
 /// The doors' routes.

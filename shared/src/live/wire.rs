@@ -230,7 +230,7 @@ impl Wire {
 /// the socket took it whole, `Ok(Some(rest))` when it took part of it (the rest, copied),
 /// `WouldBlock` when it took nothing.
 fn write_now(tcp: &TcpStream, next_head: &[u8], payload: &[u8]) -> io::Result<Option<Bytes>> {
-    let (header, header_len) = super::ws::text_frame_header(next_head.len() + payload.len() + 1);
+    let (header, header_len) = text_frame_header(next_head.len() + payload.len() + 1);
     let parts: [&[u8]; 4] = [&header[..header_len], next_head, payload, b"}"];
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let slices = parts.map(IoSlice::new);
@@ -246,6 +246,31 @@ fn write_now(tcp: &TcpStream, next_head: &[u8], payload: &[u8]) -> io::Result<Op
                 skip -= from;
             }
             Ok(Some(Bytes::from(rest)))
+        }
+    }
+}
+
+/// The header of one final, unmasked text frame of `len` payload bytes (RFC 6455 §5.2: the
+/// length in 7 bits, or 126 and 16 bits, or 127 and 64 bits), and how many of its bytes are
+/// used.
+pub(super) fn text_frame_header(len: usize) -> ([u8; 10], usize) {
+    const FIN_TEXT: u8 = 0x81;
+    let mut h = [0u8; 10];
+    h[0] = FIN_TEXT;
+    match (u8::try_from(len), u16::try_from(len)) {
+        (Ok(n), _) if n < 126 => {
+            h[1] = n;
+            (h, 2)
+        }
+        (_, Ok(n)) => {
+            h[1] = 126;
+            h[2..4].copy_from_slice(&n.to_be_bytes());
+            (h, 4)
+        }
+        (_, Err(_)) => {
+            h[1] = 127;
+            h[2..10].copy_from_slice(&u64::try_from(len).unwrap_or(u64::MAX).to_be_bytes());
+            (h, 10)
         }
     }
 }

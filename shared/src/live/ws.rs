@@ -62,7 +62,7 @@ use tokio_tungstenite::{
 
 use super::{
     LiveService, Msg, Slot, WireMember, init_token,
-    wire::{Next, Wire, WireIo},
+    wire::{Next, Wire, WireIo, text_frame_header},
 };
 use crate::{
     auth::{AuthError, Identity, Viewer},
@@ -154,7 +154,7 @@ pub(crate) async fn upgrade(
             }
         };
         let buffer = svc.settings.buffer;
-        let (io, wire) = match crate::server::upgraded_tcp(upgraded) {
+        let (io, wire) = match (svc.upgraded_tcp)(upgraded) {
             Ok((tcp, read_first)) => {
                 // Even empty, a slice keeps the HTTP server's whole read buffer alive.
                 let read_first = if read_first.is_empty() {
@@ -447,31 +447,6 @@ async fn write_text_frame<W: tokio::io::AsyncWrite + Unpin>(
     }
     // A TLS stream holds the record until flushed.
     io.flush().await
-}
-
-/// The header of one final, unmasked text frame of `len` payload bytes (RFC 6455 §5.2: the
-/// length in 7 bits, or 126 and 16 bits, or 127 and 64 bits), and how many of its bytes are
-/// used.
-pub(super) fn text_frame_header(len: usize) -> ([u8; 10], usize) {
-    const FIN_TEXT: u8 = 0x81;
-    let mut h = [0u8; 10];
-    h[0] = FIN_TEXT;
-    match (u8::try_from(len), u16::try_from(len)) {
-        (Ok(n), _) if n < 126 => {
-            h[1] = n;
-            (h, 2)
-        }
-        (_, Ok(n)) => {
-            h[1] = 126;
-            h[2..4].copy_from_slice(&n.to_be_bytes());
-            (h, 4)
-        }
-        (_, Err(_)) => {
-            h[1] = 127;
-            h[2..10].copy_from_slice(&u64::try_from(len).unwrap_or(u64::MAX).to_be_bytes());
-            (h, 10)
-        }
-    }
 }
 
 /// One socket.

@@ -34,7 +34,6 @@ use crate::{
     telemetry::metrics::Metrics,
     upstream::UpstreamInitError,
 };
-pub(crate) use conn::upgraded_tcp;
 pub use reload::{ConfigSource, ReloadError, Reloaded, Reloader, SettingsRewrite};
 use stack::{Process, Stack};
 

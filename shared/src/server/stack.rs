@@ -280,6 +280,7 @@ impl Stack {
                 failed_auth: failed_auth.clone(),
                 settings: settings.subscriptions.clone(),
                 live: process.live.clone(),
+                upgraded_tcp: super::conn::upgraded_tcp,
             });
             router = router.merge(edge.around_service(
                 crate::live::router(live),
