@@ -100,7 +100,7 @@ pub(crate) enum Handed {
 pub(crate) enum Next {
     /// A message of subscription `id` (the socket is marked busy until [`Wire::settle`]).
     Msg(Arc<str>, Msg),
-    /// Nothing waits (but a frame's rest, which [`Wire::has_rest`] tells).
+    /// Nothing waits (but a frame's rest, which [`Wire::unsettled`] tells).
     Nothing,
     /// A subscription was too slow: close the socket.
     Slow,
@@ -120,8 +120,7 @@ impl Wire {
 
     /// Adds subscription `key` (`id` on the wire): from now on messages for it are written.
     pub(crate) fn add(&self, key: u64, id: &str) {
-        let id_json = serde_json::to_string(id).unwrap_or_else(|_| String::from("\"\""));
-        let next_head = format!("{{\"id\":{id_json},\"type\":\"next\",\"payload\":");
+        let next_head = envelope_head(id, "next", true);
         self.state.lock().subs.push(Sub {
             key,
             id: Arc::from(id),
@@ -211,19 +210,31 @@ impl Wire {
     }
 
     /// Whether the end of a frame a fan-out began is waiting to be written.
+    #[cfg(test)]
     pub(crate) fn has_rest(&self) -> bool {
         self.state.lock().rest.is_some()
     }
 
-    /// Whether the task (or tungstenite) has written since it last settled.
-    pub(crate) fn is_busy(&self) -> bool {
-        self.state.lock().busy
+    /// Whether there is anything to settle: the task (or tungstenite) has written since it
+    /// last settled, or a frame's rest waits.
+    pub(crate) fn unsettled(&self) -> bool {
+        let st = self.state.lock();
+        st.busy || st.rest.is_some()
     }
 
     /// The task has written everything it began: fan-outs may write again.
     pub(crate) fn settle(&self) {
         self.state.lock().busy = false;
     }
+}
+
+/// The head of a `graphql-transport-ws` message of subscription `id`: `{"id":…,"type":"kind"`,
+/// then `,"payload":` when one follows; the message ends with `}`.
+pub(super) fn envelope_head(id: &str, kind: &str, with_payload: bool) -> String {
+    // A string always serializes; the fallback is never written.
+    let id = serde_json::to_string(id).unwrap_or_else(|_| String::from("\"\""));
+    let payload = if with_payload { ",\"payload\":" } else { "" };
+    format!("{{\"id\":{id},\"type\":\"{kind}\"{payload}")
 }
 
 /// Writes `next_head`, `payload` and `}` as one text frame without waiting: `Ok(None)` when

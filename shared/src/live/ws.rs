@@ -62,7 +62,7 @@ use tokio_tungstenite::{
 
 use super::{
     LiveService, Msg, Slot, WireMember, init_token,
-    wire::{Next, Wire, WireIo, text_frame_header},
+    wire::{Next, Wire, WireIo, envelope_head, text_frame_header},
 };
 use crate::{
     auth::{AuthError, Identity, Viewer},
@@ -371,7 +371,7 @@ impl Out {
         if self.torn {
             return Err(WriteError::Gone);
         }
-        if !owed && !self.wire.is_busy() && !self.wire.has_rest() {
+        if !owed && !self.wire.unsettled() {
             return Ok(());
         }
         match tokio::time::timeout(self.timeout, self.ws.flush()).await {
@@ -815,16 +815,7 @@ async fn send(tx: &mut Out, live: &super::Live, id: &str, msg: &Msg) -> Result<(
         Msg::Error(p) => ("error", Some(p)),
         Msg::Complete => ("complete", None),
     };
-    let id = serde_json::to_string(id).map_err(|_| WriteError::Gone)?;
-    let mut head = String::with_capacity(40 + id.len());
-    head.push_str("{\"id\":");
-    head.push_str(&id);
-    head.push_str(",\"type\":\"");
-    head.push_str(kind);
-    head.push('"');
-    if payload.is_some() {
-        head.push_str(",\"payload\":");
-    }
+    let head = envelope_head(id, kind, payload.is_some());
     live.stats.ws_messages.fetch_add(1, Ordering::Relaxed);
     tx.send_text([head.as_bytes(), payload.map_or(&[][..], |p| &p[..]), b"}"])
         .await
