@@ -744,6 +744,76 @@ async fn a_client_gone_mid_answer_stops_the_answer() {
 }
 
 #[tokio::test]
+async fn graphql_timeout_cuts_off_the_rows_still_pending() {
+    let timeout = Duration::from_millis(700);
+    let app = spawn_app_with(web(), |s| {
+        // Only `graphql.timeout` can end the stalled row: the backends' own deadline (three
+        // quarters of the budget) is far later.
+        s.server.request_budget = Duration::from_secs(60);
+        s.graphql.timeout = timeout;
+    })
+    .await;
+    let token = app.token("u1");
+    app.fault(Backend::Top10, stalled());
+    let q = "{ homepage(region: \"US\") { rows { kind ... @defer { items { title { id } } } } } }";
+    let answer = deferred(&app, q, Some(&token)).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.content_type(), MULTIPART);
+    assert_row_list(&answer, &WEB_ROWS, &["kind"]);
+    assert!(answer.closed, "the stream ends at the timeout");
+    let last = answer.parts.len() - 1;
+    let by_row: BTreeMap<usize, (usize, &Value)> = answer
+        .entries()
+        .into_iter()
+        .map(|(n, e)| (Answer::row_of(e), (n, e)))
+        .collect();
+    assert_eq!(by_row.len(), 5, "every row accounted for once");
+    // The rows whose sources answered were delivered before the cut-off, whole.
+    for i in [0, 1, 3, 4] {
+        let (n, entry) = by_row[&i];
+        assert!(n < last, "row {i} came in the cut-off part");
+        assert!(
+            answer.parts[n].at < timeout,
+            "row {i} at {:?}",
+            answer.parts[n].at
+        );
+        assert!(entry.get("errors").is_none(), "{entry}");
+        assert!(entry["data"]["items"].is_array(), "{entry}");
+    }
+    // The stalled top 10: `data: null` and a coded error at its path, in the last part, at
+    // the timeout and not at the backend's deadline.
+    let (n, top10) = by_row[&2];
+    assert_eq!(n, last);
+    assert_eq!(top10["data"], Value::Null, "{top10}");
+    let errors = top10["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{top10}");
+    assert_eq!(errors[0]["path"], json!(["homepage", "rows", 2]));
+    assert_eq!(errors[0]["extensions"]["code"], "QUERY_TOO_COMPLEX");
+    assert_eq!(
+        errors[0]["message"], "the operation ran longer than 700ms",
+        "{top10}"
+    );
+    let cut = &answer.parts[last];
+    assert_eq!(cut.json["hasNext"], false);
+    assert!(cut.at >= timeout, "cut off at {:?}", cut.at);
+    assert!(
+        cut.at < Duration::from_secs(10),
+        "cut off at {:?}, not at the timeout",
+        cut.at
+    );
+    // Counted once, as partial; nothing left in flight.
+    assert_eq!(
+        app.metric_sum("bff_graphql_operations_total", &["outcome=\"partial\""])
+            .await,
+        1.0
+    );
+    eventually("the answer is no longer in flight", || async {
+        app.metric_sum("bff_graphql_deferred_in_flight", &[]).await == 0.0
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn apollo_client_renders_the_deferred_homepage() {
     let app = spawn_app(web()).await;
     let token = app.token("u1");
