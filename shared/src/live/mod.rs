@@ -311,7 +311,6 @@ pub(crate) struct Joiner {
     pub(crate) budget: Duration,
 }
 
-/// A stack's part of the live doors.
 /// Recovers the plain TCP socket under an upgraded connection (with the bytes read past the
 /// upgrade request), or gives the connection back when it is not one (TLS). The server's
 /// connection stage knows its own socket types and provides it.
@@ -320,6 +319,7 @@ pub(crate) type UpgradedTcp =
         hyper::upgrade::Upgraded,
     ) -> Result<(tokio::net::TcpStream, Bytes), hyper::upgrade::Upgraded>;
 
+/// A stack's part of the live doors.
 pub(crate) struct LiveService {
     pub(crate) joiner: Arc<Joiner>,
     /// The GraphQL service whose admission subscriptions go through.
